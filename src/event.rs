@@ -1,0 +1,40 @@
+//! The vocabulary every module shares: an [`Event`] as it sits in the feed, its [`Seq`],
+//! its idempotency key, and the [`Record`] bytes a map makes of it.
+//!
+//! Invariant: an `Event` handed out by the feed is immutable; `seq` is gap-free and
+//! increasing, assigned once at commit.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+/// Position of an event in the feed: gap-free, increasing, starting at 1.
+pub type Seq = u64;
+
+/// Longest idempotency key the ingest accepts (SPEC §5).
+pub const MAX_KEY_LEN: usize = 256;
+
+/// One event, as committed to the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub seq: Seq,
+    /// `type` on the wire: 1–128 chars of `[A-Za-z0-9_.-]`.
+    pub event_type: String,
+    /// The payload object, numbers kept exactly as sent (`arbitrary_precision`).
+    pub payload: Map<String, Value>,
+    /// The given idempotency key, else the SHA-256 of the canonical (type, payload, ts).
+    pub key: String,
+    /// From the event, else the request's `traceparent`, else generated at ingest.
+    pub trace_id: String,
+    /// The source time, RFC 3339, if the producer gave one.
+    pub ts: Option<DateTime<Utc>>,
+    /// When the feed committed it.
+    pub received_at: DateTime<Utc>,
+}
+
+/// The bytes a connector's map made of one event: one fixed-width line, one CSV row, one
+/// JSON object, one SOAP body... including its line end and already in the target encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: Seq,
+    pub bytes: Vec<u8>,
+}
