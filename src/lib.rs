@@ -1,1 +1,6 @@
+pub mod config;
 pub mod event;
+pub mod feed;
+pub mod ledger;
+pub mod map;
+pub mod target;

@@ -1,0 +1,323 @@
+//! One connector file (`maps/*.yml`): the raw, serde-level shape of SPEC §4.
+//!
+//! This module only parses; meaning is given elsewhere: the mapping keys are compiled by
+//! [`crate::map`], `deliver` by [`crate::target`], `retry`/`schedule`/`start` by
+//! [`crate::connector`]. Unknown keys are refused with their line and column.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::Diagnostic;
+
+/// A connector file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorFile {
+    /// The connector's name (used in the ledger, metrics, `--target`).
+    pub target: Spanned<String>,
+    /// Event types taken from the feed; `None`: all.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// `fixed` (default) | `csv` | `json` | `soap`.
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
+    /// Record fields, in record order.
+    #[serde(default)]
+    pub fields: Option<Fields>,
+    #[serde(default)]
+    pub record: Option<RecordSpec>,
+    /// A COBOL copybook (relative to the map file) giving widths and types.
+    #[serde(default)]
+    pub layout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub csv: Option<CsvSpec>,
+    #[serde(default)]
+    pub header: Option<Fields>,
+    #[serde(default)]
+    pub trailer: Option<Fields>,
+    /// `error` (default) | `truncate`, for every field of this map.
+    #[serde(default)]
+    pub overflow: Option<Spanned<String>>,
+    #[serde(default)]
+    pub transform: Option<TransformSpec>,
+    #[serde(default)]
+    pub compliance: Option<ComplianceSpec>,
+    pub deliver: Spanned<DeliverSpec>,
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    #[serde(default)]
+    pub batch: Option<BatchSpec>,
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rotate: Option<Spanned<String>>,
+    /// `earliest` (default) | `latest`.
+    #[serde(default)]
+    pub start: Option<Spanned<String>>,
+}
+
+/// `fields:` (and `header:` / `trailer:`): record field name -> definition, order kept.
+#[derive(Debug, Default)]
+pub struct Fields(pub Vec<(Spanned<String>, Spanned<FieldSpec>)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of record field names to sources")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry()? {
+                    out.push((k, v));
+                }
+                Ok(Fields(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// One field: the short form `src | mod | mod:arg`, or the long form.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FieldSpec {
+    Short(String),
+    Long(LongField),
+}
+
+/// The long form of a field: `{from: src, width: 10, align: right, ...}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongField {
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub width: Option<usize>,
+    #[serde(default)]
+    pub align: Option<String>,
+    #[serde(default)]
+    pub pad: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub number: Option<String>,
+    #[serde(default)]
+    pub upper: Option<bool>,
+    #[serde(default)]
+    pub lower: Option<bool>,
+    #[serde(default)]
+    pub trim: Option<bool>,
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub map: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    pub overflow: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSpec {
+    #[serde(default)]
+    pub line_end: Option<String>,
+    #[serde(default)]
+    pub encoding: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSpec {
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    #[serde(default)]
+    pub header: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    #[serde(default)]
+    pub drop_fields: Vec<String>,
+    /// payload path -> `last4` | `redact` | `sha256`
+    #[serde(default)]
+    pub mask: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceSpec {
+    #[serde(default)]
+    pub deny_fields: Vec<String>,
+}
+
+/// `retry:` — back-off and what to do past `max_tries`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    #[serde(default)]
+    pub base: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_delay: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_tries: Option<u32>,
+    /// `block` (default) | `park`
+    #[serde(default)]
+    pub on_failure: Option<Spanned<String>>,
+}
+
+/// `batch:` — how many records go to the target at once, and how long to wait for more.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    #[serde(default)]
+    pub max_events: Option<usize>,
+    #[serde(default)]
+    pub linger: Option<Spanned<String>>,
+}
+
+/// `deliver:`, by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DeliverSpec {
+    File(FileDeliver),
+    Sftp(SftpDeliver),
+    Http(HttpDeliver),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDeliver {
+    /// Folder, relative to the map file.
+    pub dir: String,
+    /// File name template: `{{date}}`, `{{date:%Y%m%d}}`, `{{target}}`, `{{seq}}`.
+    pub file: String,
+    /// `append` (default) | `batch`
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpDeliver {
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub user: String,
+    /// Private key file, relative to the map file.
+    pub key: String,
+    /// known_hosts file pinning the server's host key.
+    pub known_hosts: String,
+    pub dir: String,
+    pub file: String,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDeliver {
+    pub url: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub soap_action: Option<String>,
+    /// `1.1` (default) | `1.2`
+    #[serde(default)]
+    pub soap_version: Option<String>,
+    /// Body template; `{{record}}` stands for the mapped record, `{{field:NAME}}` for one field.
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub ca: Option<String>,
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    #[serde(default)]
+    pub client_key: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// A parsed connector file and where it came from.
+#[derive(Debug)]
+pub struct LoadedConnector {
+    pub path: PathBuf,
+    pub file: ConnectorFile,
+}
+
+impl LoadedConnector {
+    /// The folder relative paths in this file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        super::absolute_dir_of(&self.path)
+    }
+}
+
+/// Parses one connector file.
+pub fn parse(path: &Path, text: &str) -> Result<LoadedConnector, Diagnostic> {
+    let file: ConnectorFile =
+        serde_saphyr::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
+    Ok(LoadedConnector { path: path.to_path_buf(), file })
+}
+
+/// Every `*.yml` / `*.yaml` file of `maps_dir`, sorted by name.
+pub fn map_files(maps_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(maps_dir)? {
+        let p = entry?.path();
+        let is_yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"));
+        if is_yaml && p.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+target: city_hall_cobol
+events: [PERMIT_STATUS]
+format: fixed
+fields:
+  PERMIT_ID: id | width:10
+  STATUS   : status | width:10
+  TS       : updated_at | format:%Y%m%d%H%M%S | width:14
+deliver:
+  kind: file
+  dir: ../out
+  file: permit.txt
+  mode: append
+"#;
+
+    #[test]
+    fn seed_map_parses_with_fields_in_order() {
+        let c = parse(Path::new("permit_map.yml"), SEED).unwrap();
+        let names: Vec<_> = c.file.fields.as_ref().unwrap().0.iter().map(|(k, _)| k.value.clone()).collect();
+        assert_eq!(names, ["PERMIT_ID", "STATUS", "TS"]);
+        let (_, ts) = &c.file.fields.as_ref().unwrap().0[2];
+        assert_eq!(ts.referenced.line(), 8);
+        assert!(matches!(&ts.value, FieldSpec::Short(s) if s.starts_with("updated_at")));
+        assert!(matches!(&c.file.deliver.value, DeliverSpec::File(f) if f.file == "permit.txt"));
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let text = SEED.replace("format: fixed", "format: fixed\nformt: csv");
+        let err = parse(Path::new("m.yml"), &text).unwrap_err();
+        assert_eq!(err.line, 5, "{err}");
+        assert!(err.message.contains("formt"), "{err}");
+    }
+}

@@ -1,0 +1,359 @@
+//! `ess.yml`: raw serde structs (unknown keys refused) turned into a validated [`Config`].
+//!
+//! Every problem is collected as a [`Diagnostic`] (`file:line:col: message`) instead of
+//! stopping at the first one, so `ess check` can show an operator all of them at once.
+//! Relative paths are resolved against the config file's folder here, once, so the rest of
+//! the program only ever sees absolute paths.
+
+pub mod connector;
+mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub use units::{parse_duration, parse_size};
+
+/// One problem in a config or map file, pointing at the place to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub col: u64,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(file: &Path, line: u64, col: u64, message: impl Into<String>) -> Self {
+        Diagnostic { file: file.to_path_buf(), line, col, message: message.into() }
+    }
+
+    /// A problem located at a parsed value.
+    pub fn at<T>(file: &Path, spanned: &Spanned<T>, message: impl Into<String>) -> Self {
+        Diagnostic::new(file, spanned.referenced.line(), spanned.referenced.column(), message)
+    }
+
+    /// A YAML syntax or shape error from serde-saphyr.
+    pub fn from_yaml(file: &Path, err: &serde_saphyr::Error) -> Self {
+        let (line, col) = err.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let message = err.without_snippet().to_string();
+        // The rendered message repeats the position; keep the first line, which names the problem.
+        let mut message = message.lines().next().unwrap_or("invalid YAML").to_string();
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        Diagnostic::new(file, line, col, message)
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+    }
+}
+
+/// Several diagnostics, as one error for `anyhow` callers.
+#[derive(Debug, thiserror::Error)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Spanned<String>,
+    maps_dir: Spanned<String>,
+    #[serde(default)]
+    timezone: Option<Spanned<String>>,
+    ingest: RawIngest,
+    #[serde(default)]
+    status: Option<RawStatus>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    retention: Option<RawRetention>,
+    #[serde(default)]
+    log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngest {
+    listen: Spanned<String>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    client_ca: Spanned<String>,
+    #[serde(default)]
+    allowed_clients: Vec<String>,
+    #[serde(default)]
+    max_body: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    #[serde(default)]
+    feed: Option<Spanned<String>>,
+    #[serde(default)]
+    min_free_disk: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Spanned<String>,
+}
+
+/// Log line format (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated appliance config. All paths are absolute.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub file: PathBuf,
+    pub data_dir: PathBuf,
+    pub maps_dir: PathBuf,
+    pub timezone: chrono_tz::Tz,
+    pub ingest: IngestConfig,
+    pub status_listen: SocketAddr,
+    pub admin_socket: PathBuf,
+    pub retention_feed: std::time::Duration,
+    pub min_free_disk: u64,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    /// Client certificate CNs or DNS SANs let in; empty: any certificate from `client_ca`.
+    pub allowed_clients: Vec<String>,
+    pub max_body: u64,
+}
+
+impl Config {
+    /// The redb file holding feed and ledger.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("ess.redb")
+    }
+
+    /// Reads and validates `path`; every problem found is returned, not just the first.
+    pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(path, 1, 1, format!("cannot read config: {e}"))])
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, Diagnostics> {
+        let raw: RawConfig = serde_saphyr::from_str(text)
+            .map_err(|e| Diagnostics(vec![Diagnostic::from_yaml(path, &e)]))?;
+        let base = absolute_dir_of(path);
+        let mut errs = Vec::new();
+        let resolve = |s: &Spanned<String>| resolve_path(&base, &s.value);
+
+        let timezone = match &raw.timezone {
+            None => chrono_tz::UTC,
+            Some(tz) => tz.value.parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+                errs.push(Diagnostic::at(
+                    path,
+                    tz,
+                    format!("unknown timezone {:?} (use an IANA name such as America/New_York)", tz.value),
+                ));
+                chrono_tz::UTC
+            }),
+        };
+        let mut addr = |s: &Spanned<String>, what: &str| -> SocketAddr {
+            s.value.parse().unwrap_or_else(|_| {
+                errs.push(Diagnostic::at(
+                    path,
+                    s,
+                    format!("{what}: {:?} is not an address such as 127.0.0.1:8443", s.value),
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            })
+        };
+        let ingest_listen = addr(&raw.ingest.listen, "ingest.listen");
+        let status_listen = match &raw.status {
+            Some(s) => addr(&s.listen, "status.listen"),
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let max_body = match &raw.ingest.max_body {
+            None => 8 << 20,
+            Some(s) => parse_size(&s.value).unwrap_or_else(|e| {
+                errs.push(Diagnostic::at(path, s, format!("ingest.max_body: {e}")));
+                0
+            }),
+        };
+        let retention = raw.retention.as_ref();
+        let retention_feed = match retention.and_then(|r| r.feed.as_ref()) {
+            None => std::time::Duration::from_secs(30 * 86_400),
+            Some(s) => parse_duration(&s.value).unwrap_or_else(|e| {
+                errs.push(Diagnostic::at(path, s, format!("retention.feed: {e}")));
+                std::time::Duration::ZERO
+            }),
+        };
+        let min_free_disk = match retention.and_then(|r| r.min_free_disk.as_ref()) {
+            None => 512 << 20,
+            Some(s) => parse_size(&s.value).unwrap_or_else(|e| {
+                errs.push(Diagnostic::at(path, s, format!("retention.min_free_disk: {e}")));
+                0
+            }),
+        };
+        let log_format = match raw.log.as_ref().map(|l| &l.format) {
+            None => LogFormat::Text,
+            Some(f) if f.value == "text" => LogFormat::Text,
+            Some(f) if f.value == "json" => LogFormat::Json,
+            Some(f) => {
+                errs.push(Diagnostic::at(path, f, format!("log.format must be text or json, not {:?}", f.value)));
+                LogFormat::Text
+            }
+        };
+        let key = resolve(&raw.ingest.key);
+        if let Some(problem) = private_key_problem(&key) {
+            errs.push(Diagnostic::at(path, &raw.ingest.key, problem));
+        }
+        let admin_socket = match &raw.admin {
+            Some(a) => resolve(&a.socket),
+            None => resolve_path(&base, &raw.data_dir.value).join("admin.sock"),
+        };
+        if !errs.is_empty() {
+            return Err(Diagnostics(errs));
+        }
+        Ok(Config {
+            file: base.join(path.file_name().unwrap_or_default()),
+            data_dir: resolve(&raw.data_dir),
+            maps_dir: resolve(&raw.maps_dir),
+            timezone,
+            ingest: IngestConfig {
+                listen: ingest_listen,
+                cert: resolve(&raw.ingest.cert),
+                key,
+                client_ca: resolve(&raw.ingest.client_ca),
+                allowed_clients: raw.ingest.allowed_clients,
+                max_body,
+            },
+            status_listen,
+            admin_socket,
+            retention_feed,
+            min_free_disk,
+            log_format,
+        })
+    }
+}
+
+/// The absolute folder holding `file`.
+pub fn absolute_dir_of(file: &Path) -> PathBuf {
+    let abs = if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(file)
+    };
+    abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// `p` if absolute, else `base/p`.
+pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// Why a private key file must not be used, if it must not: missing, or readable by group
+/// or others (SPEC §3). `None` when it is fine.
+pub fn private_key_problem(key: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(key) {
+        Err(e) => Some(format!("cannot read private key {}: {e}", key.display())),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Some(format!(
+            "private key {} is readable by group or others (mode {:o}); run: chmod 600 {}",
+            key.display(),
+            m.permissions().mode() & 0o777,
+            key.display()
+        )),
+        Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_key(dir: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.join("server.key");
+        std::fs::write(&key, "k").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    const MINIMAL: &str = "data_dir: data\nmaps_dir: maps\ningest:\n  listen: 127.0.0.1:8443\n  cert: server.crt\n  key: server.key\n  client_ca: ca.crt\n";
+
+    #[test]
+    fn minimal_config_gets_defaults_and_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), 0o600);
+        let cfg = Config::parse(&dir.path().join("ess.yml"), MINIMAL).unwrap();
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+        assert_eq!(cfg.ingest.max_body, 8 << 20);
+        assert_eq!(cfg.status_listen.port(), 8080);
+        assert_eq!(cfg.timezone, chrono_tz::UTC);
+        assert_eq!(cfg.min_free_disk, 512 << 20);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), 0o600);
+        let text = format!("{MINIMAL}colour: blue\n");
+        let err = Config::parse(&dir.path().join("ess.yml"), &text).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("ess.yml:8:1: unknown field `colour`"), "{shown}");
+        assert!(!shown.contains("at line"), "position said twice: {shown}");
+        assert!(shown.contains("colour"), "{shown}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), 0o644);
+        let text = MINIMAL.replace("127.0.0.1:8443", "nowhere") + "timezone: Mars/Olympus\n";
+        let err = Config::parse(&dir.path().join("ess.yml"), &text).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        let shown = err.to_string();
+        assert!(shown.contains("Mars/Olympus"), "{shown}");
+        assert!(shown.contains("readable by group or others"), "{shown}");
+        assert!(shown.contains("ess.yml:4:11: ingest.listen"), "{shown}");
+    }
+}

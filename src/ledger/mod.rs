@@ -1,0 +1,189 @@
+//! The ledger: per connector, how far it got (cursor + target checkpoint), the retry state of
+//! the event at its head, and its dead letters. Same redb file as the feed.
+//!
+//! ## On disk
+//! `cursors` (connector -> [`CursorState`]), `retries` (connector -> [`RetryState`]),
+//! `dead` ((connector, seq) -> [`DeadLetter`]); values are versioned postcard
+//! ([`crate::feed::schema::encode`]).
+//!
+//! ## Commit points
+//! A delivery is committed by [`Ledger::commit_progress`]: one durable transaction moves the
+//! cursor, stores the target's new checkpoint, parks the events that could not be mapped,
+//! and clears the retry state. The target has already made its bytes durable (file fsynced,
+//! remote renamed, 2xx received) before this is called, so a crash leaves either the old
+//! cursor with bytes the target can recognise through the old checkpoint, or the new cursor.
+//!
+//! A cursor means "every event with seq <= cursor is done for this connector": delivered,
+//! filtered out by `events:`, or parked as a dead letter.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Seq;
+use crate::feed::schema::{self, CURSORS, DEAD, RETRIES};
+use crate::feed::Error;
+
+/// How far one connector got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorState {
+    /// Every event with seq <= this is done for this connector.
+    pub seq: Seq,
+    /// The target's checkpoint after the delivery that moved the cursor here.
+    pub checkpoint: Vec<u8>,
+    /// Events delivered so far (not counting filtered or parked ones).
+    pub delivered: u64,
+    /// Time of the last successful delivery, microseconds since the epoch.
+    pub last_success_micros: Option<i64>,
+}
+
+/// The retry state of a connector's head event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryState {
+    /// The first seq of the delivery that failed.
+    pub seq: Seq,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due, microseconds since the epoch.
+    pub next_at_micros: i64,
+    /// The last error, as the target described it (never payload contents).
+    pub last_error: String,
+}
+
+impl RetryState {
+    pub fn next_at(&self) -> DateTime<Utc> {
+        Utc.timestamp_micros(self.next_at_micros).single().unwrap_or_default()
+    }
+}
+
+/// An event this connector gave up on, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// `map`, `compliance`, `permanent` (target refused) or `retries` (max_tries reached).
+    pub reason: String,
+    pub message: String,
+    pub at_micros: i64,
+    pub attempts: u32,
+}
+
+/// Handle to the ledger tables.
+#[derive(Clone)]
+pub struct Ledger {
+    db: Arc<Database>,
+}
+
+impl Ledger {
+    pub fn new(db: Arc<Database>) -> Ledger {
+        Ledger { db }
+    }
+
+    /// The connector's cursor; `None` if it never ran.
+    pub fn cursor(&self, connector: &str) -> Result<Option<CursorState>, Error> {
+        read_cursor(&*self.db, connector)
+    }
+
+    /// Creates the connector's cursor at `seq` if it has none (a new connector's `start:`).
+    pub fn ensure_cursor(&self, connector: &str, seq: Seq) -> Result<CursorState, Error> {
+        let tx = self.db.begin_write()?;
+        let state = {
+            let mut t = tx.open_table(CURSORS)?;
+            let existing = t.get(connector)?.map(|v| schema::decode(v.value())).transpose().map_err(Error::Format)?;
+            match existing {
+                Some(s) => s,
+                None => {
+                    let s = CursorState { seq, ..CursorState::default() };
+                    t.insert(connector, schema::encode(&s).as_slice())?;
+                    s
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// The retry state of the connector's head, if its last attempt failed.
+    pub fn retry_state(&self, connector: &str) -> Result<Option<RetryState>, Error> {
+        read_retry(&*self.db, connector)
+    }
+
+    /// Durably moves the cursor to `new_seq` with `checkpoint`, counting `n_delivered`
+    /// deliveries, parking `parked` and clearing the retry state, all in one transaction.
+    pub fn commit_progress(
+        &self,
+        connector: &str,
+        new_seq: Seq,
+        checkpoint: Vec<u8>,
+        n_delivered: u64,
+        parked: &[(Seq, DeadLetter)],
+        now: DateTime<Utc>,
+    ) -> Result<CursorState, Error> {
+        let tx = self.db.begin_write()?;
+        let state = {
+            let mut cursors = tx.open_table(CURSORS)?;
+            let mut state: CursorState = cursors
+                .get(connector)?
+                .map(|v| schema::decode(v.value()))
+                .transpose()
+                .map_err(Error::Format)?
+                .unwrap_or_default();
+            state.seq = state.seq.max(new_seq);
+            state.checkpoint = checkpoint;
+            state.delivered += n_delivered;
+            if n_delivered > 0 {
+                state.last_success_micros = Some(now.timestamp_micros());
+            }
+            cursors.insert(connector, schema::encode(&state).as_slice())?;
+            let mut dead = tx.open_table(DEAD)?;
+            for (seq, letter) in parked {
+                dead.insert((connector, *seq), schema::encode(letter).as_slice())?;
+            }
+            tx.open_table(RETRIES)?.remove(connector)?;
+            state
+        };
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Durably records a failed attempt, so the retry schedule survives a restart.
+    pub fn record_failure(&self, connector: &str, retry: &RetryState) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(RETRIES)?.insert(connector, schema::encode(retry).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The connector's dead letters, in seq order.
+    pub fn dead_letters(&self, connector: &str) -> Result<Vec<(Seq, DeadLetter)>, Error> {
+        read_dead_letters(&*self.db, connector)
+    }
+}
+
+/// Reads a cursor through any redb handle (daemon or read-only CLI).
+pub fn read_cursor<D: ReadableDatabase>(db: &D, connector: &str) -> Result<Option<CursorState>, Error> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(CURSORS)?;
+    let v = t.get(connector)?;
+    v.map(|v| schema::decode(v.value())).transpose().map_err(Error::Format)
+}
+
+/// Reads a retry state through any redb handle.
+pub fn read_retry<D: ReadableDatabase>(db: &D, connector: &str) -> Result<Option<RetryState>, Error> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(RETRIES)?;
+    let v = t.get(connector)?;
+    v.map(|v| schema::decode(v.value())).transpose().map_err(Error::Format)
+}
+
+/// Reads a connector's dead letters through any redb handle.
+pub fn read_dead_letters<D: ReadableDatabase>(db: &D, connector: &str) -> Result<Vec<(Seq, DeadLetter)>, Error> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(DEAD)?;
+    let mut out = Vec::new();
+    for row in t.range((connector, 0)..=(connector, u64::MAX))? {
+        let (k, v) = row?;
+        out.push((k.value().1, schema::decode(v.value()).map_err(Error::Format)?));
+    }
+    Ok(out)
+}
