@@ -100,6 +100,16 @@ impl Mapping {
         self.events.as_ref().is_none_or(|e| e.iter().any(|t| t == event_type))
     }
 
+    /// The header control record of a batch file (empty: none).
+    pub fn batch_header(&self, _items: &[(Event, Record)], _now: chrono::DateTime<Tz>) -> Result<Vec<u8>, MapError> {
+        Ok(Vec::new())
+    }
+
+    /// The trailer control record of a batch file (empty: none).
+    pub fn batch_trailer(&self, _items: &[(Event, Record)], _now: chrono::DateTime<Tz>) -> Result<Vec<u8>, MapError> {
+        Ok(Vec::new())
+    }
+
     /// Makes the record for `event`, line end included.
     pub fn render(&self, event: &Event) -> Result<Record, MapError> {
         let mut line = String::new();
