@@ -49,7 +49,9 @@ impl Mode {
         match mode {
             None | Some("append") => Ok(Mode::Append),
             Some("batch") => Ok(Mode::Batch),
-            Some(other) => Err(format!("deliver.mode must be append or batch, not {other:?}")),
+            Some(other) => Err(format!(
+                "deliver.mode must be append or batch, not {other:?}"
+            )),
         }
     }
 }
@@ -89,7 +91,12 @@ pub struct FileTarget {
 impl FileTarget {
     /// A file target writing into `spec.dir` (relative to `base_dir`, the map file's folder).
     /// `mapping` supplies batch header/trailer records.
-    pub fn new(spec: &FileDeliver, base_dir: &Path, connector: &str, mapping: Option<Arc<Mapping>>) -> Result<FileTarget, String> {
+    pub fn new(
+        spec: &FileDeliver,
+        base_dir: &Path,
+        connector: &str,
+        mapping: Option<Arc<Mapping>>,
+    ) -> Result<FileTarget, String> {
         let mode = Mode::parse(spec.mode.as_deref())?;
         super::check_file_template(&spec.file)?;
         if mode == Mode::Batch && !spec.file.contains("{{seq}}") {
@@ -117,47 +124,79 @@ impl FileTarget {
         let mark: Option<FileMark> = if checkpoint.is_empty() {
             None
         } else {
-            Some(schema::decode(checkpoint).map_err(|e| DeliveryError::Permanent(format!("file checkpoint: {e}")))?)
+            Some(
+                schema::decode(checkpoint)
+                    .map_err(|e| DeliveryError::Permanent(format!("file checkpoint: {e}")))?,
+            )
         };
         if let Some(mark) = &mark {
-            cut_uncommitted_tail(mark).map_err(|e| io_err("cannot cut uncommitted tail of", &mark.path, e))?;
+            cut_uncommitted_tail(mark)
+                .map_err(|e| io_err("cannot cut uncommitted tail of", &mark.path, e))?;
         }
-        let path = self.dir.join(super::file_name(&self.template, &self.connector, d.first_seq(), &d.now));
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create folder", &self.dir, e))?;
+        let path = self.dir.join(super::file_name(
+            &self.template,
+            &self.connector,
+            d.first_seq(),
+            &d.now,
+        ));
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| io_err("cannot create folder", &self.dir, e))?;
         let existed = path.exists();
         let mut file = OpenOptions::new()
             .append(true)
             .create(true)
             .open(&path)
             .map_err(|e| io_err("cannot open", &path, e))?;
-        let bytes: Vec<u8> = d.items.iter().flat_map(|(_, r)| r.bytes.iter().copied()).collect();
+        let bytes: Vec<u8> = d
+            .items
+            .iter()
+            .flat_map(|(_, r)| r.bytes.iter().copied())
+            .collect();
         self.write_durably(&mut file, &bytes, &path)?;
         if !existed {
             sync_dir(&self.dir).map_err(|e| io_err("cannot fsync folder", &self.dir, e))?;
         }
-        let meta = file.metadata().map_err(|e| io_err("cannot stat", &path, e))?;
-        let new_mark = FileMark { path, dev: meta.dev(), ino: meta.ino(), len: meta.len() };
+        let meta = file
+            .metadata()
+            .map_err(|e| io_err("cannot stat", &path, e))?;
+        let new_mark = FileMark {
+            path,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+        };
         Ok(schema::encode(&new_mark))
     }
 
     fn batch(&mut self, d: &Delivery<'_>) -> Result<Checkpoint, DeliveryError> {
         // The name must not depend on when a retry happens: use the batch's first event time.
-        let first_time = d.items.first().map(|(e, _)| e.received_at.with_timezone(&d.now.timezone())).unwrap_or(d.now);
+        let first_time = d
+            .items
+            .first()
+            .map(|(e, _)| e.received_at.with_timezone(&d.now.timezone()))
+            .unwrap_or(d.now);
         let name = super::file_name(&self.template, &self.connector, d.first_seq(), &first_time);
         let path = self.dir.join(&name);
         if path.exists() {
             // Renamed by an attempt whose cursor commit did not happen: the batch is there.
             return Ok(Vec::new());
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_err("cannot create folder", &self.dir, e))?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| io_err("cannot create folder", &self.dir, e))?;
         let tmp = self.dir.join(format!(".{name}.ess-tmp"));
         let mut bytes = Vec::new();
         if let Some(m) = &self.mapping {
-            bytes.extend(m.batch_header(d.items, d.now).map_err(|e| DeliveryError::Permanent(format!("batch header: {e}")))?);
+            bytes.extend(
+                m.batch_header(d.items, d.now)
+                    .map_err(|e| DeliveryError::Permanent(format!("batch header: {e}")))?,
+            );
         }
         bytes.extend(d.items.iter().flat_map(|(_, r)| r.bytes.iter().copied()));
         if let Some(m) = &self.mapping {
-            bytes.extend(m.batch_trailer(d.items, d.now).map_err(|e| DeliveryError::Permanent(format!("batch trailer: {e}")))?);
+            bytes.extend(
+                m.batch_trailer(d.items, d.now)
+                    .map_err(|e| DeliveryError::Permanent(format!("batch trailer: {e}")))?,
+            );
         }
         let mut file = File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
         self.write_durably(&mut file, &bytes, &tmp)?;
@@ -167,7 +206,12 @@ impl FileTarget {
         Ok(Vec::new())
     }
 
-    fn write_durably(&mut self, file: &mut File, bytes: &[u8], path: &Path) -> Result<(), DeliveryError> {
+    fn write_durably(
+        &mut self,
+        file: &mut File,
+        bytes: &[u8],
+        path: &Path,
+    ) -> Result<(), DeliveryError> {
         match std::mem::take(&mut self.fault) {
             Fault::TornWrite => {
                 let _ = file.write_all(&bytes[..bytes.len() / 2]);
@@ -179,8 +223,10 @@ impl FileTarget {
             }
             Fault::None => {}
         }
-        file.write_all(bytes).map_err(|e| io_err("cannot write", path, e))?;
-        file.sync_data().map_err(|e| io_err("cannot fsync", path, e))
+        file.write_all(bytes)
+            .map_err(|e| io_err("cannot write", path, e))?;
+        file.sync_data()
+            .map_err(|e| io_err("cannot fsync", path, e))
     }
 }
 
@@ -217,7 +263,11 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> DeliveryError {
 
 #[async_trait::async_trait]
 impl Target for FileTarget {
-    async fn deliver(&mut self, d: &Delivery<'_>, checkpoint: &[u8]) -> Result<Checkpoint, DeliveryError> {
+    async fn deliver(
+        &mut self,
+        d: &Delivery<'_>,
+        checkpoint: &[u8],
+    ) -> Result<Checkpoint, DeliveryError> {
         if d.items.is_empty() {
             return Ok(checkpoint.to_vec());
         }
@@ -251,22 +301,46 @@ mod tests {
                     ts: None,
                     received_at: Utc.with_ymd_and_hms(2025, 4, 12, 10, 0, 0).unwrap(),
                 };
-                (e, Record { seq, bytes: format!("REC{seq:05}\n").into_bytes() })
+                (
+                    e,
+                    Record {
+                        seq,
+                        bytes: format!("REC{seq:05}\n").into_bytes(),
+                    },
+                )
             })
             .collect()
     }
 
     fn target(dir: &Path, mode: &str, file: &str) -> FileTarget {
-        let spec = FileDeliver { dir: "out".into(), file: file.into(), mode: Some(mode.into()) };
+        let spec = FileDeliver {
+            dir: "out".into(),
+            file: file.into(),
+            mode: Some(mode.into()),
+        };
         FileTarget::new(&spec, dir, "c", None).unwrap()
     }
 
     fn now() -> chrono::DateTime<chrono_tz::Tz> {
-        chrono_tz::UTC.with_ymd_and_hms(2025, 4, 12, 10, 0, 0).unwrap()
+        chrono_tz::UTC
+            .with_ymd_and_hms(2025, 4, 12, 10, 0, 0)
+            .unwrap()
     }
 
-    async fn deliver(t: &mut FileTarget, it: &[(Event, Record)], cp: &[u8]) -> Result<Checkpoint, DeliveryError> {
-        t.deliver(&Delivery { connector: "c", items: it, now: now() }, cp).await
+    async fn deliver(
+        t: &mut FileTarget,
+        it: &[(Event, Record)],
+        cp: &[u8],
+    ) -> Result<Checkpoint, DeliveryError> {
+        t.deliver(
+            &Delivery {
+                connector: "c",
+                items: it,
+                now: now(),
+            },
+            cp,
+        )
+        .await
     }
 
     fn expected(range: std::ops::RangeInclusive<u64>) -> String {
@@ -300,12 +374,22 @@ mod tests {
         let cp1 = deliver(&mut t, &items(1..=2), &[]).await.unwrap();
         let _uncommitted = deliver(&mut t, &items(3..=4), &cp1).await.unwrap();
         // The mainframe job picks the file up (including the uncommitted tail) ...
-        std::fs::rename(dir.path().join("out/permit.txt"), dir.path().join("picked.txt")).unwrap();
+        std::fs::rename(
+            dir.path().join("out/permit.txt"),
+            dir.path().join("picked.txt"),
+        )
+        .unwrap();
         // ... and someone creates a new file of their own with the same name.
         std::fs::write(dir.path().join("out/permit.txt"), "THEIRS\n").unwrap();
         deliver(&mut t, &items(3..=4), &cp1).await.unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("picked.txt")).unwrap(), expected(1..=4));
-        assert_eq!(std::fs::read_to_string(dir.path().join("out/permit.txt")).unwrap(), format!("THEIRS\n{}", expected(3..=4)));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("picked.txt")).unwrap(),
+            expected(1..=4)
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/permit.txt")).unwrap(),
+            format!("THEIRS\n{}", expected(3..=4))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -315,22 +399,37 @@ mod tests {
         assert!(t.pins_batches());
         t.fault = Fault::FsyncFails;
         assert!(deliver(&mut t, &items(1..=3), &[]).await.is_err());
-        assert!(!dir.path().join("out/permit_1.txt").exists(), "no partial file under the final name");
+        assert!(
+            !dir.path().join("out/permit_1.txt").exists(),
+            "no partial file under the final name"
+        );
         deliver(&mut t, &items(1..=3), &[]).await.unwrap();
         // A crash after the rename: the same pinned range comes again and is not rewritten.
         std::fs::write(dir.path().join("out/permit_1.txt"), expected(1..=3)).unwrap();
         deliver(&mut t, &items(1..=3), &[]).await.unwrap();
         deliver(&mut t, &items(4..=5), &[]).await.unwrap();
-        let mut names: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, ["permit_1.txt", "permit_4.txt"]);
-        assert_eq!(std::fs::read_to_string(dir.path().join("out/permit_4.txt")).unwrap(), expected(4..=5));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/permit_4.txt")).unwrap(),
+            expected(4..=5)
+        );
     }
 
     #[test]
     fn batch_mode_without_seq_in_the_name_is_refused() {
-        let spec = FileDeliver { dir: "out".into(), file: "permit.txt".into(), mode: Some("batch".into()) };
-        let err = FileTarget::new(&spec, Path::new("/tmp"), "c", None).err().unwrap();
+        let spec = FileDeliver {
+            dir: "out".into(),
+            file: "permit.txt".into(),
+            mode: Some("batch".into()),
+        };
+        let err = FileTarget::new(&spec, Path::new("/tmp"), "c", None)
+            .err()
+            .unwrap();
         assert!(err.contains("{{seq}}"), "{err}");
     }
 }
