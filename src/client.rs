@@ -178,6 +178,11 @@ impl Client {
             .body(Full::new(body))
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         let result = tokio::time::timeout(timeout, async {
+            // A kept-alive connection may still be finishing the previous exchange.
+            sender
+                .ready()
+                .await
+                .map_err(|e| ClientError::NoAnswer(format!("connection closed: {e}")))?;
             let resp = sender
                 .send_request(req)
                 .await
