@@ -88,7 +88,10 @@ fn abstract_addr(name: &[u8]) -> io::Result<SocketAddr> {
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn abstract_addr(_name: &[u8]) -> io::Result<SocketAddr> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "abstract sockets exist only on Linux"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "abstract sockets exist only on Linux",
+    ))
 }
 
 #[cfg(test)]
@@ -97,7 +100,9 @@ mod tests {
     use std::time::Duration;
 
     fn receive(socket: &UnixDatagram) -> String {
-        socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let mut buf = [0u8; 256];
         let n = socket.recv(&mut buf).unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
@@ -128,7 +133,9 @@ mod tests {
     #[test]
     fn a_relative_or_missing_socket_is_an_error_not_a_panic() {
         assert_eq!(
-            notify_to(OsStr::new("relative.sock"), "READY=1").unwrap_err().kind(),
+            notify_to(OsStr::new("relative.sock"), "READY=1")
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::InvalidInput
         );
         let dir = tempfile::tempdir().unwrap();
