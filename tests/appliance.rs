@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+mod support;
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -553,4 +555,220 @@ fn the_unit_is_hardened_to_an_exposure_of_at_most_2() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{shown}"));
     assert!(score <= 2.0, "exposure {score} > 2.0:\n{shown}");
+}
+
+/// `ess serve` run from the installed binary, killed if the test fails.
+struct Daemon {
+    child: std::process::Child,
+    ingest: std::net::SocketAddr,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `binary serve --config config` and waits until it reports its ingest address.
+    fn start(binary: &Path, config: &Path, log: &Path) -> Daemon {
+        use std::io::BufRead;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(binary)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = line.strip_prefix("ess listening: ingest=https://") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} serve did not start:\n{}",
+                binary.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        };
+        Daemon {
+            child,
+            ingest: addr.parse().unwrap(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// SIGTERM (what `systemctl stop/restart` sends); returns once it has exited.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ess did not exit after SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- ess stderr ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Configures an installed root as the runbook tells an operator to: certificates (here
+/// the dev ones `ess init` makes) in /etc/ess/tls, the permit map writing to the drop
+/// folder, and the installed ess.yml with its paths pointed into the root.
+fn configure_like_an_operator(tmp: &Path, root: &Path) -> PathBuf {
+    let init = tmp.join("init");
+    let out = Command::new(ess_binary())
+        .args(["init", "--dir"])
+        .arg(&init)
+        .args(["--ingest", "127.0.0.1:0", "--status", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ess init: {}", text(&out));
+    let tls = root.join("etc/ess/tls");
+    std::fs::copy(init.join("tls/server.crt"), tls.join("server.crt")).unwrap();
+    std::fs::copy(init.join("tls/server.key"), tls.join("server.key")).unwrap();
+    std::fs::set_permissions(
+        tls.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    // `ess init` signs the server and the client certificate with one CA.
+    std::fs::copy(init.join("tls/ca.crt"), tls.join("clients-ca.crt")).unwrap();
+    for name in ["client.crt", "client.key", "ca.crt"] {
+        std::fs::copy(init.join("tls").join(name), tmp.join(name)).unwrap();
+    }
+
+    let map = std::fs::read_to_string(init.join("maps/permit_map.yml")).unwrap();
+    let out_dir = root.join("var/spool/ess/out");
+    let map = map.replace("dir: ../out", &format!("dir: {}", out_dir.display()));
+    std::fs::write(root.join("etc/ess/maps/permit_map.yml"), map).unwrap();
+
+    let r = root.display().to_string();
+    let config = root.join("etc/ess/ess.yml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("/etc/ess/", &format!("{r}/etc/ess/"))
+        .replace("/var/lib/ess", &format!("{r}/var/lib/ess"))
+        .replace("/run/ess", &format!("{r}/run/ess"))
+        .replace("0.0.0.0:8443", "127.0.0.1:0")
+        .replace("0.0.0.0:8080", "127.0.0.1:0")
+        .replace("[codifyhq-prod]", "[codifyhq-dev]")
+        .replace("min_free_disk: 512MiB", "min_free_disk: 1MiB")
+        .replace("America/New_York", "UTC");
+    std::fs::write(&config, text).unwrap();
+    std::fs::create_dir_all(root.join("run/ess")).unwrap();
+    config
+}
+
+fn post(
+    rt: &tokio::runtime::Runtime,
+    daemon: &Daemon,
+    tmp: &Path,
+    ids: &[&str],
+) -> serde_json::Value {
+    let mut client = ess::client::Client::new(
+        &format!("https://{}", daemon.ingest),
+        &tmp.join("ca.crt"),
+        Some((&tmp.join("client.crt"), &tmp.join("client.key"))),
+    )
+    .unwrap();
+    let batch = serde_json::Value::Array(ids.iter().map(|id| support::permit_event(id)).collect());
+    let answer = rt
+        .block_on(client.post_events(batch.to_string(), false))
+        .unwrap();
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    answer.json()
+}
+
+#[test]
+fn the_upgraded_binary_serves_the_feed_the_installed_one_wrote_and_delivers_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    install(&root, &ess_binary());
+    let config = configure_like_an_operator(tmp.path(), &root);
+    let installed = root.join("usr/local/bin/ess");
+    let log = tmp.path().join("ess.log");
+    let out_file = root.join("var/spool/ess/out/permit.txt");
+    let lines = |ids: &[&str]| {
+        ids.iter()
+            .map(|id| support::permit_line(id))
+            .collect::<String>()
+    };
+
+    // `essctl` is the same program.
+    let out = Command::new(root.join("usr/local/bin/essctl"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "essctl check on the configured install:\n{}",
+        text(&out)
+    );
+
+    let rt = support::rt();
+    let daemon = Daemon::start(&installed, &config, &log);
+    let answer = post(&rt, &daemon, tmp.path(), &["BP-1", "BP-2", "BP-3"]);
+    assert_eq!(answer["first_seq"], 1);
+    support::wait_until("three records", std::time::Duration::from_secs(30), || {
+        std::fs::read_to_string(&out_file).unwrap_or_default() == lines(&["BP-1", "BP-2", "BP-3"])
+    });
+    assert_eq!(daemon.terminate().code(), Some(0), "SIGTERM exits 0");
+
+    // The upgrade, as `systemctl restart` would do it around the binary swap.
+    let next = tmp.path().join("ess-next");
+    let mut bytes = std::fs::read(ess_binary()).unwrap();
+    bytes.extend_from_slice(b"\0next release\0");
+    std::fs::write(&next, bytes).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    install(&root, &next);
+    assert_eq!(sha256(&installed), sha256(&next));
+
+    let daemon = Daemon::start(&installed, &config, &log);
+    // A resent event stays a duplicate across the upgrade; new events continue the seqs.
+    let answer = post(&rt, &daemon, tmp.path(), &["BP-2", "BP-4", "BP-5"]);
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["duplicates"].as_u64()),
+        (Some(2), Some(1)),
+        "{answer}"
+    );
+    assert_eq!(answer["first_seq"], 4);
+    support::wait_until("five records", std::time::Duration::from_secs(30), || {
+        std::fs::read_to_string(&out_file).unwrap_or_default()
+            == lines(&["BP-1", "BP-2", "BP-3", "BP-4", "BP-5"])
+    });
+    assert_eq!(daemon.terminate().code(), Some(0), "SIGTERM exits 0");
+    assert_eq!(
+        std::fs::read_to_string(&out_file).unwrap(),
+        lines(&["BP-1", "BP-2", "BP-3", "BP-4", "BP-5"]),
+        "nothing delivered twice, nothing lost"
+    );
 }
