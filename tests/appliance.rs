@@ -772,3 +772,32 @@ fn the_upgraded_binary_serves_the_feed_the_installed_one_wrote_and_delivers_exac
         "nothing delivered twice, nothing lost"
     );
 }
+
+#[test]
+fn a_private_key_readable_by_the_group_is_refused_at_start_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    install(&root, &ess_binary());
+    let config = configure_like_an_operator(tmp.path(), &root);
+    let key = root.join("etc/ess/tls/server.key");
+    // The usual slip: the key copied with the folder's group-readable mode.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    let out = Command::new(root.join("usr/local/bin/ess"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("readable by group or others")
+            && said.contains(&format!("chmod 600 {}", key.display())),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !root.join("var/lib/ess/ess.redb").exists(),
+        "nothing started"
+    );
+}
