@@ -164,6 +164,16 @@ fn fresh_install_creates_every_path_with_its_mode_and_nothing_else() {
     );
 }
 
+/// The installed `/etc/ess/ess.yml` with its absolute paths pointed into the temporary root.
+fn installed_config_inside(root: &Path) -> String {
+    let r = root.display();
+    std::fs::read_to_string(root.join("etc/ess/ess.yml"))
+        .unwrap()
+        .replace("/etc/ess/", &format!("{r}/etc/ess/"))
+        .replace("/var/lib/ess", &format!("{r}/var/lib/ess"))
+        .replace("/run/ess", &format!("{r}/run/ess"))
+}
+
 #[test]
 fn the_config_template_is_a_valid_config() {
     let tmp = tempfile::tempdir().unwrap();
@@ -171,12 +181,7 @@ fn the_config_template_is_a_valid_config() {
     install(root, &ess_binary());
     // Point the template's absolute paths into the temporary root, then validate it with the
     // real config loader (unknown keys, units, addresses, key permissions).
-    let r = root.display().to_string();
-    let text = std::fs::read_to_string(root.join("etc/ess/ess.yml"))
-        .unwrap()
-        .replace("/etc/ess/", &format!("{r}/etc/ess/"))
-        .replace("/var/lib/ess", &format!("{r}/var/lib/ess"))
-        .replace("/run/ess", &format!("{r}/run/ess"));
+    let text = installed_config_inside(root);
     let key = root.join("etc/ess/tls/server.key");
     std::fs::write(&key, "not checked here").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -255,6 +260,17 @@ fn installing_again_changes_nothing_and_keeps_what_the_operator_did() {
     );
 }
 
+/// "The next release": the same program in a file with other bytes (data after the ELF
+/// image is ignored when it runs), so install.sh sees a new binary.
+fn next_release(dir: &Path) -> PathBuf {
+    let next = dir.join("ess-next");
+    let mut bytes = std::fs::read(ess_binary()).unwrap();
+    bytes.extend_from_slice(b"\0next release\0");
+    std::fs::write(&next, bytes).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    next
+}
+
 fn new_event(id: &str) -> ess::feed::NewEvent {
     // Parsed from text so that the number keeps its exact digits, as ingest keeps them.
     let payload: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&format!(
@@ -297,12 +313,7 @@ async fn an_upgrade_replaces_the_binary_and_keeps_the_feed_readable() {
     feed.close();
     let feed_before = sha256(&db_path);
 
-    // The next release: a different binary file.
-    let next = tmp.path().join("ess-next");
-    let mut bytes = std::fs::read(ess_binary()).unwrap();
-    bytes.extend_from_slice(b"\0next release\0");
-    std::fs::write(&next, bytes).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let next = next_release(tmp.path());
 
     let said = install(&root, &next);
     assert!(said.contains("installed /usr/local/bin/ess"), "{said}");
@@ -670,13 +681,8 @@ fn configure_like_an_operator(tmp: &Path, root: &Path) -> PathBuf {
     let map = map.replace("dir: ../out", &format!("dir: {}", out_dir.display()));
     std::fs::write(root.join("etc/ess/maps/permit_map.yml"), map).unwrap();
 
-    let r = root.display().to_string();
     let config = root.join("etc/ess/ess.yml");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("/etc/ess/", &format!("{r}/etc/ess/"))
-        .replace("/var/lib/ess", &format!("{r}/var/lib/ess"))
-        .replace("/run/ess", &format!("{r}/run/ess"))
+    let text = installed_config_inside(root)
         .replace("0.0.0.0:8443", "127.0.0.1:0")
         .replace("0.0.0.0:8080", "127.0.0.1:0")
         .replace("[codifyhq-prod]", "[codifyhq-dev]")
@@ -744,11 +750,7 @@ fn the_upgraded_binary_serves_the_feed_the_installed_one_wrote_and_delivers_exac
     assert_eq!(daemon.terminate().code(), Some(0), "SIGTERM exits 0");
 
     // The upgrade, as `systemctl restart` would do it around the binary swap.
-    let next = tmp.path().join("ess-next");
-    let mut bytes = std::fs::read(ess_binary()).unwrap();
-    bytes.extend_from_slice(b"\0next release\0");
-    std::fs::write(&next, bytes).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let next = next_release(tmp.path());
     install(&root, &next);
     assert_eq!(sha256(&installed), sha256(&next));
 
