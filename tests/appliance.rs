@@ -578,15 +578,20 @@ struct Daemon {
 impl Daemon {
     /// Starts `binary serve --config config` and waits until it reports its ingest address.
     fn start(binary: &Path, config: &Path, log: &Path) -> Daemon {
+        let mut cmd = Command::new(binary);
+        cmd.args(["serve", "--config"]).arg(config);
+        Daemon::start_with(cmd, log)
+    }
+
+    /// Starts `cmd` (an `ess serve`) and waits until it reports its ingest address.
+    fn start_with(mut cmd: Command, log: &Path) -> Daemon {
         use std::io::BufRead;
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = Command::new(binary)
-            .args(["serve", "--config"])
-            .arg(config)
+        let mut child = cmd
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -607,8 +612,7 @@ impl Daemon {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "{} serve did not start:\n{}",
-                binary.display(),
+                "ess serve did not start:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         };
@@ -802,4 +806,52 @@ fn a_private_key_readable_by_the_group_is_refused_at_start_with_the_fix() {
         !root.join("var/lib/ess/ess.redb").exists(),
         "nothing started"
     );
+}
+
+#[test]
+fn serve_tells_systemd_it_is_ready_and_stopping() {
+    use std::os::linux::net::SocketAddrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    install(&root, &ess_binary());
+    let config = configure_like_an_operator(tmp.path(), &root);
+    // systemd's notify socket, in the abstract namespace as systemd makes it.
+    let name = format!("ess-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let notify = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let receive = || {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("a notice from ess");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+
+    let log = tmp.path().join("ess.log");
+    let mut cmd = Command::new(root.join("usr/local/bin/ess"));
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", format!("@{name}"));
+    let daemon = Daemon::start_with(cmd, &log);
+    assert_eq!(receive(), "READY=1");
+    // Ready means it takes events now, and SIGTERM right after readiness is still graceful.
+    let rt = support::rt();
+    post(&rt, &daemon, tmp.path(), &["BP-1"]);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    assert_eq!(receive(), "STOPPING=1");
+
+    // SIGTERM the moment it is ready (systemctl stop right after start) is still graceful.
+    let mut cmd = Command::new(root.join("usr/local/bin/ess"));
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", format!("@{name}"));
+    let daemon = Daemon::start_with(cmd, &log);
+    assert_eq!(receive(), "READY=1");
+    assert_eq!(
+        daemon.terminate().code(),
+        Some(0),
+        "SIGTERM right after READY=1"
+    );
+    assert_eq!(receive(), "STOPPING=1");
 }
