@@ -250,6 +250,13 @@ fn send(args: SendArgs) -> anyhow::Result<()> {
         (Some(u), _) => u,
         (None, Some(c)) => {
             let mut addr = c.ingest.listen;
+            if addr.port() == 0 {
+                return Err(UsageError(format!(
+                    "{} listens on port 0 (chosen at start); give --url https://HOST:PORT",
+                    c.file.display()
+                ))
+                .into());
+            }
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }

@@ -137,10 +137,11 @@ log:
 pub fn init(o: &InitOptions) -> anyhow::Result<()> {
     use anyhow::Context;
     if o.dir.exists() && !o.force {
-        anyhow::bail!(
-            "{} already exists; use --force to overwrite its config, certificates and map",
+        return Err(crate::cli::UsageError(format!(
+            "{} already exists; use --force to overwrite its config, certificates and map (data is kept)",
             o.dir.display()
-        );
+        ))
+        .into());
     }
     for sub in ["tls", "maps", "data", "out"] {
         std::fs::create_dir_all(o.dir.join(sub))
