@@ -225,6 +225,7 @@ fi
 
 # --- unit, config, docs -----------------------------------------------------------------
 unit_changed=no
+fresh_config=no
 if replace_file "$UNIT_SRC" "$ROOT/etc/systemd/system/$UNIT_NAME" 0644; then
     unit_changed=yes
     say "installed /etc/systemd/system/$UNIT_NAME (local changes belong in: systemctl edit ess)"
@@ -241,6 +242,7 @@ if [ ! -e "$ROOT/etc/ess/ess.yml" ]; then
     mv -n "$tmp" "$ROOT/etc/ess/ess.yml"
     rm -f "$tmp"
     say "wrote /etc/ess/ess.yml from the template: edit it before starting the service"
+    fresh_config=yes
 else
     say "kept the existing /etc/ess/ess.yml"
 fi
@@ -259,9 +261,11 @@ if have_systemd; then
         say "upgrade done; $UNIT_NAME is running"
     elif [ "$was_active" = yes ]; then
         say "nothing changed; $UNIT_NAME keeps running"
-    else
+    elif [ "$fresh_config" = yes ]; then
         say "done. Next: put the certificates in /etc/ess/tls, a map in /etc/ess/maps, check with"
         say "  ess check --config /etc/ess/ess.yml && systemctl enable --now ess"
+    else
+        say "done; $UNIT_NAME is not running (start it with: systemctl start ess)"
     fi
 elif [ "$STAGED" = no ]; then
     say "done; systemd is not running here, so no service was started"
