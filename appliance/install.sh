@@ -124,8 +124,15 @@ if [ "$STAGED" = no ] && [ "$(id -u)" -ne 0 ]; then
     die "run as root (sudo $0), or stage into a directory with --root DIR"
 fi
 
-# True when systemd runs this machine and we are installing onto it.
+# ESS_SYSTEMCTL names a stand-in for systemctl; the tests use it to drive the upgrade
+# logic (check, swap, restart) inside a staged root. Unset on a real box.
+SYSTEMCTL=${ESS_SYSTEMCTL:-systemctl}
+readonly SYSTEMCTL
+
+# True when we talk to a service manager: systemd runs this machine and we install onto
+# it, or a stand-in was given.
 have_systemd() {
+    [ -n "${ESS_SYSTEMCTL:-}" ] && return 0
     [ "$STAGED" = no ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]
 }
 
@@ -200,7 +207,7 @@ mkdir -p "$ROOT/usr/local/bin" "$ROOT/etc/systemd/system" "$ROOT/usr/local/share
 
 # --- binary -----------------------------------------------------------------------------
 was_active=no
-if have_systemd && systemctl is-active --quiet "$UNIT_NAME"; then
+if have_systemd && "$SYSTEMCTL" is-active --quiet "$UNIT_NAME"; then
     was_active=yes
 fi
 
@@ -252,12 +259,12 @@ replace_file "$RUNBOOK_SRC" "$ROOT/usr/local/share/doc/ess/README-operations.md"
 # --- service ----------------------------------------------------------------------------
 if have_systemd; then
     if [ "$unit_changed" = yes ]; then
-        systemctl daemon-reload
+        "$SYSTEMCTL" daemon-reload
     fi
     if [ "$was_active" = yes ] && { [ "$binary_changed" = yes ] || [ "$unit_changed" = yes ]; }; then
         say "restarting $UNIT_NAME (the feed in /var/lib/ess is kept)"
-        systemctl restart "$UNIT_NAME"
-        systemctl is-active --quiet "$UNIT_NAME" || die "$UNIT_NAME did not come back: journalctl -u ess -n 50"
+        "$SYSTEMCTL" restart "$UNIT_NAME"
+        "$SYSTEMCTL" is-active --quiet "$UNIT_NAME" || die "$UNIT_NAME did not come back: journalctl -u ess -n 50"
         say "upgrade done; $UNIT_NAME is running"
     elif [ "$was_active" = yes ]; then
         say "nothing changed; $UNIT_NAME keeps running"

@@ -855,3 +855,93 @@ fn serve_tells_systemd_it_is_ready_and_stopping() {
     );
     assert_eq!(receive(), "STOPPING=1");
 }
+
+/// A stand-in for `systemctl` (install.sh's `ESS_SYSTEMCTL`): logs its arguments, and says
+/// the service is active while the file `active` exists next to it.
+fn fake_systemctl(dir: &Path) -> (PathBuf, PathBuf) {
+    let script = dir.join("systemctl");
+    let log = dir.join("systemctl.log");
+    let active = dir.join("active");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$1\" in is-active) [ -e '{}' ] ;; *) exit 0 ;; esac\n",
+            log.display(),
+            active.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, active)
+}
+
+#[test]
+fn an_upgrade_of_a_running_service_checks_the_config_with_the_new_binary_then_swaps_and_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let r = root.to_str().unwrap();
+    install(&root, &ess_binary());
+    let (systemctl, active) = fake_systemctl(tmp.path());
+    std::fs::write(&active, "").unwrap();
+    let calls = || std::fs::read_to_string(tmp.path().join("systemctl.log")).unwrap_or_default();
+    let installed = root.join("usr/local/bin/ess");
+    let next = next_release(tmp.path());
+    let upgrade = |binary: &Path| {
+        run_script(
+            "install.sh",
+            &["--root", r, binary.to_str().unwrap()],
+            &[("ESS_SYSTEMCTL", &systemctl)],
+        )
+    };
+
+    // The config as installed names a key that is not there: the new binary rejects it, so
+    // the running service keeps its binary and is not restarted.
+    let out = upgrade(&next);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the new binary rejects"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        sha256(&installed),
+        sha256(&ess_binary()),
+        "the old binary stays"
+    );
+    assert!(!calls().contains("restart"), "{}", calls());
+
+    // Configured properly: checked, swapped, restarted; the unit did not change, so no
+    // daemon-reload.
+    configure_like_an_operator(tmp.path(), &root);
+    let out = upgrade(&next);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256(&installed), sha256(&next));
+    assert!(calls().contains("restart ess.service"), "{}", calls());
+    assert!(!calls().contains("daemon-reload"), "{}", calls());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("upgrade done; ess.service is running"),
+        "{}",
+        text(&out)
+    );
+
+    // Same binary again: nothing to do, no second restart.
+    let out = upgrade(&next);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing changed"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(calls().matches("restart").count(), 1, "{}", calls());
+
+    // A stopped service is not started by an upgrade.
+    std::fs::remove_file(&active).unwrap();
+    let out = upgrade(&ess_binary());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256(&installed), sha256(&ess_binary()));
+    assert_eq!(calls().matches("restart").count(), 1, "{}", calls());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is not running"),
+        "{}",
+        text(&out)
+    );
+}
