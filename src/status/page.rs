@@ -1,0 +1,221 @@
+//! The status page (`/`): one self-refreshing HTML page an operator reads at a glance,
+//! on a desktop or a phone, with no JavaScript.
+//!
+//! Invariant: every dynamic string goes through maud's `(...)` splice, which HTML-escapes
+//! it; the only unescaped text is the static style sheet below. Nothing here can show a
+//! payload, because a [`Snapshot`] holds none.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+use super::{Condition, ConnectorState, ConnectorStatus, Snapshot};
+
+/// Seconds between automatic reloads of the page.
+pub(super) const REFRESH_SECS: u32 = 5;
+
+const STYLE: &str = r#"
+:root { color-scheme: light dark; --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --dim: #57606a; --card: rgba(127,127,127,.08); }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; padding: .75rem; max-width: 72rem; margin-inline: auto; }
+h1 { font-size: 1.3rem; margin: 0 0 .25rem; }
+h2 { font-size: 1.05rem; margin: 0; overflow-wrap: anywhere; }
+.meta { color: var(--dim); font-size: .85rem; margin: 0 0 .75rem; }
+.summary { padding: .5rem .75rem; border-radius: .4rem; font-weight: 600; margin-bottom: .75rem; }
+.summary.good { background: rgba(26,127,55,.15); }
+.summary.attention { background: rgba(207,34,46,.15); }
+.grid { display: grid; gap: .75rem; grid-template-columns: repeat(auto-fill, minmax(17rem, 1fr)); }
+.card { background: var(--card); border-radius: .5rem; padding: .65rem .8rem; border-left: .35rem solid var(--dim); }
+.card.ok { border-left-color: var(--ok); }
+.card.retrying, .card.dead-letters { border-left-color: var(--warn); }
+.card.blocked { border-left-color: var(--bad); }
+.card header { display: flex; justify-content: space-between; align-items: baseline; gap: .5rem; flex-wrap: wrap; margin-bottom: .35rem; }
+.badge { font-size: .8rem; font-weight: 700; text-transform: uppercase; letter-spacing: .03em; padding: .1rem .45rem; border-radius: 1rem; white-space: nowrap; color: #fff; background: var(--dim); }
+.badge.ok { background: var(--ok); }
+.badge.retrying, .badge.dead-letters { background: var(--warn); }
+.badge.blocked { background: var(--bad); }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem .75rem; margin: 0; }
+dt { color: var(--dim); }
+dd { margin: 0; overflow-wrap: anywhere; }
+.error { color: var(--bad); }
+.feed dl { grid-template-columns: max-content 1fr; }
+section.feed { margin-bottom: .75rem; }
+footer { color: var(--dim); font-size: .8rem; margin-top: 1rem; }
+"#;
+
+/// Renders the whole page for `snapshot`, as of `now`.
+pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
+    let conditions: Vec<Condition> = snapshot.connectors.iter().map(|c| c.condition()).collect();
+    let n_attention = conditions.iter().filter(|c| c.needs_attention()).count();
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta http-equiv="refresh" content=(REFRESH_SECS);
+                title {
+                    @if n_attention > 0 { "(" (n_attention) ") " }
+                    "ESS status"
+                }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "ESS status" }
+                p.meta {
+                    "version " (snapshot.version)
+                    " · up " (human_duration(snapshot.uptime_secs as f64))
+                    " · as of " (now.to_rfc3339_opts(SecondsFormat::Secs, true))
+                }
+                @if snapshot.connectors.is_empty() {
+                    p.summary.attention { "No connectors configured." }
+                } @else if n_attention == 0 {
+                    p.summary.good { "All " (snapshot.connectors.len()) " connectors OK." }
+                } @else {
+                    p.summary.attention {
+                        (n_attention) " of " (snapshot.connectors.len())
+                        " connectors need attention."
+                    }
+                }
+                section.feed.card aria-label="Feed" {
+                    header { h2 { "Feed" } }
+                    dl {
+                        dt { "Last seq" } dd { (snapshot.feed.last_seq) }
+                        dt { "Size" } dd { (human_bytes(snapshot.feed.size_bytes)) }
+                        dt { "Ingest rate" } dd { (format!("{:.1}", snapshot.feed.ingest_rate_per_sec)) " events/s" }
+                        dt { "Free disk" } dd { (human_bytes(snapshot.free_disk_bytes)) }
+                    }
+                }
+                div.grid {
+                    @for (c, condition) in snapshot.connectors.iter().zip(&conditions) {
+                        (connector_card(c, *condition, now))
+                    }
+                }
+                footer {
+                    "Refreshes every " (REFRESH_SECS) " s. Also: "
+                    a href="/api/status" { "/api/status" } ", "
+                    a href="/metrics" { "/metrics" } ", "
+                    a href="/healthz" { "/healthz" } "."
+                }
+            }
+        }
+    };
+    markup.into_string()
+}
+
+fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>) -> Markup {
+    let class = condition.label().replace(' ', "-");
+    html! {
+        section class={ "card " (class) } aria-label={ "Connector " (c.name) } {
+            header {
+                h2 { (c.name) }
+                span class={ "badge " (class) } { (condition.label()) }
+            }
+            dl {
+                dt { "State" }
+                dd {
+                    @match &c.state {
+                        ConnectorState::Ok => "ok",
+                        ConnectorState::Retrying => "retrying",
+                        ConnectorState::Blocked => "blocked (held until replayed)",
+                        ConnectorState::OutsideSchedule { next_open } => {
+                            "outside schedule"
+                            @if let Some(t) = next_open { ", opens " (when(t, now)) }
+                        }
+                    }
+                }
+                dt { "Cursor" } dd { (c.cursor) }
+                dt { "Lag" }
+                dd {
+                    (c.lag_events) " events"
+                    @if let Some(secs) = c.lag_secs { ", " (human_duration(secs)) " behind" }
+                }
+                dt { "Delivered" } dd { (c.delivered) }
+                @if c.retry_pending > 0 || c.next_retry_at.is_some() {
+                    dt { "Retry" }
+                    dd {
+                        "attempt " (c.retry_pending)
+                        @if let Some(t) = &c.next_retry_at { ", next " (when(t, now)) }
+                    }
+                }
+                dt { "Last success" }
+                dd {
+                    @match &c.last_success { Some(t) => (when(t, now)), None => "never" }
+                }
+                @if let Some(e) = &c.last_error {
+                    dt { "Last error" } dd.error { (e) }
+                }
+                dt { "Dead letters" }
+                dd class=[(c.dead_letters > 0).then_some("error")] { (c.dead_letters) }
+            }
+        }
+    }
+}
+
+/// An RFC 3339 time as given, with how long ago (or how soon) it is, when it parses.
+fn when(rfc3339: &str, now: DateTime<Utc>) -> String {
+    match DateTime::parse_from_rfc3339(rfc3339) {
+        Ok(t) => {
+            let secs = (now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0;
+            if secs >= 0.0 {
+                format!("{rfc3339} ({} ago)", human_duration(secs))
+            } else {
+                format!("{rfc3339} (in {})", human_duration(-secs))
+            }
+        }
+        Err(_) => rfc3339.to_owned(),
+    }
+}
+
+/// `42 s`, `5 min 3 s`, `2 h 5 min`, `3 d 4 h`.
+pub(super) fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".to_owned();
+    }
+    if secs < 10.0 {
+        return format!("{secs:.1} s");
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        3600..86400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// `512 B`, `1.5 KiB`, `20.0 GiB`.
+pub(super) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(1.5), "1.5 s");
+        assert_eq!(human_duration(42.0), "42 s");
+        assert_eq!(human_duration(303.0), "5 min 3 s");
+        assert_eq!(human_duration(7500.0), "2 h 5 min");
+        assert_eq!(human_duration(273600.0), "3 d 4 h");
+        assert_eq!(human_duration(f64::NAN), "?");
+    }
+
+    #[test]
+    fn bytes_read_naturally() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 * 1024 * 1024 * 1024), "20.0 GiB");
+    }
+}
