@@ -5,7 +5,7 @@
 //! it; the only unescaped text is the static style sheet below. Nothing here can show a
 //! payload, because a [`Snapshot`] holds none.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use super::{Condition, ConnectorState, ConnectorStatus, Snapshot};
@@ -23,7 +23,7 @@ h2 { font-size: 1.05rem; margin: 0; overflow-wrap: anywhere; }
 .summary { padding: .5rem .75rem; border-radius: .4rem; font-weight: 600; margin-bottom: .75rem; }
 .summary.good { background: rgba(26,127,55,.15); }
 .summary.attention { background: rgba(207,34,46,.15); }
-.grid { display: grid; gap: .75rem; grid-template-columns: repeat(auto-fill, minmax(17rem, 1fr)); }
+.grid { display: grid; gap: .75rem; align-items: start; grid-template-columns: repeat(auto-fill, minmax(20rem, 1fr)); }
 .card { background: var(--card); border-radius: .5rem; padding: .65rem .8rem; border-left: .35rem solid var(--dim); }
 .card.ok { border-left-color: var(--ok); }
 .card.retrying, .card.dead-letters { border-left-color: var(--warn); }
@@ -37,8 +37,12 @@ dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem .75rem; 
 dt { color: var(--dim); }
 dd { margin: 0; overflow-wrap: anywhere; }
 .error { color: var(--bad); }
-.feed dl { grid-template-columns: max-content 1fr; }
-section.feed { margin-bottom: .75rem; }
+section.feed { display: grid; gap: .5rem; grid-template-columns: repeat(auto-fit, minmax(8rem, 1fr)); margin-bottom: .75rem; }
+.stat { background: var(--card); border-radius: .5rem; padding: .4rem .7rem; }
+.stat .label { display: block; color: var(--dim); font-size: .8rem; }
+.stat .value { font-size: 1.15rem; font-weight: 600; }
+.badges { display: flex; gap: .3rem; flex-wrap: wrap; }
+.abs { display: block; color: var(--dim); font-size: .8rem; }
 footer { color: var(--dim); font-size: .8rem; margin-top: 1rem; }
 "#;
 
@@ -64,7 +68,7 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                 p.meta {
                     "version " (snapshot.version)
                     " · up " (human_duration(snapshot.uptime_secs as f64))
-                    " · as of " (now.to_rfc3339_opts(SecondsFormat::Secs, true))
+                    " · as of " (now.format("%Y-%m-%d %H:%M:%S UTC"))
                 }
                 @if snapshot.connectors.is_empty() {
                     p.summary.attention { "No connectors configured." }
@@ -76,14 +80,11 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                         " connectors need attention."
                     }
                 }
-                section.feed.card aria-label="Feed" {
-                    header { h2 { "Feed" } }
-                    dl {
-                        dt { "Last seq" } dd { (snapshot.feed.last_seq) }
-                        dt { "Size" } dd { (human_bytes(snapshot.feed.size_bytes)) }
-                        dt { "Ingest rate" } dd { (format!("{:.1}", snapshot.feed.ingest_rate_per_sec)) " events/s" }
-                        dt { "Free disk" } dd { (human_bytes(snapshot.free_disk_bytes)) }
-                    }
+                section.feed aria-label="Feed" {
+                    (stat("Feed last seq", snapshot.feed.last_seq.to_string()))
+                    (stat("Feed size", human_bytes(snapshot.feed.size_bytes)))
+                    (stat("Ingest rate", format!("{:.1} events/s", snapshot.feed.ingest_rate_per_sec)))
+                    (stat("Free disk", human_bytes(snapshot.free_disk_bytes)))
                 }
                 div.grid {
                     @for (c, condition) in snapshot.connectors.iter().zip(&conditions) {
@@ -102,28 +103,38 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
     markup.into_string()
 }
 
+fn stat(label: &str, value: String) -> Markup {
+    html! { div.stat { span.label { (label) } span.value { (value) } } }
+}
+
 fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>) -> Markup {
     let class = condition.label().replace(' ', "-");
     html! {
         section class={ "card " (class) } aria-label={ "Connector " (c.name) } {
             header {
                 h2 { (c.name) }
-                span class={ "badge " (class) } { (condition.label()) }
-            }
-            dl {
-                dt { "State" }
-                dd {
-                    @match &c.state {
-                        ConnectorState::Ok => "ok",
-                        ConnectorState::Retrying => "retrying",
-                        ConnectorState::Blocked => "blocked (held until replayed)",
-                        ConnectorState::OutsideSchedule { next_open } => {
-                            "outside schedule"
-                            @if let Some(t) = next_open { ", opens " (when(t, now)) }
-                        }
+                span.badges {
+                    span class={ "badge " (class) } { (condition.label()) }
+                    @if c.dead_letters > 0 && condition != Condition::DeadLetters {
+                        " " span.badge.dead-letters { (c.dead_letters) " dead" }
                     }
                 }
-                dt { "Cursor" } dd { (c.cursor) }
+            }
+            dl {
+                @match &c.state {
+                    ConnectorState::Blocked => {
+                        dt { "State" } dd.error { "blocked: later events are held" }
+                    }
+                    ConnectorState::OutsideSchedule { next_open } => {
+                        dt { "State" }
+                        dd {
+                            "outside schedule"
+                            @if let Some(t) = next_open { "; opens " (when(t, now)) }
+                        }
+                    }
+                    ConnectorState::Ok | ConnectorState::Retrying => {}
+                }
+                dt { "Cursor" } dd { "seq " (c.cursor) }
                 dt { "Lag" }
                 dd {
                     (c.lag_events) " events"
@@ -134,7 +145,7 @@ fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>)
                     dt { "Retry" }
                     dd {
                         "attempt " (c.retry_pending)
-                        @if let Some(t) = &c.next_retry_at { ", next " (when(t, now)) }
+                        @if let Some(t) = &c.next_retry_at { "; next " (when(t, now)) }
                     }
                 }
                 dt { "Last success" }
@@ -151,18 +162,17 @@ fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>)
     }
 }
 
-/// An RFC 3339 time as given, with how long ago (or how soon) it is, when it parses.
-fn when(rfc3339: &str, now: DateTime<Utc>) -> String {
-    match DateTime::parse_from_rfc3339(rfc3339) {
-        Ok(t) => {
-            let secs = (now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0;
-            if secs >= 0.0 {
-                format!("{rfc3339} ({} ago)", human_duration(secs))
-            } else {
-                format!("{rfc3339} (in {})", human_duration(-secs))
-            }
-        }
-        Err(_) => rfc3339.to_owned(),
+/// A time: how long ago (or how soon) first, then the time itself in UTC, smaller. A
+/// string that is not RFC 3339 is shown as given.
+fn when(rfc3339: &str, now: DateTime<Utc>) -> Markup {
+    let Ok(t) = DateTime::parse_from_rfc3339(rfc3339) else {
+        return html! { (rfc3339) };
+    };
+    let t = t.with_timezone(&Utc);
+    let secs = (now - t).num_milliseconds() as f64 / 1000.0;
+    html! {
+        @if secs >= 0.0 { (human_duration(secs)) " ago" } @else { "in " (human_duration(-secs)) }
+        " " time.abs datetime=(rfc3339) { (t.format("%Y-%m-%d %H:%M:%S UTC")) }
     }
 }
 
