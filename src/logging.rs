@@ -40,16 +40,26 @@ pub fn init(format: LogFormat) -> bool {
         .from_env_lossy();
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
-            .try_init(),
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal();
+            registry.with(text_layer(std::io::stderr, ansi)).try_init()
+        }
         LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
     };
     installed.is_ok()
+}
+
+/// The human text layer, writing to `writer`, colours only if `ansi`: one line per event
+/// with time, level, the enclosing spans with their fields
+/// (`connector{target_name=...}:deliver{seq=7 trace_id=...}:`), target, message, fields.
+pub fn text_layer<S, W>(writer: W, ansi: bool) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi)
 }
 
 /// The JSON-lines layer, writing to `writer`: one object per event with `timestamp`,
@@ -176,6 +186,30 @@ mod tests {
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn text_line_carries_span_fields() {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(text_layer(move || sink.clone(), false));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("deliver", seq = 7u64, trace_id = %"4bf92f35");
+            let _g = span.enter();
+            tracing::info!("delivered");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(" INFO deliver{seq=7 trace_id=4bf92f35}:"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("delivered"), "{text}");
+        assert!(
+            !text.contains('\x1b'),
+            "no colours when ansi is off: {text}"
+        );
     }
 
     #[test]

@@ -22,6 +22,11 @@ fn scrape(addr: std::net::SocketAddr) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text")
 }
 
+/// The label set selecting one target's series.
+fn of(target: &str) -> [(&str, &str); 1] {
+    [("target", target)]
+}
+
 /// The one sample named `name` whose labels include `labels`.
 fn sample<'a>(scrape: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> &'a Sample {
     let found: Vec<&Sample> = scrape
@@ -86,6 +91,11 @@ fn metrics_carry_what_was_recorded() {
             });
         }
     });
+    // A connector's cached handles record into the same series.
+    let cobol = metrics.for_target("city_hall_cobol");
+    cobol.delivered(5);
+    cobol.observe_delivery_latency(30.0);
+    cobol.delivery_failed();
     metrics.ingest_rejected("too_large");
     metrics.ingest_rejected("too_large");
     metrics.ingest_rejected("forbidden");
@@ -124,28 +134,29 @@ fn metrics_carry_what_was_recorded() {
         0.0
     );
     assert_eq!(
-        number(
-            &after,
-            "ess_success_total",
-            &[("target", "city_hall_cobol")]
-        ),
-        40.0
+        number(&after, "ess_success_total", &of("city_hall_cobol")),
+        45.0
     );
     assert_eq!(
-        number(
-            &after,
-            "ess_success_total",
-            &[("target", "court_docket_sftp")]
-        ),
+        number(&after, "ess_success_total", &of("court_docket_sftp")),
         3.0
     );
     assert_eq!(
         number(
             &after,
             "ess_delivery_failures_total",
-            &[("target", "court_docket_sftp")]
+            &of("court_docket_sftp")
         ),
         3.0
+    );
+
+    assert_eq!(
+        number(
+            &after,
+            "ess_delivery_failures_total",
+            &of("city_hall_cobol")
+        ),
+        1.0
     );
 
     // Histograms: counts, sums and where the observations fell.
@@ -158,13 +169,14 @@ fn metrics_carry_what_was_recorded() {
     let cobol = histogram(
         &after,
         "ess_delivery_latency_seconds",
-        &[("target", "city_hall_cobol")],
+        &of("city_hall_cobol"),
     );
     assert_eq!(at_most(cobol, 0.64), 4.0, "{cobol:?}");
+    assert_eq!(at_most(cobol, f64::INFINITY), 5.0, "{cobol:?}");
     let sftp = histogram(
         &after,
         "ess_delivery_latency_seconds",
-        &[("target", "court_docket_sftp")],
+        &of("court_docket_sftp"),
     );
     assert_eq!(at_most(sftp, 163.84), 0.0, "{sftp:?}");
     assert_eq!(at_most(sftp, 655.36), 1.0, "{sftp:?}");
@@ -181,45 +193,24 @@ fn metrics_carry_what_was_recorded() {
     );
     assert_eq!(number(&after, "ess_uptime_seconds", &[]), 93_784.0);
     assert_eq!(
-        number(
-            &after,
-            "ess_retry_pending",
-            &[("target", "court_docket_sftp")]
-        ),
+        number(&after, "ess_retry_pending", &of("court_docket_sftp")),
         3.0
     );
     assert_eq!(
-        number(
-            &after,
-            "ess_retry_pending",
-            &[("target", "city_hall_cobol")]
-        ),
+        number(&after, "ess_retry_pending", &of("city_hall_cobol")),
         0.0
     );
     assert_eq!(
-        number(
-            &after,
-            "ess_dead_letters",
-            &[("target", "court_docket_sftp")]
-        ),
+        number(&after, "ess_dead_letters", &of("court_docket_sftp")),
         2.0
     );
+    assert_eq!(number(&after, "ess_dead_letters", &of("permits_csv")), 5.0);
+    assert_eq!(number(&after, "ess_lag_events", &of("nightly_batch")), 40.0);
     assert_eq!(
-        number(&after, "ess_dead_letters", &[("target", "permits_csv")]),
-        5.0
-    );
-    assert_eq!(
-        number(&after, "ess_lag_events", &[("target", "nightly_batch")]),
-        40.0
-    );
-    assert_eq!(
-        number(&after, "ess_lag_seconds", &[("target", "nightly_batch")]),
+        number(&after, "ess_lag_seconds", &of("nightly_batch")),
         3600.0
     );
-    assert_eq!(
-        number(&after, "ess_lag_events", &[("target", "payroll_<soap>")]),
-        7.0
-    );
+    assert_eq!(number(&after, "ess_lag_events", &of("payroll_<soap>")), 7.0);
 
     server.stop();
 }
@@ -230,10 +221,7 @@ fn removed_connectors_leave_no_stale_gauges() {
     let mut snapshot = status_fixture::snapshot();
     let parse = |text: String| Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
     let full = parse(metrics.render(&snapshot));
-    assert_eq!(
-        number(&full, "ess_lag_events", &[("target", "nightly_batch")]),
-        40.0
-    );
+    assert_eq!(number(&full, "ess_lag_events", &of("nightly_batch")), 40.0);
 
     snapshot.connectors.retain(|c| c.name != "nightly_batch");
     let reduced = parse(metrics.render(&snapshot));
@@ -245,11 +233,7 @@ fn removed_connectors_leave_no_stale_gauges() {
         "nightly_batch still exported after removal"
     );
     assert_eq!(
-        number(
-            &reduced,
-            "ess_lag_events",
-            &[("target", "court_docket_sftp")]
-        ),
+        number(&reduced, "ess_lag_events", &of("court_docket_sftp")),
         50.0
     );
 }

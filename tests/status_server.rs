@@ -213,3 +213,36 @@ fn binding_a_busy_port_is_a_clear_error() {
     );
     server.stop();
 }
+
+#[tokio::test]
+async fn malformed_requests_do_not_stop_the_server() {
+    use std::io::{Read, Write};
+    let (server, _source) = status_fixture::start(Metrics::new());
+    let addr = server.local_addr();
+    let garbage: [&[u8]; 4] = [
+        b"\x00\x01\x02 not http at all\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x", // cut off before the end of the headers
+    ];
+    for bytes in garbage {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        // Whatever the answer (an error status, a lenient 200 or a closed connection),
+        // read it to the end.
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+    }
+    let (status, _, _) = fetch(
+        &Client::new(),
+        Method::GET,
+        &format!("http://{addr}/healthz"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    server.stop();
+}

@@ -4,7 +4,9 @@
 //! Two kinds of series. Counters and histograms of things that happen (events accepted,
 //! deliveries, latencies) are recorded by the hot paths through [`Metrics`], a cloneable
 //! handle whose methods are atomic increments (histograms take a short, uncontended lock
-//! inside the crate). Gauges of state (lag, retries, dead letters, feed size) are not kept
+//! inside the crate). The per-target methods look the label up in a read-locked map and
+//! allocate its key; a connector task that records per event takes a [`TargetMetrics`]
+//! once ([`Metrics::for_target`]) and records without either. Gauges of state (lag, retries, dead letters, feed size) are not kept
 //! up to date by anyone: they are filled from a fresh [`Snapshot`] at scrape time, so they
 //! can never drift from what the ledger says.
 //!
@@ -282,6 +284,17 @@ impl Metrics {
             .inc();
     }
 
+    /// The handles of one target's delivery series, looked up once: a connector task keeps
+    /// it and records with plain atomic operations, no label lookup or allocation.
+    pub fn for_target(&self, target: &str) -> TargetMetrics {
+        let l = label(target);
+        TargetMetrics {
+            success: self.inner.success.get_or_create_owned(&l),
+            failures: self.inner.delivery_failures.get_or_create_owned(&l),
+            latency: self.inner.delivery_latency.get_or_create_owned(&l),
+        }
+    }
+
     /// Fills the state gauges from `snapshot` and renders every series in the Prometheus
     /// text format.
     pub fn render(&self, snapshot: &Snapshot) -> String {
@@ -316,6 +329,32 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// One target's delivery series (see [`Metrics::for_target`]); the same series as
+/// [`Metrics::delivered`] and friends record into.
+#[derive(Clone, Debug)]
+pub struct TargetMetrics {
+    success: Counter,
+    failures: Counter,
+    latency: Histogram,
+}
+
+impl TargetMetrics {
+    /// `n` events were delivered.
+    pub fn delivered(&self, n: u64) {
+        self.success.inc_by(n);
+    }
+
+    /// An event was delivered `secs` after its `received_at`.
+    pub fn observe_delivery_latency(&self, secs: f64) {
+        self.latency.observe(secs);
+    }
+
+    /// A delivery attempt failed.
+    pub fn delivery_failed(&self) {
+        self.failures.inc();
     }
 }
 

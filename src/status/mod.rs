@@ -16,9 +16,11 @@
 mod metrics;
 mod page;
 mod server;
+mod text;
 
-pub use metrics::{Metrics, REJECT_REASONS};
+pub use metrics::{Metrics, REJECT_REASONS, TargetMetrics};
 pub use server::{StatusServer, serve};
+pub use text::render_text;
 
 use serde::Serialize;
 
