@@ -29,13 +29,15 @@ use super::Snapshot;
 
 /// The reasons `ess_ingest_rejected_total{reason}` is broken down by; each starts at 0 so
 /// that dashboards and alerts see the series before the first rejection.
-pub const REJECT_REASONS: [&str; 6] = [
+pub const REJECT_REASONS: [&str; 8] = [
     "bad_request",
     "too_large",
     "unsupported_media_type",
     "forbidden",
     "unavailable",
     "internal",
+    "timeout",
+    "tls",
 ];
 
 /// `Content-Type` of the `/metrics` answer.

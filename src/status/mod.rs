@@ -13,13 +13,16 @@
 //! shows payload contents: a [`Snapshot`] has no field that could hold one, and
 //! `last_error` must be a message about the failure, not the record.
 
+mod hooks;
 mod metrics;
 mod page;
 mod server;
+mod source;
 mod text;
 
 pub use metrics::{Metrics, REJECT_REASONS, TargetMetrics};
 pub use server::{StatusServer, serve};
+pub use source::{DaemonStatus, connector_status};
 pub use text::render_text;
 
 use serde::Serialize;
