@@ -51,6 +51,10 @@ fn run_chromium(args: &[&str], url: &str, stdout_to: &Path) {
         ))
         .args(args)
         .arg(url)
+        // Keep Chromium's caches and crash dumps out of the real home directory.
+        .env("HOME", profile.path())
+        .env("XDG_CONFIG_HOME", profile.path().join("config"))
+        .env("XDG_CACHE_HOME", profile.path().join("cache"))
         .stdin(Stdio::null())
         .stdout(File::create(stdout_to).expect("stdout file"))
         .stderr(File::create(&stderr_path).expect("stderr file"))

@@ -117,6 +117,9 @@ async fn every_route_answers() {
         json,
         serde_json::to_value(status_fixture::snapshot()).unwrap()
     );
+    // A client (ess stats) reads the JSON back into the same Snapshot.
+    let back: ess::status::Snapshot = serde_json::from_value(json).expect("JSON reads back");
+    assert_eq!(back, status_fixture::snapshot());
 
     let (status, _, body) = fetch(&client, Method::GET, &format!("{base}/healthz")).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "ok\n"));

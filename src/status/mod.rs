@@ -25,7 +25,7 @@ pub use server::{StatusServer, serve};
 pub use source::{DaemonStatus, connector_status};
 pub use text::render_text;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::Seq;
 
@@ -42,8 +42,9 @@ pub trait StatusSource: Send + Sync + 'static {
 }
 
 /// Everything the status page shows, at one instant. Serialised as-is, it is the
-/// `/api/status` JSON.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `/api/status` JSON; a client (`ess stats` over the admin socket) can deserialise it back
+/// and print it with [`render_text`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The `ess` version (`CARGO_PKG_VERSION`).
     pub version: String,
@@ -57,7 +58,7 @@ pub struct Snapshot {
 }
 
 /// The feed as a whole.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeedStatus {
     /// The newest committed `seq` (0 while the feed is empty).
     pub last_seq: Seq,
@@ -68,7 +69,7 @@ pub struct FeedStatus {
 }
 
 /// One connector (map + target), as the ledger sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnectorStatus {
     /// The connector's target name (`target:` in its map file).
     pub name: String,
@@ -100,7 +101,7 @@ pub struct ConnectorStatus {
 /// What a connector is doing. Dead letters are not a state of their own: a connector goes
 /// on past a parked event, so "dead letters present" is `dead_letters > 0` on top of any
 /// state (see [`ConnectorStatus::condition`]).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ConnectorState {
     /// Delivering, or caught up and waiting for events.
