@@ -8,13 +8,18 @@
 //!
 //! ```text
 //! {"timestamp":"2026-11-27T02:00:00.123456Z","level":"INFO","target":"ess::connector",
-//!  "spans":"connector:deliver","target_name":"city_hall_cobol","seq":7,"trace_id":"4bf9...",
-//!  "message":"delivered"}
+//!  "message":"delivered","spans":"connector:deliver","connector":"city_hall_cobol",
+//!  "seq":7,"trace_id":"4bf9..."}
 //! ```
+//!
+//! The first keys are fixed (`timestamp`, `level`, `target` — the Rust module —, `message`,
+//! `spans`); the fields follow in name order. A field named like a fixed key is written as
+//! `field.NAME` rather than hiding it.
 //!
 //! Invariant: a line holds only what the code put in fields and messages; no payload is
 //! logged at info level or above (callers keep that rule; this module adds nothing).
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use chrono::{SecondsFormat, Utc};
@@ -91,15 +96,8 @@ where
         event: &Event<'_>,
     ) -> std::fmt::Result {
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Utc::now()
-                .to_rfc3339_opts(SecondsFormat::Micros, true)
-                .into(),
-        );
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("target".into(), meta.target().into());
+        let mut spans = None;
+        let mut fields = Map::new();
         if let Some(scope) = ctx.event_scope() {
             let mut names = Vec::new();
             for span in scope.from_root() {
@@ -107,18 +105,54 @@ where
                 let extensions = span.extensions();
                 // The layer stored the span's fields as a JSON object (JsonFields); inner
                 // spans come later and win on a name clash.
-                let fields = extensions
+                let span_fields = extensions
                     .get::<FormattedFields<N>>()
                     .and_then(|f| serde_json::from_str::<Map<String, Value>>(&f.fields).ok());
-                line.extend(fields.into_iter().flatten());
+                fields.extend(span_fields.into_iter().flatten());
             }
-            line.insert("spans".into(), names.join(":").into());
+            spans = Some(names.join(":"));
         }
-        event.record(&mut FieldVisitor(&mut line));
-        let text = serde_json::to_string(&line).map_err(|_| std::fmt::Error)?;
+        event.record(&mut FieldVisitor(&mut fields));
+        // Fixed keys first, in a fixed order, so lines read alike; then the fields, sorted.
+        let timestamp = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut line = vec![
+            ("timestamp", Value::from(timestamp)),
+            ("level", meta.level().as_str().into()),
+            ("target", meta.target().into()),
+        ];
+        if let Some(message) = fields.remove("message") {
+            line.push(("message", message));
+        }
+        if let Some(spans) = spans {
+            line.push(("spans", spans.into()));
+        }
+        let mut text = String::from("{");
+        let mut push = |key: &str, value: &Value| -> std::fmt::Result {
+            let key = serde_json::to_string(key).map_err(|_| std::fmt::Error)?;
+            let value = serde_json::to_string(value).map_err(|_| std::fmt::Error)?;
+            if text.len() > 1 {
+                text.push(',');
+            }
+            write!(text, "{key}:{value}")
+        };
+        for (key, value) in &line {
+            push(key, value)?;
+        }
+        for (key, value) in &fields {
+            // A field named like a fixed key (`target = %name`) must not hide it.
+            if RESERVED.contains(&key.as_str()) {
+                push(&format!("field.{key}"), value)?;
+            } else {
+                push(key, value)?;
+            }
+        }
+        text.push('}');
         writeln!(writer, "{text}")
     }
 }
+
+/// The keys every JSON line starts with; fields of the same name get a `field.` prefix.
+const RESERVED: [&str; 5] = ["timestamp", "level", "target", "message", "spans"];
 
 /// Collects an event's fields into the JSON object, keeping numbers and booleans typed.
 struct FieldVisitor<'a>(&'a mut Map<String, Value>);
@@ -177,12 +211,16 @@ mod tests {
         }
     }
 
-    fn json_lines(f: impl FnOnce()) -> Vec<Value> {
+    fn capture(f: impl FnOnce()) -> String {
         let buf = Buf::default();
         let sink = buf.clone();
         let subscriber = tracing_subscriber::registry().with(json_layer(move || sink.clone()));
         tracing::subscriber::with_default(subscriber, f);
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn json_lines(f: impl FnOnce()) -> Vec<Value> {
+        let text = capture(f);
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
@@ -245,6 +283,26 @@ mod tests {
         assert_eq!(lines[0]["seq"], 42);
         assert_eq!(lines[0]["trace_id"], "t-1");
         assert_eq!(lines[0]["level"], "WARN");
+    }
+
+    #[test]
+    fn fixed_keys_come_first_and_are_not_hidden_by_fields() {
+        let text = capture(|| {
+            let span = tracing::info_span!("deliver", seq = 3u64, level = "span-level");
+            let _g = span.enter();
+            tracing::info!(zeta = 1u64, alpha = "a", "m");
+        });
+        let after_timestamp = text.split_once("Z\",").map(|(_, rest)| rest);
+        assert!(text.starts_with(r#"{"timestamp":""#), "{text}");
+        assert_eq!(
+            after_timestamp,
+            Some(concat!(
+                r#""level":"INFO","target":"ess::logging::tests","message":"m","spans":"deliver","#,
+                r#""alpha":"a","field.level":"span-level","seq":3,"zeta":1}"#,
+                "\n"
+            )),
+            "{text}"
+        );
     }
 
     #[test]
