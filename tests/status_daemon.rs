@@ -109,6 +109,7 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
         feed.clone(),
         dir.path().to_owned(),
         db_path.clone(),
+        1024,
         || true,
     );
     let snapshot = status.snapshot();
@@ -120,6 +121,8 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
         std::fs::metadata(&db_path).unwrap().len()
     );
     assert!(snapshot.free_disk_bytes > 0);
+    assert_eq!(snapshot.min_free_disk_bytes, 1024);
+    assert!(!snapshot.disk_low());
 
     let cobol = &snapshot.connectors[0];
     assert_eq!(cobol.name, "city_hall_cobol");
@@ -214,6 +217,7 @@ fn metrics_hooks_record_ingest_and_deliveries() {
             ingest_rate_per_sec: 0.0,
         },
         free_disk_bytes: 1,
+        min_free_disk_bytes: 0,
         connectors: Vec::new(),
     };
     let text = metrics.render(&snapshot);

@@ -135,6 +135,31 @@ async fn every_route_answers() {
 }
 
 #[tokio::test]
+async fn low_disk_is_shown_on_the_page_and_in_metrics() {
+    let mut snapshot = status_fixture::snapshot();
+    snapshot.free_disk_bytes = 100 * 1024 * 1024;
+    let (server, _source) = status_fixture::start_with(snapshot, Metrics::new());
+    let base = format!("http://{}", server.local_addr());
+    let client = Client::new();
+    let (_, _, html) = fetch(&client, Method::GET, &format!("{base}/")).await;
+    assert!(
+        html.contains("Free disk 100.0 MiB is below the minimum of 512.0 MiB: the ingest refuses events (503)."),
+        "{html}"
+    );
+    assert!(html.contains(r#"<div class="stat low">"#), "{html}");
+    let (_, _, metrics) = fetch(&client, Method::GET, &format!("{base}/metrics")).await;
+    assert!(
+        metrics.contains("ess_free_disk_bytes 104857600\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ess_min_free_disk_bytes 536870912\n"),
+        "{metrics}"
+    );
+    server.stop();
+}
+
+#[tokio::test]
 async fn head_answers_without_body() {
     let (server, _source) = status_fixture::start(Metrics::new());
     let client = Client::new();

@@ -95,6 +95,7 @@ struct Inner {
     feed_last_seq: U64Gauge,
     feed_size: U64Gauge,
     free_disk: U64Gauge,
+    min_free_disk: U64Gauge,
     uptime: U64Gauge,
 }
 
@@ -135,6 +136,7 @@ impl Metrics {
             feed_last_seq: U64Gauge::default(),
             feed_size: U64Gauge::default(),
             free_disk: U64Gauge::default(),
+            min_free_disk: U64Gauge::default(),
             uptime: U64Gauge::default(),
         };
         // The text encoder appends `_total` to counters and the unit to names registered
@@ -213,6 +215,12 @@ impl Metrics {
             "Free space on the file system of the data directory",
             Unit::Bytes,
             inner.free_disk.clone(),
+        );
+        registry.register_with_unit(
+            "ess_min_free_disk",
+            "retention.min_free_disk: below it the ingest refuses events",
+            Unit::Bytes,
+            inner.min_free_disk.clone(),
         );
         registry.register_with_unit(
             "ess_uptime",
@@ -323,6 +331,7 @@ impl Metrics {
         inner.feed_last_seq.set(snapshot.feed.last_seq);
         inner.feed_size.set(snapshot.feed.size_bytes);
         inner.free_disk.set(snapshot.free_disk_bytes);
+        inner.min_free_disk.set(snapshot.min_free_disk_bytes);
         inner.uptime.set(snapshot.uptime_secs);
         let mut out = String::new();
         // Writing into a String cannot fail, and every metric type registered above has

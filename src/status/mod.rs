@@ -53,8 +53,17 @@ pub struct Snapshot {
     pub feed: FeedStatus,
     /// Free bytes on the file system holding the data directory.
     pub free_disk_bytes: u64,
+    /// `retention.min_free_disk`: below it the ingest refuses events with 503.
+    pub min_free_disk_bytes: u64,
     /// One entry per connector, in the order the page should list them.
     pub connectors: Vec<ConnectorStatus>,
+}
+
+impl Snapshot {
+    /// Free disk is below `min_free_disk`, so the ingest refuses events.
+    pub fn disk_low(&self) -> bool {
+        self.free_disk_bytes < self.min_free_disk_bytes
+    }
 }
 
 /// The feed as a whole.

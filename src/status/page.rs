@@ -41,6 +41,8 @@ section.feed { display: grid; gap: .5rem; grid-template-columns: repeat(auto-fit
 .stat { background: var(--card); border-radius: .5rem; padding: .4rem .7rem; }
 .stat .label { display: block; color: var(--dim); font-size: .8rem; }
 .stat .value { font-size: 1.15rem; font-weight: 600; }
+.stat.low { background: rgba(207,34,46,.15); }
+.stat.low .value { color: var(--bad); }
 .badges { display: flex; gap: .3rem; flex-wrap: wrap; }
 .abs { display: block; color: var(--dim); font-size: .8rem; }
 footer { color: var(--dim); font-size: .8rem; margin-top: 1rem; }
@@ -70,6 +72,12 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                     " · up " (human_duration(snapshot.uptime_secs as f64))
                     " · as of " (now.format("%Y-%m-%d %H:%M:%S UTC"))
                 }
+                @if snapshot.disk_low() {
+                    p.summary.attention {
+                        "Free disk " (human_bytes(snapshot.free_disk_bytes)) " is below the minimum of "
+                        (human_bytes(snapshot.min_free_disk_bytes)) ": the ingest refuses events (503)."
+                    }
+                }
                 @if snapshot.connectors.is_empty() {
                     p.summary.attention { "No connectors configured." }
                 } @else if n_attention == 0 {
@@ -84,7 +92,10 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                     (stat("Feed last seq", snapshot.feed.last_seq.to_string()))
                     (stat("Feed size", human_bytes(snapshot.feed.size_bytes)))
                     (stat("Ingest rate", format!("{:.1} events/s", snapshot.feed.ingest_rate_per_sec)))
-                    (stat("Free disk", human_bytes(snapshot.free_disk_bytes)))
+                    div.stat.low[snapshot.disk_low()] {
+                        span.label { "Free disk" }
+                        span.value { (human_bytes(snapshot.free_disk_bytes)) }
+                    }
                 }
                 div.grid {
                     @for (c, condition) in snapshot.connectors.iter().zip(&conditions) {

@@ -90,6 +90,7 @@ pub struct DaemonStatus {
     feed: Feed,
     data_dir: PathBuf,
     db_path: PathBuf,
+    min_free_disk: u64,
     started: Instant,
     healthy: Box<dyn Fn() -> bool + Send + Sync>,
     rate: Mutex<RateWindow>,
@@ -97,12 +98,14 @@ pub struct DaemonStatus {
 
 impl DaemonStatus {
     /// `healthy` answers `/healthz` (for instance: not shutting down); `data_dir` is where
-    /// free disk is measured, `db_path` the file whose size is the feed size.
+    /// free disk is measured, `db_path` the file whose size is the feed size,
+    /// `min_free_disk` the ingest's threshold (`retention.min_free_disk`).
     pub fn new(
         connectors: Arc<Connectors>,
         feed: Feed,
         data_dir: PathBuf,
         db_path: PathBuf,
+        min_free_disk: u64,
         healthy: impl Fn() -> bool + Send + Sync + 'static,
     ) -> DaemonStatus {
         let started = Instant::now();
@@ -112,6 +115,7 @@ impl DaemonStatus {
             feed,
             data_dir,
             db_path,
+            min_free_disk,
             started,
             healthy: Box::new(healthy),
             rate,
@@ -150,6 +154,7 @@ impl StatusSource for DaemonStatus {
                 ingest_rate_per_sec,
             },
             free_disk_bytes: crate::ingest::free_disk_bytes(&self.data_dir).unwrap_or(0),
+            min_free_disk_bytes: self.min_free_disk,
             connectors,
         }
     }

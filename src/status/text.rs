@@ -23,6 +23,13 @@ pub fn render_text(snapshot: &Snapshot) -> String {
         snapshot.feed.ingest_rate_per_sec,
         human_bytes(snapshot.free_disk_bytes),
     );
+    if snapshot.disk_low() {
+        let _ = writeln!(
+            out,
+            "free disk is below the minimum of {}: the ingest refuses events (503)",
+            human_bytes(snapshot.min_free_disk_bytes)
+        );
+    }
     let header = [
         "CONNECTOR",
         "STATE",
@@ -130,6 +137,7 @@ mod tests {
                 ingest_rate_per_sec: 0.5,
             },
             free_disk_bytes: 1024 * 1024,
+            min_free_disk_bytes: 2 * 1024 * 1024,
             connectors: vec![
                 connector("cobol", ConnectorState::Ok),
                 ConnectorStatus {
@@ -142,6 +150,7 @@ mod tests {
         let text = render_text(&snapshot);
         let expected = "\
 ess 0.1.0, up 1 min 1 s; feed: last seq 15, 2.0 KiB, 0.5 events/s; free disk 1.0 MiB
+free disk is below the minimum of 2.0 MiB: the ingest refuses events (503)
 CONNECTOR  STATE     CURSOR  LAG      BEHIND  DELIVERED  RETRY  DEAD  LAST SUCCESS
 cobol      ok            12    3  1 min 15 s          9      0     0  never
 sftp       retrying      12    3  1 min 15 s          9      2     0  never

@@ -51,6 +51,7 @@ pub(crate) fn snapshot() -> Snapshot {
             ingest_rate_per_sec: 12.5,
         },
         free_disk_bytes: 40 * 1024 * 1024 * 1024,
+        min_free_disk_bytes: 512 * 1024 * 1024,
         connectors: vec![
             connector("city_hall_cobol", ConnectorState::Ok),
             ConnectorStatus {
@@ -91,8 +92,13 @@ pub(crate) fn snapshot() -> Snapshot {
 
 /// Starts the status server on an ephemeral port of 127.0.0.1 over `snapshot()`.
 pub(crate) fn start(metrics: Metrics) -> (StatusServer, Arc<FakeSource>) {
+    start_with(snapshot(), metrics)
+}
+
+/// Starts the status server on an ephemeral port of 127.0.0.1 over `snapshot`.
+pub(crate) fn start_with(snapshot: Snapshot, metrics: Metrics) -> (StatusServer, Arc<FakeSource>) {
     let source = Arc::new(FakeSource {
-        snapshot: snapshot(),
+        snapshot,
         healthy: AtomicBool::new(true),
     });
     let addr = "127.0.0.1:0".parse().expect("literal address");
