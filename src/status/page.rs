@@ -80,13 +80,8 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                 }
                 @if snapshot.connectors.is_empty() {
                     p.summary.attention { "No connectors configured." }
-                } @else if n_attention == 0 {
-                    p.summary.good { "All " (snapshot.connectors.len()) " connectors OK." }
                 } @else {
-                    p.summary.attention {
-                        (n_attention) " of " (snapshot.connectors.len())
-                        " connectors need attention."
-                    }
+                    (summary(n_attention, snapshot.connectors.len()))
                 }
                 section.feed aria-label="Feed" {
                     (stat("Feed last seq", snapshot.feed.last_seq.to_string()))
@@ -112,6 +107,30 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
         }
     };
     markup.into_string()
+}
+
+/// `All 3 connectors OK.`, `1 of 1 connector needs attention.`, `2 of 5 connectors need
+/// attention.`
+fn summary(n_attention: usize, n_connectors: usize) -> Markup {
+    let noun = if n_connectors == 1 {
+        "connector"
+    } else {
+        "connectors"
+    };
+    html! {
+        @if n_attention == 0 {
+            p.summary.good {
+                @if n_connectors == 1 { "The connector is OK." }
+                @else { "All " (n_connectors) " " (noun) " OK." }
+            }
+        } @else {
+            p.summary.attention {
+                (n_attention) " of " (n_connectors) " " (noun)
+                @if n_attention == 1 { " needs" } @else { " need" }
+                " attention."
+            }
+        }
+    }
 }
 
 fn stat(label: &str, value: String) -> Markup {
@@ -231,6 +250,16 @@ mod tests {
         assert_eq!(human_duration(7500.0), "2 h 5 min");
         assert_eq!(human_duration(273600.0), "3 d 4 h");
         assert_eq!(human_duration(f64::NAN), "?");
+    }
+
+    #[test]
+    fn summary_agrees_in_number() {
+        let text = |a, n| summary(a, n).into_string();
+        assert!(text(0, 1).contains(">The connector is OK.<"));
+        assert!(text(0, 3).contains(">All 3 connectors OK.<"));
+        assert!(text(1, 1).contains(">1 of 1 connector needs attention.<"));
+        assert!(text(1, 4).contains(">1 of 4 connectors needs attention.<"));
+        assert!(text(2, 5).contains(">2 of 5 connectors need attention.<"));
     }
 
     #[test]
