@@ -235,6 +235,7 @@ fn binding_a_busy_port_is_a_clear_error() {
         Metrics::new(),
     )
     .expect_err("port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     assert!(
         err.to_string().contains(&server.local_addr().to_string()),
         "{err}"
@@ -271,6 +272,37 @@ async fn malformed_requests_do_not_stop_the_server() {
         &format!("http://{addr}/healthz"),
     )
     .await;
+    assert_eq!(status, 200);
+    server.stop();
+}
+
+/// A source with a bug: every snapshot panics.
+struct PanickingSource;
+
+impl ess::status::StatusSource for PanickingSource {
+    fn snapshot(&self) -> ess::status::Snapshot {
+        panic!("bug in the source (expected by this test)");
+    }
+    fn healthy(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_source_costs_one_500_not_the_server() {
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let server =
+        ess::status::serve(addr, std::sync::Arc::new(PanickingSource), Metrics::new()).unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let client = Client::new();
+    // More requests than worker threads: every one is answered.
+    for _ in 0..5 {
+        for path in ["/", "/metrics", "/api/status"] {
+            let (status, _, _) = fetch(&client, Method::GET, &format!("{base}{path}")).await;
+            assert_eq!(status, 500, "{path}");
+        }
+    }
+    let (status, _, _) = fetch(&client, Method::GET, &format!("{base}/healthz")).await;
     assert_eq!(status, 200);
     server.stop();
 }

@@ -46,10 +46,11 @@ pub fn serve(
     metrics: Metrics,
 ) -> io::Result<StatusServer> {
     let server = Server::http(addr).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::AddrNotAvailable,
-            format!("status server on {addr}: {e}"),
-        )
+        // Keep the kind (AddrInUse, PermissionDenied...) when tiny_http passes an io::Error.
+        let kind = e
+            .downcast_ref::<io::Error>()
+            .map_or(io::ErrorKind::Other, io::Error::kind);
+        io::Error::new(kind, format!("status server on {addr}: {e}"))
     })?;
     let local_addr = server.server_addr().to_ip().ok_or_else(|| {
         io::Error::new(
@@ -97,7 +98,8 @@ impl StatusServer {
     }
 
     /// Stops accepting requests and waits for the worker threads to finish the request
-    /// each may be answering.
+    /// each may be answering (a short blocking wait: from async code, call it where
+    /// blocking is allowed, e.g. at the end of shutdown or in `spawn_blocking`).
     pub fn stop(self) {
         self.stopping.store(true, Ordering::SeqCst);
         // Each unblock wakes exactly one thread waiting in recv().
