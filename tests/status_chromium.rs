@@ -1,6 +1,6 @@
 //! The status page in a real headless Chromium: the rendered DOM names every connector with
 //! its state, and a small-screen screenshot is saved for people to look at
-//! (`target/tmp/status_page_412x900.png`, and a desktop one beside it).
+//! (`target/tmp/status_page_412x900.png`, a 320 px one and a desktop one beside it).
 //!
 //! Needs Debian's `chromium` (`apt-get install -y chromium`; CI's `.ci/run` installs it).
 //! Without it this test fails: it does not skip. `ESS_CHROMIUM` overrides the binary path.
@@ -120,7 +120,7 @@ fn status_page_renders_in_headless_chromium() {
     // The escaped strings stayed text: Chromium built no <soap> or <b> element from them.
     assert!(!dom.contains("<soap>") && !dom.contains("<b>"), "{dom}");
 
-    for (width, height) in [(412, 900), (1280, 800)] {
+    for (width, height) in [(320, 640), (412, 900), (1280, 800)] {
         let png = out_dir.join(format!("status_page_{width}x{height}.png"));
         let _ = std::fs::remove_file(&png);
         let log = out_dir.join("status_page_screenshot.log");

@@ -14,7 +14,8 @@ use super::{Condition, ConnectorState, ConnectorStatus, Snapshot};
 pub(super) const REFRESH_SECS: u32 = 5;
 
 const STYLE: &str = r#"
-:root { color-scheme: light dark; --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --dim: #57606a; --card: rgba(127,127,127,.08); }
+:root { color-scheme: light dark; --ok: #1a7f37; --warn: #9a6700; --bad: #cf222e; --dim: #57606a; --card: rgba(127,127,127,.08); --bad-text: #cf222e; }
+@media (prefers-color-scheme: dark) { :root { --ok: #238636; --warn: #9e6a03; --bad: #da3633; --dim: #8b949e; --card: rgba(127,127,127,.16); --bad-text: #ff7b72; } }
 * { box-sizing: border-box; }
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; padding: .75rem; max-width: 72rem; margin-inline: auto; }
 h1 { font-size: 1.3rem; margin: 0 0 .25rem; }
@@ -23,7 +24,7 @@ h2 { font-size: 1.05rem; margin: 0; overflow-wrap: anywhere; }
 .summary { padding: .5rem .75rem; border-radius: .4rem; font-weight: 600; margin-bottom: .75rem; }
 .summary.good { background: rgba(26,127,55,.15); }
 .summary.attention { background: rgba(207,34,46,.15); }
-.grid { display: grid; gap: .75rem; align-items: start; grid-template-columns: repeat(auto-fill, minmax(20rem, 1fr)); }
+.grid { display: grid; gap: .75rem; align-items: start; grid-template-columns: repeat(auto-fill, minmax(min(20rem, 100%), 1fr)); }
 .card { background: var(--card); border-radius: .5rem; padding: .65rem .8rem; border-left: .35rem solid var(--dim); }
 .card.ok { border-left-color: var(--ok); }
 .card.retrying, .card.dead-letters { border-left-color: var(--warn); }
@@ -36,13 +37,13 @@ h2 { font-size: 1.05rem; margin: 0; overflow-wrap: anywhere; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem .75rem; margin: 0; }
 dt { color: var(--dim); }
 dd { margin: 0; overflow-wrap: anywhere; }
-.error { color: var(--bad); }
+.error { color: var(--bad-text); }
 section.feed { display: grid; gap: .5rem; grid-template-columns: repeat(auto-fit, minmax(8rem, 1fr)); margin-bottom: .75rem; }
 .stat { background: var(--card); border-radius: .5rem; padding: .4rem .7rem; }
 .stat .label { display: block; color: var(--dim); font-size: .8rem; }
 .stat .value { font-size: 1.15rem; font-weight: 600; }
 .stat.low { background: rgba(207,34,46,.15); }
-.stat.low .value { color: var(--bad); }
+.stat.low .value { color: var(--bad-text); }
 .badges { display: flex; gap: .3rem; flex-wrap: wrap; }
 .abs { display: block; color: var(--dim); font-size: .8rem; }
 footer { color: var(--dim); font-size: .8rem; margin-top: 1rem; }
@@ -159,7 +160,7 @@ fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>)
                         dt { "State" }
                         dd {
                             "outside schedule"
-                            @if let Some(t) = next_open { "; opens " (when(t, now)) }
+                            @if let Some(t) = next_open { "; opens " (due(t, now)) }
                         }
                     }
                     ConnectorState::Ok | ConnectorState::Retrying => {}
@@ -175,7 +176,7 @@ fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>)
                     dt { "Retry" }
                     dd {
                         "attempt " (c.retry_pending)
-                        @if let Some(t) = &c.next_retry_at { "; next " (when(t, now)) }
+                        @if let Some(t) = &c.next_retry_at { "; next " (due(t, now)) }
                     }
                 }
                 dt { "Last success" }
@@ -192,16 +193,28 @@ fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>)
     }
 }
 
-/// A time: how long ago (or how soon) first, then the time itself in UTC, smaller. A
-/// string that is not RFC 3339 is shown as given.
+/// A past time: how long ago first, then the time itself in UTC, smaller. A string that
+/// is not RFC 3339 is shown as given.
 fn when(rfc3339: &str, now: DateTime<Utc>) -> Markup {
+    relative(rfc3339, now, false)
+}
+
+/// A time something is due: "in 2 min" while ahead, "due 10 s ago" once passed (the page
+/// may be a refresh behind the connector).
+fn due(rfc3339: &str, now: DateTime<Utc>) -> Markup {
+    relative(rfc3339, now, true)
+}
+
+fn relative(rfc3339: &str, now: DateTime<Utc>, is_due: bool) -> Markup {
     let Ok(t) = DateTime::parse_from_rfc3339(rfc3339) else {
         return html! { (rfc3339) };
     };
     let t = t.with_timezone(&Utc);
     let secs = (now - t).num_milliseconds() as f64 / 1000.0;
     html! {
-        @if secs >= 0.0 { (human_duration(secs)) " ago" } @else { "in " (human_duration(-secs)) }
+        @if secs < 0.0 { "in " (human_duration(-secs)) }
+        @else if is_due { "due " (human_duration(secs)) " ago" }
+        @else { (human_duration(secs)) " ago" }
         " " time.abs datetime=(rfc3339) { (t.format("%Y-%m-%d %H:%M:%S UTC")) }
     }
 }
@@ -260,6 +273,26 @@ mod tests {
         assert!(text(1, 1).contains(">1 of 1 connector needs attention.<"));
         assert!(text(1, 4).contains(">1 of 4 connectors needs attention.<"));
         assert!(text(2, 5).contains(">2 of 5 connectors need attention.<"));
+    }
+
+    #[test]
+    fn times_read_relative_to_now() {
+        let now = DateTime::parse_from_rfc3339("2026-11-27T02:00:00Z")
+            .unwrap()
+            .to_utc();
+        let text = |m: Markup| m.into_string();
+        let abs =
+            r#" <time class="abs" datetime="2026-11-27T01:55:00Z">2026-11-27 01:55:00 UTC</time>"#;
+        assert_eq!(
+            text(when("2026-11-27T01:55:00Z", now)),
+            format!("5 min 0 s ago{abs}")
+        );
+        assert_eq!(
+            text(due("2026-11-27T01:55:00Z", now)),
+            format!("due 5 min 0 s ago{abs}")
+        );
+        assert!(text(due("2026-11-27T02:00:30Z", now)).starts_with("in 30 s <time"));
+        assert_eq!(text(when("yesterday <b>", now)), "yesterday &lt;b&gt;");
     }
 
     #[test]
