@@ -22,6 +22,7 @@ pub mod init;
 pub mod ledger;
 pub mod logging;
 pub mod map;
+pub mod notify;
 pub mod send;
 pub mod serve;
 pub mod status;
