@@ -1,14 +1,14 @@
 //! Log output: `tracing` events to stderr, as human text (default) or JSON lines
 //! (`log.format: json`), filtered by `RUST_LOG` (default `info`).
 //!
-//! Code that handles an event opens a span carrying `seq` and `trace_id`
-//! (`info_span!("deliver", seq, trace_id = %event.trace_id)`); both formats repeat the
-//! fields of every enclosing span on each line. The JSON format flattens them into the top
-//! level of the object, so a log pipeline can select `trace_id == "..."` directly:
+//! Code that handles an event runs inside [`event_span`], which carries `seq` and
+//! `trace_id`; both formats repeat the fields of every enclosing span on each line. The
+//! JSON format flattens them into the top level of the object, so a log pipeline can select
+//! `trace_id == "..."` directly:
 //!
 //! ```text
 //! {"timestamp":"2026-11-27T02:00:00.123456Z","level":"INFO","target":"ess::connector",
-//!  "message":"delivered","spans":"connector:deliver","connector":"city_hall_cobol",
+//!  "message":"delivered","spans":"connector:event","connector":"city_hall_cobol",
 //!  "seq":7,"trace_id":"4bf9..."}
 //! ```
 //!
@@ -52,6 +52,17 @@ pub fn init(format: LogFormat) -> bool {
         LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
     };
     installed.is_ok()
+}
+
+/// The span every piece of work about one event runs in, so that each line logged inside
+/// carries the event's `seq` and `trace_id` (SPEC §6):
+///
+/// ```ignore
+/// let _entered = logging::event_span(&event).entered();
+/// tracing::info!(target_name = %name, "delivered");
+/// ```
+pub fn event_span(event: &crate::event::Event) -> tracing::Span {
+    tracing::info_span!("event", seq = event.seq, trace_id = %event.trace_id)
 }
 
 /// The human text layer, writing to `writer`, colours only if `ansi`: one line per event
@@ -270,6 +281,33 @@ mod tests {
         assert_eq!(line["level"], "INFO");
         assert_eq!(line["spans"], "connector:deliver");
         assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
+    fn event_span_puts_seq_and_trace_id_on_every_line() {
+        let event = crate::event::Event {
+            seq: 41,
+            event_type: "PERMIT_STATUS".to_owned(),
+            payload: serde_json::Map::new(),
+            key: "k".to_owned(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+            ts: None,
+            received_at: Utc::now(),
+        };
+        let lines = json_lines(|| {
+            let _entered = event_span(&event).entered();
+            tracing::info!("mapped");
+            tracing::warn!(error = "refused", "delivery failed");
+        });
+        assert_eq!(lines.len(), 2);
+        for line in &lines {
+            assert_eq!(line["seq"], 41, "{line}");
+            assert_eq!(
+                line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{line}"
+            );
+            assert_eq!(line["spans"], "event", "{line}");
+        }
     }
 
     #[test]
