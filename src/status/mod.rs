@@ -3,15 +3,17 @@
 //! tiny_http on `status.listen` on threads of their own, so that the page keeps answering
 //! even when the async runtime is saturated.
 //!
-//! The data flows one way. The daemon implements [`StatusSource`], which reads the feed and
-//! the ledger into a [`Snapshot`]; every page, JSON answer and scrape renders one fresh
-//! snapshot. Counters and histograms that only the hot paths know (events accepted, delivery
-//! latency...) are recorded through the cheap, cloneable [`Metrics`] handle.
+//! The data flows one way. A [`StatusSource`] ([`DaemonStatus`] in the daemon) reads the
+//! feed, the ledger and the connectors' live state into a [`Snapshot`]; every page, JSON
+//! answer and scrape renders one fresh snapshot. Counters and histograms that only the hot
+//! paths know (events accepted, delivery latency...) are recorded through the cheap,
+//! cloneable [`Metrics`] handle, which is also the ingest's and the connectors' hooks.
 //!
-//! Invariant: `status` never writes — it holds no handle that could change the feed, the
-//! ledger or a target, and only the read-only [`StatusSource`] reaches the state. It never
-//! shows payload contents: a [`Snapshot`] has no field that could hold one, and
-//! `last_error` must be a message about the failure, not the record.
+//! Invariant: `status` never writes. The HTTP side reaches the state only through
+//! [`StatusSource`]; [`DaemonStatus`] shares the daemon's `Feed` and `Ledger` handles but
+//! calls only their read functions (`last_seq`, `read_after`, `read_cursor`, `read_retry`,
+//! `read_dead_letters`). It never shows payload contents: a [`Snapshot`] has no field that
+//! could hold one, and `last_error` must be a message about the failure, not the record.
 
 mod hooks;
 mod metrics;
