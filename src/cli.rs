@@ -124,15 +124,7 @@ pub fn install_crypto_provider() {
 }
 
 fn init_logging(format: crate::config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        crate::config::LogFormat::Json => builder.json().try_init(),
-        crate::config::LogFormat::Text => builder.try_init(),
-    };
+    crate::logging::init(format);
 }
 
 /// Runs one command.
@@ -163,7 +155,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             init_logging(cfg.log_format);
             runtime()?.block_on(crate::serve::run(cfg, |b| {
-                println!("ess listening: ingest=https://{}", b.ingest);
+                println!(
+                    "ess listening: ingest=https://{} status=http://{}",
+                    b.ingest, b.status
+                );
                 // systemd (Type=notify): the feed is open and the listeners are bound.
                 crate::notify::ready();
             }))
@@ -308,7 +303,6 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
         )
     };
     let out_file = dir.join("out/permit.txt");
-    let status = cfg.status_listen;
     runtime()?.block_on(crate::serve::run(cfg, move |b| {
         println!();
         println!("ESS demo is running (Ctrl-C stops it).");
@@ -317,7 +311,7 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
             b.ingest,
             dir.join("tls/client.crt").display()
         );
-        println!("  status   http://{status}/");
+        println!("  status   http://{}/", b.status);
         println!();
         println!("Push the seed event (in another terminal):");
         println!(

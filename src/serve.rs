@@ -82,6 +82,7 @@ impl Connectors {
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub ingest: SocketAddr,
+    pub status: SocketAddr,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once both listeners are bound.
@@ -103,11 +104,12 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         .with_context(|| format!("cannot listen on {} (ingest.listen)", cfg.ingest.listen))?;
     let ingest_addr = listener.local_addr()?;
 
+    let metrics = crate::status::Metrics::new();
     let env = Env {
         feed: feed.clone(),
         ledger: ledger.clone(),
         timezone: cfg.timezone,
-        hooks: Arc::new(connector::NoHooks),
+        hooks: Arc::new(metrics.clone()),
     };
     let connectors = Arc::new(Connectors {
         specs: RwLock::new(Vec::new()),
@@ -123,9 +125,27 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         data_dir: cfg.data_dir.clone(),
         allowed_clients: cfg.ingest.allowed_clients.clone(),
         receipts: connectors.clone(),
-        hooks: Arc::new(ingest::NoHooks),
+        hooks: Arc::new(metrics.clone()),
         shutting_down: AtomicBool::new(false),
     });
+    let status_source = crate::status::DaemonStatus::new(
+        connectors.clone(),
+        feed.clone(),
+        cfg.data_dir.clone(),
+        cfg.db_path(),
+        cfg.min_free_disk,
+        {
+            let state = state.clone();
+            move || {
+                !state
+                    .shutting_down
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            }
+        },
+    );
+    let status_server =
+        crate::status::serve(cfg.status_listen, Arc::new(status_source), metrics)
+            .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
     use tokio::signal::unix::{SignalKind, signal};
@@ -136,6 +156,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     // stop just after start) must drain, not kill the process with the default action.
     on_ready(Bound {
         ingest: ingest_addr,
+        status: status_server.local_addr(),
     });
 
     loop {
@@ -165,6 +186,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
     stop_generation(generation).await;
+    status_server.stop();
     feed.close();
     tracing::info!("stopped");
     Ok(())

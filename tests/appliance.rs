@@ -604,7 +604,8 @@ impl Daemon {
                 .map_while(Result::ok)
             {
                 if let Some(addr) = line.strip_prefix("ess listening: ingest=https://") {
-                    let _ = tx.send(addr.trim().to_string());
+                    let ingest = addr.split_whitespace().next().unwrap_or(addr);
+                    let _ = tx.send(ingest.to_string());
                 }
             }
         });
