@@ -357,3 +357,82 @@ async fn new_reports_every_problem_of_the_spec() {
         "{err}"
     );
 }
+
+/// ESS itself dies mid-upload (the delivery is abandoned and its connection goes with the
+/// process); a new process re-delivers from the committed checkpoint: exactly once, in
+/// both modes, and no temp file is left behind.
+#[tokio::test]
+async fn process_dying_mid_upload_then_a_new_target_redelivers_exactly_once() {
+    let sshd = Sshd::start();
+    for (mode, file) in [("append", "permit.txt"), ("batch", "permit_{{seq}}.txt")] {
+        let mut t = target(&sshd, "user_ed25519", file, mode);
+        let ck = deliver(&mut t, &items(1..=10, 100), &[]).await.unwrap();
+        let watched = if mode == "append" {
+            sshd.drop_dir().join("permit.txt")
+        } else {
+            sshd.drop_dir().join(".permit_11.txt.part")
+        };
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let before = size(&watched);
+        let big = items(11..=60_000, 100);
+        let task = tokio::spawn({
+            let ck = ck.clone();
+            async move { deliver(&mut t, &big, &ck).await }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while size(&watched) == before && !task.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "upload never started");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // The "process" dies: its task and its SSH connection are gone.
+        task.abort();
+        let _ = task.await;
+
+        let mut restarted = target(&sshd, "user_ed25519", file, mode);
+        deliver(&mut restarted, &items(11..=60_000, 100), &ck)
+            .await
+            .unwrap();
+        if mode == "append" {
+            assert!(
+                fs::read(&watched).unwrap() == expected(1..=60_000, 100),
+                "append: not exactly once"
+            );
+        } else {
+            assert_eq!(
+                fs::read(sshd.drop_dir().join("permit_1.txt")).unwrap(),
+                expected(1..=10, 100)
+            );
+            assert!(
+                fs::read(sshd.drop_dir().join("permit_11.txt")).unwrap()
+                    == expected(11..=60_000, 100)
+            );
+        }
+    }
+    assert_eq!(
+        listing(&sshd.drop_dir()),
+        ["permit.txt", "permit_1.txt", "permit_11.txt"]
+    );
+}
+
+/// A server that stops answering (SIGSTOP) makes requests and the reconnect time out:
+/// transient, and the delivery goes through once it answers again.
+#[tokio::test]
+async fn a_frozen_server_times_out_as_transient() {
+    let sshd = Sshd::start();
+    let mut s = spec(&sshd, "user_ed25519", "permit.txt", "append");
+    s.timeout = Some("1s".into());
+    let mut t = SftpTarget::new(&s, sshd.dir.path(), "drop", TZ).unwrap();
+    let ck = deliver(&mut t, &items(1..=1, 3), &[]).await.unwrap();
+    sshd.signal(libc::SIGSTOP);
+    let err = deliver(&mut t, &items(2..=2, 3), &ck).await.unwrap_err();
+    sshd.signal(libc::SIGCONT);
+    assert!(
+        matches!(&err, DeliveryError::Transient { message, .. } if message.contains("timed out")),
+        "{err:?}"
+    );
+    deliver(&mut t, &items(2..=2, 3), &ck).await.unwrap();
+    assert_eq!(
+        fs::read(sshd.drop_dir().join("permit.txt")).unwrap(),
+        expected(1..=2, 3)
+    );
+}

@@ -288,12 +288,7 @@ impl HttpTarget {
 
     /// Sends one record; `Ok` once the endpoint acknowledged it.
     async fn send(&self, event: &Event, record: &Record) -> Result<(), DeliveryError> {
-        let key = HeaderValue::from_str(&event.key).map_err(|_| {
-            DeliveryError::Permanent(format!(
-                "event {}: idempotency key {:?} cannot be sent as an HTTP header",
-                event.seq, event.key
-            ))
-        })?;
+        let key = key_header(&event.key);
         let mut req = self
             .client
             .request(self.method.clone(), self.url.clone())
@@ -443,6 +438,27 @@ fn envelope(v12: bool, record: &[u8]) -> Vec<u8> {
     out.extend_from_slice(record);
     out.extend_from_slice(b"</soap:Body></soap:Envelope>");
     out
+}
+
+/// The `Idempotency-Key` header for `key`: as is when it is visible ASCII, else with every
+/// byte outside `!`..`~` (and `%`) percent-encoded, so every event can be sent and a key
+/// always maps to the same header.
+fn key_header(key: &str) -> HeaderValue {
+    if let Ok(v) = HeaderValue::from_str(key)
+        && key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return v;
+    }
+    let mut out = String::with_capacity(key.len() * 3);
+    for b in key.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // Only visible ASCII is left, which is always a valid header value.
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("invalid-key"))
 }
 
 /// A W3C `traceparent` when the trace id is one (32 hex digits, not all zero); the parent
@@ -716,6 +732,8 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000005-01"
         );
         assert_eq!(traceparent("t", 5), None);
+        assert_eq!(key_header("k-1_A.b"), "k-1_A.b");
+        assert_eq!(key_header("caf\u{e9} 1"), "caf%C3%A9%201");
         assert!(is_envelope(
             "<?xml version='1.0'?>\n<s:Envelope xmlns:s='x'><s:Body>{{record}}</s:Body></s:Envelope>"
         ));

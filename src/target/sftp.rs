@@ -339,11 +339,14 @@ impl SftpTarget {
                         }
                     }
                 };
+                // Cut the uncommitted tail first, so the file never shows stale bytes
+                // after the new ones; then write at the committed offset (never a blind
+                // append: a repeated delivery overwrites the same bytes).
+                if remote_len > base {
+                    remote.truncate(path, base).await?;
+                }
                 remote.upload(path, base, bytes, false).await?;
                 let len = base + bytes.len() as u64;
-                if remote_len > len {
-                    remote.truncate(path, len).await?;
-                }
                 Ok(SftpCheckpoint {
                     file: path.to_string(),
                     len,

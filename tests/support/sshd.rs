@@ -159,13 +159,7 @@ impl Sshd {
     /// are found as descendants in /proc rather than by process group).
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let mut pids = vec![child.id()];
-            let mut idx = 0;
-            while idx < pids.len() {
-                let parent = pids[idx];
-                pids.extend(children_of(parent));
-                idx += 1;
-            }
+            let pids = family(child.id());
             for pid in &pids {
                 // SAFETY: plain syscall on processes this test started.
                 unsafe {
@@ -185,6 +179,17 @@ impl Sshd {
         }
     }
 
+    /// Sends `sig` (SIGSTOP, SIGCONT...) to sshd and its session processes.
+    pub(crate) fn signal(&self, sig: i32) {
+        let Some(child) = &self.child else { return };
+        for pid in family(child.id()) {
+            // SAFETY: plain syscall on processes this test started.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
     pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -198,6 +203,18 @@ impl Sshd {
     pub(crate) fn logins(&self) -> usize {
         self.log().matches("Accepted publickey").count()
     }
+}
+
+/// `pid` and all its descendants.
+fn family(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    let mut idx = 0;
+    while idx < pids.len() {
+        let parent = pids[idx];
+        pids.extend(children_of(parent));
+        idx += 1;
+    }
+    pids
 }
 
 /// Pids whose parent is `pid`.
