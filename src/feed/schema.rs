@@ -19,6 +19,10 @@ pub const RETRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("retries"
 /// (connector, seq) -> versioned postcard [`crate::ledger::DeadLetter`].
 pub const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
 
+/// (connector, seq) -> (): events to deliver again, ahead of the cursor (`ess replay`).
+/// Removed in the same transaction that commits their re-delivery.
+pub const REQUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("requeue");
+
 /// The on-disk format this build writes. Bumped on any incompatible change to a value.
 pub const FORMAT_VERSION: u64 = 1;
 /// The leading byte of every versioned value.
@@ -36,8 +40,12 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// Inverse of [`encode`]; a clear error for an unknown version or corrupt bytes.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("corrupt stored value: {e}")),
-        Some((v, _)) => Err(format!("stored value has format version {v}; this build reads {VALUE_VERSION}")),
+        Some((&VALUE_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| format!("corrupt stored value: {e}"))
+        }
+        Some((v, _)) => Err(format!(
+            "stored value has format version {v}; this build reads {VALUE_VERSION}"
+        )),
         None => Err("empty stored value".into()),
     }
 }
