@@ -53,7 +53,7 @@ fn items(seqs: std::ops::RangeInclusive<u64>, pad: usize) -> Vec<(Event, Record)
             key: format!("k{seq}"),
             trace_id: format!("t{seq}"),
             ts: None,
-            received_at: chrono::Utc::now(),
+            received_at: chrono::Utc.with_ymd_and_hms(2025, 4, 12, 9, 0, 0).unwrap(),
         };
         let bytes = format!("{seq:08} {}\n", "x".repeat(pad)).into_bytes();
         (event, Record { seq, bytes })
@@ -73,7 +73,17 @@ async fn deliver(
     items: &[(Event, Record)],
     ck: &[u8],
 ) -> Result<Checkpoint, DeliveryError> {
-    let now = TZ.with_ymd_and_hms(2025, 4, 12, 10, 0, 0).unwrap();
+    deliver_on(t, 12, items, ck).await
+}
+
+/// Delivers as if it were April `day`, 2025.
+async fn deliver_on(
+    t: &mut SftpTarget,
+    day: u32,
+    items: &[(Event, Record)],
+    ck: &[u8],
+) -> Result<Checkpoint, DeliveryError> {
+    let now = TZ.with_ymd_and_hms(2025, 4, day, 10, 0, 0).unwrap();
     t.deliver(
         &Delivery {
             connector: "drop",
@@ -435,4 +445,47 @@ async fn a_frozen_server_times_out_as_transient() {
         fs::read(sshd.drop_dir().join("permit.txt")).unwrap(),
         expected(1..=2, 3)
     );
+}
+
+/// A delivery into yesterday's file is interrupted, and the retry happens after midnight
+/// into today's file: yesterday's uncommitted tail is cut, nothing is doubled.
+#[tokio::test]
+async fn append_retry_after_midnight_cuts_the_tail_of_yesterdays_file() {
+    let sshd = Sshd::start();
+    let mut t = target(
+        &sshd,
+        "user_ed25519",
+        "permit_{{date:%Y%m%d}}.txt",
+        "append",
+    );
+    let ck = deliver_on(&mut t, 12, &items(1..=2, 3), &[]).await.unwrap();
+    let _lost = deliver_on(&mut t, 12, &items(3..=4, 3), &ck).await.unwrap();
+    deliver_on(&mut t, 13, &items(3..=4, 3), &ck).await.unwrap();
+    let drop = sshd.drop_dir();
+    assert_eq!(
+        fs::read(drop.join("permit_20250412.txt")).unwrap(),
+        expected(1..=2, 3)
+    );
+    assert_eq!(
+        fs::read(drop.join("permit_20250413.txt")).unwrap(),
+        expected(3..=4, 3)
+    );
+}
+
+/// Batch files are named after their first event's time, not the (retry's) delivery time,
+/// and the connector is asked to pin their range.
+#[tokio::test]
+async fn batch_names_do_not_depend_on_when_the_retry_happens() {
+    let sshd = Sshd::start();
+    let mut t = target(
+        &sshd,
+        "user_ed25519",
+        "p_{{date:%Y%m%d}}_{{seq}}.txt",
+        "batch",
+    );
+    assert!(t.pins_batches());
+    deliver_on(&mut t, 12, &items(1..=2, 3), &[]).await.unwrap();
+    deliver_on(&mut t, 14, &items(1..=2, 3), &[]).await.unwrap();
+    assert_eq!(listing(&sshd.drop_dir()), ["p_20250412_1.txt"]);
+    assert!(!target(&sshd, "user_ed25519", "p.txt", "append").pins_batches());
 }

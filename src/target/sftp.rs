@@ -9,10 +9,12 @@
 //!
 //! Exactly once, by mode:
 //! - `batch`: one file per delivery, named from the template with the delivery's first
-//!   `seq` (so a re-delivery after a crash produces the *same* name). The bytes go to a
+//!   `seq` and its first event's time (so a re-delivery after a crash, which the connector
+//!   makes with the same events since [`Target::pins_batches`] is true, produces the *same*
+//!   name), with the map's header/trailer records around the records. The bytes go to a
 //!   hidden temp name, are fsynced (`fsync@openssh.com`) and renamed over the final name
 //!   with `posix-rename@openssh.com`: a reader sees no file or the whole file, and a
-//!   re-delivery replaces the file with the same (or a longer) run of records.
+//!   re-delivery replaces the file with the same bytes.
 //! - `append`: the checkpoint holds the remote file and the length the last *committed*
 //!   delivery left it at. Before writing, the remote length is reconciled with it: a longer
 //!   file holds an uncommitted tail of an interrupted delivery, which is cut off
@@ -21,6 +23,8 @@
 //!   to be written: if it starts with them, it is this delivery's own interrupted attempt
 //!   and is rewritten from 0; otherwise its content is someone else's and is kept. A new
 //!   file is created under a temp name and renamed into place, so it appears whole.
+//!   When the delivery goes to another file than the checkpoint's (a new `{{date}}`), an
+//!   uncommitted tail left in the checkpoint's file is cut first.
 //!
 //! Architecture invariant: the returned checkpoint describes only bytes that are on the
 //! server and fsynced; nothing is written before the host key is verified.
@@ -40,6 +44,7 @@ use super::{Checkpoint, Delivery, DeliveryError, Target, check_file_template, fi
 use crate::config::connector::SftpDeliver;
 use crate::config::parse_duration;
 use crate::feed::schema::{decode, encode};
+use crate::map::Mapping;
 
 /// Default for `timeout:` (connect, authenticate, and each SFTP request).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,6 +82,8 @@ pub struct SftpTarget {
     file: String,
     mode: Mode,
     timeout: Duration,
+    /// Gives batch files their header and trailer control records.
+    mapping: Option<Arc<Mapping>>,
     conn: Option<Conn>,
 }
 
@@ -194,10 +201,17 @@ impl SftpTarget {
                 file: spec.file.clone(),
                 mode,
                 timeout,
+                mapping: None,
                 conn: None,
             }),
             _ => Err(errs.join("; ")),
         }
+    }
+
+    /// Lets batch files carry the map's `header:` / `trailer:` control records.
+    pub fn with_mapping(mut self, mapping: Arc<Mapping>) -> SftpTarget {
+        self.mapping = Some(mapping);
+        self
     }
 
     /// Opens a new authenticated session and SFTP channel.
@@ -304,6 +318,13 @@ impl SftpTarget {
                 })
             }
             Mode::Append => {
+                // An interrupted delivery may have left a tail in the file the checkpoint
+                // names while this one goes to a new (dated) file: cut it first.
+                if let Some(c) = ck.filter(|c| c.file != path)
+                    && remote.len(&c.file).await?.is_some_and(|l| l > c.len)
+                {
+                    remote.truncate(&c.file, c.len).await?;
+                }
                 let remote_len = remote.len(path).await?;
                 let Some(remote_len) = remote_len else {
                     // A new file (or one a consumer took away): it appears whole, or not at all.
@@ -374,16 +395,40 @@ impl Target for SftpTarget {
         if delivery.items.is_empty() {
             return Ok(checkpoint.to_vec());
         }
-        let bytes: Vec<u8> = delivery
-            .items
-            .iter()
-            .flat_map(|(_, r)| r.bytes.iter().copied())
-            .collect();
+        let mut bytes = Vec::new();
+        let name_time = match self.mode {
+            Mode::Append => delivery.now,
+            Mode::Batch => {
+                if let Some(m) = &self.mapping {
+                    let header = m.batch_header(delivery.items, delivery.now);
+                    bytes.extend(
+                        header
+                            .map_err(|e| DeliveryError::Permanent(format!("batch header: {e}")))?,
+                    );
+                }
+                // A batch file's name must not depend on when a retry happens: the time of
+                // its first event names it (the connector re-delivers the same range).
+                let first = delivery.items.first().map(|(e, _)| e.received_at);
+                first.map_or(delivery.now, |t| t.with_timezone(&delivery.now.timezone()))
+            }
+        };
+        bytes.extend(
+            delivery
+                .items
+                .iter()
+                .flat_map(|(_, r)| r.bytes.iter().copied()),
+        );
+        if let (Mode::Batch, Some(m)) = (self.mode, &self.mapping) {
+            let trailer = m.batch_trailer(delivery.items, delivery.now);
+            bytes.extend(
+                trailer.map_err(|e| DeliveryError::Permanent(format!("batch trailer: {e}")))?,
+            );
+        }
         let name = file_name(
             &self.file,
             delivery.connector,
             delivery.first_seq(),
-            &delivery.now,
+            &name_time,
         );
         let path = if self.dir == "." {
             name
@@ -415,6 +460,12 @@ impl Target for SftpTarget {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Batch files are named after their first event: a crashed batch must come again
+    /// with the same events.
+    fn pins_batches(&self) -> bool {
+        self.mode == Mode::Batch
     }
 }
 
