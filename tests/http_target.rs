@@ -367,6 +367,7 @@ async fn new_reports_every_problem_of_the_spec() {
     s.client_cert = Some("c.pem".into());
     s.soap_action = Some("urn:x".into());
     s.timeout = Some("fast".into());
+    s.headers.insert("Idempotency-Key".into(), "mine".into());
     let err = HttpTarget::new(&s, Path::new("."), "c", "json").unwrap_err();
     for want in [
         "http:// or https://",
@@ -374,6 +375,7 @@ async fn new_reports_every_problem_of_the_spec() {
         "unknown placeholder {{field:NAME}}",
         "client_cert and client_key",
         "need `format: soap`",
+        "header Idempotency-Key is set by ESS",
         "timeout",
     ] {
         assert!(err.contains(want), "{want:?} missing in {err}");

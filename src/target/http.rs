@@ -182,6 +182,9 @@ impl HttpTarget {
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) {
+                (Ok(n), _) if n == "idempotency-key" || n == "traceparent" => errs.push(format!(
+                    "http: header {name} is set by ESS for every record; remove it"
+                )),
                 (Ok(n), Ok(v)) => {
                     headers.insert(n, v);
                 }

@@ -51,6 +51,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes per SFTP WRITE request: below OpenSSH's 256 KiB packet limit and the 32 KiB
 /// channel packet, so no request is split or refused.
 const CHUNK: usize = 32 * 1024;
+/// SFTP WRITE requests in flight at once during an upload.
+const WINDOW: usize = 16;
 /// How often an idle session sends an SSH keep-alive; three unanswered ones close it.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -105,7 +107,7 @@ impl std::fmt::Debug for SftpTarget {
 /// A live, authenticated session with its SFTP channel.
 struct Conn {
     ssh: client::Handle<HostKeyCheck>,
-    sftp: RawSftpSession,
+    sftp: Arc<RawSftpSession>,
     posix_rename: bool,
     fsync: bool,
 }
@@ -280,7 +282,7 @@ impl SftpTarget {
             }
             Ok(Ok(Some(ch))) => ch,
         };
-        let sftp = RawSftpSession::new(channel.into_stream());
+        let sftp = Arc::new(RawSftpSession::new(channel.into_stream()));
         sftp.set_timeout(self.timeout.as_secs().max(1));
         let version = sftp
             .init()
@@ -532,12 +534,20 @@ impl Remote<'_> {
             .await
             .map_err(err)?
             .handle;
+        // Up to WINDOW writes in flight, so a link's latency is paid once per window, not
+        // once per chunk. Each write names its offset, so their order does not matter.
+        let mut inflight = tokio::task::JoinSet::new();
         let mut at = offset;
         for chunk in bytes.chunks(CHUNK) {
-            sftp.write(handle.as_str(), at, chunk.to_vec())
-                .await
-                .map_err(err)?;
+            if inflight.len() >= WINDOW {
+                joined(inflight.join_next().await).map_err(err)?;
+            }
+            let (sftp, handle, data) = (sftp.clone(), handle.clone(), chunk.to_vec());
+            inflight.spawn(async move { sftp.write(handle, at, data).await.map(|_| ()) });
             at += chunk.len() as u64;
+        }
+        while let Some(done) = inflight.join_next().await {
+            joined(Some(done)).map_err(err)?;
         }
         if self.conn.fsync {
             sftp.fsync(handle.as_str()).await.map_err(err)?;
@@ -606,6 +616,17 @@ impl Remote<'_> {
             .await
             .map_err(|e| sftp_error(&self.where_, &format!("rename {tmp} to {path}"), e))?;
         Ok(())
+    }
+}
+
+/// The outcome of one pipelined write (a panicked or cancelled task counts as failed).
+fn joined(
+    done: Option<Result<Result<(), SftpError>, tokio::task::JoinError>>,
+) -> Result<(), SftpError> {
+    match done {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(SftpError::UnexpectedBehavior(format!("write task: {e}"))),
+        None => Ok(()),
     }
 }
 
