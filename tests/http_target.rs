@@ -339,6 +339,19 @@ async fn client_errors_are_permanent_and_servers_down_are_transient() {
         "{err:?}"
     );
 
+    let moved = Endpoint::start(Arc::new(|_: &http::Seen| {
+        Answer::new(308, "").header("location", "https://new.example/x")
+    }))
+    .await;
+    let mut t = HttpTarget::new(&spec(moved.url("/x")), Path::new("."), "c", "csv").unwrap();
+    let err = deliver(&mut t, &[event(1, "a,b\n")], &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, DeliveryError::Permanent(m) if m.contains("redirected to https://new.example/x") && m.contains("HTTP 308")),
+        "{err:?}"
+    );
+
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -312,6 +312,17 @@ impl HttpTarget {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
+        // Redirects are not followed (a POST must not silently land elsewhere): say where.
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok());
+        let what = match location {
+            Some(l) if status.is_redirection() => {
+                format!("{what}: redirected to {l} (fix the url)")
+            }
+            _ => what,
+        };
         let body = read_capped(resp)
             .await
             .map_err(|e| request_error(&what, &e))?;
