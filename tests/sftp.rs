@@ -489,3 +489,19 @@ async fn batch_names_do_not_depend_on_when_the_retry_happens() {
     assert_eq!(listing(&sshd.drop_dir()), ["p_20250412_1.txt"]);
     assert!(!target(&sshd, "user_ed25519", "p.txt", "append").pins_batches());
 }
+
+#[tokio::test]
+async fn a_missing_folder_is_a_permanent_failure_naming_it() {
+    let sshd = Sshd::start();
+    let mut s = spec(&sshd, "user_ed25519", "p_{{seq}}.txt", "batch");
+    s.dir = sshd.path("no/such/dir").display().to_string();
+    let mut t = SftpTarget::new(&s, sshd.dir.path(), "drop", TZ).unwrap();
+    let err = deliver(&mut t, &items(1..=1, 3), &[]).await.unwrap_err();
+    let DeliveryError::Permanent(msg) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        msg.contains("no/such/dir does not exist on the server"),
+        "{msg}"
+    );
+}

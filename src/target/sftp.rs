@@ -529,11 +529,17 @@ impl Remote<'_> {
         } else {
             OpenFlags::WRITE
         };
-        let handle = sftp
-            .open(path, flags, FileAttributes::empty())
-            .await
-            .map_err(err)?
-            .handle;
+        let handle = match sftp.open(path, flags, FileAttributes::empty()).await {
+            Ok(h) => h.handle,
+            Err(SftpError::Status(st)) if st.status_code == StatusCode::NoSuchFile => {
+                let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
+                return Err(DeliveryError::Permanent(format!(
+                    "sftp {}: cannot create {path}: the folder {dir} does not exist on the server",
+                    self.where_
+                )));
+            }
+            Err(e) => return Err(err(e)),
+        };
         // Up to WINDOW writes in flight, so a link's latency is paid once per window, not
         // once per chunk. Each write names its offset, so their order does not matter.
         let mut inflight = tokio::task::JoinSet::new();
