@@ -317,11 +317,13 @@ async fn faults_are_retried_and_each_key_is_acted_on_once_in_order() {
             .contains("HTTP 500 Internal Server Error: db down")),
         "{errors:?}"
     );
-    // A re-delivery of an acknowledged record (a crash before the ledger committed the
-    // cursor but after the checkpoint) is not sent again.
+    // A re-delivery of an acknowledged record (a crash before the ledger commit, or a
+    // replay) is sent again with the same key, and the receiver does not act twice.
     let before = server.seen().len();
     deliver(&mut t, &items[4..], &ck).await.unwrap();
-    assert_eq!(server.seen().len(), before);
+    assert_eq!(server.seen().len(), before + 1);
+    assert_eq!(server.seen().last().unwrap().key(), "key-5");
+    assert_eq!(server.applied(), want);
 }
 
 #[tokio::test]

@@ -4,8 +4,9 @@
 //! One request per record, in `seq` order; a delivery stops at the first failure, so a
 //! later record is never sent before an earlier one succeeded. Exactly once rests on the
 //! receiver honouring `Idempotency-Key` (a retried record carries the same key, whether
-//! the earlier attempt died before or after the receiver acted on it); the checkpoint
-//! records the last acknowledged `seq`, and a record at or below it is never sent again.
+//! the earlier attempt died before or after the receiver acted on it). HTTP has no state
+//! to reconcile, so the checkpoint only records the last acknowledged `seq` (for
+//! diagnosis); it never makes the target skip a record, so a replayed event is sent.
 //!
 //! Bodies: the record as the map made it, or the `body:` template filled with it
 //! (`{{record}}`, `{{key}}`, `{{seq}}`, `{{type}}`, `{{trace_id}}`, `{{target}}`). For
@@ -360,9 +361,6 @@ impl Target for HttpTarget {
                 .map_err(|e| DeliveryError::Permanent(format!("http checkpoint: {e}")))?
         };
         for (event, record) in delivery.items {
-            if event.seq <= ck.last_seq && ck.last_seq != 0 {
-                continue;
-            }
             self.send(event, record).await?;
             ck.last_seq = event.seq;
         }
