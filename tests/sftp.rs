@@ -324,11 +324,13 @@ async fn changed_host_key_is_refused_naming_the_key_and_nothing_is_written() {
 async fn unknown_host_key_is_refused() {
     let sshd = Sshd::start();
     let mut t = target(&sshd, "user_ed25519", "p_{{seq}}.txt", "batch");
-    // known_hosts pins this host, but only an RSA key: the ed25519 key offered is unknown.
-    let rsa = fs::read_to_string(sshd.path("user_rsa.pub")).unwrap();
+    // known_hosts pins this host, but only an ECDSA key, a kind the server does not have:
+    // the ed25519 key it offers is unknown.
+    sshd::keygen(&sshd.path("other_ecdsa"), "ecdsa");
+    let ecdsa = fs::read_to_string(sshd.path("other_ecdsa.pub")).unwrap();
     fs::write(
         sshd.path("known_hosts"),
-        format!("[127.0.0.1]:{} {rsa}", sshd.port),
+        format!("[127.0.0.1]:{} {ecdsa}", sshd.port),
     )
     .unwrap();
     let err = deliver(&mut t, &items(1..=1, 3), &[]).await.unwrap_err();
@@ -503,5 +505,19 @@ async fn a_missing_folder_is_a_permanent_failure_naming_it() {
     assert!(
         msg.contains("no/such/dir does not exist on the server"),
         "{msg}"
+    );
+}
+
+/// The server has an ed25519 and an RSA host key; known_hosts pins only the RSA one (as
+/// `ssh-keyscan -t rsa` writes it): the client asks for that kind and is let in.
+#[tokio::test]
+async fn the_kind_of_host_key_pinned_is_the_one_asked_for() {
+    let sshd = Sshd::start();
+    sshd.pin_rsa_host_key();
+    let mut t = target(&sshd, "user_ed25519", "permit.txt", "append");
+    deliver(&mut t, &items(1..=1, 3), &[]).await.unwrap();
+    assert_eq!(
+        fs::read(sshd.drop_dir().join("permit.txt")).unwrap(),
+        expected(1..=1, 3)
     );
 }

@@ -33,7 +33,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use russh::Preferred;
 use russh::client;
+use russh::keys::Algorithm;
+use russh::keys::known_hosts::known_host_keys_path;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
@@ -147,7 +150,7 @@ impl SftpTarget {
                 known_hosts.display()
             ));
         } else {
-            match russh::keys::known_hosts::known_host_keys_path(&spec.host, port, &known_hosts) {
+            match known_host_keys_path(&spec.host, port, &known_hosts) {
                 Ok(keys) if keys.is_empty() => errs.push(format!(
                     "sftp: {} has no key for {}; pin the server with `ssh-keyscan -p {port} {} >> {}` and check the fingerprint",
                     known_hosts.display(),
@@ -216,11 +219,50 @@ impl SftpTarget {
         self
     }
 
+    /// The client's algorithm preferences, asking for the kinds of host key `known_hosts`
+    /// pins for this server first: a server with several host keys then shows the pinned
+    /// one, not whichever the client would like best.
+    fn preferred_host_keys(&self) -> Preferred {
+        let mut preferred = Preferred::default();
+        let pinned =
+            known_host_keys_path(&self.host, self.port, &self.known_hosts).unwrap_or_default();
+        let mut algs: Vec<Algorithm> = Vec::new();
+        for (_, key) in pinned {
+            let kinds = match key.algorithm() {
+                // A pinned RSA key is offered with SHA-2 signatures only.
+                Algorithm::Rsa { .. } => vec![
+                    Algorithm::Rsa {
+                        hash: Some(HashAlg::Sha512),
+                    },
+                    Algorithm::Rsa {
+                        hash: Some(HashAlg::Sha256),
+                    },
+                ],
+                other => vec![other],
+            };
+            for a in kinds {
+                if !algs.contains(&a) {
+                    algs.push(a);
+                }
+            }
+        }
+        let rest: Vec<Algorithm> = preferred
+            .key
+            .iter()
+            .filter(|a| !algs.contains(a))
+            .cloned()
+            .collect();
+        algs.extend(rest);
+        preferred.key = algs.into();
+        preferred
+    }
+
     /// Opens a new authenticated session and SFTP channel.
     async fn connect(&self) -> Result<Conn, DeliveryError> {
         let config = Arc::new(client::Config {
             keepalive_interval: Some(KEEPALIVE),
             keepalive_max: 3,
+            preferred: self.preferred_host_keys(),
             ..Default::default()
         });
         let check = HostKeyCheck {

@@ -15,7 +15,7 @@ pub(crate) struct Sshd {
     child: Option<Child>,
 }
 
-fn keygen(path: &Path, kind: &str) {
+pub(crate) fn keygen(path: &Path, kind: &str) {
     let _ = fs::remove_file(path);
     let _ = fs::remove_file(path.with_extension("pub"));
     let mut cmd = Command::new("ssh-keygen");
@@ -51,6 +51,7 @@ impl Sshd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         keygen(&d.join("host_ed25519"), "ed25519");
+        keygen(&d.join("host_rsa"), "rsa");
         keygen(&d.join("user_ed25519"), "ed25519");
         keygen(&d.join("user_rsa"), "rsa");
         let mut auth = fs::read_to_string(pub_of(&d.join("user_ed25519"))).unwrap();
@@ -59,10 +60,11 @@ impl Sshd {
         fs::create_dir(d.join("drop")).unwrap();
         let port = free_port();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nHostKey {hk_rsa}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
              StrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\n",
             hk = d.join("host_ed25519").display(),
+            hk_rsa = d.join("host_rsa").display(),
             pid = d.join("sshd.pid").display(),
             ak = d.join("authorized_keys").display(),
         );
@@ -89,6 +91,16 @@ impl Sshd {
     /// `known_hosts` pinning the current host key.
     pub(crate) fn write_known_hosts(&self) {
         let key = fs::read_to_string(pub_of(&self.path("host_ed25519"))).unwrap();
+        fs::write(
+            self.path("known_hosts"),
+            format!("[127.0.0.1]:{} {}", self.port, key),
+        )
+        .unwrap();
+    }
+
+    /// `known_hosts` pinning only the server's RSA host key.
+    pub(crate) fn pin_rsa_host_key(&self) {
+        let key = fs::read_to_string(pub_of(&self.path("host_rsa"))).unwrap();
         fs::write(
             self.path("known_hosts"),
             format!("[127.0.0.1]:{} {}", self.port, key),
