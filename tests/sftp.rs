@@ -521,3 +521,27 @@ async fn the_kind_of_host_key_pinned_is_the_one_asked_for() {
         expected(1..=1, 3)
     );
 }
+
+/// known_hosts with hashed host names (`ssh-keygen -H`, `ssh-keyscan -H`) pins as well.
+#[tokio::test]
+async fn hashed_known_hosts_entries_are_understood() {
+    let sshd = Sshd::start();
+    let st = std::process::Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(sshd.path("known_hosts"))
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let text = fs::read_to_string(sshd.path("known_hosts")).unwrap();
+    assert!(
+        text.starts_with("|1|") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+    let mut t = target(&sshd, "user_ed25519", "permit.txt", "append");
+    deliver(&mut t, &items(1..=1, 3), &[]).await.unwrap();
+    assert_eq!(
+        fs::read(sshd.drop_dir().join("permit.txt")).unwrap(),
+        expected(1..=1, 3)
+    );
+}
