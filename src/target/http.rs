@@ -301,7 +301,12 @@ impl HttpTarget {
         if let Some(tp) = traceparent(&event.trace_id, event.seq) {
             req = req.header("traceparent", tp);
         }
-        let what = format!("http {} {}: seq {}", self.method, self.url, event.seq);
+        let what = format!(
+            "http {} {}: seq {}",
+            self.method,
+            shown(&self.url),
+            event.seq
+        );
         let resp = req
             .body(self.body_of(event, record))
             .send()
@@ -371,6 +376,15 @@ impl Target for HttpTarget {
     fn max_batch(&self) -> usize {
         1
     }
+}
+
+/// `url` for messages and logs: without a password it may carry.
+fn shown(url: &Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    url.to_string()
 }
 
 /// Refuses unknown placeholders in a body template.
@@ -745,6 +759,10 @@ mod tests {
         );
         assert_eq!(traceparent("t", 5), None);
         assert_eq!(key_header("k-1_A.b"), "k-1_A.b");
+        assert_eq!(
+            shown(&Url::parse("https://u:secret@h/p").unwrap()),
+            "https://u:***@h/p"
+        );
         assert_eq!(key_header("caf\u{e9} 1"), "caf%C3%A9%201");
         assert!(is_envelope(
             "<?xml version='1.0'?>\n<s:Envelope xmlns:s='x'><s:Body>{{record}}</s:Body></s:Envelope>"
