@@ -3,8 +3,7 @@
 //! listener and its session processes are SIGKILLed on `kill()` and on drop.
 
 use std::fs;
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,25 +57,38 @@ impl Sshd {
         auth.push_str(&fs::read_to_string(pub_of(&d.join("user_rsa"))).unwrap());
         fs::write(d.join("authorized_keys"), auth).unwrap();
         fs::create_dir(d.join("drop")).unwrap();
-        let port = free_port();
+        let mut s = Sshd {
+            dir,
+            port: 0,
+            child: None,
+        };
+        // Another process may take the free port before sshd binds it: then try another.
+        for attempt in 1..=5 {
+            s.port = free_port();
+            s.write_config();
+            s.write_known_hosts();
+            match s.try_spawn() {
+                Ok(()) => return s,
+                Err(e) if attempt == 5 => panic!("{e}"),
+                Err(_) => {}
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nHostKey {hk_rsa}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
              StrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\n",
+            port = self.port,
             hk = d.join("host_ed25519").display(),
             hk_rsa = d.join("host_rsa").display(),
             pid = d.join("sshd.pid").display(),
             ak = d.join("authorized_keys").display(),
         );
         fs::write(d.join("sshd_config"), config).unwrap();
-        let mut s = Sshd {
-            dir,
-            port,
-            child: None,
-        };
-        s.write_known_hosts();
-        s.spawn();
-        s
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {
@@ -125,44 +137,48 @@ impl Sshd {
     }
 
     pub(crate) fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts sshd and waits until *it* says it listens (a greeting on the port could come
+    /// from another server that took the port).
+    fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "sshd already running");
         // Privilege separation needs this folder (it is created by the package's service).
         let _ = fs::create_dir_all("/run/sshd");
+        let listening = format!("Server listening on 127.0.0.1 port {}", self.port);
+        let seen_before = self.log().matches(&listening).count();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path("sshd.log"))
             .unwrap();
-        let child = {
-            Command::new("/usr/sbin/sshd")
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(self.path("sshd_config"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("/usr/sbin/sshd starts (apt-get install openssh-server)")
-        };
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(self.path("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("/usr/sbin/sshd starts (apt-get install openssh-server)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut buf = [0u8; 4];
-                if s.read_exact(&mut buf).is_ok() && &buf == b"SSH-" {
-                    return;
-                }
-            }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("sshd exited with {st}: {}", self.log());
+                self.child = None;
+                return Err(format!("sshd exited with {st}: {}", self.log()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start: {}",
-                self.log()
-            );
+            if self.log().matches(&listening).count() > seen_before {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!("sshd did not start: {}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
