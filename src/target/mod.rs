@@ -10,6 +10,8 @@
 //! with back-off, [`DeliveryError::Permanent`] follows the connector's `on_failure`.
 
 pub mod file;
+pub mod http;
+pub mod sftp;
 
 use std::time::Duration;
 
