@@ -183,7 +183,7 @@ fn compile(loaded: &LoadedConnector, tz: Tz) -> Result<ConnectorSpec, Vec<Diagno
 }
 
 /// Creates the target a connector delivers to (without connecting anywhere yet).
-pub fn build_target(spec: &ConnectorSpec, _tz: Tz) -> Result<Box<dyn Target>, String> {
+pub fn build_target(spec: &ConnectorSpec, tz: Tz) -> Result<Box<dyn Target>, String> {
     match &spec.deliver {
         DeliverSpec::File(f) => Ok(Box::new(crate::target::file::FileTarget::new(
             f,
@@ -191,8 +191,16 @@ pub fn build_target(spec: &ConnectorSpec, _tz: Tz) -> Result<Box<dyn Target>, St
             &spec.name,
             Some(spec.mapping.clone()),
         )?)),
-        DeliverSpec::Sftp(_) => Err("kind sftp is not available in this build yet".into()),
-        DeliverSpec::Http(_) => Err("kind http is not available in this build yet".into()),
+        DeliverSpec::Sftp(s) => Ok(Box::new(
+            crate::target::sftp::SftpTarget::new(s, &spec.base_dir, &spec.name, tz)?
+                .with_mapping(spec.mapping.clone()),
+        )),
+        DeliverSpec::Http(h) => Ok(Box::new(crate::target::http::HttpTarget::new(
+            h,
+            &spec.base_dir,
+            &spec.name,
+            &spec.format,
+        )?)),
     }
 }
 
