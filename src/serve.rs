@@ -32,9 +32,12 @@ struct Generation {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// A running connector's spec and its live state.
+pub type RunningConnector = (Arc<ConnectorSpec>, Arc<Mutex<Live>>);
+
 /// What the daemon knows about its connectors, shared with receipts and status.
 pub struct Connectors {
-    pub specs: RwLock<Vec<(Arc<ConnectorSpec>, Arc<Mutex<Live>>)>>,
+    pub specs: RwLock<Vec<RunningConnector>>,
     pub ledger: Ledger,
 }
 
