@@ -1,4 +1,5 @@
 pub mod config;
+pub mod connector;
 pub mod event;
 pub mod feed;
 pub mod ledger;
