@@ -10,6 +10,7 @@
 //! with back-off, [`DeliveryError::Permanent`] follows the connector's `on_failure`.
 
 // pub mod file;
+pub mod rotate;
 
 use std::time::Duration;
 
