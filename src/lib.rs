@@ -5,3 +5,4 @@ pub mod feed;
 pub mod ledger;
 pub mod map;
 pub mod target;
+pub mod admin;
