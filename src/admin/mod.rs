@@ -29,17 +29,9 @@ pub use cli::{
     BackupArgs, ListArgs, ReplayArgs, StatsArgs, run_backup, run_list, run_replay, run_stats,
 };
 
-/// A usage or validation error: the command line or the request was wrong (exit code 2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
+/// A usage or validation error (exit code 2): the same type `ess`'s other commands use, so
+/// [`crate::cli::exit_code`] maps it.
+pub use crate::cli::UsageError;
 
 /// Why an admin request failed, as the caller must branch on it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

@@ -7,8 +7,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
 use super::Diagnostic;
@@ -266,7 +266,10 @@ impl LoadedConnector {
 pub fn parse(path: &Path, text: &str) -> Result<LoadedConnector, Diagnostic> {
     let file: ConnectorFile =
         serde_saphyr::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
-    Ok(LoadedConnector { path: path.to_path_buf(), file })
+    Ok(LoadedConnector {
+        path: path.to_path_buf(),
+        file,
+    })
 }
 
 /// Every `*.yml` / `*.yaml` file of `maps_dir`, sorted by name.
@@ -305,7 +308,15 @@ deliver:
     #[test]
     fn seed_map_parses_with_fields_in_order() {
         let c = parse(Path::new("permit_map.yml"), SEED).unwrap();
-        let names: Vec<_> = c.file.fields.as_ref().unwrap().0.iter().map(|(k, _)| k.value.clone()).collect();
+        let names: Vec<_> = c
+            .file
+            .fields
+            .as_ref()
+            .unwrap()
+            .0
+            .iter()
+            .map(|(k, _)| k.value.clone())
+            .collect();
         assert_eq!(names, ["PERMIT_ID", "STATUS", "TS"]);
         let (_, ts) = &c.file.fields.as_ref().unwrap().0[2];
         assert_eq!(ts.referenced.line(), 8);

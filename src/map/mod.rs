@@ -7,12 +7,14 @@
 //! This first cut handles the seed's fixed-width short form (`src | width:N |
 //! format:STRFTIME`); the full language (SPEC §4) is issue #3.
 
+pub mod cli;
+
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::config::connector::{FieldSpec, LoadedConnector};
 use crate::config::Diagnostic;
+use crate::config::connector::{FieldSpec, LoadedConnector};
 use crate::event::{Event, Record};
 
 /// What compiling needs beyond the file itself.
@@ -66,7 +68,11 @@ impl Mapping {
         let mut fields = Vec::new();
         for (name, spec) in conn.file.fields.iter().flat_map(|f| f.0.iter()) {
             let FieldSpec::Short(text) = &spec.value else {
-                errs.push(Diagnostic::at(&conn.path, spec, "long-form fields are not supported yet"));
+                errs.push(Diagnostic::at(
+                    &conn.path,
+                    spec,
+                    "long-form fields are not supported yet",
+                ));
                 continue;
             };
             let mut parts = text.split('|').map(str::trim);
@@ -76,35 +82,74 @@ impl Mapping {
                 match m.split_once(':') {
                     Some(("width", w)) => width = w.trim().parse().ok(),
                     Some(("format", f)) => format = Some(f.to_string()),
-                    _ => errs.push(Diagnostic::at(&conn.path, spec, format!("unknown modifier {m:?}"))),
+                    _ => errs.push(Diagnostic::at(
+                        &conn.path,
+                        spec,
+                        format!("unknown modifier {m:?}"),
+                    )),
                 }
             }
             let Some(width) = width else {
                 errs.push(Diagnostic::at(
                     &conn.path,
                     spec,
-                    format!("field {} needs a width for format fixed (add `| width:N`)", name.value),
+                    format!(
+                        "field {} needs a width for format fixed (add `| width:N`)",
+                        name.value
+                    ),
                 ));
                 continue;
             };
-            fields.push(Field { name: name.value.clone(), source, width, format });
+            fields.push(Field {
+                name: name.value.clone(),
+                source,
+                width,
+                format,
+            });
         }
         if !errs.is_empty() {
             return Err(errs);
         }
-        Ok(Mapping { events: conn.file.events.clone(), fields, timezone: ctx.timezone })
+        Ok(Mapping {
+            events: conn.file.events.clone(),
+            fields,
+            timezone: ctx.timezone,
+        })
     }
 
     /// Whether this connector takes events of `event_type`.
     pub fn selects(&self, event_type: &str) -> bool {
-        self.events.as_ref().is_none_or(|e| e.iter().any(|t| t == event_type))
+        self.events
+            .as_ref()
+            .is_none_or(|e| e.iter().any(|t| t == event_type))
+    }
+
+    /// The header control record of a batch file (empty: none).
+    pub fn batch_header(
+        &self,
+        _items: &[(Event, Record)],
+        _now: chrono::DateTime<Tz>,
+    ) -> Result<Vec<u8>, MapError> {
+        Ok(Vec::new())
+    }
+
+    /// The trailer control record of a batch file (empty: none).
+    pub fn batch_trailer(
+        &self,
+        _items: &[(Event, Record)],
+        _now: chrono::DateTime<Tz>,
+    ) -> Result<Vec<u8>, MapError> {
+        Ok(Vec::new())
     }
 
     /// Makes the record for `event`, line end included.
     pub fn render(&self, event: &Event) -> Result<Record, MapError> {
         let mut line = String::new();
         for f in &self.fields {
-            let err = |message: String| MapError::Field { field: f.name.clone(), message };
+            let err = |message: String| MapError::Field {
+                field: f.name.clone(),
+                message,
+            };
             let raw = match event.payload.get(&f.source) {
                 Some(Value::String(s)) => Some(s.clone()),
                 Some(other) => Some(other.to_string()),
@@ -130,6 +175,9 @@ impl Mapping {
             line.push_str(&format!("{value:<width$}", width = f.width));
         }
         line.push('\n');
-        Ok(Record { seq: event.seq, bytes: line.into_bytes() })
+        Ok(Record {
+            seq: event.seq,
+            bytes: line.into_bytes(),
+        })
     }
 }
