@@ -326,8 +326,11 @@ async fn commands_go_through_the_socket_of_a_running_daemon() {
     let a = appliance().await;
     // The "daemon" holds the database open for writing, as `ess serve` does.
     let db = Arc::new(open_database(&a.cfg.db_path()).unwrap());
+    let woken = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let w = woken.clone();
     let backend = Arc::new(Counting {
-        inner: DirectBackend::new(&a.cfg.maps_dir, &a.cfg.db_path(), db.clone()),
+        inner: DirectBackend::new(&a.cfg.maps_dir, &a.cfg.db_path(), db.clone())
+            .on_replay(move |target| w.lock().unwrap().push(target.to_string())),
         calls: AtomicUsize::new(0),
     });
     let server = serve(&a.cfg.admin_socket, backend.clone()).unwrap();
@@ -346,6 +349,8 @@ async fn commands_go_through_the_socket_of_a_running_daemon() {
     // Every one of exercise()'s 17 requests was answered by the daemon (replay could not
     // have opened the file anyway: the daemon holds it).
     assert_eq!(backend.calls.load(Ordering::SeqCst), 17);
+    // The two replays that queued something woke the connector.
+    assert_eq!(*woken.lock().unwrap(), ["city", "city"]);
 
     server.stop();
     assert!(!a.cfg.admin_socket.exists());

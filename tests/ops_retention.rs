@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use ess::feed::retention::{compact, free_disk_bytes};
+use ess::feed::retention::{compact, compact_passed, free_disk_bytes, lowest_cursor};
 use ess::feed::{Feed, NewEvent, open_database};
 use ess::ledger::{DeadLetter, Ledger};
 
@@ -78,6 +78,52 @@ async fn compaction_deletes_only_passed_old_events_and_their_keys() {
     // Seqs stay gap-free after compaction, and a compacted key is accepted again as new.
     let out = feed.append(vec![event("a-0".into())]).await.unwrap();
     assert_eq!(out.first_seq, Some(101));
+    feed.close();
+}
+
+#[tokio::test]
+async fn the_daemon_pass_keeps_what_the_slowest_connector_needs_and_young_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = open(dir.path());
+    append_n(&feed, "c", 50).await;
+    let ledger = Ledger::new(feed.db().clone());
+    ledger
+        .commit_progress("fast", 50, vec![], 50, &[], Utc::now())
+        .unwrap();
+    ledger
+        .commit_progress("slow", 20, vec![], 20, &[], Utc::now())
+        .unwrap();
+    ledger
+        .commit_progress("removed", 1, vec![], 1, &[], Utc::now())
+        .unwrap();
+    assert_eq!(lowest_cursor(feed.db(), &["fast", "slow"]).unwrap(), 20);
+    assert_eq!(
+        lowest_cursor(feed.db(), &["fast", "new"]).unwrap(),
+        0,
+        "a connector without cursor holds all"
+    );
+    assert_eq!(lowest_cursor(feed.db(), &[]).unwrap(), 0);
+
+    let later = Utc::now() + Duration::hours(2);
+    let hour = std::time::Duration::from_secs(3600);
+    // Events received now are younger than 1h at `now`: kept.
+    assert_eq!(
+        compact_passed(feed.db(), &["fast", "slow"], hour, Utc::now())
+            .unwrap()
+            .deleted,
+        0
+    );
+    // Two hours later they are old; only what "slow" passed goes ("removed" holds nothing).
+    let stats = compact_passed(feed.db(), &["fast", "slow"], hour, later).unwrap();
+    assert_eq!((stats.deleted, stats.last_deleted), (20, Some(20)));
+    // A huge retention never overflows.
+    let forever = std::time::Duration::from_secs(u64::MAX);
+    assert_eq!(
+        compact_passed(feed.db(), &["fast"], forever, later)
+            .unwrap()
+            .deleted,
+        0
+    );
     feed.close();
 }
 

@@ -119,7 +119,17 @@ fn several_ranges_overnight_and_wrapping_days() {
         Some(utc(2026, 6, 13, 12, 0))
     );
 
+    assert_eq!(
+        s.closes_at(utc(2026, 6, 13, 13, 0), New_York),
+        Some(utc(2026, 6, 13, 16, 0))
+    );
+    assert_eq!(s.closes_at(utc(2026, 6, 13, 16, 0), New_York), None);
+
     let night = Schedule::parse("fri 22:00-02:00").unwrap();
+    assert_eq!(
+        night.closes_at(utc(2026, 6, 13, 5, 0), New_York),
+        Some(utc(2026, 6, 13, 6, 0))
+    );
     assert!(night.is_open(utc(2026, 6, 13, 2, 30), New_York)); // Fri 22:30 EDT
     assert!(night.is_open(utc(2026, 6, 13, 5, 59), New_York)); // Sat 01:59 EDT
     assert!(!night.is_open(utc(2026, 6, 13, 6, 0), New_York)); // Sat 02:00

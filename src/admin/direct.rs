@@ -37,11 +37,15 @@ enum Db {
     ReadOnly(ReadOnlyDatabase),
 }
 
+/// Called with the connector's name after a replay queued something.
+pub type ReplayHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// The admin operations, straight on `ess.redb`.
 pub struct DirectBackend {
     maps_dir: PathBuf,
     db_path: PathBuf,
     db: Db,
+    on_replay: Option<ReplayHook>,
 }
 
 /// A connector as its map file describes it.
@@ -81,6 +85,7 @@ impl DirectBackend {
             maps_dir: maps_dir.to_path_buf(),
             db_path: db_path.to_path_buf(),
             db: Db::Shared(db),
+            on_replay: None,
         }
     }
 
@@ -98,6 +103,7 @@ impl DirectBackend {
             maps_dir: maps_dir.to_path_buf(),
             db_path: db_path.to_path_buf(),
             db: Db::ReadOnly(db),
+            on_replay: None,
         })
     }
 
@@ -116,6 +122,13 @@ impl DirectBackend {
             ))
         })?;
         Ok(DirectBackend::new(maps_dir, db_path, Arc::new(db)))
+    }
+
+    /// Calls `hook` with the connector's name after a replay queued events, so the daemon
+    /// can wake that connector instead of waiting for the next feed event.
+    pub fn on_replay(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> DirectBackend {
+        self.on_replay = Some(Arc::new(hook));
+        self
     }
 
     fn begin_read(&self) -> Result<ReadTransaction, AdminError> {
@@ -474,6 +487,26 @@ impl AdminBackend for DirectBackend {
     }
 
     fn replay(&self, req: &ReplayRequest) -> Result<ReplayResponse, AdminError> {
+        let resp = self.replay_inner(req)?;
+        if resp.requeued > 0 {
+            if let Some(hook) = &self.on_replay {
+                hook(&resp.target);
+            }
+        }
+        Ok(resp)
+    }
+
+    fn stats(&self) -> Result<StatsResponse, AdminError> {
+        self.stats_inner()
+    }
+
+    fn backup(&self, req: &BackupRequest) -> Result<BackupResponse, AdminError> {
+        self.backup_inner(req)
+    }
+}
+
+impl DirectBackend {
+    fn replay_inner(&self, req: &ReplayRequest) -> Result<ReplayResponse, AdminError> {
         let Db::Shared(db) = &self.db else {
             return Err(AdminError::Runtime(
                 "replay needs the database open for writing".into(),
@@ -544,7 +577,7 @@ impl AdminBackend for DirectBackend {
         }
     }
 
-    fn stats(&self) -> Result<StatsResponse, AdminError> {
+    fn stats_inner(&self) -> Result<StatsResponse, AdminError> {
         let tx = self.begin_read()?;
         let last = last_seq(&tx)?;
         let (first_seq, n_events) = match open_ro(&tx, EVENTS)? {
@@ -597,7 +630,7 @@ impl AdminBackend for DirectBackend {
         Ok(StatsResponse { feed, connectors })
     }
 
-    fn backup(&self, req: &BackupRequest) -> Result<BackupResponse, AdminError> {
+    fn backup_inner(&self, req: &BackupRequest) -> Result<BackupResponse, AdminError> {
         let path = &req.to;
         if !path.is_absolute() {
             return Err(AdminError::Usage(format!(

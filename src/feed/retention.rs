@@ -122,6 +122,36 @@ pub fn compact(
     Ok(stats)
 }
 
+/// The `keep_after_seq` for [`compact`]: the lowest cursor among `connectors` (the ones
+/// whose maps are loaded). A connector without a cursor yet holds everything (0).
+/// Connectors the ledger knows but that are not named here (their map was removed) hold
+/// nothing.
+pub fn lowest_cursor(db: &Database, connectors: &[&str]) -> Result<Seq, Error> {
+    let mut low = u64::MAX;
+    for name in connectors {
+        let seq = crate::ledger::read_cursor(db, name)?.map_or(0, |c| c.seq);
+        low = low.min(seq);
+    }
+    // No connector at all: nothing has passed anything, so nothing may go.
+    Ok(if low == u64::MAX { 0 } else { low })
+}
+
+/// One retention pass as the daemon runs it: events every connector in `connectors` has
+/// passed and received more than `retention` before `now` are compacted.
+pub fn compact_passed(
+    db: &Database,
+    connectors: &[&str],
+    retention: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Result<CompactStats, Error> {
+    let keep_after = lowest_cursor(db, connectors)?;
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let older_than = now
+        .checked_sub_signed(retention)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    compact(db, keep_after, older_than)
+}
+
 /// Bytes available to an unprivileged user on the filesystem holding `path`.
 pub fn free_disk_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
