@@ -453,3 +453,18 @@ async fn a_bad_config_is_a_usage_error() {
     .unwrap_err();
     assert!(is_usage(&err), "{err}");
 }
+
+#[tokio::test]
+async fn commands_work_on_a_database_left_by_a_crashed_daemon() {
+    let a = appliance().await;
+    // A copy taken while a writer has the file open looks exactly like a daemon killed -9:
+    // committed data, but not shut down cleanly.
+    let db = open_database(&a.cfg.db_path()).unwrap();
+    let crashed = a.root.join("crashed.redb");
+    std::fs::copy(a.cfg.db_path(), &crashed).unwrap();
+    drop(db);
+    std::fs::rename(&crashed, a.cfg.db_path()).unwrap();
+
+    assert_eq!(stats_json(&a).feed.last_seq, 6);
+    assert_eq!(seqs(&list_json(&a, &["--dead"]), "city", "dead"), [2]);
+}

@@ -90,6 +90,7 @@ impl DirectBackend {
     }
 
     /// Opens the database read-only (works while a daemon holds it): list, stats, backup.
+    /// A file left unclean by a dead daemon is repaired first (see below).
     pub fn read_only(maps_dir: &Path, db_path: &Path) -> Result<DirectBackend, AdminError> {
         if !db_path.exists() {
             return Err(AdminError::Runtime(format!(
@@ -97,12 +98,33 @@ impl DirectBackend {
                 db_path.display()
             )));
         }
-        let db = crate::feed::open_database_read_only(db_path)
-            .map_err(|e| AdminError::Runtime(format!("cannot open {}: {e}", db_path.display())))?;
+        let mut builder = Database::builder();
+        builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        let db = match builder.open_read_only(db_path) {
+            Ok(db) => Db::ReadOnly(db),
+            // Left by a daemon that died (kill -9, power loss) and none runs now: a reader
+            // may not repair, so open it for writing, which repairs it exactly as the next
+            // `ess serve` would (committed data only; redb's recovery is atomic).
+            Err(redb::DatabaseError::RepairAborted) => {
+                let db = crate::feed::open_database(db_path).map_err(|e| {
+                    AdminError::Runtime(format!(
+                        "{} needs recovery and cannot be opened: {e}",
+                        db_path.display()
+                    ))
+                })?;
+                Db::Shared(Arc::new(db))
+            }
+            Err(e) => {
+                return Err(AdminError::Runtime(format!(
+                    "cannot open {}: {e}",
+                    db_path.display()
+                )));
+            }
+        };
         Ok(DirectBackend {
             maps_dir: maps_dir.to_path_buf(),
             db_path: db_path.to_path_buf(),
-            db: Db::ReadOnly(db),
+            db,
             on_replay: None,
         })
     }

@@ -92,7 +92,14 @@ pub fn serve(path: &Path, backend: Arc<dyn AdminBackend>) -> std::io::Result<Adm
         .name("admin-socket".into())
         .spawn(move || {
             for request in srv.incoming_requests() {
-                handle(request, backend.as_ref());
+                // A bug in one request must not take the admin socket down for the next
+                // ones; the failed request's connection is simply closed.
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handle(request, backend.as_ref())
+                }));
+                if served.is_err() {
+                    tracing::error!("admin request handler panicked; the socket keeps serving");
+                }
             }
         })?;
     Ok(AdminServer {

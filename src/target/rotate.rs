@@ -29,7 +29,7 @@ enum Token {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
-    /// ASCII digits (a leading sign allowed).
+    /// ASCII digits.
     Digits,
     /// Digits or spaces (space-padded numbers such as `%e`).
     PaddedDigits,
@@ -44,9 +44,9 @@ enum Class {
 }
 
 impl Class {
-    fn admits(self, c: char, first: bool) -> bool {
+    fn admits(self, c: char) -> bool {
         match self {
-            Class::Digits => c.is_ascii_digit() || (first && matches!(c, '-' | '+')),
+            Class::Digits => c.is_ascii_digit(),
             Class::PaddedDigits => c.is_ascii_digit() || c == ' ',
             Class::Letters => c.is_ascii_alphabetic(),
             Class::Offset => c.is_ascii_digit() || matches!(c, '+' | '-' | ':'),
@@ -196,16 +196,11 @@ fn match_from(tokens: &[Token], s: &[char]) -> bool {
             s.starts_with(&lit) && match_from(rest, &s[lit.len()..])
         }
         Some((Token::Exact(class, n), rest)) => {
-            s.len() >= *n
-                && s[..*n]
-                    .iter()
-                    .enumerate()
-                    .all(|(i, &c)| class.admits(c, i == 0))
-                && match_from(rest, &s[*n..])
+            s.len() >= *n && s[..*n].iter().all(|&c| class.admits(c)) && match_from(rest, &s[*n..])
         }
         Some((Token::Run(class), rest)) => {
             let mut n = 0;
-            while n < s.len() && class.admits(s[n], n == 0) {
+            while n < s.len() && class.admits(s[n]) {
                 n += 1;
                 if match_from(rest, &s[n..]) {
                     return true;
