@@ -161,3 +161,57 @@ fn a_template_error_is_an_error_not_a_deletion() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert_eq!(names(dir.path()), ["a.txt"]);
 }
+
+mod properties {
+    use chrono::TimeZone;
+    use ess::target::file_name;
+    use ess::target::rotate::NameMatcher;
+    use proptest::prelude::*;
+
+    const TEMPLATES: &[&str] = &[
+        "permit.txt",
+        "p_{{date}}.txt",
+        "p_{{date:%Y%m%d}}_{{seq}}.txt",
+        "{{target}}-{{date:%d%b%Y-%H%M%S}}.dat",
+        "{{seq}}{{seq}}.{{target}}",
+        "{{date:%e %B %Y}} {{target}}",
+        "x{{date:%s}}",
+    ];
+
+    proptest! {
+        /// Every name the file target would write is recognised as the connector's own.
+        #[test]
+        fn names_the_target_writes_are_matched(
+            t in 0..TEMPLATES.len(),
+            seq in 1u64..u64::MAX,
+            secs in 0i64..4_102_444_800,
+            connector in "[a-z][a-z0-9_]{0,12}",
+        ) {
+            let tz = chrono_tz::America::New_York;
+            let now = tz.timestamp_opt(secs, 0).unwrap();
+            let name = file_name(TEMPLATES[t], &connector, seq, &now);
+            let m = NameMatcher::new(TEMPLATES[t], &connector).unwrap();
+            prop_assert!(m.matches(&name), "{} from {}", name, TEMPLATES[t]);
+            let temp = format!(".{name}.ess-tmp");
+            prop_assert!(m.matches_own(&temp));
+            let other = format!("{name}~");
+            prop_assert!(!m.matches(&other));
+        }
+
+        /// Arbitrary templates and names never panic.
+        #[test]
+        fn arbitrary_input_never_panics(template in "\\PC{0,40}", name in "\\PC{0,80}") {
+            if let Ok(m) = NameMatcher::new(&template, "c") {
+                let _ = m.matches_own(&name);
+            }
+        }
+    }
+
+    #[test]
+    fn adjacent_runs_stay_cheap_on_long_names() {
+        let m = NameMatcher::new("{{seq}}{{seq}}{{seq}}{{seq}}{{seq}}{{seq}}x", "c").unwrap();
+        let name = "1".repeat(250);
+        assert!(!m.matches(&name));
+        assert!(m.matches(&format!("{name}x")));
+    }
+}

@@ -161,3 +161,76 @@ fn bad_schedules_are_refused_with_a_reason() {
     }
     assert!(Schedule::parse("Mon 00:00-24:00").is_ok());
 }
+
+mod properties {
+    use super::*;
+    use chrono::{Datelike, Timelike};
+    use proptest::prelude::*;
+
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+    /// The plain wall-clock reading of one range, right away from DST changes.
+    fn wall_clock_open(ranges: &[(usize, usize, u32, u32)], at: DateTime<Utc>) -> bool {
+        let local = at.with_timezone(&New_York);
+        let day = local.weekday().num_days_from_monday() as usize;
+        let minute = local.hour() * 60 + local.minute();
+        let in_days = |d: usize, a: usize, b: usize| {
+            if a <= b {
+                (a..=b).contains(&d)
+            } else {
+                d >= a || d <= b
+            }
+        };
+        ranges.iter().any(|&(a, b, start, end)| {
+            if start < end {
+                in_days(day, a, b) && (start..end).contains(&minute)
+            } else {
+                (in_days(day, a, b) && minute >= start)
+                    || (in_days((day + 6) % 7, a, b) && minute < end)
+            }
+        })
+    }
+
+    fn hhmm(m: u32) -> String {
+        format!("{:02}:{:02}", m / 60, m % 60)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn agrees_with_the_wall_clock_and_next_open_is_an_opening(
+            ranges in prop::collection::vec((0usize..7, 0usize..7, 0u32..1440, 0u32..1440), 1..4),
+            minute_of_2026 in 0i64..525_600,
+        ) {
+            let ranges: Vec<_> = ranges.into_iter().filter(|r| r.2 != r.3).collect();
+            prop_assume!(!ranges.is_empty());
+            let text = ranges
+                .iter()
+                .map(|&(a, b, s, e)| format!("{}-{} {}-{}", DAYS[a], DAYS[b], hhmm(s), hhmm(e)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let schedule = Schedule::parse(&text).unwrap();
+            let at = utc(2026, 1, 1, 0, 0) + Duration::minutes(minute_of_2026);
+            // Away from the two DST changes (and a day's margin for overnight ranges), the
+            // interval rule is the plain wall-clock rule.
+            let near_dst = [utc(2026, 3, 8, 7, 0), utc(2026, 11, 1, 6, 0)]
+                .iter()
+                .any(|&t| (at - t).num_hours().abs() < 30);
+            if !near_dst {
+                prop_assert_eq!(schedule.is_open(at, New_York), wall_clock_open(&ranges, at), "{} at {}", text, at);
+            }
+            let next = schedule.next_open(at, New_York).expect("a weekly window always opens");
+            prop_assert!(next >= at);
+            prop_assert!(schedule.is_open(next, New_York));
+            if next > at {
+                prop_assert!(!schedule.is_open(next - Duration::seconds(1), New_York), "{} at {}: {}", text, at, next);
+            }
+        }
+
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,60}") {
+            let _ = Schedule::parse(&text);
+        }
+    }
+}

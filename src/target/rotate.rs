@@ -185,30 +185,45 @@ impl NameMatcher {
     }
 }
 
-/// Backtracking match of `tokens` against all of `s`. Names are short and runs are
-/// separated by literals in practice, so the search stays small; it is bounded by the
-/// name length in any case (each run consumes at least one char).
+/// Whether `tokens` match all of `s`. A set-of-positions walk (like a Thompson NFA)
+/// rather than backtracking, so adjacent runs (`{{seq}}{{seq}}`) cannot make it
+/// exponential: at most tokens x len x len steps, and file names are short.
 fn match_from(tokens: &[Token], s: &[char]) -> bool {
-    match tokens.split_first() {
-        None => s.is_empty(),
-        Some((Token::Literal(lit), rest)) => {
-            let lit: Vec<char> = lit.chars().collect();
-            s.starts_with(&lit) && match_from(rest, &s[lit.len()..])
-        }
-        Some((Token::Exact(class, n), rest)) => {
-            s.len() >= *n && s[..*n].iter().all(|&c| class.admits(c)) && match_from(rest, &s[*n..])
-        }
-        Some((Token::Run(class), rest)) => {
-            let mut n = 0;
-            while n < s.len() && class.admits(s[n]) {
-                n += 1;
-                if match_from(rest, &s[n..]) {
-                    return true;
+    // reachable[p]: the tokens so far can consume exactly s[..p].
+    let mut reachable = vec![false; s.len() + 1];
+    reachable[0] = true;
+    for token in tokens {
+        let mut next = vec![false; s.len() + 1];
+        for start in (0..=s.len()).filter(|&p| reachable[p]) {
+            let rest = &s[start..];
+            match token {
+                Token::Literal(lit) => {
+                    let lit: Vec<char> = lit.chars().collect();
+                    if rest.starts_with(&lit) {
+                        next[start + lit.len()] = true;
+                    }
+                }
+                Token::Exact(class, n) => {
+                    if rest.len() >= *n && rest[..*n].iter().all(|&c| class.admits(c)) {
+                        next[start + n] = true;
+                    }
+                }
+                Token::Run(class) => {
+                    for (i, &c) in rest.iter().enumerate() {
+                        if !class.admits(c) {
+                            break;
+                        }
+                        next[start + i + 1] = true;
+                    }
                 }
             }
-            false
         }
+        if !next.contains(&true) {
+            return false;
+        }
+        reachable = next;
     }
+    reachable[s.len()]
 }
 
 /// Deletes this connector's output files (and leftover temp files) in `dir` whose mtime is
