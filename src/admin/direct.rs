@@ -81,23 +81,34 @@ fn open_ro<K: redb::Key + 'static, V: redb::Value + 'static>(
 impl DirectBackend {
     /// The daemon's backend: shares its open database.
     pub fn new(maps_dir: &Path, db_path: &Path, db: Arc<Database>) -> DirectBackend {
+        DirectBackend::with(maps_dir, db_path, Db::Shared(db))
+    }
+
+    fn with(maps_dir: &Path, db_path: &Path, db: Db) -> DirectBackend {
         DirectBackend {
             maps_dir: maps_dir.to_path_buf(),
             db_path: db_path.to_path_buf(),
-            db: Db::Shared(db),
+            db,
             on_replay: None,
         }
+    }
+
+    /// The CLI never creates a database: a missing file means a wrong config or a daemon
+    /// that never ran.
+    fn require(db_path: &Path) -> Result<(), AdminError> {
+        if db_path.exists() {
+            return Ok(());
+        }
+        Err(AdminError::Runtime(format!(
+            "no database at {} (has `ess serve` run with this config?)",
+            db_path.display()
+        )))
     }
 
     /// Opens the database read-only (works while a daemon holds it): list, stats, backup.
     /// A file left unclean by a dead daemon is repaired first (see below).
     pub fn read_only(maps_dir: &Path, db_path: &Path) -> Result<DirectBackend, AdminError> {
-        if !db_path.exists() {
-            return Err(AdminError::Runtime(format!(
-                "no database at {} (has `ess serve` run with this config?)",
-                db_path.display()
-            )));
-        }
+        DirectBackend::require(db_path)?;
         let mut builder = Database::builder();
         builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
         let db = match builder.open_read_only(db_path) {
@@ -121,22 +132,12 @@ impl DirectBackend {
                 )));
             }
         };
-        Ok(DirectBackend {
-            maps_dir: maps_dir.to_path_buf(),
-            db_path: db_path.to_path_buf(),
-            db,
-            on_replay: None,
-        })
+        Ok(DirectBackend::with(maps_dir, db_path, db))
     }
 
     /// Opens the database for writing (fails while a daemon holds it): replay.
     pub fn writable(maps_dir: &Path, db_path: &Path) -> Result<DirectBackend, AdminError> {
-        if !db_path.exists() {
-            return Err(AdminError::Runtime(format!(
-                "no database at {} (has `ess serve` run with this config?)",
-                db_path.display()
-            )));
-        }
+        DirectBackend::require(db_path)?;
         let db = crate::feed::open_database(db_path).map_err(|e| {
             AdminError::Runtime(format!(
                 "cannot open {} for writing: {e} (a daemon holds it but its admin socket does not answer?)",
