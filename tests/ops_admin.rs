@@ -468,3 +468,97 @@ async fn commands_work_on_a_database_left_by_a_crashed_daemon() {
     assert_eq!(stats_json(&a).feed.last_seq, 6);
     assert_eq!(seqs(&list_json(&a, &["--dead"]), "city", "dead"), [2]);
 }
+
+/// A backend whose backup waits until the test lets it go.
+struct SlowBackup {
+    inner: DirectBackend,
+    started: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl AdminBackend for SlowBackup {
+    fn list(&self, req: &ListRequest) -> Result<ListResponse, AdminError> {
+        self.inner.list(req)
+    }
+    fn replay(&self, req: &ReplayRequest) -> Result<ReplayResponse, AdminError> {
+        self.inner.replay(req)
+    }
+    fn stats(&self) -> Result<StatsResponse, AdminError> {
+        self.inner.stats()
+    }
+    fn backup(&self, req: &BackupRequest) -> Result<BackupResponse, AdminError> {
+        self.started.lock().unwrap().send(()).unwrap();
+        self.release.lock().unwrap().recv().unwrap();
+        self.inner.backup(req)
+    }
+}
+
+#[tokio::test]
+async fn a_running_backup_does_not_block_other_commands_and_runs_alone() {
+    let a = appliance().await;
+    let db = Arc::new(open_database(&a.cfg.db_path()).unwrap());
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let backend = Arc::new(SlowBackup {
+        inner: DirectBackend::new(&a.cfg.maps_dir, &a.cfg.db_path(), db.clone()),
+        started: std::sync::Mutex::new(started_tx),
+        release: std::sync::Mutex::new(release_rx),
+    });
+    let server = serve(&a.cfg.admin_socket, backend).unwrap();
+    let to = a.root.join("b1.redb");
+    let args = BackupArgs {
+        config: a.config.clone(),
+        to: to.clone(),
+        json: false,
+    };
+    let first = std::thread::spawn(move || backup_output(&args));
+    started.recv().unwrap();
+
+    // While it runs: stats answers, and a second backup is refused as a usage error.
+    assert_eq!(stats_json(&a).feed.last_seq, 6);
+    let err = backup_output(&BackupArgs {
+        config: a.config.clone(),
+        to: a.root.join("b2.redb"),
+        json: false,
+    })
+    .unwrap_err();
+    assert!(
+        is_usage(&err) && err.to_string().contains("already running"),
+        "{err}"
+    );
+
+    release.send(()).unwrap();
+    let out = first.join().unwrap().unwrap();
+    assert!(out.contains("events 6"), "{out}");
+    assert!(to.exists());
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_failed_or_colliding_backup_leaves_nothing_that_looks_like_one() {
+    let a = appliance().await;
+    let backup = |to: PathBuf| {
+        backup_output(&BackupArgs {
+            config: a.config.clone(),
+            to,
+            json: false,
+        })
+    };
+    // Into a folder that does not exist: a runtime error, nothing written.
+    let err = backup(a.root.join("nowhere/b.redb")).unwrap_err();
+    assert!(!is_usage(&err), "{err}");
+    assert!(!a.root.join("nowhere").exists());
+    // A leftover partial file of a cut-short backup is reported, not overwritten.
+    std::fs::write(a.root.join(".b.redb.partial"), "half").unwrap();
+    let err = backup(a.root.join("b.redb")).unwrap_err();
+    assert!(
+        is_usage(&err) && err.to_string().contains("cut short"),
+        "{err}"
+    );
+    assert!(!a.root.join("b.redb").exists());
+    std::fs::remove_file(a.root.join(".b.redb.partial")).unwrap();
+    // Then it works, and leaves no partial file behind.
+    backup(a.root.join("b.redb")).unwrap();
+    assert!(a.root.join("b.redb").exists());
+    assert!(!a.root.join(".b.redb.partial").exists());
+}

@@ -7,7 +7,7 @@
 //! Invariant: reads use one read transaction each, so an answer is a consistent snapshot;
 //! a backup copies every table from one read transaction and never overwrites a file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -480,12 +480,10 @@ fn write_backup(
     tables.insert("dead".to_string(), copy_table(src, &dst, DEAD)?);
     tables.insert("requeue".to_string(), copy_table(src, &dst, REQUEUE)?);
     drop(dst);
-    // redb's commits are durable already; make the file's directory entry durable too.
-    let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
-    sync(path).map_err(|e| Error::Db(format!("fsync {}: {e}", path.display())))?;
-    if let Some(dir) = path.parent() {
-        sync(dir).map_err(|e| Error::Db(format!("fsync {}: {e}", dir.display())))?;
-    }
+    // redb's commits are durable already; this covers the file's metadata too.
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::Db(format!("fsync {}: {e}", path.display())))?;
     Ok(tables)
 }
 
@@ -655,62 +653,81 @@ impl DirectBackend {
 
     fn backup_inner(&self, req: &BackupRequest) -> Result<BackupResponse, AdminError> {
         let path = &req.to;
+        let usage = |m: String| Err(AdminError::Usage(m));
         if !path.is_absolute() {
-            return Err(AdminError::Usage(format!(
-                "backup path {} must be absolute",
-                path.display()
-            )));
+            return usage(format!("backup path {} must be absolute", path.display()));
         }
-        // Reserving the name with create_new makes "never overwrite" hold even against a
-        // file appearing meanwhile.
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return usage(format!("backup path {} needs a file name", path.display()));
+        };
+        if std::fs::symlink_metadata(path).is_ok() {
+            return usage(format!(
+                "{} exists; refusing to overwrite it",
+                path.display()
+            ));
+        }
+        // Written under a temp name and linked into place only when complete, so an
+        // interrupted backup (error, shutdown, crash) never leaves a file that looks whole.
+        let partial = path.with_file_name(format!(".{name}.partial"));
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(path)
+            .open(&partial)
         {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(AdminError::Usage(format!(
-                    "{} exists; refusing to overwrite it",
+                return usage(format!(
+                    "{} exists: a backup to {} is running or was cut short (remove it if none runs)",
+                    partial.display(),
                     path.display()
-                )));
+                ));
             }
             Err(e) => {
                 return Err(AdminError::Runtime(format!(
                     "cannot create {}: {e}",
-                    path.display()
+                    partial.display()
                 )));
             }
         };
         let tx = self.begin_read()?;
-        match write_backup(&tx, file, path) {
-            Ok(tables) => {
-                let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-                Ok(BackupResponse {
-                    path: path.clone(),
-                    tables,
-                    bytes,
-                })
-            }
-            Err(e) => {
-                // Leave no half-written copy that looks like a backup.
-                let _ = std::fs::remove_file(path);
-                Err(AdminError::Runtime(format!(
-                    "backup to {} failed: {e}",
-                    path.display()
-                )))
-            }
-        }
+        let written = write_backup(&tx, file, &partial)
+            .map_err(|e| AdminError::Runtime(format!("backup to {} failed: {e}", path.display())))
+            .and_then(|tables| publish(&partial, path).map(|()| tables));
+        drop(tx);
+        let _ = std::fs::remove_file(&partial);
+        let tables = written?;
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        Ok(BackupResponse {
+            path: path.clone(),
+            tables,
+            bytes,
+        })
     }
 }
 
-/// Names of the connectors in `maps_dir` (for messages).
-pub fn connector_names(maps_dir: &Path) -> BTreeSet<String> {
-    map_files(maps_dir)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|p| parse(p, &std::fs::read_to_string(p).ok()?).ok())
-        .map(|c| c.file.target.value)
-        .collect()
+/// Gives the complete backup its name: a hard link, which (unlike rename) fails rather
+/// than replace a file that appeared meanwhile; then makes the name durable.
+fn publish(partial: &Path, path: &Path) -> Result<(), AdminError> {
+    match std::fs::hard_link(partial, path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(AdminError::Usage(format!(
+                "{} exists; refusing to overwrite it",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(AdminError::Runtime(format!(
+                "cannot name the backup {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| AdminError::Runtime(format!("fsync {}: {e}", dir.display())))?;
+    }
+    Ok(())
 }

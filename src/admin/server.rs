@@ -12,6 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
@@ -91,11 +92,12 @@ pub fn serve(path: &Path, backend: Arc<dyn AdminBackend>) -> std::io::Result<Adm
     let thread = std::thread::Builder::new()
         .name("admin-socket".into())
         .spawn(move || {
+            let backup_running = Arc::new(AtomicBool::new(false));
             for request in srv.incoming_requests() {
                 // A bug in one request must not take the admin socket down for the next
                 // ones; the failed request's connection is simply closed.
                 let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handle(request, backend.as_ref())
+                    handle(request, &backend, &backup_running)
                 }));
                 if served.is_err() {
                     tracing::error!("admin request handler panicked; the socket keeps serving");
@@ -177,7 +179,11 @@ fn body<T: DeserializeOwned>(request: &mut tiny_http::Request) -> Result<T, Admi
     serde_json::from_str(&text).map_err(|e| AdminError::Usage(format!("bad request: {e}")))
 }
 
-fn handle(mut request: tiny_http::Request, backend: &dyn AdminBackend) {
+fn handle(
+    mut request: tiny_http::Request,
+    backend: &Arc<dyn AdminBackend>,
+    backup_running: &Arc<AtomicBool>,
+) {
     use tiny_http::Method::{Get, Post};
     let route = (request.method().clone(), request.url().to_string());
     match (route.0, route.1.as_str()) {
@@ -193,13 +199,43 @@ fn handle(mut request: tiny_http::Request, backend: &dyn AdminBackend) {
             let r = backend.stats();
             answer(request, r);
         }
-        (Post, "/v1/backup") => {
-            let r = body::<BackupRequest>(&mut request).and_then(|req| backend.backup(&req));
-            answer(request, r);
-        }
+        (Post, "/v1/backup") => backup(request, backend, backup_running),
         (_, url) => {
             let e = AdminError::Usage(format!("no such admin route {url}"));
             respond_json(request, 404, &e);
         }
+    }
+}
+
+/// Clears the one-backup-at-a-time flag however the backup thread ends.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A backup can take minutes: it runs on its own thread so `stats` and `list` keep
+/// answering meanwhile; one at a time.
+fn backup(request: tiny_http::Request, backend: &Arc<dyn AdminBackend>, running: &Arc<AtomicBool>) {
+    if running.swap(true, Ordering::SeqCst) {
+        let e = AdminError::Usage("a backup is already running; try again when it is done".into());
+        return respond_json(request, 409, &e);
+    }
+    let guard = Running(running.clone());
+    let backend = backend.clone();
+    // The request moves into the thread; if spawning fails it comes back through the
+    // closure's drop, so answer by closing the connection (the client reports the error).
+    let spawned = std::thread::Builder::new()
+        .name("admin-backup".into())
+        .spawn(move || {
+            let _guard = guard;
+            let mut request = request;
+            let r = body::<BackupRequest>(&mut request).and_then(|req| backend.backup(&req));
+            answer(request, r);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the backup thread");
     }
 }
