@@ -164,6 +164,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(cfg.log_format);
             runtime()?.block_on(crate::serve::run(cfg, |b| {
                 println!("ess listening: ingest=https://{}", b.ingest);
+                // systemd (Type=notify): the feed is open and the listeners are bound.
+                crate::notify::ready();
             }))
         }
         Command::Send(args) => send(args),

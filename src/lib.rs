@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod init;
 pub mod ledger;
 pub mod map;
+pub mod notify;
 pub mod send;
 pub mod serve;
 pub mod target;

@@ -128,14 +128,16 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     });
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
-    on_ready(Bound {
-        ingest: ingest_addr,
-    });
-
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Ready only once the signal handlers exist: a SIGTERM right after READY=1 (systemctl
+    // stop just after start) must drain, not kill the process with the default action.
+    on_ready(Bound {
+        ingest: ingest_addr,
+    });
+
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -157,6 +159,8 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
             }
         }
     }
+    // Tells systemd (Type=notify) that the stop is under way; a no-op outside systemd.
+    crate::notify::stopping();
     tracing::info!("shutting down: finishing requests and deliveries under way");
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
