@@ -255,8 +255,14 @@ pub fn replay_output(args: &ReplayArgs) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+/// Bytes for people: KiB, MiB or GiB with one decimal.
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_048_576 => format!("{:.1} KiB", b / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
+        _ => format!("{:.1} GiB", b / 1_073_741_824.0),
+    }
 }
 
 /// The output of `ess stats`.
@@ -274,8 +280,8 @@ pub fn stats_output(args: &StatsArgs) -> anyhow::Result<String> {
         f.last_seq,
         f.events,
         or_dash(f.first_seq),
-        mib(f.file_bytes),
-        f.free_disk_bytes.map_or_else(|| "-".into(), mib),
+        human_bytes(f.file_bytes),
+        f.free_disk_bytes.map_or_else(|| "-".into(), human_bytes),
         f.received_last_minute,
         f.received_last_hour,
     );
@@ -351,7 +357,7 @@ pub fn backup_output(args: &BackupArgs) -> anyhow::Result<String> {
     Ok(format!(
         "backup written to {} ({}): {}\n",
         resp.path.display(),
-        mib(resp.bytes),
+        human_bytes(resp.bytes),
         counts.join(", ")
     ))
 }
