@@ -93,3 +93,66 @@ async fn requeued_dead_letters_survive_a_restart() {
     assert_eq!(ledger.requeued("c", 10).unwrap(), [1, 2]);
     assert!(ledger.dead_letters("c").unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn the_connector_reads_queued_events_and_commits_their_redelivery_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = Feed::open(Arc::new(
+        open_database(&dir.path().join("ess.redb")).unwrap(),
+    ))
+    .unwrap();
+    feed.append((1..=10).map(event).collect()).await.unwrap();
+    let ledger = Ledger::new(feed.db().clone());
+    ledger
+        .commit_progress(
+            "c",
+            8,
+            b"cp8".to_vec(),
+            6,
+            &[(2, letter()), (7, letter())],
+            Utc::now(),
+        )
+        .unwrap();
+    ledger.requeue_range("c", 1, 3).unwrap();
+    ledger.requeue_range("c", 5, 5).unwrap();
+    ledger.requeue_dead("c").unwrap(); // 2 (already queued) and 7
+    // A queued seq without its event (only a hand-edited database has one).
+    let tx = feed.db().begin_write().unwrap();
+    tx.open_table(ess::feed::schema::REQUEUE)
+        .unwrap()
+        .insert(("c", 99), ())
+        .unwrap();
+    tx.commit().unwrap();
+
+    let (events, missing) = ledger.requeued_events("c", 100).unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 5, 7]
+    );
+    assert_eq!(events[3].key, "k5");
+    assert_eq!(missing, [99]);
+    let (first_two, _) = ledger.requeued_events("c", 2).unwrap();
+    assert_eq!(first_two.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+
+    // Re-deliver 1, 2, 3 (2 fails again and is parked anew) and drop the missing 99.
+    let mut again = letter();
+    again.message = "HTTP 400 again".into();
+    let state = ledger
+        .commit_replayed(
+            "c",
+            &[1, 2, 3, 99],
+            b"cp-replay".to_vec(),
+            2,
+            &[(2, again.clone())],
+            Utc::now(),
+        )
+        .unwrap();
+    assert_eq!(
+        (state.seq, state.delivered, state.checkpoint.as_slice()),
+        (8, 8, &b"cp-replay"[..])
+    );
+    assert_eq!(ledger.requeued("c", 100).unwrap(), [5, 7]);
+    assert_eq!(ledger.dead_letters("c").unwrap(), [(2, again)]);
+    assert_eq!(ledger.cursor("c").unwrap().unwrap().seq, 8);
+    feed.close();
+}
