@@ -160,6 +160,10 @@ fn bad_schedules_are_refused_with_a_reason() {
         assert!(err.contains(needle), "{text:?}: {err}");
     }
     assert!(Schedule::parse("Mon 00:00-24:00").is_ok());
+    assert_eq!(
+        Schedule::parse(" Mon - Fri 06:00 - 22:00 ,Sat  08:00-12:00 ").unwrap(),
+        Schedule::parse("Mon-Fri 06:00-22:00, Sat 08:00-12:00").unwrap()
+    );
 }
 
 mod properties {

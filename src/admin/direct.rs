@@ -388,27 +388,40 @@ fn list_pending(
     Ok((out, false))
 }
 
-/// Counts events received since `since`, newest first, stopping after `cap`.
-fn received_since(
-    tx: &ReadTransaction,
-    since: DateTime<Utc>,
-    cap: usize,
-) -> Result<u64, AdminError> {
+/// Counts events received at or after `since`. The feed is a contiguous run of seqs
+/// (compaction only removes a prefix) stamped in commit order, so a binary search on
+/// `received_at` finds the first one in O(log n) reads, whatever the load.
+fn received_since(tx: &ReadTransaction, since: DateTime<Utc>) -> Result<u64, AdminError> {
     let Some(events) = open_ro(tx, EVENTS)? else {
         return Ok(0);
     };
+    let (Some(first), Some(last)) = (
+        events.first().map_err(runtime)?,
+        events.last().map_err(runtime)?,
+    ) else {
+        return Ok(0);
+    };
+    let (first, last) = (first.0.value(), last.0.value());
     let since = since.timestamp_micros();
-    let mut n = 0;
-    for row in events.iter().map_err(runtime)?.rev().take(cap) {
-        let (k, v) = row.map_err(runtime)?;
+    let received = |seq: Seq| -> Result<Option<i64>, AdminError> {
+        let Some(v) = events.get(seq).map_err(runtime)? else {
+            return Ok(None);
+        };
         let ev: StoredEvent = schema::decode(v.value())
-            .map_err(|e| AdminError::Runtime(format!("event {}: {e}", k.value())))?;
-        if ev.received_at_micros < since {
-            break;
+            .map_err(|e| AdminError::Runtime(format!("event {seq}: {e}")))?;
+        Ok(Some(ev.received_at_micros))
+    };
+    // The lowest seq in [lo, hi) received at or after `since`; hi = none is.
+    let (mut lo, mut hi) = (first, last + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if received(mid)?.is_some_and(|t| t >= since) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
         }
-        n += 1;
     }
-    Ok(n)
+    Ok(last + 1 - lo)
 }
 
 fn count_range<V: redb::Value + 'static>(
@@ -620,12 +633,8 @@ impl DirectBackend {
                 .db_path
                 .parent()
                 .and_then(|d| crate::feed::retention::free_disk_bytes(d).ok()),
-            received_last_minute: received_since(
-                &tx,
-                now - chrono::Duration::minutes(1),
-                1_000_000,
-            )?,
-            received_last_hour: received_since(&tx, now - chrono::Duration::hours(1), 10_000_000)?,
+            received_last_minute: received_since(&tx, now - chrono::Duration::minutes(1))?,
+            received_last_hour: received_since(&tx, now - chrono::Duration::hours(1))?,
         };
         let mut connectors = Vec::new();
         for (name, info) in self.connectors(&tx)? {
@@ -730,4 +739,42 @@ fn publish(partial: &Path, path: &Path) -> Result<(), AdminError> {
             .map_err(|e| AdminError::Runtime(format!("fsync {}: {e}", dir.display())))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn received_since_finds_the_first_recent_event_by_binary_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::feed::open_database(&dir.path().join("ess.redb")).unwrap();
+        let at = |secs: i64| Utc.timestamp_opt(secs, 0).unwrap();
+        // Seqs 11..=110 (a compacted prefix), received one per second from t=1000.
+        let tx = db.begin_write().unwrap();
+        {
+            let mut events = tx.open_table(EVENTS).unwrap();
+            for seq in 11u64..=110 {
+                let stored = StoredEvent {
+                    event_type: "T".into(),
+                    payload: "{}".into(),
+                    key: format!("k{seq}"),
+                    trace_id: "t".into(),
+                    ts_micros: None,
+                    received_at_micros: at(1000 + seq as i64).timestamp_micros(),
+                };
+                events
+                    .insert(seq, schema::encode(&stored).as_slice())
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let tx = db.begin_read().unwrap();
+        assert_eq!(received_since(&tx, at(0)).unwrap(), 100);
+        assert_eq!(received_since(&tx, at(1011)).unwrap(), 100);
+        assert_eq!(received_since(&tx, at(1012)).unwrap(), 99);
+        assert_eq!(received_since(&tx, at(1100)).unwrap(), 11);
+        assert_eq!(received_since(&tx, at(1110)).unwrap(), 1);
+        assert_eq!(received_since(&tx, at(1111)).unwrap(), 0);
+    }
 }

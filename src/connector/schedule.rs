@@ -71,7 +71,9 @@ fn parse_time(s: &str) -> Result<u32, String> {
 }
 
 fn parse_range(part: &str) -> Result<Range, String> {
-    let mut words = part.split_whitespace();
+    // `Mon - Fri 06:00 - 22:00` reads as `Mon-Fri 06:00-22:00`.
+    let tight = part.split('-').map(str::trim).collect::<Vec<_>>().join("-");
+    let mut words = tight.split_whitespace();
     let days_text = words.next().ok_or("empty range between commas")?;
     let times = words.next();
     if let Some(extra) = words.next() {
