@@ -26,6 +26,7 @@ use crate::event::Seq;
 use crate::feed::schema::{self, CURSORS, DEAD, EVENTS, KEYS, META, REQUEUE, RETRIES};
 use crate::feed::{Error, StoredEvent};
 use crate::ledger::{CursorState, DeadLetter, Ledger, RetryState};
+use crate::map::{MapContext, Mapping};
 
 /// Rows written per transaction of a backup.
 const BACKUP_CHUNK: usize = 50_000;
@@ -51,8 +52,24 @@ pub struct DirectBackend {
 /// A connector as its map file describes it.
 #[derive(Debug, Clone)]
 struct MapInfo {
+    /// The compiled mapping, whose `selects` is the connector's own filter; `None` when
+    /// the map does not compile (then the raw `events:` list stands in).
+    mapping: Option<Arc<Mapping>>,
     events: Option<Vec<String>>,
     start_latest: bool,
+}
+
+impl MapInfo {
+    /// Whether the connector takes events of `event_type`, exactly as it decides.
+    fn takes(&self, event_type: &str) -> bool {
+        match &self.mapping {
+            Some(m) => m.selects(event_type),
+            None => self
+                .events
+                .as_ref()
+                .is_none_or(|types| types.iter().any(|t| t == event_type)),
+        }
+    }
 }
 
 fn rfc3339(micros: i64) -> String {
@@ -185,6 +202,15 @@ impl DirectBackend {
                     out.insert(
                         c.file.target.value.clone(),
                         MapInfo {
+                            // Selection does not depend on the timezone.
+                            mapping: Mapping::compile(
+                                &c,
+                                &MapContext {
+                                    timezone: chrono_tz::UTC,
+                                },
+                            )
+                            .ok()
+                            .map(Arc::new),
                             events: c.file.events.clone(),
                             start_latest,
                         },
@@ -366,11 +392,7 @@ fn list_pending(
         let seq = k.value();
         let ev: StoredEvent = schema::decode(v.value())
             .map_err(|e| AdminError::Runtime(format!("event {seq}: {e}")))?;
-        if info
-            .events
-            .as_ref()
-            .is_some_and(|types| !types.contains(&ev.event_type))
-        {
+        if !info.takes(&ev.event_type) {
             continue;
         }
         if out.len() == limit {
