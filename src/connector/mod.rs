@@ -332,7 +332,19 @@ impl Runner {
         let retry = blocking(|| ledger.retry_state(&name))?;
         if let Some(r) = &retry {
             if r.next_at() > now {
-                let wait = (r.next_at() - now).to_std().unwrap_or_default();
+                let next = r.next_at();
+                let (last_error, attempts) = (r.last_error.clone(), r.attempts);
+                let blocked = attempts >= self.spec.policy.max_tries;
+                self.set_live(|l| {
+                    l.phase = if blocked {
+                        Phase::Blocked
+                    } else {
+                        Phase::Retrying
+                    };
+                    l.next_attempt = Some(next);
+                    l.last_error = Some(last_error);
+                });
+                let wait = (next - now).to_std().unwrap_or_default();
                 return Ok(Some(Wait::For(wait)));
             }
         }
@@ -512,3 +524,6 @@ enum Wait {
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
+
+#[cfg(test)]
+mod tests;
