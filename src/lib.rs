@@ -11,6 +11,7 @@
 //! 6. [`ledger`] commits cursor, target checkpoint, retries and dead letters in the same file;
 //! 7. [`serve`] runs it all as a daemon; [`cli`], [`send`] and [`init`] are the commands.
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -11,6 +11,7 @@
 
 pub mod file;
 pub mod http;
+pub mod rotate;
 pub mod sftp;
 
 use std::time::Duration;
