@@ -56,6 +56,14 @@ pub enum Command {
     /// Work with map files.
     #[command(subcommand)]
     Map(MapCommand),
+    /// List events per connector: pending (not yet delivered) or dead letters.
+    List(crate::admin::ListArgs),
+    /// Re-deliver a range of events to one connector, or re-queue its dead letters.
+    Replay(crate::admin::ReplayArgs),
+    /// Per connector: cursor, lag, delivered, retrying, dead, last success and error; feed size and rate.
+    Stats(crate::admin::StatsArgs),
+    /// Write a consistent copy of the database while the daemon runs.
+    Backup(crate::admin::BackupArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,6 +172,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Command::Send(args) => send(args),
+        Command::List(a) => crate::admin::run_list(&a),
+        Command::Replay(a) => crate::admin::run_replay(&a),
+        Command::Stats(a) => crate::admin::run_stats(&a),
+        Command::Backup(a) => crate::admin::run_backup(&a),
         Command::Check { config } => check(&config),
         Command::Map(MapCommand::Preview { map, config, event }) => {
             let tz = match config {

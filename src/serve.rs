@@ -108,11 +108,13 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     let ingest_addr = listener.local_addr()?;
 
     let metrics = crate::status::Metrics::new();
+    let (wake, wake_rx) = watch::channel(0u64);
     let env = Env {
         feed: feed.clone(),
         ledger: ledger.clone(),
         timezone: cfg.timezone,
         hooks: Arc::new(metrics.clone()),
+        wake: wake_rx,
     };
     let connectors = Arc::new(Connectors {
         specs: RwLock::new(Vec::new()),
@@ -149,6 +151,24 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     let status_server =
         crate::status::serve(cfg.status_listen, Arc::new(status_source), metrics)
             .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
+    let admin_backend =
+        crate::admin::direct::DirectBackend::new(&cfg.maps_dir, &cfg.db_path(), db.clone())
+            .on_replay(move |_| {
+                wake.send_modify(|n| *n += 1);
+            });
+    let admin = crate::admin::server::serve(&cfg.admin_socket, Arc::new(admin_backend))
+        .with_context(|| {
+            format!(
+                "cannot serve the admin socket {}",
+                cfg.admin_socket.display()
+            )
+        })?;
+    let retention_task = tokio::spawn(retention(
+        db.clone(),
+        connectors.clone(),
+        cfg.retention_feed,
+        ingest_stop_rx.clone(),
+    ));
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
     use tokio::signal::unix::{SignalKind, signal};
@@ -189,10 +209,47 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
     stop_generation(generation).await;
+    let _ = retention_task.await;
+    admin.stop();
     status_server.stop();
     feed.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often retention compacts the feed.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// Compacts events every connector has passed and older than `retention.feed`, at start and
+/// then every [`RETENTION_EVERY`], until shutdown.
+async fn retention(
+    db: Arc<redb::Database>,
+    connectors: Arc<Connectors>,
+    keep: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let names: Vec<String> = connectors
+            .specs
+            .read()
+            .map(|s| s.iter().map(|(c, _)| c.name.clone()).collect())
+            .unwrap_or_default();
+        let db2 = db.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            feed::retention::compact_passed(&db2, &names, keep, chrono::Utc::now())
+        })
+        .await;
+        match pass {
+            Ok(Ok(stats)) => tracing::debug!(?stats, "retention pass"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
+            Err(e) => tracing::warn!(error = %e, "retention pass panicked"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
 }
 
 fn start_generation(

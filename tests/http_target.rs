@@ -49,6 +49,7 @@ async fn deliver(
             connector: "c",
             items,
             now,
+            replay: false,
         },
         ck,
     )

@@ -89,6 +89,7 @@ async fn deliver_on(
             connector: "drop",
             items,
             now,
+            replay: false,
         },
         ck,
     )

@@ -72,6 +72,7 @@ fn rig(retry: &str) -> Rig {
         ledger: Ledger::new(db),
         timezone: chrono_tz::UTC,
         hooks: Arc::new(NoHooks),
+        wake: watch::channel(0).1,
     };
     Rig {
         _dir: dir,

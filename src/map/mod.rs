@@ -163,14 +163,18 @@ impl Mapping {
             let value = match &f.format {
                 Some(fmt) => {
                     let t: DateTime<Utc> = DateTime::parse_from_rfc3339(&raw)
-                        .map_err(|e| err(format!("{raw:?} is not an RFC 3339 time: {e}")))?
+                        .map_err(|e| err(format!("value is not an RFC 3339 time: {e}")))?
                         .with_timezone(&Utc);
                     t.with_timezone(&self.timezone).format(fmt).to_string()
                 }
                 None => raw,
             };
             if value.chars().count() > f.width {
-                return Err(err(format!("{value:?} is longer than width {}", f.width)));
+                return Err(err(format!(
+                    "value of {} characters is longer than width {}",
+                    value.chars().count(),
+                    f.width
+                )));
             }
             line.push_str(&format!("{value:<width$}", width = f.width));
         }

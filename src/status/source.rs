@@ -153,7 +153,7 @@ impl StatusSource for DaemonStatus {
                 size_bytes: std::fs::metadata(&self.db_path).map_or(0, |m| m.len()),
                 ingest_rate_per_sec,
             },
-            free_disk_bytes: crate::ingest::free_disk_bytes(&self.data_dir).unwrap_or(0),
+            free_disk_bytes: crate::feed::retention::free_disk_bytes(&self.data_dir).unwrap_or(0),
             min_free_disk_bytes: self.min_free_disk,
             connectors,
         }
