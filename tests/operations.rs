@@ -124,3 +124,48 @@ fn an_unmappable_event_is_a_dead_letter_listed_and_replayable() {
             .contains("\"map\"")
     });
 }
+
+#[test]
+fn sighup_refuses_an_invalid_map_set_and_starts_a_new_connector() {
+    let mut app = Appliance::init();
+    app.start();
+    send(&app, &["H1"]);
+    wait_until("first line", Duration::from_secs(30), || {
+        app.read_out("permit.txt") == lines(&["H1"])
+    });
+    let broken = app.dir.join("maps/broken.yml");
+    std::fs::write(
+        &broken,
+        "target: broken\nfields: {A: x}\ndeliver: {kind: nowhere}\n",
+    )
+    .unwrap();
+    app.signal(libc::SIGHUP);
+    wait_until("the refusal in the log", Duration::from_secs(30), || {
+        app.stderr().contains("new maps refused")
+    });
+    send(&app, &["H2"]);
+    wait_until(
+        "the old connector keeps going",
+        Duration::from_secs(30),
+        || app.read_out("permit.txt") == lines(&["H1", "H2"]),
+    );
+
+    std::fs::remove_file(&broken).unwrap();
+    let copy = std::fs::read_to_string(app.dir.join("maps/permit_map.yml"))
+        .unwrap()
+        .replace("target: city_hall_cobol", "target: copy_desk")
+        .replace("file: permit.txt", "file: copy.txt")
+        .replace("start: earliest", "");
+    std::fs::write(app.dir.join("maps/copy.yml"), copy).unwrap();
+    app.signal(libc::SIGHUP);
+    // A new connector starts at the beginning of the feed (start: earliest by default).
+    wait_until("the new connector's file", Duration::from_secs(30), || {
+        app.read_out("copy.txt") == lines(&["H1", "H2"])
+    });
+    send(&app, &["H3"]);
+    wait_until("both files", Duration::from_secs(30), || {
+        app.read_out("copy.txt") == lines(&["H1", "H2", "H3"])
+            && app.read_out("permit.txt") == lines(&["H1", "H2", "H3"])
+    });
+    assert_eq!(app.terminate().code(), Some(0));
+}
