@@ -28,17 +28,30 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: &Path, line: u64, col: u64, message: impl Into<String>) -> Self {
-        Diagnostic { file: file.to_path_buf(), line, col, message: message.into() }
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        }
     }
 
     /// A problem located at a parsed value.
     pub fn at<T>(file: &Path, spanned: &Spanned<T>, message: impl Into<String>) -> Self {
-        Diagnostic::new(file, spanned.referenced.line(), spanned.referenced.column(), message)
+        Diagnostic::new(
+            file,
+            spanned.referenced.line(),
+            spanned.referenced.column(),
+            message,
+        )
     }
 
     /// A YAML syntax or shape error from serde-saphyr.
     pub fn from_yaml(file: &Path, err: &serde_saphyr::Error) -> Self {
-        let (line, col) = err.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+        let (line, col) = err
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
         let message = err.without_snippet().to_string();
         // The rendered message repeats the position; keep the first line, which names the problem.
         let mut message = message.lines().next().unwrap_or("invalid YAML").to_string();
@@ -51,7 +64,14 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
     }
 }
 
@@ -172,7 +192,12 @@ impl Config {
     /// Reads and validates `path`; every problem found is returned, not just the first.
     pub fn load(path: &Path) -> Result<Config, Diagnostics> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic::new(path, 1, 1, format!("cannot read config: {e}"))])
+            Diagnostics(vec![Diagnostic::new(
+                path,
+                1,
+                1,
+                format!("cannot read config: {e}"),
+            )])
         })?;
         Config::parse(path, &text)
     }
@@ -191,7 +216,10 @@ impl Config {
                 errs.push(Diagnostic::at(
                     path,
                     tz,
-                    format!("unknown timezone {:?} (use an IANA name such as America/New_York)", tz.value),
+                    format!(
+                        "unknown timezone {:?} (use an IANA name such as America/New_York)",
+                        tz.value
+                    ),
                 ));
                 chrono_tz::UTC
             }),
@@ -201,7 +229,10 @@ impl Config {
                 errs.push(Diagnostic::at(
                     path,
                     s,
-                    format!("{what}: {:?} is not an address such as 127.0.0.1:8443", s.value),
+                    format!(
+                        "{what}: {:?} is not an address such as 127.0.0.1:8443",
+                        s.value
+                    ),
                 ));
                 SocketAddr::from(([127, 0, 0, 1], 0))
             })
@@ -229,7 +260,11 @@ impl Config {
         let min_free_disk = match retention.and_then(|r| r.min_free_disk.as_ref()) {
             None => 512 << 20,
             Some(s) => parse_size(&s.value).unwrap_or_else(|e| {
-                errs.push(Diagnostic::at(path, s, format!("retention.min_free_disk: {e}")));
+                errs.push(Diagnostic::at(
+                    path,
+                    s,
+                    format!("retention.min_free_disk: {e}"),
+                ));
                 0
             }),
         };
@@ -238,7 +273,11 @@ impl Config {
             Some(f) if f.value == "text" => LogFormat::Text,
             Some(f) if f.value == "json" => LogFormat::Json,
             Some(f) => {
-                errs.push(Diagnostic::at(path, f, format!("log.format must be text or json, not {:?}", f.value)));
+                errs.push(Diagnostic::at(
+                    path,
+                    f,
+                    format!("log.format must be text or json, not {:?}", f.value),
+                ));
                 LogFormat::Text
             }
         };
@@ -282,13 +321,19 @@ pub fn absolute_dir_of(file: &Path) -> PathBuf {
     } else {
         std::env::current_dir().unwrap_or_default().join(file)
     };
-    abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"))
+    abs.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// `p` if absolute, else `base/p`.
 pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 /// Why a private key file must not be used, if it must not: missing, or readable by group
@@ -339,7 +384,10 @@ mod tests {
         let text = format!("{MINIMAL}colour: blue\n");
         let err = Config::parse(&dir.path().join("ess.yml"), &text).unwrap_err();
         let shown = err.to_string();
-        assert!(shown.contains("ess.yml:8:1: unknown field `colour`"), "{shown}");
+        assert!(
+            shown.contains("ess.yml:8:1: unknown field `colour`"),
+            "{shown}"
+        );
         assert!(!shown.contains("at line"), "position said twice: {shown}");
         assert!(shown.contains("colour"), "{shown}");
     }

@@ -8,7 +8,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size such as 8MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 8MiB"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1_000,
@@ -18,9 +20,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         "TiB" => 1 << 40,
-        u => return Err(format!("unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses a duration: a number with a unit ms, s, m, h, d or w.
@@ -28,7 +35,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 30d or 2s"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30d or 2s"))?;
     let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
     let d = match unit.trim() {
         "ms" => Some(Duration::from_millis(n)),
@@ -38,7 +47,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => secs(86_400),
         "w" => secs(7 * 86_400),
         "" => return Err(format!("{s:?} needs a unit: ms, s, m, h, d or w")),
-        u => return Err(format!("unknown duration unit {u:?} in {s:?} (use ms, s, m, h, d or w)")),
+        u => {
+            return Err(format!(
+                "unknown duration unit {u:?} in {s:?} (use ms, s, m, h, d or w)"
+            ));
+        }
     };
     d.ok_or_else(|| format!("{s:?} is too large"))
 }

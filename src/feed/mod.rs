@@ -20,8 +20,8 @@
 
 pub mod schema;
 
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -54,7 +54,15 @@ macro_rules! db_err {
         }
     )*};
 }
-db_err!(redb::Error, redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::SetDurabilityError);
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
 
 /// A validated event, not yet in the feed.
 #[derive(Debug, Clone)]
@@ -97,8 +105,13 @@ impl StoredEvent {
             payload,
             key: self.key,
             trace_id: self.trace_id,
-            ts: self.ts_micros.and_then(|t| Utc.timestamp_micros(t).single()),
-            received_at: Utc.timestamp_micros(self.received_at_micros).single().unwrap_or_default(),
+            ts: self
+                .ts_micros
+                .and_then(|t| Utc.timestamp_micros(t).single()),
+            received_at: Utc
+                .timestamp_micros(self.received_at_micros)
+                .single()
+                .unwrap_or_default(),
         })
     }
 }
@@ -174,7 +187,12 @@ impl Feed {
             .name("feed-committer".into())
             .spawn(move || committer(&db2, &rx, &seq_tx, last_seq))
             .map_err(|e| Error::Db(format!("cannot start committer thread: {e}")))?;
-        Ok(Feed { db, requests, last_seq: seq_rx, committer: Arc::new(std::sync::Mutex::new(Some(handle))) })
+        Ok(Feed {
+            db,
+            requests,
+            last_seq: seq_rx,
+            committer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        })
     }
 
     /// The database feed and ledger share.
@@ -185,7 +203,9 @@ impl Feed {
     /// Appends `events` atomically; returns only after they are durable.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<AppendOutcome, Error> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(AppendRequest { events, reply }).map_err(|_| Error::Closed)?;
+        self.requests
+            .send(AppendRequest { events, reply })
+            .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -211,7 +231,9 @@ impl Feed {
             return Ok(None);
         };
         let events = tx.open_table(EVENTS)?;
-        let Some(bytes) = events.get(seq)? else { return Ok(None) };
+        let Some(bytes) = events.get(seq)? else {
+            return Ok(None);
+        };
         let stored: StoredEvent = schema::decode(bytes.value()).map_err(Error::Format)?;
         Ok(Some(stored.into_event(seq)?))
     }
@@ -231,19 +253,29 @@ impl Feed {
 }
 
 /// Reads up to `limit` events after `after` from any redb handle (daemon or read-only CLI).
-pub fn read_after<D: ReadableDatabase>(db: &D, after: Seq, limit: usize) -> Result<Vec<Event>, Error> {
+pub fn read_after<D: ReadableDatabase>(
+    db: &D,
+    after: Seq,
+    limit: usize,
+) -> Result<Vec<Event>, Error> {
     let tx = db.begin_read()?;
     let table = tx.open_table(EVENTS)?;
     let mut out = Vec::new();
     for row in table.range(after.saturating_add(1)..)?.take(limit) {
         let (k, v) = row?;
-        let stored: StoredEvent = schema::decode(v.value()).map_err(|e| Error::Format(format!("event {}: {e}", k.value())))?;
+        let stored: StoredEvent = schema::decode(v.value())
+            .map_err(|e| Error::Format(format!("event {}: {e}", k.value())))?;
         out.push(stored.into_event(k.value())?);
     }
     Ok(out)
 }
 
-fn committer(db: &Database, rx: &mpsc::Receiver<AppendRequest>, seq_tx: &watch::Sender<Seq>, mut last_seq: Seq) {
+fn committer(
+    db: &Database,
+    rx: &mpsc::Receiver<AppendRequest>,
+    seq_tx: &watch::Sender<Seq>,
+    mut last_seq: Seq,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         let mut n_events = group[0].events.len();
@@ -325,8 +357,17 @@ mod tests {
     use super::*;
 
     fn new_event(key: &str) -> NewEvent {
-        let payload = serde_json::json!({"id": key, "amount": 19.99}).as_object().unwrap().clone();
-        NewEvent { event_type: "T".into(), payload, key: key.into(), trace_id: "t".into(), ts: None }
+        let payload = serde_json::json!({"id": key, "amount": 19.99})
+            .as_object()
+            .unwrap()
+            .clone();
+        NewEvent {
+            event_type: "T".into(),
+            payload,
+            key: key.into(),
+            trace_id: "t".into(),
+            ts: None,
+        }
     }
 
     fn open(dir: &std::path::Path) -> Feed {
@@ -337,14 +378,36 @@ mod tests {
     async fn seqs_are_gap_free_and_keys_dedupe_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let feed = open(dir.path());
-        let out = feed.append(vec![new_event("a"), new_event("b"), new_event("a")]).await.unwrap();
-        assert_eq!(out, AppendOutcome { accepted: 2, duplicates: 1, first_seq: Some(1), last_seq: Some(2) });
+        let out = feed
+            .append(vec![new_event("a"), new_event("b"), new_event("a")])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            AppendOutcome {
+                accepted: 2,
+                duplicates: 1,
+                first_seq: Some(1),
+                last_seq: Some(2)
+            }
+        );
         feed.close();
 
         let feed = open(dir.path());
         assert_eq!(feed.last_seq(), 2);
-        let out = feed.append(vec![new_event("b"), new_event("c")]).await.unwrap();
-        assert_eq!(out, AppendOutcome { accepted: 1, duplicates: 1, first_seq: Some(3), last_seq: Some(3) });
+        let out = feed
+            .append(vec![new_event("b"), new_event("c")])
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            AppendOutcome {
+                accepted: 1,
+                duplicates: 1,
+                first_seq: Some(3),
+                last_seq: Some(3)
+            }
+        );
         let all = feed.read_after(0, 10).unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(all[2].key, "c");
@@ -362,7 +425,9 @@ mod tests {
             let feed = feed.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..20 {
-                    feed.append(vec![new_event(&format!("{t}-{i}"))]).await.unwrap();
+                    feed.append(vec![new_event(&format!("{t}-{i}"))])
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -379,7 +444,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open_database(&dir.path().join("ess.redb")).unwrap();
         let tx = db.begin_write().unwrap();
-        tx.open_table(META).unwrap().insert("format_version", 99).unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("format_version", 99)
+            .unwrap();
         tx.commit().unwrap();
         let err = Feed::open(Arc::new(db)).err().unwrap().to_string();
         assert!(err.contains("format version 99"), "{err}");

@@ -36,8 +36,12 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 /// Inverse of [`encode`]; a clear error for an unknown version or corrupt bytes.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("corrupt stored value: {e}")),
-        Some((v, _)) => Err(format!("stored value has format version {v}; this build reads {VALUE_VERSION}")),
+        Some((&VALUE_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| format!("corrupt stored value: {e}"))
+        }
+        Some((v, _)) => Err(format!(
+            "stored value has format version {v}; this build reads {VALUE_VERSION}"
+        )),
         None => Err("empty stored value".into()),
     }
 }

@@ -23,8 +23,8 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Seq;
-use crate::feed::schema::{self, CURSORS, DEAD, RETRIES};
 use crate::feed::Error;
+use crate::feed::schema::{self, CURSORS, DEAD, RETRIES};
 
 /// How far one connector got.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +54,9 @@ pub struct RetryState {
 
 impl RetryState {
     pub fn next_at(&self) -> DateTime<Utc> {
-        Utc.timestamp_micros(self.next_at_micros).single().unwrap_or_default()
+        Utc.timestamp_micros(self.next_at_micros)
+            .single()
+            .unwrap_or_default()
     }
 }
 
@@ -89,11 +91,18 @@ impl Ledger {
         let tx = self.db.begin_write()?;
         let state = {
             let mut t = tx.open_table(CURSORS)?;
-            let existing = t.get(connector)?.map(|v| schema::decode(v.value())).transpose().map_err(Error::Format)?;
+            let existing = t
+                .get(connector)?
+                .map(|v| schema::decode(v.value()))
+                .transpose()
+                .map_err(Error::Format)?;
             match existing {
                 Some(s) => s,
                 None => {
-                    let s = CursorState { seq, ..CursorState::default() };
+                    let s = CursorState {
+                        seq,
+                        ..CursorState::default()
+                    };
                     t.insert(connector, schema::encode(&s).as_slice())?;
                     s
                 }
@@ -149,7 +158,8 @@ impl Ledger {
     /// Durably records a failed attempt, so the retry schedule survives a restart.
     pub fn record_failure(&self, connector: &str, retry: &RetryState) -> Result<(), Error> {
         let tx = self.db.begin_write()?;
-        tx.open_table(RETRIES)?.insert(connector, schema::encode(retry).as_slice())?;
+        tx.open_table(RETRIES)?
+            .insert(connector, schema::encode(retry).as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -161,29 +171,45 @@ impl Ledger {
 }
 
 /// Reads a cursor through any redb handle (daemon or read-only CLI).
-pub fn read_cursor<D: ReadableDatabase>(db: &D, connector: &str) -> Result<Option<CursorState>, Error> {
+pub fn read_cursor<D: ReadableDatabase>(
+    db: &D,
+    connector: &str,
+) -> Result<Option<CursorState>, Error> {
     let tx = db.begin_read()?;
     let t = tx.open_table(CURSORS)?;
     let v = t.get(connector)?;
-    v.map(|v| schema::decode(v.value())).transpose().map_err(Error::Format)
+    v.map(|v| schema::decode(v.value()))
+        .transpose()
+        .map_err(Error::Format)
 }
 
 /// Reads a retry state through any redb handle.
-pub fn read_retry<D: ReadableDatabase>(db: &D, connector: &str) -> Result<Option<RetryState>, Error> {
+pub fn read_retry<D: ReadableDatabase>(
+    db: &D,
+    connector: &str,
+) -> Result<Option<RetryState>, Error> {
     let tx = db.begin_read()?;
     let t = tx.open_table(RETRIES)?;
     let v = t.get(connector)?;
-    v.map(|v| schema::decode(v.value())).transpose().map_err(Error::Format)
+    v.map(|v| schema::decode(v.value()))
+        .transpose()
+        .map_err(Error::Format)
 }
 
 /// Reads a connector's dead letters through any redb handle.
-pub fn read_dead_letters<D: ReadableDatabase>(db: &D, connector: &str) -> Result<Vec<(Seq, DeadLetter)>, Error> {
+pub fn read_dead_letters<D: ReadableDatabase>(
+    db: &D,
+    connector: &str,
+) -> Result<Vec<(Seq, DeadLetter)>, Error> {
     let tx = db.begin_read()?;
     let t = tx.open_table(DEAD)?;
     let mut out = Vec::new();
     for row in t.range((connector, 0)..=(connector, u64::MAX))? {
         let (k, v) = row?;
-        out.push((k.value().1, schema::decode(v.value()).map_err(Error::Format)?));
+        out.push((
+            k.value().1,
+            schema::decode(v.value()).map_err(Error::Format)?,
+        ));
     }
     Ok(out)
 }

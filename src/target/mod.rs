@@ -50,7 +50,9 @@ pub fn file_name(template: &str, connector: &str, first_seq: u64, now: &DateTime
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find("}}") else { break };
+        let Some(len) = rest[start..].find("}}") else {
+            break;
+        };
         let inner = rest[start + 2..start + len].trim();
         match inner.split_once(':') {
             _ if inner == "date" => out.push_str(&now.format("%Y-%m-%d").to_string()),
@@ -68,7 +70,9 @@ pub fn file_name(template: &str, connector: &str, first_seq: u64, now: &DateTime
 /// Problems with a file-name template: unknown placeholders, bad date formats, slashes.
 pub fn check_file_template(template: &str) -> Result<(), String> {
     if template.is_empty() || template.contains('/') {
-        return Err(format!("file name {template:?} must be a plain name (no '/'); put folders in dir"));
+        return Err(format!(
+            "file name {template:?} must be a plain name (no '/'); put folders in dir"
+        ));
     }
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -100,7 +104,10 @@ pub fn check_file_template(template: &str) -> Result<(), String> {
 pub enum DeliveryError {
     /// Worth retrying: the target is down, slow, full, or answered 5xx / 429.
     #[error("{message}")]
-    Transient { message: String, retry_after: Option<Duration> },
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Retrying the same bytes will not help: 4xx, SOAP fault, refused host key...
     #[error("{0}")]
     Permanent(String),
@@ -108,7 +115,10 @@ pub enum DeliveryError {
 
 impl DeliveryError {
     pub fn transient(message: impl Into<String>) -> Self {
-        DeliveryError::Transient { message: message.into(), retry_after: None }
+        DeliveryError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 }
 
@@ -119,7 +129,11 @@ pub trait Target: Send {
     /// delivery returned. Returns the checkpoint to commit with the cursor. Must leave the
     /// target so that calling it again with the same `checkpoint` (after a crash, or after
     /// an error) does not duplicate anything.
-    async fn deliver(&mut self, delivery: &Delivery<'_>, checkpoint: &[u8]) -> Result<Checkpoint, DeliveryError>;
+    async fn deliver(
+        &mut self,
+        delivery: &Delivery<'_>,
+        checkpoint: &[u8],
+    ) -> Result<Checkpoint, DeliveryError>;
 
     /// The most events worth handing over at once.
     fn max_batch(&self) -> usize {
@@ -134,12 +148,24 @@ mod tests {
 
     #[test]
     fn file_name_templates() {
-        let now = chrono_tz::America::New_York.with_ymd_and_hms(2025, 4, 12, 23, 59, 0).unwrap();
+        let now = chrono_tz::America::New_York
+            .with_ymd_and_hms(2025, 4, 12, 23, 59, 0)
+            .unwrap();
         assert_eq!(file_name("permit.txt", "c", 7, &now), "permit.txt");
-        assert_eq!(file_name("p_{{date}}.txt", "c", 7, &now), "p_2025-04-12.txt");
-        assert_eq!(file_name("p_{{date:%Y%m%d}}_{{seq}}.{{target}}", "c", 7, &now), "p_20250412_7.c");
+        assert_eq!(
+            file_name("p_{{date}}.txt", "c", 7, &now),
+            "p_2025-04-12.txt"
+        );
+        assert_eq!(
+            file_name("p_{{date:%Y%m%d}}_{{seq}}.{{target}}", "c", 7, &now),
+            "p_20250412_7.c"
+        );
         assert!(check_file_template("p_{{date:%Y%m%d}}_{{seq}}.txt").is_ok());
-        assert!(check_file_template("p_{{when}}.txt").unwrap_err().contains("unknown placeholder {{when}}"));
+        assert!(
+            check_file_template("p_{{when}}.txt")
+                .unwrap_err()
+                .contains("unknown placeholder {{when}}")
+        );
         assert!(check_file_template("a/b.txt").is_err());
         assert!(check_file_template("p_{{date").is_err());
     }
