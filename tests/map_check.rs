@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use ess::config::connector;
 use ess::event::Event;
 use ess::map::{MapContext, Mapping};
@@ -853,4 +853,86 @@ fn events_filter() {
     assert!(m.selects("PERMIT_STATUS") && !m.selects("PAYROLL"));
     let all = compile_in(dir.path(), "fields: {A: 'id | width:2'}", "UTC").unwrap();
     assert!(all.selects("ANYTHING"));
+}
+
+fn batch_of(m: &Mapping, payloads: &[&str]) -> Vec<(Event, ess::event::Record)> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut e = event(p);
+            e.seq = 100 + i as u64;
+            let r = m.render(&e).unwrap();
+            (e, r)
+        })
+        .collect()
+}
+
+#[test]
+fn control_records_count_hash_total_and_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = compile_in(
+        dir.path(),
+        "fields: {ID: 'id | width:4', AMT: 'amt | number:9(5)V99'}\n\
+         header: {T: '\"H\" | width:1', RUN: '$date | format:%Y%m%d | width:8', FIRST: '$first_seq | number:9(6)'}\n\
+         trailer: {T: '\"T\" | width:1', N: '$count | number:9(6)', HASH: '$sum:AMT | number:9(9)V99', LAST: '$last_seq | width:6 | align:right'}\n",
+        "America/New_York",
+    )
+    .unwrap();
+    let items = batch_of(
+        &m,
+        &[
+            r#"{"id":"A","amt":19.99}"#,
+            r#"{"id":"B","amt":"0.01"}"#,
+            r#"{"id":"C","amt":1000}"#,
+        ],
+    );
+    let now = chrono_tz::America::New_York
+        .with_ymd_and_hms(2025, 4, 12, 23, 30, 0)
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(m.batch_header(&items, now).unwrap()).unwrap(),
+        "H20250412000100\n"
+    );
+    assert_eq!(
+        String::from_utf8(m.batch_trailer(&items, now).unwrap()).unwrap(),
+        "T00000300000102000   102\n"
+    );
+    // Maps without control records give nothing.
+    let plain = compile_in(dir.path(), "fields: {ID: 'id | width:4'}", "UTC").unwrap();
+    assert!(plain.batch_header(&items, now).unwrap().is_empty());
+    assert!(plain.batch_trailer(&items, now).unwrap().is_empty());
+}
+
+#[test]
+fn control_record_mistakes_are_compile_errors() {
+    check(
+        "fields: {A: 'id | width:2'}\ntrailer: {S: '$sum:NOPE | number:9(5)'}",
+        "{}",
+        "compile:$sum:NOPE: NOPE is not a field of this map",
+    );
+    check(
+        "fields: {A: 'id | width:2'}\ntrailer: {S: 'id | width:2'}",
+        "{}",
+        "compile:header/trailer fields take quoted constants",
+    );
+}
+
+#[test]
+fn csv_header_row_opens_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = compile_in(
+        dir.path(),
+        "format: csv\ncsv: {header: true}\nfields: {EMP_ID: id, 'NAME, FULL': name}",
+        "UTC",
+    )
+    .unwrap();
+    assert_eq!(m.csv_header_row().unwrap(), b"EMP_ID,\"NAME, FULL\"\n");
+    let now = chrono_tz::UTC
+        .with_ymd_and_hms(2025, 4, 12, 0, 0, 0)
+        .unwrap();
+    assert_eq!(
+        m.batch_header(&[], now).unwrap(),
+        b"EMP_ID,\"NAME, FULL\"\n"
+    );
 }
