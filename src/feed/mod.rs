@@ -171,6 +171,7 @@ fn prepare(db: &Database) -> Result<Seq, Error> {
         tx.open_table(schema::CURSORS)?;
         tx.open_table(schema::RETRIES)?;
         tx.open_table(schema::DEAD)?;
+        tx.open_table(schema::REQUEUE)?;
     }
     tx.commit()?;
     Ok(last_seq)

@@ -19,6 +19,10 @@ pub const RETRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("retries"
 /// (connector, seq) -> versioned postcard [`crate::ledger::DeadLetter`].
 pub const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead");
 
+/// (connector, seq) -> (): events to deliver again, ahead of the cursor (`ess replay`).
+/// Removed in the same transaction that commits their re-delivery.
+pub const REQUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("requeue");
+
 /// The on-disk format this build writes. Bumped on any incompatible change to a value.
 pub const FORMAT_VERSION: u64 = 1;
 /// The leading byte of every versioned value.

@@ -37,6 +37,9 @@ pub struct CursorState {
     pub delivered: u64,
     /// Time of the last successful delivery, microseconds since the epoch.
     pub last_success_micros: Option<i64>,
+    /// For targets that name outputs after their batch: the last seq of the delivery under
+    /// way, pinned before it starts, so a retry after a crash takes exactly the same events.
+    pub pinned: Option<Seq>,
 }
 
 /// The retry state of a connector's head event.
@@ -139,6 +142,7 @@ impl Ledger {
                 .unwrap_or_default();
             state.seq = state.seq.max(new_seq);
             state.checkpoint = checkpoint;
+            state.pinned = None;
             state.delivered += n_delivered;
             if n_delivered > 0 {
                 state.last_success_micros = Some(now.timestamp_micros());
@@ -153,6 +157,24 @@ impl Ledger {
         };
         tx.commit()?;
         Ok(state)
+    }
+
+    /// Durably pins the range of the delivery about to start: (cursor, `last`].
+    pub fn pin(&self, connector: &str, last: Seq) -> Result<(), Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut cursors = tx.open_table(CURSORS)?;
+            let mut state: CursorState = cursors
+                .get(connector)?
+                .map(|v| schema::decode(v.value()))
+                .transpose()
+                .map_err(Error::Format)?
+                .unwrap_or_default();
+            state.pinned = Some(last);
+            cursors.insert(connector, schema::encode(&state).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Durably records a failed attempt, so the retry schedule survives a restart.

@@ -9,7 +9,7 @@
 //! Errors are classified where the knowledge is: [`DeliveryError::Transient`] is retried
 //! with back-off, [`DeliveryError::Permanent`] follows the connector's `on_failure`.
 
-// pub mod file;
+pub mod file;
 
 use std::time::Duration;
 
@@ -138,6 +138,13 @@ pub trait Target: Send {
     /// The most events worth handing over at once.
     fn max_batch(&self) -> usize {
         1000
+    }
+
+    /// Whether a delivery must be re-tried with exactly the same events after a crash (the
+    /// connector then durably pins the range before calling [`Target::deliver`]). Targets
+    /// that name an output after its batch (batch files) need this; appends do not.
+    fn pins_batches(&self) -> bool {
+        false
     }
 }
 

@@ -1,0 +1,331 @@
+//! The command line (SPEC §2): `demo`, `init`, `serve`, `send`, `check`, `map …`.
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or validation error ([`exit_code`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Diagnostics};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ess",
+    version,
+    about = "External System Sync: a durable, exactly-once courier from CodifyHQ to legacy systems"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Zero-setup start: `init` into DIR unless it exists, then serve it and show how to push a test event.
+    Demo {
+        /// Folder of the demo appliance.
+        #[arg(long, default_value = "ess-demo")]
+        dir: PathBuf,
+    },
+    /// Write a working appliance (config, dev certificates, permit map, folders) into DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Ingest listen address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        ingest: String,
+        /// Status page listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        status: String,
+        /// Overwrite config, certificates and map in an existing DIR (data is kept).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the appliance in the foreground (SIGTERM drains and exits, SIGHUP reloads maps).
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Push events (JSON object, JSON array or NDJSON files; `-` = stdin) to the ingest API.
+    Send(SendArgs),
+    /// Validate the config and every map; print each problem as file:line:col: message.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Work with map files.
+    #[command(subcommand)]
+    Map(MapCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// The appliance config: gives the ingest address and the dev client certificate in its tls/ folder.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Ingest URL, e.g. https://127.0.0.1:8443 (default: from the config).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// CA certificate that signed the server certificate (default: tls/ca.crt next to ingest.cert).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (default: tls/client.crt).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Client private key (default: tls/client.key).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Files of events; `-` reads standard input.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MapCommand {
+    /// Print the record(s) a map makes from an event, with a column ruler for fixed-width.
+    Preview {
+        #[arg(long)]
+        map: PathBuf,
+        /// The appliance config, for its timezone (default UTC).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// A JSON file with one event (`-` = stdin).
+        event: PathBuf,
+    },
+    /// Print a map skeleton whose fields, widths and types come from a COBOL copybook.
+    FromCopybook { copybook: PathBuf },
+}
+
+/// A usage or validation problem: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error returned by [`run`].
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<Diagnostics>().is_some() || err.downcast_ref::<UsageError>().is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Installs the one crypto provider every TLS config in the process uses.
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+fn init_logging(format: crate::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    install_crypto_provider();
+    match cli.command {
+        Command::Init {
+            dir,
+            ingest,
+            status,
+            force,
+        } => {
+            crate::init::init(&crate::init::InitOptions {
+                dir: dir.clone(),
+                ingest,
+                status,
+                force,
+            })?;
+            println!(
+                "wrote a working appliance into {}; start it with: ess serve --config {}",
+                dir.display(),
+                dir.join("ess.yml").display()
+            );
+            Ok(())
+        }
+        Command::Demo { dir } => demo(&dir),
+        Command::Serve { config } => {
+            let cfg = Config::load(&config)?;
+            init_logging(cfg.log_format);
+            runtime()?.block_on(crate::serve::run(cfg, |b| {
+                println!("ess listening: ingest=https://{}", b.ingest);
+            }))
+        }
+        Command::Send(args) => send(args),
+        Command::Check { config } => check(&config),
+        Command::Map(MapCommand::Preview { map, config, event }) => {
+            let tz = match config {
+                Some(c) => Config::load(&c)?.timezone,
+                None => chrono_tz::UTC,
+            };
+            let text = read_input(&event)?;
+            print!("{}", crate::map::cli::preview(&map, &text, tz)?);
+            Ok(())
+        }
+        Command::Map(MapCommand::FromCopybook { copybook }) => {
+            let text = read_input(&copybook)?;
+            let name = copybook
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("record");
+            print!("{}", crate::map::cli::from_copybook(&text, name)?);
+            Ok(())
+        }
+    }
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .context("cannot read stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+fn check(config: &Path) -> anyhow::Result<()> {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(d) => {
+            for e in &d.0 {
+                println!("{e}");
+            }
+            return Err(d.into());
+        }
+    };
+    match crate::connector::load_all(&cfg.maps_dir, cfg.timezone) {
+        Ok(specs) => {
+            println!(
+                "ok: {} and {} connector(s): {}",
+                config.display(),
+                specs.len(),
+                specs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Err(errs) => {
+            for e in &errs {
+                println!("{e}");
+            }
+            Err(Diagnostics(errs).into())
+        }
+    }
+}
+
+fn send(args: SendArgs) -> anyhow::Result<()> {
+    init_logging(crate::config::LogFormat::Text);
+    let cfg = args.config.as_deref().map(Config::load).transpose()?;
+    let tls_dir = cfg
+        .as_ref()
+        .and_then(|c| c.ingest.cert.parent().map(Path::to_path_buf));
+    let pick = |given: Option<PathBuf>, file: &str, flag: &str| -> anyhow::Result<PathBuf> {
+        given
+            .or_else(|| tls_dir.as_ref().map(|d| d.join(file)))
+            .ok_or_else(|| UsageError(format!("give --config, or {flag}")).into())
+    };
+    let url = match (args.url, &cfg) {
+        (Some(u), _) => u,
+        (None, Some(c)) => {
+            let mut addr = c.ingest.listen;
+            if addr.port() == 0 {
+                return Err(UsageError(format!(
+                    "{} listens on port 0 (chosen at start); give --url https://HOST:PORT",
+                    c.file.display()
+                ))
+                .into());
+            }
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("https://{addr}")
+        }
+        (None, None) => return Err(UsageError("give --config, or --url".into()).into()),
+    };
+    let target = crate::send::Target {
+        url,
+        ca: pick(args.ca, "ca.crt", "--ca")?,
+        cert: pick(args.cert, "client.crt", "--cert")?,
+        key: pick(args.key, "client.key", "--key")?,
+    };
+    let mut events = Vec::new();
+    for f in &args.files {
+        events.extend(crate::send::read_events(f)?);
+    }
+    let totals = runtime()?.block_on(crate::send::send(&target, &events, true))?;
+    println!(
+        "accepted: {}, duplicates: {}",
+        totals.accepted, totals.duplicates
+    );
+    Ok(())
+}
+
+fn demo(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        crate::init::init(&crate::init::InitOptions {
+            dir: dir.to_path_buf(),
+            ingest: "127.0.0.1:8443".into(),
+            status: "127.0.0.1:8080".into(),
+            force: false,
+        })?;
+        println!("wrote a demo appliance into {}", dir.display());
+    }
+    let config = dir.join("ess.yml");
+    let cfg = Config::load(&config)?;
+    init_logging(cfg.log_format);
+    let me = std::env::current_exe().ok();
+    let under_cargo = me
+        .as_ref()
+        .is_some_and(|p| p.components().any(|c| c.as_os_str() == "target"));
+    let send_cmd = if under_cargo {
+        "cargo run --release -- send".to_string()
+    } else {
+        format!(
+            "{} send",
+            me.map_or("ess".into(), |p| p.display().to_string())
+        )
+    };
+    let out_file = dir.join("out/permit.txt");
+    let status = cfg.status_listen;
+    runtime()?.block_on(crate::serve::run(cfg, move |b| {
+        println!();
+        println!("ESS demo is running (Ctrl-C stops it).");
+        println!(
+            "  ingest   https://{}  (mutual TLS; client certificate {})",
+            b.ingest,
+            dir.join("tls/client.crt").display()
+        );
+        println!("  status   http://{status}/");
+        println!();
+        println!("Push the seed event (in another terminal):");
+        println!(
+            "  {send_cmd} --config {} {}",
+            config.display(),
+            dir.join("seed-event.json").display()
+        );
+        println!();
+        println!("Then look at {}:", out_file.display());
+        println!("  BP-802    APPROVED  20250412100300");
+        println!();
+    }))
+}

@@ -1,0 +1,514 @@
+//! Connectors: one task per map file, moving that connector's events from the feed to its
+//! target in `seq` order and recording progress in the ledger.
+//!
+//! One round of [`Runner::run`]: read events after the cursor (re-queued ones first), drop
+//! the ones `events:` does not select, map the rest (an event that cannot be mapped or
+//! that compliance stops is parked as a dead letter, the others go on), hand the records
+//! to the target, and commit cursor + target checkpoint + parked events in one durable
+//! ledger transaction. A failed delivery is retried with back-off from the ledger's
+//! [`RetryState`] (so a restart keeps the schedule), alone, so the failing event is the
+//! one that gets parked (`on_failure: park`) or holds the others back (`block`).
+//!
+//! Architecture invariant: the cursor only moves after the target reported success, and
+//! only through [`Ledger::commit_progress`]; a connector's failure never stops the others.
+
+pub mod backoff;
+pub mod schedule;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use tokio::sync::watch;
+
+use crate::config::Diagnostic;
+use crate::config::connector::{self, DeliverSpec, LoadedConnector};
+use crate::event::{Event, Record, Seq};
+use crate::feed::Feed;
+use crate::ledger::{DeadLetter, Ledger, RetryState};
+use crate::map::{MapContext, Mapping};
+use crate::target::{Delivery, DeliveryError, Target};
+use backoff::{OnFailure, RetryPolicy};
+use schedule::Schedule;
+
+/// Where a new connector begins in the feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Earliest,
+    Latest,
+}
+
+/// A connector file, validated and compiled, ready to run.
+pub struct ConnectorSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub base_dir: PathBuf,
+    pub format: String,
+    pub mapping: Arc<Mapping>,
+    pub deliver: DeliverSpec,
+    pub policy: RetryPolicy,
+    pub schedule: Option<Schedule>,
+    pub start: Start,
+    pub max_batch: Option<usize>,
+    pub linger: Duration,
+}
+
+/// Loads and validates every connector of `maps_dir`; every problem of every file is
+/// returned, not just the first.
+pub fn load_all(maps_dir: &Path, tz: Tz) -> Result<Vec<ConnectorSpec>, Vec<Diagnostic>> {
+    let files = connector::map_files(maps_dir).map_err(|e| {
+        vec![Diagnostic::new(
+            maps_dir,
+            1,
+            1,
+            format!("cannot list maps folder: {e}"),
+        )]
+    })?;
+    let mut specs = Vec::new();
+    let mut errs = Vec::new();
+    for path in files {
+        match load_one(&path, tz) {
+            Ok(spec) => {
+                if let Some(other) = specs.iter().find(|s: &&ConnectorSpec| s.name == spec.name) {
+                    errs.push(Diagnostic::new(
+                        &path,
+                        1,
+                        1,
+                        format!(
+                            "target {:?} is also defined in {}; each connector needs its own name",
+                            spec.name,
+                            other.path.display()
+                        ),
+                    ));
+                }
+                specs.push(spec);
+            }
+            Err(mut e) => errs.append(&mut e),
+        }
+    }
+    if errs.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errs)
+    }
+}
+
+/// Loads and validates one connector file.
+pub fn load_one(path: &Path, tz: Tz) -> Result<ConnectorSpec, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![Diagnostic::new(path, 1, 1, format!("cannot read: {e}"))])?;
+    let loaded = connector::parse(path, &text).map_err(|e| vec![e])?;
+    compile(&loaded, tz)
+}
+
+fn compile(loaded: &LoadedConnector, tz: Tz) -> Result<ConnectorSpec, Vec<Diagnostic>> {
+    let f = &loaded.file;
+    let path = &loaded.path;
+    let mut errs = Vec::new();
+    let name = f.target.value.clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        errs.push(Diagnostic::at(
+            path,
+            &f.target,
+            format!("target {name:?} must be 1+ chars of [A-Za-z0-9_.-]"),
+        ));
+    }
+    let mapping = Mapping::compile(loaded, &MapContext { timezone: tz })
+        .map_err(|e| errs.extend(e))
+        .ok();
+    let policy = RetryPolicy::from_spec(f.retry.as_ref(), path)
+        .map_err(|e| errs.extend(e))
+        .ok();
+    let schedule = match &f.schedule {
+        None => None,
+        Some(s) => Schedule::parse(&s.value)
+            .map_err(|e| errs.push(Diagnostic::at(path, s, format!("schedule: {e}"))))
+            .ok(),
+    };
+    let start = match f.start.as_ref().map(|s| (s, s.value.as_str())) {
+        None | Some((_, "earliest")) => Start::Earliest,
+        Some((_, "latest")) => Start::Latest,
+        Some((s, other)) => {
+            errs.push(Diagnostic::at(
+                path,
+                s,
+                format!("start must be earliest or latest, not {other:?}"),
+            ));
+            Start::Earliest
+        }
+    };
+    let linger = match f.batch.as_ref().and_then(|b| b.linger.as_ref()) {
+        None => Duration::ZERO,
+        Some(l) => crate::config::parse_duration(&l.value)
+            .map_err(|e| errs.push(Diagnostic::at(path, l, format!("batch.linger: {e}"))))
+            .unwrap_or_default(),
+    };
+    if let Some(r) = &f.rotate {
+        if let Err(e) = crate::config::parse_duration(&r.value) {
+            errs.push(Diagnostic::at(path, r, format!("rotate: {e}")));
+        }
+    }
+    let base_dir = loaded.base_dir();
+    let spec = mapping.zip(policy).map(|(mapping, policy)| ConnectorSpec {
+        name,
+        path: path.clone(),
+        base_dir,
+        format: f
+            .format
+            .as_ref()
+            .map_or("fixed".into(), |f| f.value.clone()),
+        mapping: Arc::new(mapping),
+        deliver: f.deliver.value.clone(),
+        policy,
+        schedule,
+        start,
+        max_batch: f.batch.as_ref().and_then(|b| b.max_events),
+        linger,
+    });
+    if let Some(spec) = &spec {
+        if let Err(e) = build_target(spec, tz) {
+            errs.push(Diagnostic::at(path, &f.deliver, format!("deliver: {e}")));
+        }
+    }
+    match spec {
+        Some(spec) if errs.is_empty() => Ok(spec),
+        _ => Err(errs),
+    }
+}
+
+/// Creates the target a connector delivers to (without connecting anywhere yet).
+pub fn build_target(spec: &ConnectorSpec, _tz: Tz) -> Result<Box<dyn Target>, String> {
+    match &spec.deliver {
+        DeliverSpec::File(f) => Ok(Box::new(crate::target::file::FileTarget::new(
+            f,
+            &spec.base_dir,
+            &spec.name,
+            Some(spec.mapping.clone()),
+        )?)),
+        DeliverSpec::Sftp(_) => Err("kind sftp is not available in this build yet".into()),
+        DeliverSpec::Http(_) => Err("kind http is not available in this build yet".into()),
+    }
+}
+
+/// What a connector is doing, for the status page and `ess stats`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Phase {
+    #[default]
+    Idle,
+    Delivering,
+    Retrying,
+    Blocked,
+    OutsideSchedule,
+}
+
+/// Live state of one connector, updated by its task.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub phase: Phase,
+    pub last_error: Option<String>,
+    pub next_attempt: Option<DateTime<Utc>>,
+    pub next_open: Option<DateTime<Utc>>,
+}
+
+/// Shared handles a connector task needs.
+#[derive(Clone)]
+pub struct Env {
+    pub feed: Feed,
+    pub ledger: Ledger,
+    pub timezone: Tz,
+    pub hooks: Arc<dyn Hooks>,
+}
+
+/// Notifications from connector tasks (metrics); the default does nothing.
+pub trait Hooks: Send + Sync {
+    fn delivered(&self, _connector: &str, _events: &[(Event, Record)]) {}
+    fn failed(&self, _connector: &str, _error: &DeliveryError) {}
+}
+
+/// Hooks that do nothing.
+pub struct NoHooks;
+impl Hooks for NoHooks {}
+
+/// A running connector.
+pub struct Runner {
+    pub spec: Arc<ConnectorSpec>,
+    target: Box<dyn Target>,
+    env: Env,
+    pub live: Arc<Mutex<Live>>,
+}
+
+/// The most events read from the feed per round.
+const READ_AHEAD: usize = 4096;
+
+impl Runner {
+    pub fn new(spec: Arc<ConnectorSpec>, env: Env) -> Result<Runner, String> {
+        let target = build_target(&spec, env.timezone)?;
+        Ok(Runner {
+            spec,
+            target,
+            env,
+            live: Arc::new(Mutex::new(Live::default())),
+        })
+    }
+
+    /// A runner with a given target (fault injection in tests).
+    pub fn with_target(spec: Arc<ConnectorSpec>, env: Env, target: Box<dyn Target>) -> Runner {
+        Runner {
+            spec,
+            target,
+            env,
+            live: Arc::new(Mutex::new(Live::default())),
+        }
+    }
+
+    fn set_live(&self, f: impl FnOnce(&mut Live)) {
+        if let Ok(mut l) = self.live.lock() {
+            f(&mut l);
+        }
+    }
+
+    /// Runs until `shutdown` turns true; a delivery under way is finished first.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let name = self.spec.name.clone();
+        let start_seq = match self.spec.start {
+            Start::Earliest => 0,
+            Start::Latest => self.env.feed.last_seq(),
+        };
+        if let Err(e) = blocking(|| self.env.ledger.ensure_cursor(&name, start_seq)) {
+            tracing::error!(connector = %name, error = %e, "cannot read the ledger; connector not started");
+            return;
+        }
+        let mut new_events = self.env.feed.subscribe();
+        while !*shutdown.borrow() {
+            let wait = match self.round().await {
+                Ok(Some(wait)) => wait,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(connector = %name, error = %e, "connector round failed; retrying in 1s");
+                    Wait::For(Duration::from_secs(1))
+                }
+            };
+            let sleep = match wait {
+                Wait::NewEvents => None,
+                Wait::For(d) => Some(d),
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = new_events.changed(), if sleep.is_none() => {}
+                _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
+            }
+        }
+        tracing::info!(connector = %name, "connector stopped");
+    }
+
+    /// One round. `Ok(None)`: go again at once; `Ok(Some(w))`: wait for `w` first.
+    async fn round(&mut self) -> Result<Option<Wait>, crate::feed::Error> {
+        let now = Utc::now();
+        let tz = self.env.timezone;
+        if let Some(s) = &self.spec.schedule {
+            if !s.is_open(now, tz) {
+                let next = s.next_open(now, tz);
+                self.set_live(|l| {
+                    l.phase = Phase::OutsideSchedule;
+                    l.next_open = next;
+                });
+                let wait = next.map_or(Duration::from_secs(60), |n| {
+                    (n - now)
+                        .to_std()
+                        .unwrap_or_default()
+                        .min(Duration::from_secs(60))
+                });
+                return Ok(Some(Wait::For(wait.max(Duration::from_millis(100)))));
+            }
+        }
+        let name = self.spec.name.clone();
+        let ledger = self.env.ledger.clone();
+        let retry = blocking(|| ledger.retry_state(&name))?;
+        if let Some(r) = &retry {
+            if r.next_at() > now {
+                let wait = (r.next_at() - now).to_std().unwrap_or_default();
+                return Ok(Some(Wait::For(wait)));
+            }
+        }
+        let cursor = blocking(|| ledger.cursor(&name))?.unwrap_or_default();
+        let limit = if retry.is_some() {
+            1
+        } else {
+            self.spec
+                .max_batch
+                .unwrap_or(self.target.max_batch())
+                .max(1)
+        };
+        let pinned = cursor.pinned;
+        let read_limit = match pinned {
+            Some(last) => usize::try_from(last - cursor.seq).unwrap_or(usize::MAX),
+            None => READ_AHEAD,
+        };
+        let events = blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?;
+        if events.is_empty() {
+            self.set_live(|l| l.phase = Phase::Idle);
+            return Ok(Some(Wait::NewEvents));
+        }
+        // Select and map, up to `limit` records (or exactly the pinned range).
+        let mut items: Vec<(Event, Record)> = Vec::new();
+        let mut parked: Vec<(Seq, DeadLetter)> = Vec::new();
+        let mut upto = cursor.seq;
+        for ev in events {
+            if pinned.is_none() && items.len() >= limit {
+                break;
+            }
+            upto = ev.seq;
+            if !self.spec.mapping.selects(&ev.event_type) {
+                continue;
+            }
+            match self.spec.mapping.render(&ev) {
+                Ok(rec) => items.push((ev, rec)),
+                Err(e) => {
+                    tracing::warn!(connector = %name, seq = ev.seq, trace_id = %ev.trace_id, error = %e, "event cannot be mapped; parked as a dead letter");
+                    parked.push((
+                        ev.seq,
+                        DeadLetter {
+                            reason: e.reason().into(),
+                            message: e.to_string(),
+                            at_micros: now.timestamp_micros(),
+                            attempts: 0,
+                        },
+                    ));
+                }
+            }
+        }
+        if items.is_empty() {
+            // Only filtered or parked events: move past them.
+            blocking(|| {
+                ledger.commit_progress(&name, upto, cursor.checkpoint.clone(), 0, &parked, now)
+            })?;
+            return Ok(None);
+        }
+        if self.target.pins_batches() && pinned.is_none() {
+            blocking(|| ledger.pin(&name, upto))?;
+        }
+        self.set_live(|l| l.phase = Phase::Delivering);
+        let delivery = Delivery {
+            connector: &name,
+            items: &items,
+            now: now.with_timezone(&tz),
+        };
+        match self.target.deliver(&delivery, &cursor.checkpoint).await {
+            Ok(checkpoint) => {
+                blocking(|| {
+                    ledger.commit_progress(
+                        &name,
+                        upto,
+                        checkpoint,
+                        items.len() as u64,
+                        &parked,
+                        Utc::now(),
+                    )
+                })?;
+                for (ev, _) in &items {
+                    tracing::debug!(connector = %name, seq = ev.seq, trace_id = %ev.trace_id, "delivered");
+                }
+                tracing::info!(connector = %name, first_seq = delivery.first_seq(), last_seq = delivery.last_seq(), n_events = items.len(), "delivered");
+                self.env.hooks.delivered(&name, &items);
+                self.set_live(|l| {
+                    l.phase = Phase::Idle;
+                    l.next_attempt = None;
+                });
+                Ok(None)
+            }
+            Err(err) => {
+                self.env.hooks.failed(&name, &err);
+                self.on_failure(&cursor, retry, &items, err, now)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
+    async fn on_failure(
+        &mut self,
+        cursor: &crate::ledger::CursorState,
+        retry: Option<RetryState>,
+        items: &[(Event, Record)],
+        err: DeliveryError,
+        now: DateTime<Utc>,
+    ) -> Result<Wait, crate::feed::Error> {
+        let name = self.spec.name.clone();
+        let ledger = self.env.ledger.clone();
+        let head = &items[0].0;
+        let attempts = retry
+            .as_ref()
+            .filter(|r| r.seq == head.seq)
+            .map_or(0, |r| r.attempts)
+            + 1;
+        let permanent = matches!(err, DeliveryError::Permanent(_));
+        let exhausted = permanent || attempts >= self.spec.policy.max_tries;
+        tracing::warn!(connector = %name, seq = head.seq, trace_id = %head.trace_id, attempts, error = %err, "delivery failed");
+        if exhausted && items.len() == 1 && self.spec.policy.on_failure == OnFailure::Park {
+            let reason = if permanent { "permanent" } else { "retries" };
+            let letter = DeadLetter {
+                reason: reason.into(),
+                message: err.to_string(),
+                at_micros: now.timestamp_micros(),
+                attempts,
+            };
+            tracing::warn!(connector = %name, seq = head.seq, trace_id = %head.trace_id, reason, "parked as a dead letter");
+            blocking(|| {
+                ledger.commit_progress(
+                    &name,
+                    head.seq,
+                    cursor.checkpoint.clone(),
+                    0,
+                    &[(head.seq, letter)],
+                    now,
+                )
+            })?;
+            self.set_live(|l| l.last_error = Some(err.to_string()));
+            return Ok(Wait::For(Duration::ZERO));
+        }
+        let jitter: f64 = rand::random();
+        let mut delay = self.spec.policy.delay(attempts, jitter);
+        if let DeliveryError::Transient {
+            retry_after: Some(ra),
+            ..
+        } = &err
+        {
+            delay = delay.max(*ra);
+        }
+        let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let state = RetryState {
+            seq: head.seq,
+            attempts,
+            next_at_micros: next_at.timestamp_micros(),
+            last_error: err.to_string(),
+        };
+        blocking(|| ledger.record_failure(&name, &state))?;
+        let blocked = exhausted;
+        self.set_live(|l| {
+            l.phase = if blocked {
+                Phase::Blocked
+            } else {
+                Phase::Retrying
+            };
+            l.last_error = Some(err.to_string());
+            l.next_attempt = Some(next_at);
+        });
+        Ok(Wait::For(delay))
+    }
+}
+
+enum Wait {
+    NewEvents,
+    For(Duration),
+}
+
+/// Runs blocking redb work without stalling the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}

@@ -1,0 +1,201 @@
+//! `ess serve`: the daemon. Opens the database, starts one task per connector, the ingest
+//! listener (and the status page), and handles signals: SIGTERM/SIGINT drain and exit,
+//! SIGHUP reloads the maps (an invalid set is refused and the old one keeps running).
+//!
+//! Shutdown order keeps the promise: the ingest stops accepting first and answers the
+//! requests under way (their commits finish), connectors finish the delivery under way and
+//! commit it, and only then is the feed's committer stopped.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Diagnostics};
+use crate::connector::{self, ConnectorSpec, Env, Live, Runner};
+use crate::event::Event;
+use crate::feed::{self, Feed};
+use crate::ingest::{self, IngestState, Receipts};
+use crate::ledger::Ledger;
+
+/// How long shutdown waits for connectors to finish the delivery under way.
+const CONNECTOR_DRAIN: Duration = Duration::from_secs(20);
+
+/// The running connectors of one map generation.
+struct Generation {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the daemon knows about its connectors, shared with receipts and status.
+pub struct Connectors {
+    pub specs: RwLock<Vec<(Arc<ConnectorSpec>, Arc<Mutex<Live>>)>>,
+    pub ledger: Ledger,
+}
+
+impl Receipts for Connectors {
+    fn targets(&self, event: &Event) -> BTreeMap<String, String> {
+        let specs = self.specs.read().map(|s| s.clone()).unwrap_or_default();
+        specs
+            .iter()
+            .map(|(spec, _)| (spec.name.clone(), self.state_of(spec, event).to_string()))
+            .collect()
+    }
+}
+
+impl Connectors {
+    /// `delivered` | `pending` | `retrying` | `dead` | `filtered` for one event.
+    pub fn state_of(&self, spec: &ConnectorSpec, event: &Event) -> &'static str {
+        if !spec.mapping.selects(&event.event_type) {
+            return "filtered";
+        }
+        let dead = self
+            .ledger
+            .dead_letters(&spec.name)
+            .map(|d| d.iter().any(|(s, _)| *s == event.seq))
+            .unwrap_or(false);
+        if dead {
+            return "dead";
+        }
+        let cursor = self
+            .ledger
+            .cursor(&spec.name)
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.seq);
+        if event.seq <= cursor {
+            return "delivered";
+        }
+        match self.ledger.retry_state(&spec.name) {
+            Ok(Some(r)) if r.seq == event.seq => "retrying",
+            _ => "pending",
+        }
+    }
+}
+
+/// Addresses the daemon listens on (useful when the config says port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub ingest: SocketAddr,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once both listeners are bound.
+pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
+    let specs = connector::load_all(&cfg.maps_dir, cfg.timezone).map_err(Diagnostics)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let db = Arc::new(
+        feed::open_database(&cfg.db_path())
+            .with_context(|| format!("cannot open {}", cfg.db_path().display()))?,
+    );
+    let feed = Feed::open(db.clone())
+        .with_context(|| format!("cannot open the feed in {}", cfg.db_path().display()))?;
+    let ledger = Ledger::new(db.clone());
+    let tls = ingest::tls::server_config(&cfg.ingest.cert, &cfg.ingest.key, &cfg.ingest.client_ca)
+        .map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(cfg.ingest.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (ingest.listen)", cfg.ingest.listen))?;
+    let ingest_addr = listener.local_addr()?;
+
+    let env = Env {
+        feed: feed.clone(),
+        ledger: ledger.clone(),
+        timezone: cfg.timezone,
+        hooks: Arc::new(connector::NoHooks),
+    };
+    let connectors = Arc::new(Connectors {
+        specs: RwLock::new(Vec::new()),
+        ledger: ledger.clone(),
+    });
+    let mut generation = start_generation(specs, &env, &connectors)?;
+
+    let (stop_ingest, ingest_stop_rx) = watch::channel(false);
+    let state = Arc::new(IngestState {
+        feed: feed.clone(),
+        max_body: cfg.ingest.max_body,
+        min_free_disk: cfg.min_free_disk,
+        data_dir: cfg.data_dir.clone(),
+        allowed_clients: cfg.ingest.allowed_clients.clone(),
+        receipts: connectors.clone(),
+        hooks: Arc::new(ingest::NoHooks),
+        shutting_down: AtomicBool::new(false),
+    });
+    let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
+    tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
+    on_ready(Bound {
+        ingest: ingest_addr,
+    });
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                match connector::load_all(&cfg.maps_dir, cfg.timezone) {
+                    Err(errs) => {
+                        for e in &errs {
+                            tracing::error!("{e}");
+                        }
+                        tracing::error!(n_problems = errs.len(), "SIGHUP: new maps refused; the running connectors keep going");
+                    }
+                    Ok(specs) => {
+                        stop_generation(generation).await;
+                        generation = start_generation(specs, &env, &connectors)?;
+                        tracing::info!(connectors = generation.tasks.len(), "SIGHUP: maps reloaded");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: finishing requests and deliveries under way");
+    let _ = stop_ingest.send(true);
+    let _ = ingest_task.await;
+    stop_generation(generation).await;
+    feed.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn start_generation(
+    specs: Vec<ConnectorSpec>,
+    env: &Env,
+    connectors: &Connectors,
+) -> anyhow::Result<Generation> {
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut shared = Vec::new();
+    for spec in specs {
+        let spec = Arc::new(spec);
+        let runner = Runner::new(spec.clone(), env.clone())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", spec.path.display()))?;
+        shared.push((spec, runner.live.clone()));
+        tasks.push(tokio::spawn(runner.run(stop_rx.clone())));
+    }
+    if let Ok(mut s) = connectors.specs.write() {
+        *s = shared;
+    }
+    Ok(Generation { stop, tasks })
+}
+
+async fn stop_generation(g: Generation) {
+    let _ = g.stop.send(true);
+    for mut t in g.tasks {
+        if tokio::time::timeout(CONNECTOR_DRAIN, &mut t).await.is_err() {
+            // Abandoning a delivery is safe: it is not committed, and is redone next start.
+            t.abort();
+            tracing::warn!(
+                "a connector did not finish its delivery in time; it resumes from the ledger next start"
+            );
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The command line as a user meets it (SPEC §2): help, init, check, send, demo, essctl.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        &["--help"][..],
+        &["demo", "--help"],
+        &["init", "--help"],
+        &["serve", "--help"],
+        &["send", "--help"],
+        &["check", "--help"],
+        &["map", "--help"],
+    ] {
+        let (code, out, _) = ess(cmd, None);
+        assert_eq!(code, 0, "{cmd:?}");
+        assert!(out.contains("Usage:"), "{cmd:?}: {out}");
+    }
+    let (code, _, err) = ess(&["serve"], None);
+    assert_eq!(code, 2, "a missing argument is a usage error: {err}");
+}
+
+#[test]
+fn init_refuses_an_existing_folder_unless_forced_and_writes_a_valid_appliance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let d = dir.to_str().unwrap();
+    assert_eq!(ess(&["init", "--dir", d], None).0, 0);
+    for f in [
+        "ess.yml",
+        "tls/ca.crt",
+        "tls/server.crt",
+        "tls/server.key",
+        "tls/client.crt",
+        "tls/client.key",
+        "maps/permit_map.yml",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    assert!(dir.join("data").is_dir() && dir.join("out").is_dir());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("tls/server.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "private key is private");
+    std::fs::write(dir.join("data/keep.me"), "x").unwrap();
+    let (code, _, err) = ess(&["init", "--dir", d], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(ess(&["init", "--dir", d, "--force"], None).0, 0);
+    assert!(dir.join("data/keep.me").exists(), "--force keeps data");
+    let (code, out, _) = ess(
+        &["check", "--config", dir.join("ess.yml").to_str().unwrap()],
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("city_hall_cobol"), "{out}");
+}
+
+#[test]
+fn check_reports_every_problem_with_file_line_col_and_exits_2() {
+    let app = Appliance::init();
+    let map = app.dir.join("maps/permit_map.yml");
+    let text = std::fs::read_to_string(&map).unwrap();
+    std::fs::write(
+        &map,
+        text.replace("  STATUS   : status | width:10\n", "  STATUS   : status\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        app.dir.join("maps/other.yml"),
+        "target: other\nformt: fixed\ndeliver: {kind: file, dir: ., file: x.txt}\n",
+    )
+    .unwrap();
+    let (code, out, _) = ess(&["check", "--config", app.config.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("other.yml:2:1: unknown field `formt`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("permit_map.yml:9:") && out.contains("STATUS") && out.contains("width"),
+        "{out}"
+    );
+
+    app.edit_config("log:", "colour: blue\nlog:");
+    let (code, out, _) = ess(&["check", "--config", app.config.to_str().unwrap()], None);
+    assert_eq!(code, 2);
+    assert!(out.contains("ess.yml:") && out.contains("colour"), "{out}");
+}
+
+#[test]
+fn serve_refuses_a_private_key_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = Appliance::init();
+    std::fs::set_permissions(
+        app.tls("server.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (code, _, err) = ess(&["serve", "--config", app.config.to_str().unwrap()], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("readable by group or others") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[test]
+fn send_reads_files_arrays_ndjson_and_stdin_and_counts() {
+    let mut app = Appliance::init();
+    app.start();
+    let cfg = app.config.to_str().unwrap().to_string();
+    let (code, _, err) = ess(&["send", "--config", &cfg, "-"], None);
+    assert_eq!(code, 2, "port 0 in the config needs --url: {err}");
+    let url = app.url();
+    let arr = app.tmp.path().join("batch.json");
+    std::fs::write(
+        &arr,
+        serde_json::Value::Array(vec![permit_event("A1"), permit_event("A2")]).to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = ess(
+        &[
+            "send",
+            "--config",
+            &cfg,
+            "--url",
+            &url,
+            arr.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("accepted: 2, duplicates: 0"), "{out}");
+
+    let mut child = Command::new(BIN)
+        .args(["send", "--config", &cfg, "--url", &url, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let nd = format!("{}\n{}\n", permit_event("A2"), permit_event("A3"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(nd.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accepted: 1, duplicates: 1"));
+
+    let bad = app.tmp.path().join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        format!("{}\n{{\"type\":\"A\"}}\n", permit_event("A4")),
+    )
+    .unwrap();
+    let (code, _, err) = ess(
+        &[
+            "send",
+            "--config",
+            &cfg,
+            "--url",
+            &url,
+            bad.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.ndjson:2") && err.contains("payload"),
+        "{err}"
+    );
+    let want: String = ["A1", "A2", "A3"]
+        .iter()
+        .map(|id| permit_line(id))
+        .collect();
+    wait_until("three lines", Duration::from_secs(30), || {
+        app.read_out("permit.txt") == want
+    });
+}
+
+#[test]
+fn demo_prints_the_send_command_that_makes_the_seed_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--dir", "ess-demo"])
+        .current_dir(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut send_line = None;
+    while send_line.is_none() {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("demo prints its instructions");
+        if line.contains(" send --config ") {
+            send_line = Some(line);
+        }
+    }
+    let send_line = send_line.unwrap();
+    // The printed command as a user would run it, with this build's binary.
+    let args: Vec<&str> = send_line
+        .split_once(" send ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let out = Command::new(BIN)
+        .arg("send")
+        .args(&args)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = tmp.path().join("ess-demo/out/permit.txt");
+    wait_until("the seed line", Duration::from_secs(30), || {
+        std::fs::read_to_string(&file).unwrap_or_default() == SEED_LINE
+    });
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn essctl_is_ess() {
+    let tmp = tempfile::tempdir().unwrap();
+    let link = tmp.path().join("essctl");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let out = Command::new(&link).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("send"));
+}
