@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ess::feed::{open_database, Feed, NewEvent};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ess::feed::{Feed, NewEvent, open_database};
 
 fn events(batch: usize, next: &mut u64) -> Vec<NewEvent> {
     (0..batch)
@@ -18,15 +18,24 @@ fn events(batch: usize, next: &mut u64) -> Vec<NewEvent> {
 }
 
 fn append(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("feed_append");
     for batch in [1usize, 100, 1000] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let feed = Feed::open(Arc::new(open_database(&dir.path().join("ess.redb")).expect("db"))).expect("feed");
+        let feed = Feed::open(Arc::new(
+            open_database(&dir.path().join("ess.redb")).expect("db"),
+        ))
+        .expect("feed");
         let mut next = 0;
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
-            b.iter(|| rt.block_on(feed.append(events(batch, &mut next))).expect("append"));
+            b.iter(|| {
+                rt.block_on(feed.append(events(batch, &mut next)))
+                    .expect("append")
+            });
         });
     }
     group.finish();

@@ -8,12 +8,16 @@
 //!
 //! Add `--with-connector` to run the seed's permit connector (file append) at the same time.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -49,10 +53,21 @@ fn main() {
         .spawn()
         .expect("ess serve");
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line).expect("listening line");
-    let url = format!("https://{}", line.trim().trim_start_matches("ess listening: ingest=https://"));
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("listening line");
+    let url = format!(
+        "https://{}",
+        line.trim()
+            .trim_start_matches("ess listening: ingest=https://")
+    );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -92,11 +107,19 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let mut lat = latencies;
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let n = events.load(Ordering::Relaxed);
     println!(
         "connections {connections} x batch {batch}{}: {n} events in {elapsed:.1}s = {:.0} events/s, {} requests, latency p50 {:.2} ms, p99 {:.2} ms",
-        if with_connector { " (with the permit connector)" } else { "" },
+        if with_connector {
+            " (with the permit connector)"
+        } else {
+            ""
+        },
         n as f64 / elapsed,
         lat.len(),
         pct(0.50).as_secs_f64() * 1e3,

@@ -214,3 +214,10 @@ fn preview_shows_a_ruler_for_fixed_and_hex_for_ebcdic() {
         "{err}"
     );
 }
+
+#[test]
+fn from_copybook_takes_a_bare_name_too() {
+    let y = cli::from_copybook("01 R.\n 05 A PIC X(2).\n", "PERMIT").unwrap();
+    assert!(y.contains("\nlayout: PERMIT.cpy\n"), "{y}");
+    assert!(y.contains("\n  A: a "), "{y}");
+}

@@ -202,8 +202,15 @@ fn legend(m: &Mapping, out: &mut String) {
 }
 
 /// A commented map skeleton for the copybook `copybook_text`; `name` is the copybook's
-/// file name as it will sit next to the map (it becomes `layout:`).
+/// file name as it will sit next to the map (it becomes `layout:`; `.cpy` is added when
+/// it has no extension).
 pub fn from_copybook(copybook_text: &str, name: &str) -> anyhow::Result<String> {
+    let file_name = if Path::new(name).extension().is_some() {
+        name.to_string()
+    } else {
+        format!("{name}.cpy")
+    };
+    let name = file_name.as_str();
     let cb = Copybook::parse(copybook_text).map_err(|errs| {
         let lines: Vec<String> = errs
             .iter()

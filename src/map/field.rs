@@ -199,44 +199,46 @@ impl Field {
         }
     }
 
-    /// The text pipeline: trim, map, format, case. `None` for a blank.
-    pub fn text(&self, raw: &Raw<'_>, tz: Tz) -> Result<Option<String>, String> {
-        let mut text = match raw {
+    /// The text pipeline: trim, map, format, case. `None` for a blank. Borrows from the
+    /// event or the map where it can: this is the per-field hot path.
+    pub fn text<'a>(&'a self, raw: &Raw<'a>, tz: Tz) -> Result<Option<Cow<'a, str>>, String> {
+        let mut text: Cow<'a, str> = match raw {
             Raw::Blank => return Ok(None),
-            Raw::Default(d) => return Ok(Some(self.apply_case(d.to_string()))),
+            Raw::Default(d) => return Ok(Some(self.apply_case(Cow::Borrowed(d)))),
             Raw::Time(t) => match &self.date {
                 Some((items, pattern)) => {
-                    return format_time(&t.with_timezone(&tz), items, pattern).map(Some);
+                    return format_time(&t.with_timezone(&tz), items, pattern)
+                        .map(|s| Some(Cow::Owned(s)));
                 }
-                None => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                None => Cow::Owned(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
             },
-            Raw::Int(n) => n.to_string(),
-            Raw::Str(s) => s.to_string(),
-            Raw::Json(Value::String(s)) => s.clone(),
-            Raw::Json(Value::Number(n)) => n.to_string(),
-            Raw::Json(Value::Bool(b)) => b.to_string(),
-            Raw::Json(Value::Null) => String::new(),
+            Raw::Int(n) => Cow::Owned(n.to_string()),
+            Raw::Str(s) => s.clone(),
+            Raw::Json(Value::String(s)) => Cow::Borrowed(s.as_str()),
+            Raw::Json(Value::Number(n)) => Cow::Owned(n.to_string()),
+            Raw::Json(Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            Raw::Json(Value::Null) => Cow::Borrowed(""),
             Raw::Json(v @ (Value::Array(_) | Value::Object(_))) => {
                 let what = if v.is_array() { "a list" } else { "an object" };
+                let src = self.source_text();
+                let path = src.trim_start_matches("payload.");
                 return Err(format!(
-                    "{} is {what}, not a single value; name an element (e.g. `{}[0]` or `{}.code`)",
-                    self.source_text(),
-                    self.source_text().trim_start_matches("payload."),
-                    self.source_text().trim_start_matches("payload.")
+                    "{src} is {what}, not a single value; name an element (e.g. `{path}[0]` or `{path}.code`)"
                 ));
             }
         };
         if self.trim {
-            let t = text.trim();
-            if t.len() != text.len() {
-                text = t.to_string();
-            }
+            text = match text {
+                Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+                Cow::Owned(o) if o.trim().len() != o.len() => Cow::Owned(o.trim().to_string()),
+                owned => owned,
+            };
         }
         if let Some(map) = &self.map {
             match map.iter().find(|(k, _)| *k == text) {
-                Some((_, v)) => text = v.clone(),
+                Some((_, v)) => text = Cow::Borrowed(v),
                 None => match &self.default {
-                    Some(d) => text = d.clone(),
+                    Some(d) => text = Cow::Borrowed(d),
                     None => {
                         let keys: Vec<&str> = map.iter().map(|(k, _)| k.as_str()).collect();
                         return Err(format!(
@@ -249,16 +251,16 @@ impl Field {
         }
         if let Some((items, pattern)) = &self.date {
             let t = parse_time(&text, tz)?;
-            text = format_time(&t, items, pattern)?;
+            text = Cow::Owned(format_time(&t, items, pattern)?);
         }
         Ok(Some(self.apply_case(text)))
     }
 
-    fn apply_case(&self, text: String) -> String {
+    fn apply_case<'a>(&self, text: Cow<'a, str>) -> Cow<'a, str> {
         match self.case {
             None => text,
-            Some(Case::Upper) => text.to_uppercase(),
-            Some(Case::Lower) => text.to_lowercase(),
+            Some(Case::Upper) => Cow::Owned(text.to_uppercase()),
+            Some(Case::Lower) => Cow::Owned(text.to_lowercase()),
         }
     }
 
@@ -270,6 +272,31 @@ impl Field {
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
         match &self.kind {
+            Kind::Text {
+                width: Some(w),
+                align,
+                pad,
+            } => {
+                // Encode the value and the padding straight into the record (hot path).
+                let text = text.unwrap_or("");
+                let n = text.chars().count();
+                if n > *w {
+                    let laid = self.layout_text(Some(text))?;
+                    return enc.encode_into(&laid, out).map_err(|c| unmappable(c, enc));
+                }
+                let mut pad_byte = Vec::with_capacity(1);
+                enc.encode_into(pad.encode_utf8(&mut [0; 4]), &mut pad_byte)
+                    .map_err(|c| unmappable(c, enc))?;
+                let fill = std::iter::repeat_n(pad_byte.first().copied().unwrap_or(b' '), *w - n);
+                if *align == Align::Right {
+                    out.extend(fill.clone());
+                }
+                enc.encode_into(text, out).map_err(|c| unmappable(c, enc))?;
+                if *align == Align::Left {
+                    out.extend(fill);
+                }
+                Ok(())
+            }
             Kind::Text { .. } | Kind::Zoned { .. } => {
                 let laid = self.layout_text(text)?;
                 enc.encode_into(&laid, out).map_err(|c| unmappable(c, enc))
@@ -353,7 +380,7 @@ impl Field {
     }
 }
 
-fn unmappable(c: char, enc: Encoding) -> String {
+pub fn unmappable(c: char, enc: Encoding) -> String {
     format!(
         "character {c:?} (U+{:04X}) cannot be written in {}",
         u32::from(c),

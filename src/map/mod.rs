@@ -23,6 +23,7 @@ pub mod field;
 pub mod spec;
 pub mod transform;
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use chrono::DateTime;
@@ -96,9 +97,9 @@ pub struct Mapping {
 }
 
 /// One value ready for the record syntax.
-enum Out {
+enum Out<'a> {
     /// Characters (or blank), before layout.
-    Text(Option<String>),
+    Text(Option<Cow<'a, str>>),
     /// JSON text kept as sent (JSON format, unmodified fields).
     Json(String),
 }
@@ -271,21 +272,17 @@ impl Mapping {
     }
 
     /// Lays `fields` out in the map's record syntax and encoding, line end included.
-    fn write_record(
+    fn write_record<'f>(
         &self,
-        fields: &[Field],
+        fields: &'f [Field],
         out: &mut Vec<u8>,
-        mut value: impl FnMut(&Field) -> Result<Out, String>,
+        mut value: impl FnMut(&'f Field) -> Result<Out<'f>, String>,
     ) -> Result<(), MapError> {
         let enc = self.encoding;
         let encode = |s: &str, out: &mut Vec<u8>, f: &Field| {
             enc.encode_into(s, out).map_err(|c| MapError::Field {
                 field: f.name.clone(),
-                message: format!(
-                    "character {c:?} (U+{:04X}) cannot be written in {}",
-                    u32::from(c),
-                    enc.name()
-                ),
+                message: field::unmappable(c, enc),
             })
         };
         let mut line = String::new();
@@ -492,22 +489,12 @@ impl Compiler<'_> {
             .as_ref()
             .and_then(|l| self.load_layout(conn, l, format));
         let fields = self.record_fields(conn, format, overflow, layout.as_ref());
-        if let Some(Some(_)) = layout
-            .as_ref()
-            .map(|c| c.fields.iter().find(|cf| cf.kind.is_binary()))
-        {
-            if !line_end.is_empty() {
-                let span = f
-                    .layout
-                    .as_ref()
-                    .map(|l| (l.referenced.line(), l.referenced.column()))
-                    .unwrap_or((1, 1));
-                self.errs.push(Diagnostic::new(
-                    self.file,
-                    span.0,
-                    span.1,
+        if let (Some(l), Some(cb)) = (&f.layout, &layout) {
+            if cb.fields.iter().any(|cf| cf.kind.is_binary()) && !line_end.is_empty() {
+                self.at(
+                    l,
                     "the copybook has binary (COMP/COMP-3) fields, whose bytes can look like line ends: add `record: {line_end: \"\"}`",
-                ));
+                );
             }
         }
         if format == Format::Soap {
