@@ -827,6 +827,25 @@ fn transforms_and_compliance() {
 }
 
 #[test]
+fn every_element_paths_in_transforms_only() {
+    check(
+        "transform: {drop_fields: ['kids[*].ssn']}\ncompliance: {deny_fields: ['kids[*].ssn']}\nfields: {A: 'kids[1].name | width:3'}",
+        r#"{"kids":[{"name":"Al","ssn":"1"},{"name":"Bo","ssn":"2"}]}"#,
+        "Bo \n",
+    );
+    check(
+        "compliance: {deny_fields: ['kids[*].ssn']}\nfields: {A: 'kids[0].name | width:3'}",
+        r#"{"kids":[{"name":"Al"},{"name":"Bo","ssn":"2"}]}"#,
+        "error:compliance: the event carries kids[*].ssn",
+    );
+    check(
+        "fields: {A: 'kids[*].name | width:3'}",
+        "{}",
+        "compile:`[*]` (every element) is for transform and compliance paths",
+    );
+}
+
+#[test]
 fn compliance_reason_is_compliance() {
     let dir = tempfile::tempdir().unwrap();
     let m = compile_in(

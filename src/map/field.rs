@@ -2,6 +2,14 @@
 //! (trim, map, date format, case) and how it is laid out (padded text, zoned decimal,
 //! packed decimal, big-endian binary).
 //!
+//! The order, fixed so that a map reads the same way to everyone:
+//! 1. source: payload path, constant or `$` metadata; when missing, `updated_at` falls back
+//!    to `$ts` then `$received_at`, anything else to `default:` (which skips steps 2–4),
+//!    else the event is refused;
+//! 2. `trim`; 3. `map` (an unknown value takes `default:`, else is refused);
+//! 4. `format` (the value read as a date/time, written in the configured timezone);
+//! 5. `upper` / `lower`; 6. layout: `width`/`align`/`pad`, or the number picture.
+//!
 //! Invariant: a field with a width always renders to exactly that many bytes or fails; the
 //! record's length therefore never depends on the data.
 
@@ -190,6 +198,7 @@ impl Field {
                         PathSeg::Index(i) => {
                             let _ = write!(s, "[{i}]");
                         }
+                        PathSeg::Each => s.push_str("[*]"),
                     }
                 }
                 format!("payload.{s}")
@@ -443,6 +452,8 @@ pub fn lookup<'a>(payload: &'a Map<String, Value>, path: &[PathSeg]) -> Option<&
         v = match seg {
             PathSeg::Key(k) => v.as_object()?.get(k)?,
             PathSeg::Index(i) => v.as_array()?.get(*i)?,
+            // A record field holds one value; the compiler refuses `[*]` in field sources.
+            PathSeg::Each => return None,
         };
     }
     (!v.is_null()).then_some(v)

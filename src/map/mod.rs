@@ -611,6 +611,12 @@ impl Compiler<'_> {
                 continue;
             }
             let Some(def) = self.def(spec) else { continue };
+            if let Some(Source::Path(p)) = &def.source {
+                if p.contains(&spec::PathSeg::Each) {
+                    self.at(spec, "`[*]` (every element) is for transform and compliance paths; a field takes one value, e.g. `items[0].code`");
+                    continue;
+                }
+            }
             if let Some(src) = &def.source {
                 if src.is_control() {
                     self.at(spec, "$count, $sum, $date, $first_seq and $last_seq belong in `header:` / `trailer:`");

@@ -37,6 +37,8 @@ pub enum Source {
 pub enum PathSeg {
     Key(String),
     Index(usize),
+    /// `[*]`: every element of a list (transform and compliance paths only).
+    Each,
 }
 
 impl Source {
@@ -120,10 +122,15 @@ fn parse_path(t: &str) -> Result<Vec<PathSeg>, String> {
             let Some(close) = rest.find(']') else {
                 return bad("missing `]`");
             };
-            let Ok(idx) = rest[1..close].trim().parse::<usize>() else {
-                return bad("an index is a number, e.g. `[0]`");
-            };
-            segs.push(PathSeg::Index(idx));
+            let inner = rest[1..close].trim();
+            if inner == "*" {
+                segs.push(PathSeg::Each);
+            } else {
+                let Ok(idx) = inner.parse::<usize>() else {
+                    return bad("an index is a number, e.g. `[0]`");
+                };
+                segs.push(PathSeg::Index(idx));
+            }
             rest = &rest[close + 1..];
             if !rest.is_empty() && !rest.starts_with('[') {
                 return bad("unexpected text after `]`");

@@ -10,7 +10,6 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::field::lookup;
 use super::spec::{PathSeg, Source};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,23 +82,25 @@ impl Transforms {
             .drop
             .iter()
             .chain(self.mask.iter().map(|(p, _)| p))
-            .any(|p| lookup(payload, p).is_some());
+            .any(|p| present(payload, p));
         let payload = if touches {
             let mut p = payload.clone();
             for d in &self.drop {
                 remove(&mut p, d);
             }
             for (m, mask) in &self.mask {
-                if let Some(v) = get_mut(&mut p, m) {
-                    *v = mask.apply(v);
-                }
+                for_each_mut(&mut p, m, &mut |v| {
+                    if !v.is_null() {
+                        *v = mask.apply(v);
+                    }
+                });
             }
             Cow::Owned(p)
         } else {
             Cow::Borrowed(payload)
         };
         for (name, d) in &self.deny {
-            if lookup(&payload, d).is_some() {
+            if present(&payload, d) {
                 return Err(format!(
                     "the event carries {name}, which compliance.deny_fields forbids sending"
                 ));
@@ -109,34 +110,76 @@ impl Transforms {
     }
 }
 
-fn get_mut<'a>(payload: &'a mut Map<String, Value>, path: &[PathSeg]) -> Option<&'a mut Value> {
-    let (first, rest) = path.split_first()?;
-    let PathSeg::Key(k) = first else { return None };
-    let mut v = payload.get_mut(k)?;
-    for seg in rest {
-        v = match seg {
-            PathSeg::Key(k) => v.as_object_mut()?.get_mut(k)?,
-            PathSeg::Index(i) => v.as_array_mut()?.get_mut(*i)?,
-        };
+/// Whether any value (not null) sits at `path`; `[*]` means any element.
+fn present(payload: &Map<String, Value>, path: &[PathSeg]) -> bool {
+    fn go(v: &Value, path: &[PathSeg]) -> bool {
+        match path.split_first() {
+            None => !v.is_null(),
+            Some((PathSeg::Key(k), rest)) => v
+                .as_object()
+                .and_then(|o| o.get(k))
+                .is_some_and(|c| go(c, rest)),
+            Some((PathSeg::Index(i), rest)) => v
+                .as_array()
+                .and_then(|a| a.get(*i))
+                .is_some_and(|c| go(c, rest)),
+            Some((PathSeg::Each, rest)) => {
+                v.as_array().is_some_and(|a| a.iter().any(|c| go(c, rest)))
+            }
+        }
     }
-    Some(v)
+    match path.split_first() {
+        Some((PathSeg::Key(k), rest)) => payload.get(k).is_some_and(|v| go(v, rest)),
+        _ => false,
+    }
 }
 
-fn remove(payload: &mut Map<String, Value>, path: &[PathSeg]) {
-    let Some((last, parent)) = path.split_last() else {
-        return;
-    };
-    let PathSeg::Key(k) = last else {
-        // Removing a list element would renumber the others; blank it instead.
-        if let Some(v) = get_mut(payload, path) {
-            *v = Value::Null;
+/// Calls `f` on every value at `path`.
+fn for_each_mut(payload: &mut Map<String, Value>, path: &[PathSeg], f: &mut dyn FnMut(&mut Value)) {
+    fn go(v: &mut Value, path: &[PathSeg], f: &mut dyn FnMut(&mut Value)) {
+        match path.split_first() {
+            None => f(v),
+            Some((PathSeg::Key(k), rest)) => {
+                if let Some(c) = v.as_object_mut().and_then(|o| o.get_mut(k)) {
+                    go(c, rest, f);
+                }
+            }
+            Some((PathSeg::Index(i), rest)) => {
+                if let Some(c) = v.as_array_mut().and_then(|a| a.get_mut(*i)) {
+                    go(c, rest, f);
+                }
+            }
+            Some((PathSeg::Each, rest)) => {
+                for c in v.as_array_mut().into_iter().flatten() {
+                    go(c, rest, f);
+                }
+            }
         }
-        return;
-    };
-    if parent.is_empty() {
-        payload.remove(k);
-    } else if let Some(Value::Object(o)) = get_mut(payload, parent) {
-        o.remove(k);
+    }
+    if let Some((PathSeg::Key(k), rest)) = path.split_first() {
+        if let Some(v) = payload.get_mut(k) {
+            go(v, rest, f);
+        }
+    }
+}
+
+/// Removes what sits at `path`. Object keys are removed; list elements are set to null
+/// (removing them would renumber the others, which `items[1].code` fields rely on).
+fn remove(payload: &mut Map<String, Value>, path: &[PathSeg]) {
+    match path.split_last() {
+        Some((PathSeg::Key(k), [])) => {
+            payload.remove(k);
+        }
+        Some((PathSeg::Key(k), parent)) => {
+            let k = k.clone();
+            for_each_mut(payload, parent, &mut |v| {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove(&k);
+                }
+            });
+        }
+        Some(_) => for_each_mut(payload, path, &mut |v| *v = Value::Null),
+        None => {}
     }
 }
 
@@ -155,5 +198,28 @@ mod tests {
             Mask::Sha256.apply(&Value::from("abc")),
             Value::from("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         );
+    }
+
+    #[test]
+    fn every_element_paths() {
+        let t = Transforms {
+            drop: vec![path("people[*].ssn").unwrap()],
+            mask: vec![(path("people[*].phone").unwrap(), Mask::Last4)],
+            deny: vec![("people[*].ssn".into(), path("people[*].ssn").unwrap())],
+        };
+        let p: Map<String, Value> = serde_json::from_str(
+            r#"{"people":[{"ssn":"1","phone":"5551234"},{"phone":null},{"ssn":"2"}]}"#,
+        )
+        .unwrap();
+        let out = t.apply(&p).unwrap();
+        assert_eq!(
+            Value::Object(out.into_owned()).to_string(),
+            r#"{"people":[{"phone":"***1234"},{"phone":null},{}]}"#
+        );
+        let deny_only = Transforms {
+            deny: t.deny.clone(),
+            ..Transforms::default()
+        };
+        assert!(deny_only.apply(&p).unwrap_err().contains("people[*].ssn"));
     }
 }
