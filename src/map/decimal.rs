@@ -80,7 +80,7 @@ impl Decimal {
         int_digits: u32,
         frac_digits: u32,
         truncate: bool,
-    ) -> Result<String, String> {
+    ) -> Result<Digits, String> {
         let mut m = self.mantissa.unsigned_abs();
         if self.scale > frac_digits {
             let div = 10u128.pow(self.scale - frac_digits);
@@ -99,16 +99,65 @@ impl Decimal {
             m = mul;
         }
         let n = (int_digits + frac_digits) as usize;
-        let digits = m.to_string();
-        if digits.len() > n {
-            if truncate {
-                return Ok(digits[digits.len() - n..].to_string());
+        if n > MAX_DIGITS {
+            return Err(format!(
+                "a picture of {n} digits is longer than {MAX_DIGITS}"
+            ));
+        }
+        // Digits from the right, on the stack; u64 arithmetic when the value allows (the
+        // common case, and much cheaper than u128 division).
+        let mut out = Digits {
+            buf: [b'0'; MAX_DIGITS],
+            len: n,
+        };
+        let mut i = n;
+        if let Ok(mut small) = u64::try_from(m) {
+            while small != 0 && i > 0 {
+                i -= 1;
+                out.buf[i] = b'0' + (small % 10) as u8;
+                small /= 10;
             }
+            m = u128::from(small);
+        } else {
+            while m != 0 && i > 0 {
+                i -= 1;
+                out.buf[i] = b'0' + (m % 10) as u8;
+                m /= 10;
+            }
+        }
+        if m != 0 && !truncate {
             return Err(format!(
                 "{self} does not fit in {int_digits} integer digits"
             ));
         }
-        Ok(format!("{digits:0>n$}"))
+        Ok(out)
+    }
+}
+
+/// Exactly a picture's digits, ASCII, on the stack (a record has dozens of them).
+#[derive(Clone, Copy)]
+pub struct Digits {
+    buf: [u8; MAX_DIGITS],
+    len: usize,
+}
+
+impl std::ops::Deref for Digits {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Only ASCII digits are ever stored, so this is always valid UTF-8.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Digits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq<&str> for Digits {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
     }
 }
 

@@ -21,7 +21,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
-use super::decimal::Decimal;
+use super::decimal::{Decimal, Digits};
 use super::encoding::Encoding;
 use super::spec::{Align, Case, NumPic, PathSeg, SignMode, Source};
 use crate::event::Event;
@@ -224,7 +224,7 @@ impl Field {
             Raw::Int(n) => Cow::Owned(n.to_string()),
             Raw::Str(s) => s.clone(),
             Raw::Json(Value::String(s)) => Cow::Borrowed(s.as_str()),
-            Raw::Json(Value::Number(n)) => Cow::Owned(n.to_string()),
+            Raw::Json(Value::Number(n)) => Cow::Borrowed(n.as_str()),
             Raw::Json(Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
             Raw::Json(Value::Null) => Cow::Borrowed(""),
             Raw::Json(v @ (Value::Array(_) | Value::Object(_))) => {
@@ -373,7 +373,7 @@ impl Field {
     }
 
     /// Sign and exactly `pic.digits()` digits of a numeric value.
-    fn digits(&self, text: Option<&str>, pic: NumPic) -> Result<(bool, String), String> {
+    fn digits(&self, text: Option<&str>, pic: NumPic) -> Result<(bool, Digits), String> {
         let d = match text {
             None => Decimal::ZERO,
             Some(t) => Decimal::parse(t)?,
@@ -430,17 +430,20 @@ fn zoned(digits: &str, neg: bool, pic: NumPic, sign: SignMode) -> String {
 
 /// Packed decimal: an odd number of digit nibbles plus the sign nibble (C +, D -, F unsigned).
 fn write_packed(digits: &str, neg: bool, signed: bool, out: &mut Vec<u8>) {
-    let mut nibbles: Vec<u8> = Vec::with_capacity(digits.len() + 2);
-    if digits.len() % 2 == 0 {
-        nibbles.push(0);
-    }
-    nibbles.extend(digits.bytes().map(|b| b - b'0'));
-    nibbles.push(match (signed, neg) {
+    let sign = match (signed, neg) {
         (false, _) => 0xF,
         (true, false) => 0xC,
         (true, true) => 0xD,
-    });
-    out.extend(nibbles.chunks(2).map(|p| (p[0] << 4) | p[1]));
+    };
+    // Digits plus sign make an even number of nibbles once a leading 0 pads an even count.
+    let mut pending: Option<u8> = (digits.len() % 2 == 0).then_some(0);
+    for d in digits.bytes().map(|b| b - b'0') {
+        match pending.take() {
+            None => pending = Some(d),
+            Some(hi) => out.push((hi << 4) | d),
+        }
+    }
+    out.push((pending.unwrap_or(0) << 4) | sign);
 }
 
 /// Follows a payload path; `null` counts as missing.
