@@ -573,6 +573,26 @@ fn compile_errors_teach() {
 }
 
 #[test]
+fn compile_errors_point_at_the_field() {
+    check(
+        "format: soap\nfields:\n  ok: id\n  'bad name': id\n",
+        "{}",
+        "compile:m.yml:6:3: field name \"bad name\"",
+    );
+    check(
+        "fields:\n  A: '\"é\" | width:1'\n",
+        "{}",
+        "compile:m.yml:4:3: field A: constant \"é\"",
+    );
+    check(
+        "record: {encoding: ascii}\nfields: {A: 'id | width:3 | pad:é'}",
+        "{}",
+        "compile:pad 'é' cannot be written in ascii",
+    );
+    check("fields: {}", "{}", "compile:`fields:` is empty");
+}
+
+#[test]
 fn seed_map_without_widths_names_every_field_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let seed = "target: city_hall_cobol\nfields:\n  PERMIT_ID: id\n  STATUS    : status\n  TS        : updated_at | format:%Y%m%d%H%M%S\ndeliver: {kind: file, dir: out, file: permit.txt}\n";

@@ -76,6 +76,8 @@ pub struct Field {
     pub case: Option<Case>,
     pub kind: Kind,
     pub truncate: bool,
+    /// Line and column of the definition in the map file, for diagnostics.
+    pub pos: (u64, u64),
 }
 
 /// A source's value before the text pipeline.
@@ -114,6 +116,7 @@ impl Field {
             case: None,
             kind,
             truncate: false,
+            pos: (1, 1),
         }
     }
 

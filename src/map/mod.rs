@@ -500,10 +500,12 @@ impl Compiler<'_> {
         if format == Format::Soap {
             for fd in &fields {
                 if !is_xml_name(&fd.name) {
-                    self.top(format!(
+                    let msg = format!(
                         "field name {:?} is not a valid XML element name for format soap",
                         fd.name
-                    ));
+                    );
+                    self.errs
+                        .push(Diagnostic::new(self.file, fd.pos.0, fd.pos.1, msg));
                 }
             }
         }
@@ -513,14 +515,35 @@ impl Compiler<'_> {
         let trailer = self.control_fields(f.trailer.as_ref(), format, overflow, &fields, &mut sums);
         let transforms = self.transforms(conn);
 
-        // Constants are checked against the encoding now rather than failing every event.
+        // Constants and pad characters are checked against the encoding now rather than
+        // failing every event.
         for fd in fields.iter().chain(&header).chain(&trailer) {
+            let mut probe = Vec::new();
             if let Source::Const(c) = &fd.source {
-                if let Err(ch) = encoding.encode_into(c, &mut Vec::new()) {
-                    self.top(format!(
-                        "field {}: constant {c:?} has {ch:?}, which {} cannot represent",
-                        fd.name,
+                if let Err(ch) = encoding.encode_into(c, &mut probe) {
+                    let msg = format!(
+                        "constant {c:?} has {ch:?}, which {} cannot represent",
                         encoding.name()
+                    );
+                    self.errs.push(Diagnostic::new(
+                        self.file,
+                        fd.pos.0,
+                        fd.pos.1,
+                        format!("field {}: {msg}", fd.name),
+                    ));
+                }
+            }
+            if let Kind::Text { pad, .. } = fd.kind {
+                if encoding
+                    .encode_into(pad.encode_utf8(&mut [0; 4]), &mut probe)
+                    .is_err()
+                {
+                    let msg = format!("pad {pad:?} cannot be written in {}", encoding.name());
+                    self.errs.push(Diagnostic::new(
+                        self.file,
+                        fd.pos.0,
+                        fd.pos.1,
+                        format!("field {}: {msg}", fd.name),
                     ));
                 }
             }
@@ -602,6 +625,12 @@ impl Compiler<'_> {
             self.at(&conn.file.target, "the map has no `fields:`; list the record's fields, e.g. `PERMIT_ID: id | width:10`");
             return Vec::new();
         };
+        if entries.is_empty() {
+            self.at(
+                &conn.file.target,
+                "`fields:` is empty; list the record's fields, e.g. `PERMIT_ID: id | width:10`",
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         let mut by_name = std::collections::HashMap::new();
@@ -753,6 +782,7 @@ impl Compiler<'_> {
             case: def.case,
             kind,
             truncate: def.overflow.unwrap_or(overflow) == Overflow::Truncate,
+            pos: (name.referenced.line(), name.referenced.column()),
         })
     }
 
