@@ -411,10 +411,6 @@ impl Compiler<'_> {
         self.errs.push(Diagnostic::at(self.file, span, msg));
     }
 
-    fn top(&mut self, msg: impl Into<String>) {
-        self.errs.push(Diagnostic::new(self.file, 1, 1, msg));
-    }
-
     fn compile(
         mut self,
         conn: &LoadedConnector,
