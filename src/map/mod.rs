@@ -142,13 +142,6 @@ impl Mapping {
         self.fields.iter().map(|f| f.kind.width()).sum()
     }
 
-    /// Record field names and their byte widths (when fixed), in record order.
-    pub fn columns(&self) -> impl Iterator<Item = (&str, Option<usize>)> {
-        self.fields
-            .iter()
-            .map(|f| (f.name.as_str(), f.kind.width()))
-    }
-
     /// Makes the record for `event`, line end included, in the target encoding.
     pub fn render(&self, event: &Event) -> Result<Record, MapError> {
         let payload = self
@@ -178,27 +171,23 @@ impl Mapping {
     /// target writes it at the top of each new file. Empty otherwise.
     pub fn csv_header_row(&self) -> Result<Vec<u8>, MapError> {
         let mut out = Vec::new();
-        if self.format == Format::Csv && self.csv_header {
-            let names: Vec<Field> = self
-                .fields
-                .iter()
-                .map(|f| {
-                    Field::plain(
-                        &f.name,
-                        Source::Const(f.name.clone()),
-                        Kind::Text {
-                            width: None,
-                            align: Align::Left,
-                            pad: ' ',
-                        },
-                    )
-                })
-                .collect();
-            self.write_record(&names, &mut out, |f| {
-                f.text(&f.resolve_control(&Batch::default())?, self.timezone)
-                    .map(Out::Text)
-            })?;
+        if self.format != Format::Csv || !self.csv_header {
+            return Ok(out);
         }
+        let mut line = String::new();
+        for (i, f) in self.fields.iter().enumerate() {
+            if i > 0 {
+                line.push(self.csv_delimiter);
+            }
+            csv_quote(&f.name, self.csv_delimiter, &mut line);
+        }
+        line.push_str(&self.line_end);
+        self.encoding
+            .encode_into(&line, &mut out)
+            .map_err(|c| MapError::Field {
+                field: "(csv header row)".into(),
+                message: field::unmappable(c, self.encoding),
+            })?;
         Ok(out)
     }
 
