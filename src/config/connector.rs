@@ -29,12 +29,12 @@ pub struct ConnectorFile {
     #[serde(default)]
     pub fields: Option<Fields>,
     #[serde(default)]
-    pub record: Option<RecordSpec>,
+    pub record: Option<Spanned<RecordSpec>>,
     /// A COBOL copybook (relative to the map file) giving widths and types.
     #[serde(default)]
     pub layout: Option<Spanned<String>>,
     #[serde(default)]
-    pub csv: Option<CsvSpec>,
+    pub csv: Option<Spanned<CsvSpec>>,
     #[serde(default)]
     pub header: Option<Fields>,
     #[serde(default)]
@@ -43,9 +43,9 @@ pub struct ConnectorFile {
     #[serde(default)]
     pub overflow: Option<Spanned<String>>,
     #[serde(default)]
-    pub transform: Option<TransformSpec>,
+    pub transform: Option<Spanned<TransformSpec>>,
     #[serde(default)]
-    pub compliance: Option<ComplianceSpec>,
+    pub compliance: Option<Spanned<ComplianceSpec>>,
     pub deliver: Spanned<DeliverSpec>,
     #[serde(default)]
     pub retry: Option<RetrySpec>,
@@ -85,11 +85,64 @@ impl<'de> Deserialize<'de> for Fields {
 }
 
 /// One field: the short form `src | mod | mod:arg`, or the long form.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum FieldSpec {
     Short(String),
     Long(LongField),
+}
+
+impl<'de> Deserialize<'de> for FieldSpec {
+    // Hand-written rather than `#[serde(untagged)]`: untagged buffers the value, which loses
+    // both the long form's "unknown key" message and its location.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field definition: `source | modifier | modifier:arg` or {from: source, width: N, ...}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FieldSpec, E> {
+                Ok(FieldSpec::Short(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<FieldSpec, E> {
+                Ok(FieldSpec::Short(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<FieldSpec, E> {
+                Ok(FieldSpec::Short(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<FieldSpec, E> {
+                Err(E::custom(format!(
+                    "YAML reads `n`, `y`, `no`, `yes`, `off`, `on` as a boolean ({v}); quote the source, e.g. 'n'"
+                )))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<FieldSpec, A::Error> {
+                LongField::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(FieldSpec::Long)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A YAML mapping of scalars read into a list of pairs, written order kept.
+fn ordered_pairs<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<(String, String)>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a mapping of values to replacements, e.g. {A: APPROVED, R: REJECTED}")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(pair) = m.next_entry()? {
+                out.push(pair);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V).map(Some)
 }
 
 /// The long form of a field: `{from: src, width: 10, align: right, ...}`.
@@ -116,8 +169,10 @@ pub struct LongField {
     pub trim: Option<bool>,
     #[serde(default)]
     pub default: Option<String>,
-    #[serde(default)]
-    pub map: Option<std::collections::BTreeMap<String, String>>,
+    /// Value translation table; kept in the written order.
+    #[serde(default, deserialize_with = "ordered_pairs")]
+    pub map: Option<Vec<(String, String)>>,
+    /// `error` (default) | `truncate`
     #[serde(default)]
     pub overflow: Option<String>,
 }

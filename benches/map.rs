@@ -1,0 +1,113 @@
+//! Rendering throughput of the map engine: the seed's permit map (fixed-width, a date
+//! format) and a 40-field EBCDIC copybook map (zoned, packed and binary fields).
+//!
+//! Run: `cargo bench --bench map`. Records/s = 1 / (time per iteration).
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ess::config::connector;
+use ess::event::Event;
+use ess::map::copybook::Copybook;
+use ess::map::field::Kind;
+use ess::map::{MapContext, Mapping, cli};
+use serde_json::{Map, Value};
+
+fn compile(path: &Path) -> Mapping {
+    let text = std::fs::read_to_string(path).unwrap();
+    let conn = connector::parse(path, &text).unwrap();
+    Mapping::compile(
+        &conn,
+        &MapContext {
+            timezone: chrono_tz::America::New_York,
+        },
+    )
+    .unwrap()
+}
+
+fn event(payload: Map<String, Value>) -> Event {
+    Event {
+        seq: 42,
+        event_type: "PERMIT_STATUS".into(),
+        payload,
+        key: "k".into(),
+        trace_id: "t".into(),
+        ts: None,
+        received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut g = c.benchmark_group("render");
+    g.throughput(Throughput::Elements(1));
+
+    let permit = compile(&root.join("maps/permit_map.yml"));
+    let e = event(
+        serde_json::from_str(
+            r#"{"id":"BP-802","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z"}"#,
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        permit.render(&e).unwrap().bytes,
+        b"BP-802    APPROVED  20250412060300\n"
+    );
+    g.bench_function("permit_map", |b| {
+        b.iter(|| permit.render(black_box(&e)).unwrap())
+    });
+
+    // The 40-field payroll copybook, every field mapped from the payload.
+    let cpy = std::fs::read_to_string(root.join("tests/fixtures/copybooks/PAYROLL.cpy")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("PAYROLL.cpy"), &cpy).unwrap();
+    let skeleton = cli::from_copybook(&cpy, "PAYROLL.cpy").unwrap();
+    std::fs::write(dir.path().join("payroll.yml"), &skeleton).unwrap();
+    let payroll = compile(&dir.path().join("payroll.yml"));
+    let cb = Copybook::parse(&cpy).unwrap();
+    let mut payload = Map::new();
+    for f in cb.fields.iter().filter(|f| !f.filler) {
+        let key = f.name.to_ascii_lowercase().replace('-', "_");
+        let v: Value = match &f.kind {
+            Kind::Text { width, .. } => Value::String(
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[..width.unwrap_or(1).min(26) / 2 + 1].into(),
+            ),
+            Kind::Zoned { pic, .. } | Kind::Packed { pic } | Kind::Binary { pic, .. } => {
+                let int = "1234567"
+                    .get(..pic.int_digits.min(7) as usize)
+                    .unwrap_or("1");
+                let frac = "5678".get(..pic.frac_digits.min(4) as usize).unwrap_or("");
+                let text = if frac.is_empty() {
+                    int.to_string()
+                } else {
+                    format!("{int}.{frac}")
+                };
+                serde_json::from_str(&text).unwrap()
+            }
+        };
+        match key.split_once('(') {
+            None => {
+                payload.insert(key, v);
+            }
+            Some((base, _)) => {
+                let arr = payload
+                    .entry(base.to_string())
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(a) = arr {
+                    a.push(v);
+                }
+            }
+        }
+    }
+    let e40 = event(payload);
+    let r = payroll.render(&e40).unwrap();
+    assert_eq!(r.bytes.len(), cb.len);
+    g.bench_function("payroll_copybook_40_fields", |b| {
+        b.iter(|| payroll.render(black_box(&e40)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,977 @@
+//! The map language, case by case: `check(map_yaml, event_json, expected)`.
+//!
+//! `expected` is the record as text (line end included), or `hex:..` for its bytes, or
+//! `error:..` (the event is refused with a message containing the rest; `compliance:` for
+//! the compliance reason), or `compile:..` (the map is refused with a diagnostic containing
+//! the rest). A map without `target`/`deliver` gets them added; an event without `payload`
+//! is taken as the payload of a `PERMIT_STATUS` event.
+
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+use ess::config::connector;
+use ess::event::Event;
+use ess::map::{MapContext, Mapping};
+
+fn compile_in(dir: &Path, yaml: &str, tz: &str) -> Result<Mapping, String> {
+    let mut text = String::new();
+    if !yaml.contains("target:") {
+        text.push_str("target: t\n");
+    }
+    if !yaml.contains("deliver:") {
+        text.push_str("deliver: {kind: file, dir: out, file: f.txt}\n");
+    }
+    text.push_str(yaml);
+    let conn = connector::parse(&dir.join("m.yml"), &text).map_err(|d| d.to_string())?;
+    let ctx = MapContext {
+        timezone: tz.parse().unwrap(),
+    };
+    Mapping::compile(&conn, &ctx).map_err(|ds| {
+        ds.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+fn event(json: &str) -> Event {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let (ty, payload, ts) = if v.get("payload").is_some() {
+        (
+            v["type"].as_str().unwrap_or("PERMIT_STATUS").to_string(),
+            v["payload"].as_object().unwrap().clone(),
+            v.get("ts")
+                .and_then(|t| t.as_str())
+                .map(|t| t.parse::<DateTime<Utc>>().unwrap()),
+        )
+    } else {
+        (
+            "PERMIT_STATUS".to_string(),
+            v.as_object().unwrap().clone(),
+            None,
+        )
+    };
+    Event {
+        seq: 7,
+        event_type: ty,
+        payload,
+        key: "k-1".into(),
+        trace_id: "trace-1".into(),
+        ts,
+        received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn check_tz(map: &str, ev: &str, expected: &str, tz: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("permit.cpy"), PERMIT_CPY).unwrap();
+    let m = match compile_in(dir.path(), map, tz) {
+        Ok(m) => m,
+        Err(e) => {
+            let want = expected
+                .strip_prefix("compile:")
+                .unwrap_or_else(|| panic!("map refused: {e}\nmap: {map}"));
+            assert!(
+                e.contains(want),
+                "diagnostics {e:?} do not contain {want:?}"
+            );
+            return;
+        }
+    };
+    if let Some(want) = expected.strip_prefix("compile:") {
+        panic!("map compiled but {want:?} was expected: {map}");
+    }
+    match m.render(&event(ev)) {
+        Ok(r) => {
+            if let Some(h) = expected.strip_prefix("hex:") {
+                assert_eq!(hex(&r.bytes), h.trim(), "map: {map}");
+            } else {
+                let got = String::from_utf8_lossy(&r.bytes);
+                assert!(
+                    !expected.starts_with("error:"),
+                    "rendered {got:?} but {expected:?} was expected; map: {map}"
+                );
+                assert_eq!(got, expected, "map: {map}");
+                if let Some(len) = m.record_len() {
+                    assert_eq!(r.bytes.len(), len + m.line_end().len());
+                }
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let want = expected
+                .strip_prefix("error:")
+                .unwrap_or_else(|| panic!("event refused: {msg}; map: {map}"));
+            assert!(
+                msg.contains(want.trim()),
+                "error {msg:?} does not contain {want:?}"
+            );
+        }
+    }
+}
+
+fn check(map: &str, ev: &str, expected: &str) {
+    check_tz(map, ev, expected, "UTC");
+}
+
+const PERMIT: &str = r#"{"type":"PERMIT_STATUS","payload":{"id":"BP-802","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z"}}"#;
+
+const PERMIT_CPY: &str = "\
+      * PERMIT STATUS RECORD, CITY HALL
+       01  PERMIT-REC.
+           05  PERMIT-ID          PIC X(10).
+           05  STATUS-CODE        PIC X(1).
+           05  FEE                PIC S9(5)V99 COMP-3.
+           05  UNITS              PIC 9(4) COMP.
+           05  FILLER             PIC X(2).
+           05  BALANCE            PIC S9(3)V99.
+";
+
+const SEED_FIELDS: &str = "fields:\n  PERMIT_ID: id | width:10\n  STATUS   : status | width:10\n  TS       : updated_at | format:%Y%m%d%H%M%S | width:14\n";
+
+#[test]
+fn spec_section_4_permit_line() {
+    check(
+        &format!("events: [PERMIT_STATUS]\nformat: fixed\n{SEED_FIELDS}"),
+        PERMIT,
+        "BP-802    APPROVED  20250412100300\n",
+    );
+}
+
+#[test]
+fn short_form_modifiers() {
+    check(
+        "fields: {A: 'id | width:8'}",
+        r#"{"id":"BP"}"#,
+        "BP      \n",
+    );
+    check(
+        "fields: {A: 'id | width:8 | align:right'}",
+        r#"{"id":"BP"}"#,
+        "      BP\n",
+    );
+    check(
+        "fields: {A: 'id | width:6 | align:right | pad:0'}",
+        r#"{"id":"42"}"#,
+        "000042\n",
+    );
+    check(
+        "fields: {A: 'id | width:6 | pad:\"*\"'}",
+        r#"{"id":"42"}"#,
+        "42****\n",
+    );
+    check(
+        "fields: {A: 'id | width:4 | upper'}",
+        r#"{"id":"bp-1"}"#,
+        "BP-1\n",
+    );
+    check(
+        "fields: {A: 'id | width:4 | lower'}",
+        r#"{"id":"BP-1"}"#,
+        "bp-1\n",
+    );
+    check(
+        "fields: {A: 'id | trim | width:4'}",
+        r#"{"id":"  x  "}"#,
+        "x   \n",
+    );
+    check(
+        "fields: {A: 'id | width:4'}",
+        r#"{"id":"  x  "}"#,
+        "error: longer than width 4",
+    );
+    check(
+        "fields: {A: 'id | width:3'}",
+        r#"{"id":"BP-802"}"#,
+        "error: longer than width 3",
+    );
+    check(
+        "fields: {A: 'id | width:3 | overflow:truncate'}",
+        r#"{"id":"BP-802"}"#,
+        "BP-\n",
+    );
+    check(
+        "overflow: truncate\nfields: {A: 'id | width:3'}",
+        r#"{"id":"BP-802"}"#,
+        "BP-\n",
+    );
+    check(
+        "overflow: truncate\nfields: {A: 'id | width:3 | align:right'}",
+        r#"{"id":"BP-802"}"#,
+        "802\n",
+    );
+    check(
+        "fields: {A: 'id | width:5 | default:NONE'}",
+        r#"{}"#,
+        "NONE \n",
+    );
+    check(
+        "fields: {A: 'id | width:5 | default:\"\"'}",
+        r#"{}"#,
+        "     \n",
+    );
+    check(
+        "fields: {A: 'id | width:5'}",
+        r#"{}"#,
+        "error: payload.id is missing",
+    );
+    check(
+        "fields: {A: 'id | width:5'}",
+        r#"{"id":null}"#,
+        "error: payload.id is missing",
+    );
+    check(
+        "fields: {A: 'status | map:{A: APPROVED, R: REJECTED} | width:10'}",
+        r#"{"status":"R"}"#,
+        "REJECTED  \n",
+    );
+    check(
+        "fields: {A: 'status | map:{A: APPROVED} | width:10'}",
+        r#"{"status":"X"}"#,
+        "error: \"X\" is not in the map",
+    );
+    check(
+        "fields: {A: 'status | map:{A: APPROVED} | default:OTHER | width:10'}",
+        r#"{"status":"X"}"#,
+        "OTHER     \n",
+    );
+    check(
+        "fields: {A: 'status | trim | map:{a: yes} | upper | width:3'}",
+        r#"{"status":" a "}"#,
+        "YES\n",
+    );
+}
+
+#[test]
+fn long_form_modifiers() {
+    check(
+        "fields: {A: {from: id, width: 6, align: right, pad: '0'}}",
+        r#"{"id":"42"}"#,
+        "000042\n",
+    );
+    check(
+        "fields: {A: {from: id, width: 6, align: right, pad: 0}}",
+        r#"{"id":"42"}"#,
+        "000042\n",
+    );
+    check(
+        "fields: {A: {from: id, width: 4, upper: true, trim: true}}",
+        r#"{"id":" ab "}"#,
+        "AB  \n",
+    );
+    check(
+        "fields: {A: {from: s, width: 8, map: {A: APPROVED}}}",
+        r#"{"s":"A"}"#,
+        "APPROVED\n",
+    );
+    check(
+        "fields: {A: {from: d, format: '%Y%m%d', width: 8}}",
+        r#"{"d":"2025-04-12T23:30:00Z"}"#,
+        "20250412\n",
+    );
+    check(
+        "fields: {A: {from: amt, number: 9(5)V99}}",
+        r#"{"amt":19.99}"#,
+        "0001999\n",
+    );
+    check(
+        "fields: {A: {from: id, width: 2, overflow: truncate}}",
+        r#"{"id":"ABC"}"#,
+        "AB\n",
+    );
+    check(
+        "fields: {A: {from: id, width: 4, default: '-'}}",
+        r#"{}"#,
+        "-   \n",
+    );
+    check(
+        "fields: {A: {from: id, widht: 4}}",
+        r#"{}"#,
+        "compile:widht",
+    );
+    check("fields: {A: {width: 4}}", r#"{}"#, "compile:needs `from:`");
+    check(
+        "format: csv\nfields: {A: n}",
+        r#"{}"#,
+        "compile:as a boolean (false); quote the source",
+    );
+}
+
+#[test]
+fn sources_paths_constants_and_metadata() {
+    check(
+        "fields: {A: 'address.zip | width:5'}",
+        r#"{"address":{"zip":"02139"}}"#,
+        "02139\n",
+    );
+    check(
+        "fields: {A: 'items[1].code | width:3'}",
+        r#"{"items":[{"code":"X1"},{"code":"Y2"}]}"#,
+        "Y2 \n",
+    );
+    check(
+        "fields: {A: 'items[5].code | width:3'}",
+        r#"{"items":[]}"#,
+        "error: payload.items[5].code is missing",
+    );
+    check(
+        "fields: {A: 'items | width:3'}",
+        r#"{"items":[1]}"#,
+        "error: is a list",
+    );
+    check(
+        "fields: {A: '\"H\" | width:1', B: 'id | width:3'}",
+        r#"{"id":"x"}"#,
+        "Hx  \n",
+    );
+    check("fields: {A: \"'P|Q' | width:3\"}", r#"{}"#, "P|Q\n");
+    check(
+        "fields: {A: '$seq | width:4 | align:right | pad:0'}",
+        r#"{}"#,
+        "0007\n",
+    );
+    check(
+        "fields: {A: '$type | width:13'}",
+        r#"{}"#,
+        "PERMIT_STATUS\n",
+    );
+    check(
+        "fields: {A: '$key | width:3', B: '$trace_id | width:7'}",
+        r#"{}"#,
+        "k-1trace-1\n",
+    );
+    check(
+        "fields: {A: '$received_at | format:%H%M | width:4'}",
+        r#"{}"#,
+        "1200\n",
+    );
+    check(
+        "fields: {A: '$ts | format:%H%M | width:4'}",
+        r#"{"type":"X","payload":{},"ts":"2025-01-02T03:04:05Z"}"#,
+        "0304\n",
+    );
+    check(
+        "fields: {A: '$ts | format:%H%M | width:4'}",
+        r#"{}"#,
+        "error: $ts is missing",
+    );
+    check(
+        "fields: {A: '$nope | width:4'}",
+        r#"{}"#,
+        "compile:unknown source \"$nope\"",
+    );
+    check(
+        "fields: {A: '$count | width:4'}",
+        r#"{}"#,
+        "compile:belong in `header:`",
+    );
+    check(
+        "fields: {A: 'a b | width:4'}",
+        r#"{}"#,
+        "compile:not a payload path",
+    );
+}
+
+#[test]
+fn updated_at_falls_back_to_ts_then_received_at() {
+    let f = "fields: {TS: 'updated_at | format:%Y%m%d%H%M%S | width:14'}";
+    check(
+        f,
+        r#"{"type":"P","payload":{},"ts":"2025-04-12T10:03:00Z"}"#,
+        "20250412100300\n",
+    );
+    check(f, r#"{}"#, "20250412120000\n");
+    check(
+        f,
+        r#"{"updated_at":"2025-04-12T10:03:00+02:00"}"#,
+        "20250412080300\n",
+    );
+}
+
+#[test]
+fn dates_in_the_configured_timezone() {
+    let f = "fields: {D: 'd | format:%Y-%m-%d %H:%M %Z | width:20'}";
+    check_tz(
+        f,
+        r#"{"d":"2025-04-12T10:03:00Z"}"#,
+        "2025-04-12 06:03 EDT\n",
+        "America/New_York",
+    );
+    check_tz(
+        f,
+        r#"{"d":"2025-01-12T10:03:00Z"}"#,
+        "2025-01-12 05:03 EST\n",
+        "America/New_York",
+    );
+    check_tz(
+        "fields: {D: 'd | format:%d.%m.%Y | width:10'}",
+        r#"{"d":"2025-04-12"}"#,
+        "12.04.2025\n",
+        "Europe/Berlin",
+    );
+    check(
+        "fields: {D: 'd | format:%Y%m%d | width:8'}",
+        r#"{"d":"12/04/2025"}"#,
+        "error: is not a date or time",
+    );
+    check(
+        "fields: {D: 'd | format:%Q | width:8'}",
+        r#"{}"#,
+        "compile:not a valid strftime",
+    );
+}
+
+#[test]
+fn numbers_are_exact_with_implied_decimals_and_signs() {
+    check(
+        "fields: {A: 'amt | number:9(7)V99'}",
+        r#"{"amt":19.99}"#,
+        "000001999\n",
+    );
+    check(
+        "fields: {A: 'amt | number:9(7)V99'}",
+        r#"{"amt":"19.99"}"#,
+        "000001999\n",
+    );
+    check(
+        "fields: {A: 'amt | number:9(3)V99'}",
+        r#"{"amt":12345678901234567890.5}"#,
+        "error: does not fit",
+    );
+    check(
+        "fields: {A: 'amt | number:9(18)V99'}",
+        r#"{"amt":1234567890123456.78}"#,
+        "00123456789012345678\n",
+    );
+    check(
+        "fields: {A: 'amt | number:9(3)V99'}",
+        r#"{"amt":1.005}"#,
+        "error: has 3 decimal places",
+    );
+    check(
+        "fields: {A: 'amt | number:9(5)'}",
+        r#"{"amt":-5}"#,
+        "error: negative but the picture has no sign",
+    );
+    check(
+        "fields: {A: 'amt | number:S9(3)V99'}",
+        r#"{"amt":-19.99}"#,
+        "0199R\n",
+    );
+    check(
+        "fields: {A: 'amt | number:S9(3)V99'}",
+        r#"{"amt":19.90}"#,
+        "0199{\n",
+    );
+    check(
+        "fields: {A: 'amt | number:S9(3)V99 leading separate'}",
+        r#"{"amt":-1.5}"#,
+        "-00150\n",
+    );
+    check(
+        "fields: {A: 'amt | number:S9(3) trailing separate'}",
+        r#"{"amt":7}"#,
+        "007+\n",
+    );
+    check(
+        "fields: {A: 'amt | number:S9(3) leading'}",
+        r#"{"amt":-123}"#,
+        "J23\n",
+    );
+    check(
+        "fields: {A: 'amt | number:9(3) | overflow:truncate'}",
+        r#"{"amt":12345}"#,
+        "345\n",
+    );
+    check(
+        "fields: {A: 'amt | number:9(3)'}",
+        r#"{"amt":"12a"}"#,
+        "error: not a decimal number",
+    );
+    check(
+        "fields: {A: 'amt | number:9(3) | width:4'}",
+        r#"{}"#,
+        "compile:disagrees with the number picture",
+    );
+    check(
+        "fields: {A: 'amt | number:ZZ9'}",
+        r#"{}"#,
+        "compile:edited picture",
+    );
+    check(
+        "fields: {A: 'amt | number:9(3) | default:0'}",
+        r#"{}"#,
+        "000\n",
+    );
+}
+
+#[test]
+fn compile_errors_teach() {
+    check(
+        "fields: {A: 'id | widht:3'}",
+        "{}",
+        "compile:unknown modifier \"widht\"",
+    );
+    check(
+        "fields: {A: 'id | len:3'}",
+        "{}",
+        "compile:did you mean `width:N`?",
+    );
+    check(
+        "fields: {A: 'id | width:x'}",
+        "{}",
+        "compile:width \"x\" is not a positive number",
+    );
+    check(
+        "fields: {A: 'id | align:center | width:3'}",
+        "{}",
+        "compile:align \"center\" is not `left` or `right`",
+    );
+    check(
+        "fields: {A: 'id | pad:ab | width:3'}",
+        "{}",
+        "compile:must be one character",
+    );
+    check(
+        "fields: {A: 'id | upper:yes | width:3'}",
+        "{}",
+        "compile:takes no value",
+    );
+    check(
+        "fields: {A: 'id | map:A=B | width:3'}",
+        "{}",
+        "compile:in braces",
+    );
+    check(
+        "format: xml\nfields: {A: 'id | width:3'}",
+        "{}",
+        "compile:format \"xml\" is not one of",
+    );
+    check(
+        "record: {encoding: ebcdic}\nfields: {A: 'id | width:3'}",
+        "{}",
+        "compile:encoding \"ebcdic\" is not one of",
+    );
+    check(
+        "record: {line_end: \"\\t\"}\nfields: {A: 'id | width:3'}",
+        "{}",
+        "compile:record.line_end",
+    );
+    check("fields: {A: 'id'}", "{}", "compile:m.yml:3:");
+    check(
+        "fields: {TS: 'updated_at | format:%Y%m%d%H%M%S'}",
+        "{}",
+        "compile:write `TS: updated_at | format:%Y%m%d%H%M%S | width:14`",
+    );
+}
+
+#[test]
+fn compile_errors_point_at_the_field() {
+    check(
+        "format: soap\nfields:\n  ok: id\n  'bad name': id\n",
+        "{}",
+        "compile:m.yml:6:3: field name \"bad name\"",
+    );
+    check(
+        "fields:\n  A: '\"é\" | width:1'\n",
+        "{}",
+        "compile:m.yml:4:3: field A: constant \"é\"",
+    );
+    check(
+        "record: {encoding: ascii}\nfields: {A: 'id | width:3 | pad:é'}",
+        "{}",
+        "compile:pad 'é' cannot be written in ascii",
+    );
+    check("fields: {}", "{}", "compile:`fields:` is empty");
+}
+
+#[test]
+fn seed_map_without_widths_names_every_field_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = "target: city_hall_cobol\nfields:\n  PERMIT_ID: id\n  STATUS    : status\n  TS        : updated_at | format:%Y%m%d%H%M%S\ndeliver: {kind: file, dir: out, file: permit.txt}\n";
+    let conn = connector::parse(&dir.path().join("permit_map.yml"), seed).unwrap();
+    let errs = Mapping::compile(
+        &conn,
+        &MapContext {
+            timezone: chrono_tz::UTC,
+        },
+    )
+    .unwrap_err();
+    let msgs: Vec<String> = errs.iter().map(|d| d.to_string()).collect();
+    assert_eq!(msgs.len(), 3, "{msgs:#?}");
+    assert!(
+        msgs[0].contains("permit_map.yml:3:")
+            && msgs[0].contains("field PERMIT_ID has no width")
+            && msgs[0].contains("`PERMIT_ID: id | width:N`"),
+        "{}",
+        msgs[0]
+    );
+    assert!(
+        msgs[1].contains(":4:") && msgs[1].contains("`STATUS: status | width:N`"),
+        "{}",
+        msgs[1]
+    );
+    assert!(
+        msgs[2].contains(":5:") && msgs[2].contains("| width:14`"),
+        "{}",
+        msgs[2]
+    );
+}
+
+#[test]
+fn csv_json_and_soap() {
+    check(
+        "format: csv\nfields: {A: id, B: status}",
+        PERMIT,
+        "BP-802,APPROVED\n",
+    );
+    check(
+        "format: csv\nfields: {A: id, B: note}",
+        r#"{"id":"a,b","note":"say \"hi\""}"#,
+        "\"a,b\",\"say \"\"hi\"\"\"\n",
+    );
+    check(
+        "format: csv\nfields: {A: id}",
+        r#"{"id":"two\nlines"}"#,
+        "\"two\nlines\"\n",
+    );
+    check(
+        "format: csv\ncsv: {delimiter: ';'}\nfields: {A: id, B: note}",
+        r#"{"id":"a,b","note":"c;d"}"#,
+        "a,b;\"c;d\"\n",
+    );
+    check(
+        "format: csv\nrecord: {line_end: \"\\r\\n\"}\nfields: {A: id, B: 'amt | number:9(3)V99'}",
+        r#"{"id":"x","amt":1.5}"#,
+        "x,00150\r\n",
+    );
+    check(
+        "format: csv\ncsv: {delimiter: '\"'}\nfields: {A: id}",
+        "{}",
+        "compile:csv.delimiter",
+    );
+    check(
+        "format: fixed\ncsv: {header: true}\nfields: {A: 'id | width:2'}",
+        "{}",
+        "compile:apply only to `format: csv`",
+    );
+    check(
+        "format: json\nfields: {id: id, amt: amt, ok: ok, seq: $seq}",
+        r#"{"id":"BP-802","amt":19.990,"ok":true}"#,
+        "{\"id\":\"BP-802\",\"amt\":19.990,\"ok\":true,\"seq\":7}\n",
+    );
+    check(
+        "format: json\nfields: {id: 'id | upper', when: 'updated_at | format:%Y%m%d'}",
+        r#"{"id":"bp"}"#,
+        "{\"id\":\"BP\",\"when\":\"20250412\"}\n",
+    );
+    check(
+        "format: json\nfields: {tags: tags}",
+        r#"{"tags":["a","b"]}"#,
+        "{\"tags\":[\"a\",\"b\"]}\n",
+    );
+    check(
+        "format: soap\nfields: {PermitId: id, Status: status}",
+        r#"{"id":"BP<1>&","status":"OK"}"#,
+        "<PermitId>BP&lt;1&gt;&amp;</PermitId><Status>OK</Status>",
+    );
+    check(
+        "format: soap\nrecord: {line_end: \"\\n\"}\nfields: {P: id}",
+        r#"{"id":"x"}"#,
+        "<P>x</P>\n",
+    );
+    check(
+        "format: soap\nfields: {'1bad': id}",
+        "{}",
+        "compile:not a valid XML element name",
+    );
+}
+
+#[test]
+fn encodings() {
+    let f = "fields: {A: 'id | width:6'}\nrecord: {line_end: \"\", encoding: ";
+    check(
+        &format!("{f}ebcdic-037}}"),
+        r#"{"id":"BP-8"}"#,
+        "hex:C2 D7 60 F8 40 40",
+    );
+    check(
+        &format!("{f}ebcdic-1047}}"),
+        r#"{"id":"[a]^"}"#,
+        "hex:AD 81 BD 5F 40 40",
+    );
+    check(
+        &format!("{f}ebcdic-037}}"),
+        r#"{"id":"[a]^"}"#,
+        "hex:BA 81 BB B0 40 40",
+    );
+    check(
+        &format!("{f}ebcdic-037}}"),
+        r#"{"id":"€"}"#,
+        "error: '€' (U+20AC) cannot be written in ebcdic-037",
+    );
+    check(
+        &format!("{f}latin1}}"),
+        r#"{"id":"café"}"#,
+        "hex:63 61 66 E9 20 20",
+    );
+    check(
+        &format!("{f}ascii}}"),
+        r#"{"id":"café"}"#,
+        "error: field A: character 'é'",
+    );
+    check(
+        "fields: {A: 'id | width:4'}",
+        r#"{"id":"café"}"#,
+        "error: cannot be written in ascii",
+    );
+    check(
+        "record: {encoding: ebcdic-037}\nfields: {A: 'id | width:1'}",
+        r#"{"id":"A"}"#,
+        "hex:C1 25",
+    );
+    check(
+        "record: {encoding: ebcdic-037, line_end: \"\"}\nfields: {A: 'n | number:S9(3)'}",
+        r#"{"n":-12}"#,
+        "hex:F0 F1 D2",
+    );
+    check(
+        "record: {encoding: ascii}\nfields: {A: '\"é\" | width:1'}",
+        "{}",
+        "compile:ascii cannot represent",
+    );
+}
+
+#[test]
+fn copybook_layouts() {
+    let cb = "layout: permit.cpy\nrecord: {line_end: \"\", encoding: ebcdic-037}\n";
+    check(
+        &format!(
+            "{cb}fields: {{PERMIT-ID: id, STATUS-CODE: '\"A\"', FEE: fee, UNITS: units, BALANCE: bal}}"
+        ),
+        r#"{"id":"BP-802","fee":-123.45,"units":258,"bal":1.5}"#,
+        "hex:C2 D7 60 F8 F0 F2 40 40 40 40 C1 00 12 34 5D 01 02 40 40 F0 F0 F1 F5 C0",
+    );
+    // Unmapped fields are blank: spaces for text, zeros for numbers.
+    check(
+        &format!("{cb}fields: {{PERMIT-ID: id}}"),
+        r#"{"id":"X"}"#,
+        "hex:E7 40 40 40 40 40 40 40 40 40 40 00 00 00 0C 00 00 40 40 F0 F0 F0 F0 C0",
+    );
+    check(
+        &format!("{cb}fields: {{PERMIT_ID: id}}"),
+        "{}",
+        "compile:PERMIT_ID is not a field of the copybook (did you mean PERMIT-ID?)",
+    );
+    check(
+        &format!("{cb}fields: {{PERMIT-ID: 'id | width:12'}}"),
+        "{}",
+        "compile:width:12 disagrees with the copybook: PERMIT-ID is PIC X(10) (10 bytes)",
+    );
+    check(
+        "layout: permit.cpy\nfields: {PERMIT-ID: id}",
+        "{}",
+        "compile:add `record: {line_end: \"\"}`",
+    );
+    check(
+        "layout: missing.cpy\nfields: {A: id}",
+        "{}",
+        "compile:cannot read copybook",
+    );
+    check(
+        "format: csv\nlayout: permit.cpy\nfields: {A: id}",
+        "{}",
+        "compile:needs `format: fixed`",
+    );
+    check(
+        &format!("{cb}fields: {{FEE: fee}}"),
+        r#"{"fee":123456.78}"#,
+        "error: does not fit in 5 integer digits",
+    );
+    check(
+        &format!("{cb}fields: {{UNITS: units}}"),
+        r#"{"units":-1}"#,
+        "error: negative but the picture has no sign",
+    );
+}
+
+#[test]
+fn transforms_and_compliance() {
+    check(
+        "transform: {drop_fields: [ssn]}\nfields: {A: 'ssn | width:4 | default:NONE'}",
+        r#"{"ssn":"123"}"#,
+        "NONE\n",
+    );
+    check(
+        "transform: {mask: {phone: last4}}\nfields: {A: 'phone | width:12'}",
+        r#"{"phone":"555-123-4567"}"#,
+        "********4567\n",
+    );
+    check(
+        "transform: {mask: {p.ssn: redact}}\nfields: {A: 'p.ssn | width:8'}",
+        r#"{"p":{"ssn":"123-45-6789"}}"#,
+        "REDACTED\n",
+    );
+    check(
+        "transform: {mask: {k: sha256}}\nfields: {A: 'k | width:64'}",
+        r#"{"k":"abc"}"#,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n",
+    );
+    check(
+        "compliance: {deny_fields: [ssn]}\nfields: {A: 'id | width:2'}",
+        r#"{"id":"x","ssn":"1"}"#,
+        "error:compliance: the event carries ssn",
+    );
+    check(
+        "compliance: {deny_fields: [ssn]}\nfields: {A: 'id | width:2'}",
+        r#"{"id":"x"}"#,
+        "x \n",
+    );
+    check(
+        "transform: {drop_fields: [ssn]}\ncompliance: {deny_fields: [ssn]}\nfields: {A: 'id | width:2'}",
+        r#"{"id":"x","ssn":"1"}"#,
+        "x \n",
+    );
+    check(
+        "transform: {mask: {ssn: hide}}\nfields: {A: 'id | width:2'}",
+        "{}",
+        "compile:mask \"hide\" is not",
+    );
+}
+
+#[test]
+fn every_element_paths_in_transforms_only() {
+    check(
+        "transform: {drop_fields: ['kids[*].ssn']}\ncompliance: {deny_fields: ['kids[*].ssn']}\nfields: {A: 'kids[1].name | width:3'}",
+        r#"{"kids":[{"name":"Al","ssn":"1"},{"name":"Bo","ssn":"2"}]}"#,
+        "Bo \n",
+    );
+    check(
+        "compliance: {deny_fields: ['kids[*].ssn']}\nfields: {A: 'kids[0].name | width:3'}",
+        r#"{"kids":[{"name":"Al"},{"name":"Bo","ssn":"2"}]}"#,
+        "error:compliance: the event carries kids[*].ssn",
+    );
+    check(
+        "fields: {A: 'kids[*].name | width:3'}",
+        "{}",
+        "compile:`[*]` (every element) is for transform and compliance paths",
+    );
+}
+
+#[test]
+fn compliance_reason_is_compliance() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = compile_in(
+        dir.path(),
+        "compliance: {deny_fields: [ssn]}\nfields: {A: 'id | width:2'}",
+        "UTC",
+    )
+    .unwrap();
+    let e = m.render(&event(r#"{"ssn":"1"}"#)).unwrap_err();
+    assert_eq!(e.reason(), "compliance");
+    let m = compile_in(dir.path(), "fields: {A: 'id | width:2'}", "UTC").unwrap();
+    assert_eq!(m.render(&event("{}")).unwrap_err().reason(), "map");
+}
+
+#[test]
+fn events_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = compile_in(
+        dir.path(),
+        "events: [PERMIT_STATUS]\nfields: {A: 'id | width:2'}",
+        "UTC",
+    )
+    .unwrap();
+    assert!(m.selects("PERMIT_STATUS") && !m.selects("PAYROLL"));
+    let all = compile_in(dir.path(), "fields: {A: 'id | width:2'}", "UTC").unwrap();
+    assert!(all.selects("ANYTHING"));
+}
+
+fn batch_of(m: &Mapping, payloads: &[&str]) -> Vec<(Event, ess::event::Record)> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut e = event(p);
+            e.seq = 100 + i as u64;
+            let r = m.render(&e).unwrap();
+            (e, r)
+        })
+        .collect()
+}
+
+#[test]
+fn control_records_count_hash_total_and_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = compile_in(
+        dir.path(),
+        "fields: {ID: 'id | width:4', AMT: 'amt | number:9(5)V99'}\n\
+         header: {T: '\"H\" | width:1', RUN: '$date | format:%Y%m%d | width:8', FIRST: '$first_seq | number:9(6)'}\n\
+         trailer: {T: '\"T\" | width:1', N: '$count | number:9(6)', HASH: '$sum:AMT | number:9(9)V99', LAST: '$last_seq | width:6 | align:right'}\n",
+        "America/New_York",
+    )
+    .unwrap();
+    let items = batch_of(
+        &m,
+        &[
+            r#"{"id":"A","amt":19.99}"#,
+            r#"{"id":"B","amt":"0.01"}"#,
+            r#"{"id":"C","amt":1000}"#,
+        ],
+    );
+    let now = chrono_tz::America::New_York
+        .with_ymd_and_hms(2025, 4, 12, 23, 30, 0)
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(m.batch_header(&items, now).unwrap()).unwrap(),
+        "H20250412000100\n"
+    );
+    assert_eq!(
+        String::from_utf8(m.batch_trailer(&items, now).unwrap()).unwrap(),
+        "T00000300000102000   102\n"
+    );
+    // Maps without control records give nothing.
+    let plain = compile_in(dir.path(), "fields: {ID: 'id | width:4'}", "UTC").unwrap();
+    assert!(plain.batch_header(&items, now).unwrap().is_empty());
+    assert!(plain.batch_trailer(&items, now).unwrap().is_empty());
+}
+
+#[test]
+fn control_record_mistakes_are_compile_errors() {
+    check(
+        "fields: {A: 'id | width:2'}\ntrailer: {S: '$sum:NOPE | number:9(5)'}",
+        "{}",
+        "compile:$sum:NOPE: NOPE is not a field of this map",
+    );
+    check(
+        "fields: {A: 'id | width:2'}\ntrailer: {S: 'id | width:2'}",
+        "{}",
+        "compile:header/trailer fields take quoted constants",
+    );
+}
+
+#[test]
+fn csv_header_row_opens_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = compile_in(
+        dir.path(),
+        "format: csv\ncsv: {header: true}\nfields: {EMP_ID: id, 'NAME, FULL': name}",
+        "UTC",
+    )
+    .unwrap();
+    assert_eq!(m.csv_header_row().unwrap(), b"EMP_ID,\"NAME, FULL\"\n");
+    let now = chrono_tz::UTC
+        .with_ymd_and_hms(2025, 4, 12, 0, 0, 0)
+        .unwrap();
+    assert_eq!(
+        m.batch_header(&[], now).unwrap(),
+        b"EMP_ID,\"NAME, FULL\"\n"
+    );
+}

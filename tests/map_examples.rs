@@ -1,0 +1,223 @@
+//! The shipped example maps (`maps/`), the golden copybooks (`tests/fixtures/`) and the
+//! `ess map preview` / `ess map from-copybook` helpers.
+//!
+//! Goldens are rewritten with `UPDATE_GOLDEN=1 cargo test --test map_examples`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::TimeZone;
+use ess::config::connector;
+use ess::event::Event;
+use ess::map::copybook::Copybook;
+use ess::map::{MapContext, Mapping, cli};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load(path: &Path) -> Mapping {
+    let text = std::fs::read_to_string(path).unwrap();
+    let conn = connector::parse(path, &text).unwrap_or_else(|d| panic!("{d}"));
+    Mapping::compile(
+        &conn,
+        &MapContext {
+            timezone: chrono_tz::UTC,
+        },
+    )
+    .unwrap_or_else(|ds| {
+        panic!(
+            "{}",
+            ds.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
+fn event(ty: &str, payload: &str) -> Event {
+    Event {
+        seq: 1,
+        event_type: ty.into(),
+        payload: serde_json::from_str(payload).unwrap(),
+        key: "k".into(),
+        trace_id: "t".into(),
+        ts: None,
+        received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
+    }
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = root().join("tests/fixtures/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert_eq!(
+        actual, want,
+        "golden {name} differs (UPDATE_GOLDEN=1 rewrites it after review)"
+    );
+}
+
+#[test]
+fn every_shipped_map_compiles() {
+    let files = connector::map_files(&root().join("maps")).unwrap();
+    assert!(files.len() >= 3, "{files:?}");
+    for f in files {
+        load(&f);
+    }
+}
+
+#[test]
+fn shipped_permit_map_writes_the_spec_line() {
+    let m = load(&root().join("maps/permit_map.yml"));
+    let e = event(
+        "PERMIT_STATUS",
+        r#"{"id":"BP-802","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z"}"#,
+    );
+    assert!(m.selects("PERMIT_STATUS"));
+    assert_eq!(
+        m.render(&e).unwrap().bytes,
+        b"BP-802    APPROVED  20250412100300\n"
+    );
+}
+
+#[test]
+fn shipped_ebcdic_map_makes_80_byte_records() {
+    let m = load(&root().join("maps/permit_status_ebcdic.yml"));
+    assert_eq!(m.record_len(), Some(80));
+    let e = event(
+        "PERMIT_STATUS",
+        r#"{"id":"bp-802","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z","fee":{"amount":19.99,"paid":19.99},"inspections":3,"zoning":["R1"],"reviewer":" jdoe "}"#,
+    );
+    let r = m.render(&e).unwrap();
+    assert_eq!(r.bytes.len(), 80);
+    let h = |b: &[u8]| b.iter().map(|b| format!("{b:02X}")).collect::<String>();
+    assert_eq!(h(&r.bytes[..11]), "C2D760F8F0F240404040C1"); // "BP-802    A" in EBCDIC
+    assert_eq!(h(&r.bytes[37..42]), "000001999C"); // +19.99 packed
+    assert_eq!(h(&r.bytes[47..49]), "0003"); // binary halfword
+    let denied = event(
+        "PERMIT_STATUS",
+        r#"{"id":"x","status":"APPROVED","applicant":{"ssn":"1"}}"#,
+    );
+    // drop_fields removes it first, so compliance lets the event through.
+    assert!(m.render(&denied).is_ok());
+}
+
+#[test]
+fn shipped_payroll_map_balances_its_batches() {
+    let m = load(&root().join("maps/payroll_map.yml"));
+    let items: Vec<_> = [
+        r#"{"employee":{"id":"E1","name":" Ann Lee ","dept":"fin","phone":"555-123-4567","ssn":"x"},"action":"HIRE","effective_date":"2025-04-14","amount":1234.50}"#,
+        r#"{"employee":{"id":"E2","name":"Bo, Jr.","dept":"pw"},"action":"RAISE","effective_date":"2025-04-14","amount":"0.5"}"#,
+    ]
+    .iter()
+    .map(|p| {
+        let e = event("PAYROLL_CHANGE", p);
+        let r = m.render(&e).unwrap();
+        (e, r)
+    })
+    .collect();
+    let now = chrono_tz::UTC
+        .with_ymd_and_hms(2025, 4, 12, 9, 0, 0)
+        .unwrap();
+    let mut file = m.batch_header(&items, now).unwrap();
+    for (_, r) in &items {
+        file.extend_from_slice(&r.bytes);
+    }
+    file.extend(m.batch_trailer(&items, now).unwrap());
+    golden("payroll_batch.csv", &String::from_utf8(file).unwrap());
+}
+
+fn layout_dump(cb: &Copybook) -> String {
+    let mut s = format!("record {:?}, {} bytes\n", cb.record_name, cb.len);
+    for f in &cb.fields {
+        s.push_str(&format!(
+            "{:>5} {:>3}  {:<22} {}\n",
+            f.offset,
+            f.kind.width().unwrap_or(0),
+            f.name,
+            f.pic
+        ));
+    }
+    s
+}
+
+#[test]
+fn golden_copybooks() {
+    for name in ["PAYROLL", "PERMIT"] {
+        let text =
+            std::fs::read_to_string(root().join(format!("tests/fixtures/copybooks/{name}.cpy")))
+                .unwrap();
+        let cb = Copybook::parse(&text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        golden(&format!("{name}.layout"), &layout_dump(&cb));
+        let skeleton = cli::from_copybook(&text, &format!("{name}.cpy")).unwrap();
+        golden(&format!("{name}.skeleton.yml"), &skeleton);
+        // The skeleton is a working map next to its copybook.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format!("{name}.cpy")), &text).unwrap();
+        std::fs::write(dir.path().join("m.yml"), &skeleton).unwrap();
+        let m = load(&dir.path().join("m.yml"));
+        assert_eq!(m.record_len(), Some(cb.len));
+    }
+}
+
+#[test]
+fn payroll_copybook_has_forty_fields() {
+    let text =
+        std::fs::read_to_string(root().join("tests/fixtures/copybooks/PAYROLL.cpy")).unwrap();
+    let cb = Copybook::parse(&text).unwrap();
+    assert_eq!(cb.fields.iter().filter(|f| !f.filler).count(), 40);
+}
+
+#[test]
+fn from_copybook_refuses_what_it_cannot_lay_out() {
+    let e = cli::from_copybook(
+        "01 R.\n 05 A PIC X(2).\n 05 B REDEFINES A PIC 99.\n",
+        "R.cpy",
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("R.cpy:3: B REDEFINES A"), "{e}");
+}
+
+#[test]
+fn preview_shows_a_ruler_for_fixed_and_hex_for_ebcdic() {
+    let ev = r#"{"type":"PERMIT_STATUS","payload":{"id":"BP-802","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z"}}"#;
+    let out = cli::preview(&root().join("maps/permit_map.yml"), ev, chrono_tz::UTC).unwrap();
+    let want = [
+        "         1         2         3",
+        "1234567890123456789012345678901234",
+        "BP-802    APPROVED  20250412100300⏎",
+        "     1-10   PERMIT_ID",
+        "    11-20   STATUS",
+        "    21-34   TS",
+    ];
+    assert_eq!(out, want.join("\n") + "\n");
+    let out = cli::preview(
+        &root().join("maps/permit_status_ebcdic.yml"),
+        ev,
+        chrono_tz::UTC,
+    )
+    .unwrap();
+    assert!(out.starts_with("80 bytes, ebcdic-037:\n000000  C2 D7 60 F8 F0 F2 40 40 40 40 C1 F2 F0 F2 F5 F0  |BP-802    A20250|\n"), "{out}");
+    assert!(out.contains("    38-42   PS-FEE-AMOUNT packed"), "{out}");
+    let err = cli::preview(
+        &root().join("maps/permit_map.yml"),
+        r#"{"id":"BP-802"}"#,
+        chrono_tz::UTC,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("would be parked (reason map): field STATUS: payload.status is missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn from_copybook_takes_a_bare_name_too() {
+    let y = cli::from_copybook("01 R.\n 05 A PIC X(2).\n", "PERMIT").unwrap();
+    assert!(y.contains("\nlayout: PERMIT.cpy\n"), "{y}");
+    assert!(y.contains("\n  A: a "), "{y}");
+}

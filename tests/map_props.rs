@@ -1,0 +1,234 @@
+//! Properties of the map engine: a fixed-width record always has exactly the layout's
+//! length (or the event is refused), and no input — map text, copybook, payload — makes
+//! parsing or rendering panic.
+
+use std::path::{Path, PathBuf};
+
+use ess::config::connector;
+use ess::event::Event;
+use ess::map::copybook::Copybook;
+use ess::map::decimal::Decimal;
+use ess::map::spec::{self, FieldDef};
+use ess::map::{MapContext, Mapping};
+use proptest::prelude::*;
+use serde_json::{Map, Value};
+
+fn compile(dir: &Path, yaml: &str) -> Option<Mapping> {
+    let conn = connector::parse(&dir.join("m.yml"), yaml).ok()?;
+    Mapping::compile(
+        &conn,
+        &MapContext {
+            timezone: chrono_tz::Europe::Berlin,
+        },
+    )
+    .ok()
+}
+
+fn event(payload: Map<String, Value>) -> Event {
+    Event {
+        seq: 3,
+        event_type: "T".into(),
+        payload,
+        key: "k".into(),
+        trace_id: "t".into(),
+        ts: None,
+        received_at: "2025-03-30T01:30:00Z".parse().unwrap(),
+    }
+}
+
+/// Strings that stress the engine: unicode, separators, quotes, digits, signs.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[ -~]{0,24}",
+        "\\PC{0,12}",
+        "-?[0-9]{0,12}(\\.[0-9]{0,6})?",
+        Just("2025-04-12T10:03:00Z".to_string()),
+        Just("2025-03-30".to_string()),
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        text().prop_map(Value::String),
+        "-?[0-9]{1,20}(\\.[0-9]{1,8})?"
+            .prop_map(|n| serde_json::from_str(&n).unwrap_or(Value::Null)),
+        any::<bool>().prop_map(Value::Bool),
+        Just(Value::Null),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::btree_map("[a-c]", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn payload() -> impl Strategy<Value = Map<String, Value>> {
+    prop::collection::btree_map("[a-e]", json_value(), 0..6).prop_map(|m| m.into_iter().collect())
+}
+
+/// One random short-form field definition over payload keys `a`..`e`.
+fn field_spec() -> impl Strategy<Value = String> {
+    let src = prop_oneof![
+        "[a-e]".prop_map(|s| s.to_string()),
+        "[a-c]\\.[a-c]".prop_map(|s| s.to_string()),
+        "[a-c]\\[[0-2]\\]".prop_map(|s| s.to_string()),
+        Just("$seq".to_string()),
+        Just("$received_at".to_string()),
+        Just("updated_at".to_string()),
+        Just("\"K\"".to_string()),
+    ];
+    let text_mods = (
+        1usize..20,
+        prop::option::of(prop_oneof![Just("align:right"), Just("align:left")]),
+        prop::option::of(prop_oneof![Just("pad:0"), Just("pad:*")]),
+        prop::option::of(prop_oneof![
+            Just("upper"),
+            Just("lower"),
+            Just("trim"),
+            Just("format:%Y%m%d")
+        ]),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(w, a, p, m, trunc, dflt)| {
+            let mut s = format!(" | width:{w}");
+            for x in [a, p, m].into_iter().flatten() {
+                s.push_str(" | ");
+                s.push_str(x);
+            }
+            if trunc {
+                s.push_str(" | overflow:truncate");
+            }
+            if dflt {
+                s.push_str(" | default:D");
+            }
+            s
+        });
+    let num_mods = (
+        "S?9\\([1-9]\\)(V9\\([1-4]\\))?",
+        prop::option::of(Just(" leading separate")),
+        any::<bool>(),
+    )
+        .prop_map(|(pic, sep, trunc)| {
+            let sep = if pic.starts_with('S') {
+                sep.unwrap_or("")
+            } else {
+                ""
+            };
+            format!(
+                " | number:{pic}{sep}{}",
+                if trunc { " | overflow:truncate" } else { "" }
+            )
+        });
+    (src, prop_oneof![text_mods, num_mods]).prop_map(|(s, m)| format!("{s}{m}"))
+}
+
+fn fixed_map() -> impl Strategy<Value = (String, &'static str)> {
+    (
+        prop::collection::vec(field_spec(), 1..6),
+        prop_oneof![
+            Just("ascii"),
+            Just("latin1"),
+            Just("ebcdic-037"),
+            Just("ebcdic-1047")
+        ],
+        prop_oneof![Just("\"\\n\""), Just("\"\\r\\n\""), Just("\"\"")],
+    )
+        .prop_map(|(fields, enc, le)| {
+            let mut y = format!(
+                "target: p\nformat: fixed\nrecord: {{encoding: {enc}, line_end: {le}}}\nfields:\n"
+            );
+            for (i, f) in fields.iter().enumerate() {
+                y.push_str(&format!("  F{i}: '{}'\n", f.replace('\'', "''")));
+            }
+            y.push_str("deliver: {kind: file, dir: o, file: f}\n");
+            (y, enc)
+        })
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fixed_records_always_have_the_layout_length((yaml, _enc) in fixed_map(), p in payload()) {
+        let dir = tempfile::tempdir().unwrap();
+        let m = compile(dir.path(), &yaml).unwrap_or_else(|| panic!("generated map must compile:\n{yaml}"));
+        let len = m.record_len().unwrap() + m.line_end().len();
+        if let Ok(r) = m.render(&event(p)) {
+            prop_assert_eq!(r.bytes.len(), len);
+        }
+    }
+
+    #[test]
+    fn copybook_records_always_have_the_copybook_length(p in payload()) {
+        let m = compile_shipped("maps/permit_status_ebcdic.yml");
+        let mut p = p;
+        // Give the mapped sources random values of every type.
+        for (k, v) in [("id", "a"), ("status", "b"), ("fee", "c"), ("reviewer", "d")] {
+            if let Some(x) = p.get(v).cloned() { p.insert(k.into(), x); }
+        }
+        if let Ok(r) = m.render(&event(p)) {
+            prop_assert_eq!(r.bytes.len(), 80);
+        }
+    }
+
+    #[test]
+    fn rendering_any_payload_never_panics(p in payload()) {
+        for f in ["maps/permit_map.yml", "maps/payroll_map.yml", "maps/permit_status_ebcdic.yml"] {
+            let _ = compile_shipped(f).render(&event(p.clone()));
+        }
+    }
+
+    #[test]
+    fn parsing_any_field_text_never_panics(s in "\\PC{0,40}", t in "[a-z$\"'|:{}, 0-9()SV.\\[\\]%-]{0,40}") {
+        let _ = FieldDef::parse_short(&s);
+        let _ = FieldDef::parse_short(&t);
+        let _ = spec::parse_pic(&t);
+        let _ = Decimal::parse(&t);
+    }
+
+    #[test]
+    fn compiling_any_map_text_never_panics(body in "[a-z_:{}\\[\\]|'\" \\n0-9%$.-]{0,120}") {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!("target: t\ndeliver: {{kind: file, dir: o, file: f}}\n{body}");
+        let _ = compile(dir.path(), &yaml);
+    }
+
+    #[test]
+    fn parsing_any_copybook_never_panics(lines in prop::collection::vec("[0-9 ]{0,8}[A-Z0-9() .*'\"-]{0,40}", 0..12)) {
+        let _ = Copybook::parse(&lines.join("\n"));
+    }
+
+    #[test]
+    fn decimals_survive_any_picture(m in -999_999_999i64..999_999_999, scale in 0u32..5, int in 1u32..12, frac in 0u32..6) {
+        let d = Decimal { mantissa: i128::from(m), scale };
+        let parsed = Decimal::parse(&d.to_string()).unwrap();
+        prop_assert_eq!(parsed.checked_add(Decimal::ZERO), d.checked_add(Decimal::ZERO));
+        if let Ok(digits) = d.to_digits(int, frac, false) {
+            prop_assert_eq!(digits.len(), (int + frac) as usize);
+            // Reading the digits back with the implied point gives the same value.
+            let (i, f) = digits.split_at(int as usize);
+            let back = Decimal::parse(&format!("{}{i}.{f}0", if m < 0 { "-" } else { "" })).unwrap();
+            prop_assert_eq!(back.checked_add(Decimal { mantissa: -d.mantissa, scale: d.scale }).map(|z| z.mantissa), Some(0));
+        }
+    }
+}
+
+fn compile_shipped(rel: &str) -> Mapping {
+    let path = root().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let conn = connector::parse(&path, &text).unwrap();
+    Mapping::compile(
+        &conn,
+        &MapContext {
+            timezone: chrono_tz::UTC,
+        },
+    )
+    .unwrap()
+}
