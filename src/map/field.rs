@@ -483,9 +483,10 @@ pub fn parse_time(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
         Some(l) => tz.from_local_datetime(&l).earliest().ok_or_else(|| {
             format!("the local time does not exist in {tz} (skipped by a daylight-saving change)")
         }),
-        None => Err(format!(
+        None => Err(
             "value is not a date or time (expected RFC 3339 such as 2025-04-12T10:03:00Z, or 2025-04-12)"
-        )),
+                .to_string(),
+        ),
     }
 }
 
