@@ -58,11 +58,14 @@ fn main() {
         &mut line,
     )
     .expect("listening line");
-    let url = format!(
-        "https://{}",
-        line.trim()
-            .trim_start_matches("ess listening: ingest=https://")
-    );
+    // "ess listening: ingest=https://ADDR status=http://ADDR"
+    let ingest = line
+        .trim()
+        .trim_start_matches("ess listening: ingest=https://")
+        .split_whitespace()
+        .next()
+        .unwrap_or_default();
+    let url = format!("https://{ingest}");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
