@@ -138,7 +138,7 @@ fn show(m: &Mapping, bytes: &[u8], is_record: bool, out: &mut String) {
             _ => "\n",
         });
     } else {
-        hex_dump(m, bytes, out);
+        hex_dump(m, bytes, is_record, out);
     }
     if is_record {
         legend(m, out);
@@ -164,19 +164,30 @@ fn ruler(len: usize, out: &mut String) {
     out.push('\n');
 }
 
-fn hex_dump(m: &Mapping, bytes: &[u8], out: &mut String) {
+/// Offsets, hex, and the bytes read as characters of the encoding; bytes of packed and
+/// binary fields show as `.` (read as characters they would only mislead).
+fn hex_dump(m: &Mapping, bytes: &[u8], is_record: bool, out: &mut String) {
+    let mut binary = vec![false; bytes.len()];
+    if is_record && m.format == Format::Fixed {
+        let mut at = 0;
+        for f in &m.fields {
+            let w = f.kind.width().unwrap_or(0);
+            if f.kind.is_binary() {
+                binary.iter_mut().skip(at).take(w).for_each(|b| *b = true);
+            }
+            at += w;
+        }
+    }
     let _ = writeln!(out, "{} bytes, {}:", bytes.len(), m.encoding.name());
     for (i, chunk) in bytes.chunks(16).enumerate() {
         let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02X}")).collect();
         let text: String = chunk
             .iter()
-            .map(|&b| {
+            .zip(&binary[i * 16..])
+            .map(|(&b, &is_bin)| {
                 let c = m.encoding.decode_byte(b);
-                if c.is_control() || (u32::from(c) >= 0x80 && u32::from(c) < 0xA0) {
-                    '.'
-                } else {
-                    c
-                }
+                let unprintable = c.is_control() || (u32::from(c) >= 0x80 && u32::from(c) < 0xA0);
+                if is_bin || unprintable { '.' } else { c }
             })
             .collect();
         let _ = writeln!(out, "{:06X}  {:<47}  |{text}|", i * 16, hex.join(" "));
