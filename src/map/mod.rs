@@ -701,10 +701,10 @@ impl Compiler<'_> {
                 );
             }
             match &cf.kind {
-                Kind::Text { width, .. } => Kind::Text {
+                Kind::Text { width, align, pad } => Kind::Text {
                     width: *width,
-                    align: def.align.unwrap_or(Align::Left),
-                    pad: def.pad.unwrap_or(' '),
+                    align: def.align.unwrap_or(*align),
+                    pad: def.pad.unwrap_or(*pad),
                 },
                 other => {
                     if def.align.is_some() || def.pad.is_some() {
