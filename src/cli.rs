@@ -56,6 +56,14 @@ pub enum Command {
     /// Work with map files.
     #[command(subcommand)]
     Map(MapCommand),
+    /// List events per connector: pending (not yet delivered) or dead letters.
+    List(crate::admin::ListArgs),
+    /// Re-deliver a range of events to one connector, or re-queue its dead letters.
+    Replay(crate::admin::ReplayArgs),
+    /// Per connector: cursor, lag, delivered, retrying, dead, last success and error; feed size and rate.
+    Stats(crate::admin::StatsArgs),
+    /// Write a consistent copy of the database while the daemon runs.
+    Backup(crate::admin::BackupArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,15 +132,7 @@ pub fn install_crypto_provider() {
 }
 
 fn init_logging(format: crate::config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        crate::config::LogFormat::Json => builder.json().try_init(),
-        crate::config::LogFormat::Text => builder.try_init(),
-    };
+    crate::logging::init(format);
 }
 
 /// Runs one command.
@@ -163,10 +163,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             init_logging(cfg.log_format);
             runtime()?.block_on(crate::serve::run(cfg, |b| {
-                println!("ess listening: ingest=https://{}", b.ingest);
+                println!(
+                    "ess listening: ingest=https://{} status=http://{}",
+                    b.ingest, b.status
+                );
+                // systemd (Type=notify): the feed is open and the listeners are bound.
+                crate::notify::ready();
             }))
         }
         Command::Send(args) => send(args),
+        Command::List(a) => crate::admin::run_list(&a),
+        Command::Replay(a) => crate::admin::run_replay(&a),
+        Command::Stats(a) => crate::admin::run_stats(&a),
+        Command::Backup(a) => crate::admin::run_backup(&a),
         Command::Check { config } => check(&config),
         Command::Map(MapCommand::Preview { map, config, event }) => {
             let tz = match config {
@@ -306,7 +315,6 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
         )
     };
     let out_file = dir.join("out/permit.txt");
-    let status = cfg.status_listen;
     runtime()?.block_on(crate::serve::run(cfg, move |b| {
         println!();
         println!("ESS demo is running (Ctrl-C stops it).");
@@ -315,7 +323,7 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
             b.ingest,
             dir.join("tls/client.crt").display()
         );
-        println!("  status   http://{status}/");
+        println!("  status   http://{}/", b.status);
         println!();
         println!("Push the seed event (in another terminal):");
         println!(

@@ -11,6 +11,7 @@
 //! 6. [`ledger`] commits cursor, target checkpoint, retries and dead letters in the same file;
 //! 7. [`serve`] runs it all as a daemon; [`cli`], [`send`] and [`init`] are the commands.
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -20,7 +21,10 @@ pub mod feed;
 pub mod ingest;
 pub mod init;
 pub mod ledger;
+pub mod logging;
 pub mod map;
+pub mod notify;
 pub mod send;
 pub mod serve;
+pub mod status;
 pub mod target;

@@ -32,9 +32,12 @@ struct Generation {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// A running connector's spec and its live state.
+pub type RunningConnector = (Arc<ConnectorSpec>, Arc<Mutex<Live>>);
+
 /// What the daemon knows about its connectors, shared with receipts and status.
 pub struct Connectors {
-    pub specs: RwLock<Vec<(Arc<ConnectorSpec>, Arc<Mutex<Live>>)>>,
+    pub specs: RwLock<Vec<RunningConnector>>,
     pub ledger: Ledger,
 }
 
@@ -82,6 +85,7 @@ impl Connectors {
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub ingest: SocketAddr,
+    pub status: SocketAddr,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once both listeners are bound.
@@ -103,11 +107,14 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         .with_context(|| format!("cannot listen on {} (ingest.listen)", cfg.ingest.listen))?;
     let ingest_addr = listener.local_addr()?;
 
+    let metrics = crate::status::Metrics::new();
+    let (wake, wake_rx) = watch::channel(0u64);
     let env = Env {
         feed: feed.clone(),
         ledger: ledger.clone(),
         timezone: cfg.timezone,
-        hooks: Arc::new(connector::NoHooks),
+        hooks: Arc::new(metrics.clone()),
+        wake: wake_rx,
     };
     let connectors = Arc::new(Connectors {
         specs: RwLock::new(Vec::new()),
@@ -123,19 +130,58 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         data_dir: cfg.data_dir.clone(),
         allowed_clients: cfg.ingest.allowed_clients.clone(),
         receipts: connectors.clone(),
-        hooks: Arc::new(ingest::NoHooks),
+        hooks: Arc::new(metrics.clone()),
         shutting_down: AtomicBool::new(false),
     });
+    let status_source = crate::status::DaemonStatus::new(
+        connectors.clone(),
+        feed.clone(),
+        cfg.data_dir.clone(),
+        cfg.db_path(),
+        cfg.min_free_disk,
+        {
+            let state = state.clone();
+            move || {
+                !state
+                    .shutting_down
+                    .load(std::sync::atomic::Ordering::SeqCst)
+            }
+        },
+    );
+    let status_server =
+        crate::status::serve(cfg.status_listen, Arc::new(status_source), metrics)
+            .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
+    let admin_backend =
+        crate::admin::direct::DirectBackend::new(&cfg.maps_dir, &cfg.db_path(), db.clone())
+            .on_replay(move |_| {
+                wake.send_modify(|n| *n += 1);
+            });
+    let admin = crate::admin::server::serve(&cfg.admin_socket, Arc::new(admin_backend))
+        .with_context(|| {
+            format!(
+                "cannot serve the admin socket {}",
+                cfg.admin_socket.display()
+            )
+        })?;
+    let retention_task = tokio::spawn(retention(
+        db.clone(),
+        connectors.clone(),
+        cfg.retention_feed,
+        ingest_stop_rx.clone(),
+    ));
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
-    on_ready(Bound {
-        ingest: ingest_addr,
-    });
-
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Ready only once the signal handlers exist: a SIGTERM right after READY=1 (systemctl
+    // stop just after start) must drain, not kill the process with the default action.
+    on_ready(Bound {
+        ingest: ingest_addr,
+        status: status_server.local_addr(),
+    });
+
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -157,13 +203,53 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
             }
         }
     }
+    // Tells systemd (Type=notify) that the stop is under way; a no-op outside systemd.
+    crate::notify::stopping();
     tracing::info!("shutting down: finishing requests and deliveries under way");
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
     stop_generation(generation).await;
+    let _ = retention_task.await;
+    admin.stop();
+    status_server.stop();
     feed.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often retention compacts the feed.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// Compacts events every connector has passed and older than `retention.feed`, at start and
+/// then every [`RETENTION_EVERY`], until shutdown.
+async fn retention(
+    db: Arc<redb::Database>,
+    connectors: Arc<Connectors>,
+    keep: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let names: Vec<String> = connectors
+            .specs
+            .read()
+            .map(|s| s.iter().map(|(c, _)| c.name.clone()).collect())
+            .unwrap_or_default();
+        let db2 = db.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            feed::retention::compact_passed(&db2, &names, keep, chrono::Utc::now())
+        })
+        .await;
+        match pass {
+            Ok(Ok(stats)) => tracing::debug!(?stats, "retention pass"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
+            Err(e) => tracing::warn!(error = %e, "retention pass panicked"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+        }
+    }
 }
 
 fn start_generation(

@@ -290,7 +290,8 @@ pub struct HttpDeliver {
     /// `1.1` (default) | `1.2`
     #[serde(default)]
     pub soap_version: Option<String>,
-    /// Body template; `{{record}}` stands for the mapped record, `{{field:NAME}}` for one field.
+    /// Body template: `{{record}}` (the mapped record), `{{key}}`, `{{seq}}`, `{{type}}`,
+    /// `{{trace_id}}`, `{{target}}`. For SOAP: the content of `soap:Body`, or a whole envelope.
     #[serde(default)]
     pub body: Option<String>,
     #[serde(default)]

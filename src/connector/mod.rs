@@ -53,6 +53,8 @@ pub struct ConnectorSpec {
     pub start: Start,
     pub max_batch: Option<usize>,
     pub linger: Duration,
+    /// `rotate:` — delete this connector's own output files older than this.
+    pub rotate: Option<Duration>,
 }
 
 /// Loads and validates every connector of `maps_dir`; every problem of every file is
@@ -149,10 +151,17 @@ fn compile(loaded: &LoadedConnector, tz: Tz) -> Result<ConnectorSpec, Vec<Diagno
             .map_err(|e| errs.push(Diagnostic::at(path, l, format!("batch.linger: {e}"))))
             .unwrap_or_default(),
     };
-    if let Some(r) = &f.rotate {
-        if let Err(e) = crate::config::parse_duration(&r.value) {
-            errs.push(Diagnostic::at(path, r, format!("rotate: {e}")));
-        }
+    let rotate = f.rotate.as_ref().and_then(|r| {
+        crate::config::parse_duration(&r.value)
+            .map_err(|e| errs.push(Diagnostic::at(path, r, format!("rotate: {e}"))))
+            .ok()
+    });
+    if let (Some(r), DeliverSpec::Sftp(_) | DeliverSpec::Http(_)) = (&f.rotate, &f.deliver.value) {
+        errs.push(Diagnostic::at(
+            path,
+            r,
+            "rotate: only file targets rotate their output (remote folders belong to their owners)",
+        ));
     }
     let base_dir = loaded.base_dir();
     let spec = mapping.zip(policy).map(|(mapping, policy)| ConnectorSpec {
@@ -170,6 +179,7 @@ fn compile(loaded: &LoadedConnector, tz: Tz) -> Result<ConnectorSpec, Vec<Diagno
         start,
         max_batch: f.batch.as_ref().and_then(|b| b.max_events),
         linger,
+        rotate,
     });
     if let Some(spec) = &spec {
         if let Err(e) = build_target(spec, tz) {
@@ -183,7 +193,7 @@ fn compile(loaded: &LoadedConnector, tz: Tz) -> Result<ConnectorSpec, Vec<Diagno
 }
 
 /// Creates the target a connector delivers to (without connecting anywhere yet).
-pub fn build_target(spec: &ConnectorSpec, _tz: Tz) -> Result<Box<dyn Target>, String> {
+pub fn build_target(spec: &ConnectorSpec, tz: Tz) -> Result<Box<dyn Target>, String> {
     match &spec.deliver {
         DeliverSpec::File(f) => Ok(Box::new(crate::target::file::FileTarget::new(
             f,
@@ -191,8 +201,16 @@ pub fn build_target(spec: &ConnectorSpec, _tz: Tz) -> Result<Box<dyn Target>, St
             &spec.name,
             Some(spec.mapping.clone()),
         )?)),
-        DeliverSpec::Sftp(_) => Err("kind sftp is not available in this build yet".into()),
-        DeliverSpec::Http(_) => Err("kind http is not available in this build yet".into()),
+        DeliverSpec::Sftp(s) => Ok(Box::new(
+            crate::target::sftp::SftpTarget::new(s, &spec.base_dir, &spec.name, tz)?
+                .with_mapping(spec.mapping.clone()),
+        )),
+        DeliverSpec::Http(h) => Ok(Box::new(crate::target::http::HttpTarget::new(
+            h,
+            &spec.base_dir,
+            &spec.name,
+            &spec.format,
+        )?)),
     }
 }
 
@@ -223,6 +241,8 @@ pub struct Env {
     pub ledger: Ledger,
     pub timezone: Tz,
     pub hooks: Arc<dyn Hooks>,
+    /// Changes when work appears that is not a new feed event (`ess replay`).
+    pub wake: watch::Receiver<u64>,
 }
 
 /// Notifications from connector tasks (metrics); the default does nothing.
@@ -241,6 +261,60 @@ pub struct Runner {
     target: Box<dyn Target>,
     env: Env,
     pub live: Arc<Mutex<Live>>,
+    rotation: Option<Rotation>,
+}
+
+/// `rotate:` of a file connector, run at most every [`ROTATE_EVERY`].
+struct Rotation {
+    dir: PathBuf,
+    template: String,
+    max_age: Duration,
+    last_run: Mutex<Option<std::time::Instant>>,
+}
+
+/// How often a connector looks for its own expired output files.
+const ROTATE_EVERY: Duration = Duration::from_secs(600);
+
+impl Rotation {
+    fn of(spec: &ConnectorSpec) -> Option<Rotation> {
+        match (&spec.deliver, spec.rotate) {
+            (DeliverSpec::File(f), Some(max_age)) => Some(Rotation {
+                dir: crate::config::resolve_path(&spec.base_dir, &f.dir),
+                template: f.file.clone(),
+                max_age,
+                last_run: Mutex::new(None),
+            }),
+            _ => None,
+        }
+    }
+
+    fn maybe_run(&self, connector: &str) {
+        let Ok(mut last) = self.last_run.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < ROTATE_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let res = blocking(|| {
+            crate::target::rotate::rotate(
+                &self.dir,
+                &self.template,
+                connector,
+                self.max_age,
+                std::time::SystemTime::now(),
+            )
+        });
+        match res {
+            Ok(deleted) if !deleted.is_empty() => tracing::info!(
+                connector,
+                n_files = deleted.len(),
+                "rotate: deleted expired output files"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(connector, error = %e, "rotate failed"),
+        }
+    }
 }
 
 /// The most events read from the feed per round.
@@ -249,21 +323,18 @@ const READ_AHEAD: usize = 4096;
 impl Runner {
     pub fn new(spec: Arc<ConnectorSpec>, env: Env) -> Result<Runner, String> {
         let target = build_target(&spec, env.timezone)?;
-        Ok(Runner {
-            spec,
-            target,
-            env,
-            live: Arc::new(Mutex::new(Live::default())),
-        })
+        Ok(Runner::with_target(spec, env, target))
     }
 
     /// A runner with a given target (fault injection in tests).
     pub fn with_target(spec: Arc<ConnectorSpec>, env: Env, target: Box<dyn Target>) -> Runner {
+        let rotation = Rotation::of(&spec);
         Runner {
             spec,
             target,
             env,
             live: Arc::new(Mutex::new(Live::default())),
+            rotation,
         }
     }
 
@@ -285,6 +356,10 @@ impl Runner {
             return;
         }
         let mut new_events = self.env.feed.subscribe();
+        let mut wake = self.env.wake.clone();
+        if let Some(rotation) = &self.rotation {
+            rotation.maybe_run(&name);
+        }
         while !*shutdown.borrow() {
             let wait = match self.round().await {
                 Ok(Some(wait)) => wait,
@@ -301,6 +376,7 @@ impl Runner {
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = new_events.changed(), if sleep.is_none() => {}
+                _ = wake.changed() => {}
                 _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
             }
         }
@@ -332,7 +408,19 @@ impl Runner {
         let retry = blocking(|| ledger.retry_state(&name))?;
         if let Some(r) = &retry {
             if r.next_at() > now {
-                let wait = (r.next_at() - now).to_std().unwrap_or_default();
+                let next = r.next_at();
+                let (last_error, attempts) = (r.last_error.clone(), r.attempts);
+                let blocked = attempts >= self.spec.policy.max_tries;
+                self.set_live(|l| {
+                    l.phase = if blocked {
+                        Phase::Blocked
+                    } else {
+                        Phase::Retrying
+                    };
+                    l.next_attempt = Some(next);
+                    l.last_error = Some(last_error);
+                });
+                let wait = (next - now).to_std().unwrap_or_default();
                 return Ok(Some(Wait::For(wait)));
             }
         }
@@ -346,11 +434,32 @@ impl Runner {
                 .max(1)
         };
         let pinned = cursor.pinned;
-        let read_limit = match pinned {
-            Some(last) => usize::try_from(last - cursor.seq).unwrap_or(usize::MAX),
-            None => READ_AHEAD,
+        // A pinned batch is finished first; then events queued by `ess replay`; then new ones.
+        let (events, replay) = if pinned.is_none() {
+            let (events, missing) = blocking(|| ledger.requeued_events(&name, limit))?;
+            if !missing.is_empty() {
+                blocking(|| {
+                    ledger.commit_replayed(&name, &missing, cursor.checkpoint.clone(), 0, &[], now)
+                })?;
+            }
+            if events.is_empty() {
+                (None, false)
+            } else {
+                (Some(events), true)
+            }
+        } else {
+            (None, false)
         };
-        let events = blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?;
+        let events = match events {
+            Some(e) => e,
+            None => {
+                let read_limit = match pinned {
+                    Some(last) => usize::try_from(last - cursor.seq).unwrap_or(usize::MAX),
+                    None => READ_AHEAD,
+                };
+                blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?
+            }
+        };
         if events.is_empty() {
             self.set_live(|l| l.phase = Phase::Idle);
             return Ok(Some(Wait::NewEvents));
@@ -358,19 +467,22 @@ impl Runner {
         // Select and map, up to `limit` records (or exactly the pinned range).
         let mut items: Vec<(Event, Record)> = Vec::new();
         let mut parked: Vec<(Seq, DeadLetter)> = Vec::new();
+        let mut taken: Vec<Seq> = Vec::new();
         let mut upto = cursor.seq;
         for ev in events {
             if pinned.is_none() && items.len() >= limit {
                 break;
             }
-            upto = ev.seq;
+            upto = upto.max(ev.seq);
+            taken.push(ev.seq);
             if !self.spec.mapping.selects(&ev.event_type) {
                 continue;
             }
             match self.spec.mapping.render(&ev) {
                 Ok(rec) => items.push((ev, rec)),
                 Err(e) => {
-                    tracing::warn!(connector = %name, seq = ev.seq, trace_id = %ev.trace_id, error = %e, "event cannot be mapped; parked as a dead letter");
+                    let _span = crate::logging::event_span(&ev).entered();
+                    tracing::warn!(connector = %name, reason = e.reason(), "event cannot be mapped; parked as a dead letter: {e}");
                     parked.push((
                         ev.seq,
                         DeadLetter {
@@ -383,14 +495,24 @@ impl Runner {
                 }
             }
         }
+        let commit = |checkpoint: Vec<u8>,
+                      n_delivered: u64,
+                      parked: &[(Seq, DeadLetter)],
+                      at: DateTime<Utc>| {
+            blocking(|| {
+                if replay {
+                    ledger.commit_replayed(&name, &taken, checkpoint, n_delivered, parked, at)
+                } else {
+                    ledger.commit_progress(&name, upto, checkpoint, n_delivered, parked, at)
+                }
+            })
+        };
         if items.is_empty() {
             // Only filtered or parked events: move past them.
-            blocking(|| {
-                ledger.commit_progress(&name, upto, cursor.checkpoint.clone(), 0, &parked, now)
-            })?;
+            commit(cursor.checkpoint.clone(), 0, &parked, now)?;
             return Ok(None);
         }
-        if self.target.pins_batches() && pinned.is_none() {
+        if self.target.pins_batches() && pinned.is_none() && !replay {
             blocking(|| ledger.pin(&name, upto))?;
         }
         self.set_live(|l| l.phase = Phase::Delivering);
@@ -398,33 +520,55 @@ impl Runner {
             connector: &name,
             items: &items,
             now: now.with_timezone(&tz),
+            replay,
         };
         match self.target.deliver(&delivery, &cursor.checkpoint).await {
             Ok(checkpoint) => {
-                blocking(|| {
-                    ledger.commit_progress(
-                        &name,
-                        upto,
-                        checkpoint,
-                        items.len() as u64,
-                        &parked,
-                        Utc::now(),
-                    )
-                })?;
+                commit(checkpoint, items.len() as u64, &parked, Utc::now())?;
                 for (ev, _) in &items {
-                    tracing::debug!(connector = %name, seq = ev.seq, trace_id = %ev.trace_id, "delivered");
+                    let _span = crate::logging::event_span(ev).entered();
+                    tracing::debug!(connector = %name, replay, "delivered");
                 }
-                tracing::info!(connector = %name, first_seq = delivery.first_seq(), last_seq = delivery.last_seq(), n_events = items.len(), "delivered");
+                tracing::info!(connector = %name, first_seq = delivery.first_seq(), last_seq = delivery.last_seq(), n_events = items.len(), replay, "delivered");
                 self.env.hooks.delivered(&name, &items);
                 self.set_live(|l| {
                     l.phase = Phase::Idle;
                     l.next_attempt = None;
                 });
+                if let Some(rotation) = &self.rotation {
+                    rotation.maybe_run(&name);
+                }
                 Ok(None)
             }
             Err(err) => {
                 self.env.hooks.failed(&name, &err);
-                self.on_failure(&cursor, retry, &items, err, now)
+                let park_head = |letter: DeadLetter| {
+                    let head = items[0].0.seq;
+                    if replay {
+                        blocking(|| {
+                            ledger.commit_replayed(
+                                &name,
+                                &[head],
+                                cursor.checkpoint.clone(),
+                                0,
+                                &[(head, letter)],
+                                now,
+                            )
+                        })
+                    } else {
+                        blocking(|| {
+                            ledger.commit_progress(
+                                &name,
+                                head,
+                                cursor.checkpoint.clone(),
+                                0,
+                                &[(head, letter)],
+                                now,
+                            )
+                        })
+                    }
+                };
+                self.on_failure(retry, &items, err, now, park_head)
                     .await
                     .map(Some)
             }
@@ -433,11 +577,11 @@ impl Runner {
 
     async fn on_failure(
         &mut self,
-        cursor: &crate::ledger::CursorState,
         retry: Option<RetryState>,
         items: &[(Event, Record)],
         err: DeliveryError,
         now: DateTime<Utc>,
+        park_head: impl FnOnce(DeadLetter) -> Result<crate::ledger::CursorState, crate::feed::Error>,
     ) -> Result<Wait, crate::feed::Error> {
         let name = self.spec.name.clone();
         let ledger = self.env.ledger.clone();
@@ -459,16 +603,7 @@ impl Runner {
                 attempts,
             };
             tracing::warn!(connector = %name, seq = head.seq, trace_id = %head.trace_id, reason, "parked as a dead letter");
-            blocking(|| {
-                ledger.commit_progress(
-                    &name,
-                    head.seq,
-                    cursor.checkpoint.clone(),
-                    0,
-                    &[(head.seq, letter)],
-                    now,
-                )
-            })?;
+            park_head(letter)?;
             self.set_live(|l| l.last_error = Some(err.to_string()));
             return Ok(Wait::For(Duration::ZERO));
         }
@@ -512,3 +647,6 @@ enum Wait {
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,6 +18,7 @@
 //! acknowledged for events that are not in the committed state. Idempotency keys are
 //! written in the same transaction as their event, so dedupe survives restarts exactly.
 
+pub mod retention;
 pub mod schema;
 
 use std::sync::Arc;

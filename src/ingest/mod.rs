@@ -262,7 +262,7 @@ async fn post_events(req: Request<Incoming>, state: &IngestState) -> Resp {
         state.hooks.rejected("too_large");
         return too_large();
     }
-    match free_disk_bytes(&state.data_dir) {
+    match crate::feed::retention::free_disk_bytes(&state.data_dir) {
         Ok(free) if free < state.min_free_disk => {
             tracing::warn!(
                 free,
@@ -364,20 +364,4 @@ fn receipt(raw_key: &str, state: &IngestState) -> Resp {
             )
         }
     }
-}
-
-/// Bytes available to unprivileged users on the file system holding `path`.
-pub fn free_disk_bytes(path: &std::path::Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The field types differ between platforms; both fit in u64.
-    #[allow(clippy::unnecessary_cast)]
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }

@@ -16,6 +16,8 @@
 //! A cursor means "every event with seq <= cursor is done for this connector": delivered,
 //! filtered out by `events:`, or parked as a dead letter.
 
+pub mod replay;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};

@@ -175,7 +175,13 @@ impl FileTarget {
             .first()
             .map(|(e, _)| e.received_at.with_timezone(&d.now.timezone()))
             .unwrap_or(d.now);
-        let name = super::file_name(&self.template, &self.connector, d.first_seq(), &first_time);
+        let mut name =
+            super::file_name(&self.template, &self.connector, d.first_seq(), &first_time);
+        if d.replay {
+            // The original batch file may still be there: a replay gets its own name, still
+            // deterministic (a crash during a replay re-delivers the same range).
+            name = replay_name(&name, d.last_seq());
+        }
         let path = self.dir.join(&name);
         if path.exists() {
             // Renamed by an attempt whose cursor commit did not happen: the batch is there.
@@ -227,6 +233,14 @@ impl FileTarget {
             .map_err(|e| io_err("cannot write", path, e))?;
         file.sync_data()
             .map_err(|e| io_err("cannot fsync", path, e))
+    }
+}
+
+/// `permit_1.txt` -> `permit_1.replay-9.txt`: the name of a replayed batch ending at `last`.
+fn replay_name(name: &str, last: u64) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.replay-{last}.{ext}"),
+        _ => format!("{name}.replay-{last}"),
     }
 }
 
@@ -337,6 +351,7 @@ mod tests {
                 connector: "c",
                 items: it,
                 now: now(),
+                replay: false,
             },
             cp,
         )

@@ -10,6 +10,9 @@
 //! with back-off, [`DeliveryError::Permanent`] follows the connector's `on_failure`.
 
 pub mod file;
+pub mod http;
+pub mod rotate;
+pub mod sftp;
 
 use std::time::Duration;
 
@@ -31,6 +34,9 @@ pub struct Delivery<'a> {
     /// The delivery time in the appliance's timezone, for `{{date}}` templates (injected so
     /// tests control it).
     pub now: DateTime<Tz>,
+    /// A deliberate re-delivery (`ess replay`) of events delivered before: a target that
+    /// names outputs after their batch must not mistake it for a retry of the original.
+    pub replay: bool,
 }
 
 impl Delivery<'_> {

@@ -45,6 +45,7 @@ pub struct Appliance {
     pub config: PathBuf,
     pub child: Option<Child>,
     pub ingest: Option<SocketAddr>,
+    pub status: Option<SocketAddr>,
     pub stderr_log: PathBuf,
 }
 
@@ -68,6 +69,7 @@ impl Appliance {
             config,
             child: None,
             ingest: None,
+            status: None,
             stderr_log,
         }
     }
@@ -101,8 +103,9 @@ impl Appliance {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("ess listening: ingest=https://") {
-                    let _ = tx.send(addr.trim().to_string());
+                if let Some(rest) = line.strip_prefix("ess listening: ingest=https://") {
+                    let (ingest, status) = rest.split_once(" status=http://").unwrap_or((rest, ""));
+                    let _ = tx.send((ingest.trim().to_string(), status.trim().to_string()));
                 }
             }
         });
@@ -116,7 +119,8 @@ impl Appliance {
                 );
             }
         };
-        self.ingest = Some(addr.parse().unwrap());
+        self.ingest = Some(addr.0.parse().unwrap());
+        self.status = addr.1.parse().ok();
         self.child = Some(child);
         self
     }

@@ -1,0 +1,257 @@
+//! Connector behaviour against a fault-injecting target: order, exactly once, retries,
+//! `block` vs `park`, and events that cannot be mapped.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::feed::{NewEvent, open_database};
+
+/// A target that records what it got and fails the first `fail_first` calls.
+#[derive(Clone, Default)]
+struct Recorder {
+    got: Arc<Mutex<Vec<String>>>,
+    calls: Arc<Mutex<u32>>,
+    fail_first: u32,
+    permanent: bool,
+    /// Fails every delivery that contains this id.
+    poison: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl Target for Recorder {
+    async fn deliver(
+        &mut self,
+        d: &Delivery<'_>,
+        cp: &[u8],
+    ) -> Result<crate::target::Checkpoint, DeliveryError> {
+        let mut calls = self.calls.lock().unwrap();
+        *calls += 1;
+        let poisoned = self
+            .poison
+            .as_ref()
+            .is_some_and(|p| d.items.iter().any(|(e, _)| e.payload["id"] == p.as_str()));
+        if *calls <= self.fail_first || poisoned {
+            return Err(if self.permanent || poisoned {
+                DeliveryError::Permanent("refused".into())
+            } else {
+                DeliveryError::transient("down")
+            });
+        }
+        let mut got = self.got.lock().unwrap();
+        got.extend(
+            d.items
+                .iter()
+                .map(|(e, _)| e.payload["id"].as_str().unwrap_or_default().to_string()),
+        );
+        Ok(cp.to_vec())
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    env: Env,
+    spec: Arc<ConnectorSpec>,
+}
+
+fn rig(retry: &str) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("m.yml");
+    std::fs::write(
+        &map,
+        format!(
+            "target: t\nevents: [P]\nfields:\n  ID: id | width:6\ndeliver: {{kind: file, dir: out, file: x.txt}}\nretry: {retry}\n"
+        ),
+    )
+    .unwrap();
+    let spec = Arc::new(load_one(&map, chrono_tz::UTC).unwrap_or_else(|e| panic!("{e:?}")));
+    let db = Arc::new(open_database(&dir.path().join("ess.redb")).unwrap());
+    let feed = Feed::open(db.clone()).unwrap();
+    let env = Env {
+        feed,
+        ledger: Ledger::new(db),
+        timezone: chrono_tz::UTC,
+        hooks: Arc::new(NoHooks),
+        wake: watch::channel(0).1,
+    };
+    Rig {
+        _dir: dir,
+        env,
+        spec,
+    }
+}
+
+async fn append(env: &Env, ids: &[&str], event_type: &str) {
+    let events = ids
+        .iter()
+        .map(|id| NewEvent {
+            event_type: event_type.into(),
+            payload: serde_json::json!({"id": id}).as_object().unwrap().clone(),
+            key: format!("{event_type}-{id}"),
+            trace_id: "t".into(),
+            ts: None,
+        })
+        .collect();
+    env.feed.append(events).await.unwrap();
+}
+
+/// Runs the connector until `done` holds (bounded), then stops it.
+async fn run_until(rig: &Rig, target: Recorder, done: impl Fn() -> bool) {
+    let (stop, stop_rx) = watch::channel(false);
+    let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
+    let task = tokio::spawn(runner.run(stop_rx));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connector did not get there"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_fails_then_recovers_gets_everything_once_in_order() {
+    let rig = rig("{base: 1ms, max_delay: 5ms}");
+    append(&rig.env, &["a", "b", "c"], "P").await;
+    append(&rig.env, &["x"], "OTHER").await;
+    append(&rig.env, &["d"], "P").await;
+    let target = Recorder {
+        fail_first: 4,
+        ..Recorder::default()
+    };
+    let got = target.got.clone();
+    run_until(&rig, target, || got.lock().unwrap().len() >= 4).await;
+    assert_eq!(*got.lock().unwrap(), ["a", "b", "c", "d"]);
+    let cursor = rig.env.ledger.cursor("t").unwrap().unwrap();
+    assert_eq!((cursor.seq, cursor.delivered), (5, 4));
+    assert_eq!(rig.env.ledger.retry_state("t").unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn block_holds_later_events_and_park_moves_on() {
+    // block: the poisoned event is retried and nothing after it is delivered.
+    let rig_block = rig("{base: 1ms, max_delay: 2ms, max_tries: 3, on_failure: block}");
+    append(&rig_block.env, &["a", "bad", "c"], "P").await;
+    let target = Recorder {
+        poison: Some("bad".into()),
+        ..Recorder::default()
+    };
+    let (got, calls) = (target.got.clone(), target.calls.clone());
+    run_until(&rig_block, target, || *calls.lock().unwrap() >= 6).await;
+    assert_eq!(*got.lock().unwrap(), ["a"]);
+    assert!(rig_block.env.ledger.dead_letters("t").unwrap().is_empty());
+    assert_eq!(
+        rig_block.env.ledger.retry_state("t").unwrap().unwrap().seq,
+        2
+    );
+
+    // park: the poisoned event becomes a dead letter, the rest goes on in order.
+    let rig_park = rig("{base: 1ms, max_delay: 2ms, max_tries: 3, on_failure: park}");
+    append(&rig_park.env, &["a", "bad", "c"], "P").await;
+    let target = Recorder {
+        poison: Some("bad".into()),
+        ..Recorder::default()
+    };
+    let got = target.got.clone();
+    run_until(&rig_park, target, || got.lock().unwrap().len() >= 2).await;
+    assert_eq!(*got.lock().unwrap(), ["a", "c"]);
+    let dead = rig_park.env.ledger.dead_letters("t").unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].0, dead[0].1.reason.as_str()), (2, "permanent"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_that_cannot_be_mapped_is_parked_and_the_others_go_on() {
+    let rig = rig("{base: 1ms}");
+    append(&rig.env, &["a", "far-too-wide", "c"], "P").await;
+    let target = Recorder::default();
+    let got = target.got.clone();
+    run_until(&rig, target, || {
+        rig.env
+            .ledger
+            .cursor("t")
+            .unwrap()
+            .is_some_and(|c| c.seq == 3)
+    })
+    .await;
+    assert_eq!(*got.lock().unwrap(), ["a", "c"]);
+    let dead = rig.env.ledger.dead_letters("t").unwrap();
+    assert_eq!(
+        (dead.len(), dead[0].0, dead[0].1.reason.as_str()),
+        (1, 2, "map")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_due_later_waits_for_its_time_after_a_restart() {
+    let rig = rig("{base: 1ms}");
+    append(&rig.env, &["a"], "P").await;
+    // A previous run left a retry due in an hour.
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    rig.env.ledger.ensure_cursor("t", 0).unwrap();
+    rig.env
+        .ledger
+        .record_failure(
+            "t",
+            &RetryState {
+                seq: 1,
+                attempts: 3,
+                next_at_micros: later.timestamp_micros(),
+                last_error: "down".into(),
+            },
+        )
+        .unwrap();
+    let target = Recorder::default();
+    let got = target.got.clone();
+    let (stop, stop_rx) = watch::channel(false);
+    let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
+    let live = runner.live.clone();
+    let task = tokio::spawn(runner.run(stop_rx));
+    // It does not fire at once: the runner reads the ledger and waits for the due time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while live.lock().unwrap().next_attempt.is_none() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        live.lock()
+            .unwrap()
+            .next_attempt
+            .map(|t| t.timestamp_micros()),
+        Some(later.timestamp_micros())
+    );
+    assert_eq!(live.lock().unwrap().phase, Phase::Retrying);
+    assert!(got.lock().unwrap().is_empty(), "retried before its time");
+    // Make it due now (as the clock would): it fires.
+    rig.env
+        .ledger
+        .record_failure(
+            "t",
+            &RetryState {
+                seq: 1,
+                attempts: 3,
+                next_at_micros: 0,
+                last_error: "down".into(),
+            },
+        )
+        .unwrap();
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let (stop, stop_rx) = watch::channel(false);
+    let target = Recorder::default();
+    let got = target.got.clone();
+    let task = tokio::spawn(
+        Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target)).run(stop_rx),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(*got.lock().unwrap(), ["a"]);
+}

@@ -1,0 +1,360 @@
+//! Log output: `tracing` events to stderr, as human text (default) or JSON lines
+//! (`log.format: json`), filtered by `RUST_LOG` (default `info`).
+//!
+//! Code that handles an event runs inside [`event_span`], which carries `seq` and
+//! `trace_id`; both formats repeat the fields of every enclosing span on each line. The
+//! JSON format flattens them into the top level of the object, so a log pipeline can select
+//! `trace_id == "..."` directly:
+//!
+//! ```text
+//! {"timestamp":"2026-11-27T02:00:00.123456Z","level":"INFO","target":"ess::connector",
+//!  "message":"delivered","spans":"connector:event","connector":"city_hall_cobol",
+//!  "seq":7,"trace_id":"4bf9..."}
+//! ```
+//!
+//! The first keys are fixed (`timestamp`, `level`, `target` — the Rust module —, `message`,
+//! `spans`); the fields follow in name order. A field named like a fixed key is written as
+//! `field.NAME` rather than hiding it.
+//!
+//! Invariant: a line holds only what the code put in fields and messages; no payload is
+//! logged at info level or above (callers keep that rule; this module adds nothing).
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber: stderr, `format`, `RUST_LOG` or `info`. Returns `false`
+/// (and changes nothing) if a subscriber was already installed, so calling it twice is
+/// harmless. An invalid `RUST_LOG` directive is skipped, not fatal.
+pub fn init(format: LogFormat) -> bool {
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal();
+            registry.with(text_layer(std::io::stderr, ansi)).try_init()
+        }
+        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
+    };
+    installed.is_ok()
+}
+
+/// The span every piece of work about one event runs in, so that each line logged inside
+/// carries the event's `seq` and `trace_id` (SPEC §6):
+///
+/// ```ignore
+/// let _entered = logging::event_span(&event).entered();
+/// tracing::info!(target_name = %name, "delivered");
+/// ```
+pub fn event_span(event: &crate::event::Event) -> tracing::Span {
+    tracing::info_span!("event", seq = event.seq, trace_id = %event.trace_id)
+}
+
+/// The human text layer, writing to `writer`, colours only if `ansi`: one line per event
+/// with time, level, the enclosing spans with their fields
+/// (`connector{target_name=...}:deliver{seq=7 trace_id=...}:`), target, message, fields.
+pub fn text_layer<S, W>(writer: W, ansi: bool) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi)
+}
+
+/// The JSON-lines layer, writing to `writer`: one object per event with `timestamp`,
+/// `level`, `target`, `spans` (names, root first, `:`-separated), the fields of every
+/// enclosing span, then the event's own fields (`message` among them).
+pub fn json_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .fmt_fields(JsonFields::new())
+        .event_format(FlatJson)
+        .with_writer(writer)
+}
+
+/// Formats one event as a flat JSON object (see [`json_layer`]).
+struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        let mut spans = None;
+        let mut fields = Map::new();
+        if let Some(scope) = ctx.event_scope() {
+            let mut names = Vec::new();
+            for span in scope.from_root() {
+                names.push(span.name());
+                let extensions = span.extensions();
+                // The layer stored the span's fields as a JSON object (JsonFields); inner
+                // spans come later and win on a name clash.
+                let span_fields = extensions
+                    .get::<FormattedFields<N>>()
+                    .and_then(|f| serde_json::from_str::<Map<String, Value>>(&f.fields).ok());
+                fields.extend(span_fields.into_iter().flatten());
+            }
+            spans = Some(names.join(":"));
+        }
+        event.record(&mut FieldVisitor(&mut fields));
+        // Fixed keys first, in a fixed order, so lines read alike; then the fields, sorted.
+        let timestamp = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let mut line = vec![
+            ("timestamp", Value::from(timestamp)),
+            ("level", meta.level().as_str().into()),
+            ("target", meta.target().into()),
+        ];
+        if let Some(message) = fields.remove("message") {
+            line.push(("message", message));
+        }
+        if let Some(spans) = spans {
+            line.push(("spans", spans.into()));
+        }
+        let mut text = String::from("{");
+        let mut push = |key: &str, value: &Value| -> std::fmt::Result {
+            let key = serde_json::to_string(key).map_err(|_| std::fmt::Error)?;
+            let value = serde_json::to_string(value).map_err(|_| std::fmt::Error)?;
+            if text.len() > 1 {
+                text.push(',');
+            }
+            write!(text, "{key}:{value}")
+        };
+        for (key, value) in &line {
+            push(key, value)?;
+        }
+        for (key, value) in &fields {
+            // A field named like a fixed key (`target = %name`) must not hide it.
+            if RESERVED.contains(&key.as_str()) {
+                push(&format!("field.{key}"), value)?;
+            } else {
+                push(key, value)?;
+            }
+        }
+        text.push('}');
+        writeln!(writer, "{text}")
+    }
+}
+
+/// The keys every JSON line starts with; fields of the same name get a `field.` prefix.
+const RESERVED: [&str; 5] = ["timestamp", "level", "target", "message", "spans"];
+
+/// Collects an event's fields into the JSON object, keeping numbers and booleans typed.
+struct FieldVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for FieldVisitor<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // NaN and infinities have no JSON number; keep them readable as strings.
+        let v = serde_json::Number::from_f64(value)
+            .map_or_else(|| value.to_string().into(), Value::Number);
+        self.0.insert(field.name().into(), v);
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0.insert(field.name().into(), value.to_string().into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn capture(f: impl FnOnce()) -> String {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(json_layer(move || sink.clone()));
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn json_lines(f: impl FnOnce()) -> Vec<Value> {
+        let text = capture(f);
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn text_line_carries_span_fields() {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(text_layer(move || sink.clone(), false));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("deliver", seq = 7u64, trace_id = %"4bf92f35");
+            let _g = span.enter();
+            tracing::info!("delivered");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(" INFO deliver{seq=7 trace_id=4bf92f35}:"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("delivered"), "{text}");
+        assert!(
+            !text.contains('\x1b'),
+            "no colours when ansi is off: {text}"
+        );
+    }
+
+    #[test]
+    fn json_line_carries_seq_and_trace_id_of_enclosing_spans() {
+        let lines = json_lines(|| {
+            let connector = tracing::info_span!("connector", target_name = "city_hall_cobol");
+            let _c = connector.enter();
+            let deliver = tracing::info_span!("deliver", seq = 7u64, trace_id = "4bf92f35");
+            let _d = deliver.enter();
+            tracing::info!(bytes = 35u64, ok = true, "delivered");
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let line = &lines[0];
+        assert_eq!(line["seq"], 7);
+        assert_eq!(line["trace_id"], "4bf92f35");
+        assert_eq!(line["target_name"], "city_hall_cobol");
+        assert_eq!(line["message"], "delivered");
+        assert_eq!(line["bytes"], 35);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["spans"], "connector:deliver");
+        assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+
+    #[test]
+    fn event_span_puts_seq_and_trace_id_on_every_line() {
+        let event = crate::event::Event {
+            seq: 41,
+            event_type: "PERMIT_STATUS".to_owned(),
+            payload: serde_json::Map::new(),
+            key: "k".to_owned(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+            ts: None,
+            received_at: Utc::now(),
+        };
+        let lines = json_lines(|| {
+            let _entered = event_span(&event).entered();
+            tracing::info!("mapped");
+            tracing::warn!(error = "refused", "delivery failed");
+        });
+        assert_eq!(lines.len(), 2);
+        for line in &lines {
+            assert_eq!(line["seq"], 41, "{line}");
+            assert_eq!(
+                line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{line}"
+            );
+            assert_eq!(line["spans"], "event", "{line}");
+        }
+    }
+
+    #[test]
+    fn fields_recorded_later_on_a_span_appear_too() {
+        let lines = json_lines(|| {
+            let span = tracing::info_span!("ingest", seq = tracing::field::Empty, trace_id = "t-1");
+            let _g = span.enter();
+            span.record("seq", 42u64);
+            tracing::warn!("committed");
+        });
+        assert_eq!(lines[0]["seq"], 42);
+        assert_eq!(lines[0]["trace_id"], "t-1");
+        assert_eq!(lines[0]["level"], "WARN");
+    }
+
+    #[test]
+    fn fixed_keys_come_first_and_are_not_hidden_by_fields() {
+        let text = capture(|| {
+            let span = tracing::info_span!("deliver", seq = 3u64, level = "span-level");
+            let _g = span.enter();
+            tracing::info!(zeta = 1u64, alpha = "a", "m");
+        });
+        let after_timestamp = text.split_once("Z\",").map(|(_, rest)| rest);
+        assert!(text.starts_with(r#"{"timestamp":""#), "{text}");
+        assert_eq!(
+            after_timestamp,
+            Some(concat!(
+                r#""level":"INFO","target":"ess::logging::tests","message":"m","spans":"deliver","#,
+                r#""alpha":"a","field.level":"span-level","seq":3,"zeta":1}"#,
+                "\n"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn line_outside_any_span_is_plain() {
+        let lines = json_lines(|| tracing::info!(addr = "127.0.0.1:8080", "listening"));
+        assert_eq!(lines[0]["addr"], "127.0.0.1:8080");
+        assert!(lines[0].get("spans").is_none());
+    }
+
+    #[test]
+    fn init_twice_is_harmless() {
+        // The first call may lose to another test's subscriber; the second must not panic
+        // and must report that nothing was installed.
+        let _ = init(LogFormat::Json);
+        assert!(!init(LogFormat::Text));
+    }
+}
