@@ -180,7 +180,7 @@ proptest! {
 
     #[test]
     fn rendering_any_payload_never_panics(p in payload()) {
-        for f in ["maps/permit_map.yml", "maps/payroll_map.yml", "maps/permit_status_ebcdic.yml"] {
+        for f in ["maps/permit_map.yml", "maps/payroll_batch.yml", "maps/permit_status_ebcdic.yml"] {
             let _ = compile_shipped(f).render(&event(p.clone()));
         }
     }
