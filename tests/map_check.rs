@@ -621,6 +621,27 @@ fn compile_errors_point_at_the_field() {
 }
 
 #[test]
+fn modifier_errors_point_at_the_modifier() {
+    // Plain scalar: `A: id | widht:3` `widht` at column 11.
+    check(
+        "fields:\n  A: id | widht:3\n",
+        "{}",
+        "compile:m.yml:4:11: unknown modifier \"widht\"",
+    );
+    // Quoted scalar: one more for the quote.
+    check(
+        "fields:\n  A: 'id | width:3 | align:mid'\n",
+        "{}",
+        "compile:m.yml:4:22: align \"mid\"",
+    );
+    check(
+        "fields:\n  A: 'a b | width:3'\n",
+        "{}",
+        "compile:m.yml:4:7: \"a b\" is not a payload path",
+    );
+}
+
+#[test]
 fn seed_map_without_widths_names_every_field_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let seed = "target: city_hall_cobol\nfields:\n  PERMIT_ID: id\n  STATUS    : status\n  TS        : updated_at | format:%Y%m%d%H%M%S\ndeliver: {kind: file, dir: out, file: permit.txt}\n";
