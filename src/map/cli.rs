@@ -298,7 +298,16 @@ pub fn from_copybook(copybook_text: &str, name: &str) -> anyhow::Result<String> 
     let entries: Vec<Option<String>> = cb
         .fields
         .iter()
-        .map(|f| (!f.filler).then(|| format!("{}: {}", yaml_key(&f.name), source_guess(&f.name))))
+        .map(|f| {
+            (!f.filler).then(|| {
+                format!(
+                    "{}: {}{}",
+                    yaml_key(&f.name),
+                    source_guess(&f.name),
+                    date_hint(f)
+                )
+            })
+        })
         .collect();
     let pad = entries
         .iter()
@@ -331,6 +340,19 @@ pub fn from_copybook(copybook_text: &str, name: &str) -> anyhow::Result<String> 
         "  mode: batch                   # one whole file per batch"
     )?;
     Ok(y)
+}
+
+/// `9(8)` fields named like dates and `9(6)` named like times usually hold one.
+fn date_hint(f: &super::copybook::CopyField) -> &'static str {
+    let Kind::Zoned { pic, .. } = f.kind else {
+        return "";
+    };
+    let n = f.name.to_ascii_uppercase();
+    match (pic.signed, pic.int_digits, pic.frac_digits) {
+        (false, 8, 0) if n.contains("DATE") || n.ends_with("-DT") => " | format:%Y%m%d",
+        (false, 6, 0) if n.contains("TIME") => " | format:%H%M%S",
+        _ => "",
+    }
 }
 
 fn snake(cobol: &str) -> String {
