@@ -57,9 +57,9 @@ pub fn init(format: LogFormat) -> bool {
 /// The span every piece of work about one event runs in, so that each line logged inside
 /// carries the event's `seq` and `trace_id` (SPEC §6):
 ///
-/// ```ignore
+/// ```text
 /// let _entered = logging::event_span(&event).entered();
-/// tracing::info!(target_name = %name, "delivered");
+/// tracing::info!(connector = %name, "delivered");
 /// ```
 pub fn event_span(event: &crate::event::Event) -> tracing::Span {
     tracing::info_span!("event", seq = event.seq, trace_id = %event.trace_id)

@@ -357,6 +357,7 @@ impl Runner {
         }
         let mut new_events = self.env.feed.subscribe();
         let mut wake = self.env.wake.clone();
+        let (mut feed_open, mut wake_open) = (true, true);
         if let Some(rotation) = &self.rotation {
             rotation.maybe_run(&name);
         }
@@ -373,11 +374,13 @@ impl Runner {
                 Wait::NewEvents => None,
                 Wait::For(d) => Some(d),
             };
+            // A closed channel (its sender gone: shutdown under way, or no admin socket in
+            // tests) would answer at once forever; stop listening to it instead of spinning.
             tokio::select! {
                 _ = shutdown.changed() => {}
-                _ = new_events.changed(), if sleep.is_none() => {}
-                _ = wake.changed() => {}
-                _ = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
+                r = new_events.changed(), if sleep.is_none() && feed_open => feed_open = r.is_ok(),
+                r = wake.changed(), if wake_open => wake_open = r.is_ok(),
+                _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(1))), if sleep.is_some() || !feed_open => {}
             }
         }
         tracing::info!(connector = %name, "connector stopped");

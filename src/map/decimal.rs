@@ -34,11 +34,11 @@ impl Decimal {
         let (int, frac) = body.split_once('.').unwrap_or((body, ""));
         let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
         if (int.is_empty() && frac.is_empty()) || !all_digits(int) || !all_digits(frac) {
-            return Err(format!("{text:?} is not a decimal number"));
+            return Err("value is not a decimal number".to_string());
         }
         let int = int.trim_start_matches('0');
         if int.len() + frac.len() > MAX_DIGITS {
-            return Err(format!("{text:?} has more than {MAX_DIGITS} digits"));
+            return Err(format!("value has more than {MAX_DIGITS} digits"));
         }
         let mut mantissa: i128 = 0;
         for b in int.bytes().chain(frac.bytes()) {

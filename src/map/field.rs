@@ -254,7 +254,7 @@ impl Field {
                     None => {
                         let keys: Vec<&str> = map.iter().map(|(k, _)| k.as_str()).collect();
                         return Err(format!(
-                            "{text:?} is not in the map ({}); add it, or a `default:`",
+                            "value is not in the map ({}); add it, or a `default:`",
                             keys.join(", ")
                         ));
                     }
@@ -345,7 +345,7 @@ impl Field {
                 if n > w {
                     if !self.truncate {
                         return Err(format!(
-                            "{text:?} is {n} characters, longer than width {w} (set `overflow: truncate` to cut)"
+                            "value is {n} characters, longer than width {w} (set `overflow: truncate` to cut)"
                         ));
                     }
                     let cut: String = match align {
@@ -394,7 +394,7 @@ impl Field {
 
 pub fn unmappable(c: char, enc: Encoding) -> String {
     format!(
-        "character {c:?} (U+{:04X}) cannot be written in {}",
+        "a character (U+{:04X}) cannot be written in {}",
         u32::from(c),
         enc.name()
     )
@@ -481,11 +481,12 @@ pub fn parse_time(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
         });
     match local {
         Some(l) => tz.from_local_datetime(&l).earliest().ok_or_else(|| {
-            format!("{t:?} does not exist in {tz} (skipped by a daylight-saving change)")
+            format!("the local time does not exist in {tz} (skipped by a daylight-saving change)")
         }),
-        None => Err(format!(
-            "{t:?} is not a date or time (expected RFC 3339 such as 2025-04-12T10:03:00Z, or 2025-04-12)"
-        )),
+        None => Err(
+            "value is not a date or time (expected RFC 3339 such as 2025-04-12T10:03:00Z, or 2025-04-12)"
+                .to_string(),
+        ),
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Appliance {
     pub ingest: Option<SocketAddr>,
     pub status: Option<SocketAddr>,
     pub stderr_log: PathBuf,
+    /// RUST_LOG for the daemon (default: `ESS_TEST_LOG`, else info).
+    pub log_filter: String,
 }
 
 impl Appliance {
@@ -71,6 +73,7 @@ impl Appliance {
             ingest: None,
             status: None,
             stderr_log,
+            log_filter: std::env::var("ESS_TEST_LOG").unwrap_or_else(|_| "info".into()),
         }
     }
 
@@ -91,10 +94,7 @@ impl Appliance {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("ESS_TEST_LOG").unwrap_or("info".into()),
-            )
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
