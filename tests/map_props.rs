@@ -214,6 +214,25 @@ proptest! {
     }
 
     #[test]
+    fn map_errors_never_quote_payload_values(v in "[ -~é€]{0,20}", n in "-?[0-9]{1,40}(\\.[0-9]{1,9})?") {
+        // Dead letters and logs carry the error text; payload values must not leak into it.
+        let marked = format!("Zq9{v}");
+        let payload: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "id": marked, "status": marked, "updated_at": marked, "parcel": marked,
+            "fee": {"amount": marked, "paid": serde_json::from_str::<Value>(&n).unwrap_or(Value::Null)},
+            "inspections": serde_json::from_str::<Value>(&format!("{n}9")).unwrap_or(Value::Null),
+            "employee": {"id": marked, "name": marked, "dept": marked}, "action": marked,
+            "effective_date": marked, "amount": marked,
+        })).unwrap();
+        for f in ["maps/permit_map.yml", "maps/payroll_batch.yml", "maps/permit_status_ebcdic.yml"] {
+            if let Err(e) = compile_shipped(f).render(&event(payload.clone())) {
+                prop_assert!(!e.to_string().contains("Zq9"), "{f}: {e}");
+                prop_assert!(!e.to_string().contains(&n) || n.len() < 3, "{f}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn rendering_any_payload_never_panics(p in payload()) {
         for f in ["maps/permit_map.yml", "maps/payroll_batch.yml", "maps/permit_status_ebcdic.yml"] {
             let _ = compile_shipped(f).render(&event(p.clone()));
