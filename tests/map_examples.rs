@@ -155,10 +155,9 @@ fn layout_dump(cb: &Copybook) -> String {
 
 #[test]
 fn golden_copybooks() {
-    for name in ["PAYROLL", "PERMIT"] {
-        let text =
-            std::fs::read_to_string(root().join(format!("tests/fixtures/copybooks/{name}.cpy")))
-                .unwrap();
+    // PERMIT.cpy is the one shipped next to maps/permit_status_ebcdic.yml.
+    for (name, dir) in [("PAYROLL", "tests/fixtures/copybooks"), ("PERMIT", "maps")] {
+        let text = std::fs::read_to_string(root().join(format!("{dir}/{name}.cpy"))).unwrap();
         let cb = Copybook::parse(&text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         golden(&format!("{name}.layout"), &layout_dump(&cb));
         let skeleton = cli::from_copybook(&text, &format!("{name}.cpy")).unwrap();
