@@ -72,6 +72,17 @@ fn hex(b: &[u8]) -> String {
 fn check_tz(map: &str, ev: &str, expected: &str, tz: &str) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("permit.cpy"), PERMIT_CPY).unwrap();
+    std::fs::write(dir.path().join("clauses.cpy"), CLAUSES_CPY).unwrap();
+    std::fs::write(
+        dir.path().join("redefines.cpy"),
+        "01 R.\n 05 A PIC X(4).\n 05 B REDEFINES A PIC 9(4).\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("odo.cpy"),
+        "01 R.\n 05 N PIC 99.\n 05 T OCCURS 1 TO 9 DEPENDING ON N PIC X.\n",
+    )
+    .unwrap();
     let m = match compile_in(dir.path(), map, tz) {
         Ok(m) => m,
         Err(e) => {
@@ -132,6 +143,23 @@ const PERMIT_CPY: &str = "\
            05  UNITS              PIC 9(4) COMP.
            05  FILLER             PIC X(2).
            05  BALANCE            PIC S9(3)V99.
+";
+
+/// Free-format source (no sequence area) exercising the remaining clauses.
+const CLAUSES_CPY: &str = "\
+*> free-format copybook
+01 CLAUSE-REC.
+   05 NAME        PIC X(6) JUSTIFIED RIGHT.
+   05 ADJ         PIC S9(3)V9 SIGN IS LEADING SEPARATE CHARACTER.
+   05 LEAD        PIC S9(3) SIGN LEADING.
+   05 TRAIL-SEP   PIC S99 SIGN TRAILING SEPARATE.
+   05 COUNTS      COMP-5.
+      10 CNT      PIC S9(4) OCCURS 2 TIMES.
+   05 BIG         PIC S9(12) BINARY.
+   05 GRID        OCCURS 2.
+      10 CELL     PIC X OCCURS 2 TIMES.
+   05 STATUS-X    PIC X VALUE 'A'.
+      88 ACTIVE   VALUE 'A'.
 ";
 
 const SEED_FIELDS: &str = "fields:\n  PERMIT_ID: id | width:10\n  STATUS   : status | width:10\n  TS       : updated_at | format:%Y%m%d%H%M%S | width:14\n";
@@ -593,6 +621,27 @@ fn compile_errors_point_at_the_field() {
 }
 
 #[test]
+fn modifier_errors_point_at_the_modifier() {
+    // Plain scalar: `A: id | widht:3` `widht` at column 11.
+    check(
+        "fields:\n  A: id | widht:3\n",
+        "{}",
+        "compile:m.yml:4:11: unknown modifier \"widht\"",
+    );
+    // Quoted scalar: one more for the quote.
+    check(
+        "fields:\n  A: 'id | width:3 | align:mid'\n",
+        "{}",
+        "compile:m.yml:4:22: align \"mid\"",
+    );
+    check(
+        "fields:\n  A: 'a b | width:3'\n",
+        "{}",
+        "compile:m.yml:4:7: \"a b\" is not a payload path",
+    );
+}
+
+#[test]
 fn seed_map_without_widths_names_every_field_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let seed = "target: city_hall_cobol\nfields:\n  PERMIT_ID: id\n  STATUS    : status\n  TS        : updated_at | format:%Y%m%d%H%M%S\ndeliver: {kind: file, dir: out, file: permit.txt}\n";
@@ -799,6 +848,46 @@ fn copybook_layouts() {
         &format!("{cb}fields: {{UNITS: units}}"),
         r#"{"units":-1}"#,
         "error: negative but the picture has no sign",
+    );
+}
+
+#[test]
+fn copybook_clauses() {
+    let m = "layout: clauses.cpy\nrecord: {line_end: \"\"}\nfields: ";
+    check(
+        &format!("{m}{{NAME: nm}}"),
+        r#"{"nm":"ab"}"#,
+        "hex:20 20 20 20 61 62 2B 30 30 30 30 7B 30 30 30 30 2B 00 00 00 00 00 00 00 00 00 00 00 00 20 20 20 20 20",
+    );
+    check(
+        &format!("{m}{{ADJ: a, LEAD: l, TRAIL-SEP: t}}"),
+        r#"{"a":-12.5,"l":-123,"t":7}"#,
+        "hex:20 20 20 20 20 20 2D 30 31 32 35 4A 32 33 30 37 2B 00 00 00 00 00 00 00 00 00 00 00 00 20 20 20 20 20",
+    );
+    check(
+        &format!("{m}{{CNT(1): 'c[0]', CNT(2): 'c[1]', BIG: b}}"),
+        r#"{"c":[1,-2],"b":-1}"#,
+        "hex:20 20 20 20 20 20 2B 30 30 30 30 7B 30 30 30 30 2B 00 01 FF FE FF FF FF FF FF FF FF FF 20 20 20 20 20",
+    );
+    check(
+        &format!("{m}{{\"CELL(1,2)\": g, \"CELL(2,1)\": h, STATUS-X: s}}"),
+        r#"{"g":"x","h":"y","s":"B"}"#,
+        "hex:20 20 20 20 20 20 2B 30 30 30 30 7B 30 30 30 30 2B 00 00 00 00 00 00 00 00 00 00 00 00 20 78 79 20 42",
+    );
+    check(
+        &format!("{m}{{BIG: b}}"),
+        r#"{"b":1234567890123}"#,
+        "error: does not fit in 12 integer digits",
+    );
+    check(
+        "layout: redefines.cpy\nfields: {A: id}",
+        "{}",
+        "compile:redefines.cpy:3:1: B REDEFINES A: two layouts over the same bytes are not supported",
+    );
+    check(
+        "layout: odo.cpy\nfields: {N: id}",
+        "{}",
+        "compile:OCCURS ... DEPENDING ON makes the record's length vary",
     );
 }
 

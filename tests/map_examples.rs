@@ -64,8 +64,17 @@ fn golden(name: &str, actual: &str) {
 fn every_shipped_map_compiles() {
     let files = connector::map_files(&root().join("maps")).unwrap();
     assert!(files.len() >= 3, "{files:?}");
+    let mut targets = std::collections::HashSet::new();
     for f in files {
         load(&f);
+        let text = std::fs::read_to_string(&f).unwrap();
+        let conn = connector::parse(&f, &text).unwrap();
+        assert!(
+            targets.insert(conn.file.target.value.clone()),
+            "{} reuses target {}",
+            f.display(),
+            conn.file.target.value
+        );
     }
 }
 
@@ -107,7 +116,7 @@ fn shipped_ebcdic_map_makes_80_byte_records() {
 
 #[test]
 fn shipped_payroll_map_balances_its_batches() {
-    let m = load(&root().join("maps/payroll_map.yml"));
+    let m = load(&root().join("maps/payroll_batch.yml"));
     let items: Vec<_> = [
         r#"{"employee":{"id":"E1","name":" Ann Lee ","dept":"fin","phone":"555-123-4567","ssn":"x"},"action":"HIRE","effective_date":"2025-04-14","amount":1234.50}"#,
         r#"{"employee":{"id":"E2","name":"Bo, Jr.","dept":"pw"},"action":"RAISE","effective_date":"2025-04-14","amount":"0.5"}"#,
@@ -146,10 +155,9 @@ fn layout_dump(cb: &Copybook) -> String {
 
 #[test]
 fn golden_copybooks() {
-    for name in ["PAYROLL", "PERMIT"] {
-        let text =
-            std::fs::read_to_string(root().join(format!("tests/fixtures/copybooks/{name}.cpy")))
-                .unwrap();
+    // PERMIT.cpy is the one shipped next to maps/permit_status_ebcdic.yml.
+    for (name, dir) in [("PAYROLL", "tests/fixtures/copybooks"), ("PERMIT", "maps")] {
+        let text = std::fs::read_to_string(root().join(format!("{dir}/{name}.cpy"))).unwrap();
         let cb = Copybook::parse(&text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         golden(&format!("{name}.layout"), &layout_dump(&cb));
         let skeleton = cli::from_copybook(&text, &format!("{name}.cpy")).unwrap();

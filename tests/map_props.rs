@@ -179,8 +179,62 @@ proptest! {
     }
 
     #[test]
+    fn any_copybook_lays_out_to_its_declared_length(items in prop::collection::vec((0u8..5, 1u32..9, 0u32..4, 1usize..4), 1..8), p in payload()) {
+        // Build a copybook and compute its length independently of the parser.
+        let mut cpy = String::from("       01  GEN-REC.\n");
+        let mut fields = String::new();
+        let mut expected = 0usize;
+        for (i, (kind, n, m, occurs)) in items.iter().enumerate() {
+            let (pic, width) = match kind {
+                0 => (format!("X({n})"), *n as usize),
+                1 => (format!("9({n})"), *n as usize),
+                2 => (format!("S9({n})V9({})", m + 1), (n + m + 1) as usize),
+                3 => (format!("S9({n})V9({}) COMP-3", m + 1), (n + m + 1) as usize / 2 + 1),
+                _ => (format!("9({n}) COMP"), if *n <= 4 { 2 } else { 4 }),
+            };
+            let occ = if *occurs > 1 { format!(" OCCURS {occurs} TIMES") } else { String::new() };
+            cpy.push_str(&format!("           05  F{i} PIC {pic}{occ}.\n"));
+            expected += width * occurs;
+            let src = ["a", "b", "c", "d", "e"][i % 5];
+            for k in 1..=*occurs {
+                let name = if *occurs > 1 { format!("\"F{i}({k})\"") } else { format!("F{i}") };
+                fields.push_str(&format!("  {name}: '{src} | default:\"0\"'\n"));
+            }
+        }
+        let cb = Copybook::parse(&cpy).unwrap_or_else(|e| panic!("{e:?}\n{cpy}"));
+        prop_assert_eq!(cb.len, expected);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gen.cpy"), &cpy).unwrap();
+        let yaml = format!("target: g\nlayout: gen.cpy\nrecord: {{line_end: \"\", encoding: ebcdic-1047}}\nfields:\n{fields}deliver: {{kind: file, dir: o, file: f}}\n");
+        let m = compile(dir.path(), &yaml).unwrap_or_else(|| panic!("generated map must compile:\n{yaml}"));
+        prop_assert_eq!(m.record_len(), Some(expected));
+        if let Ok(r) = m.render(&event(p)) {
+            prop_assert_eq!(r.bytes.len(), expected);
+        }
+    }
+
+    #[test]
+    fn map_errors_never_quote_payload_values(v in "[ -~é€]{0,20}", n in "-?[0-9]{1,40}(\\.[0-9]{1,9})?") {
+        // Dead letters and logs carry the error text; payload values must not leak into it.
+        let marked = format!("Zq9{v}");
+        let payload: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "id": marked, "status": marked, "updated_at": marked, "parcel": marked,
+            "fee": {"amount": marked, "paid": serde_json::from_str::<Value>(&n).unwrap_or(Value::Null)},
+            "inspections": serde_json::from_str::<Value>(&format!("{n}9")).unwrap_or(Value::Null),
+            "employee": {"id": marked, "name": marked, "dept": marked}, "action": marked,
+            "effective_date": marked, "amount": marked,
+        })).unwrap();
+        for f in ["maps/permit_map.yml", "maps/payroll_batch.yml", "maps/permit_status_ebcdic.yml"] {
+            if let Err(e) = compile_shipped(f).render(&event(payload.clone())) {
+                prop_assert!(!e.to_string().contains("Zq9"), "{f}: {e}");
+                prop_assert!(!e.to_string().contains(&n) || n.len() < 3, "{f}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn rendering_any_payload_never_panics(p in payload()) {
-        for f in ["maps/permit_map.yml", "maps/payroll_map.yml", "maps/permit_status_ebcdic.yml"] {
+        for f in ["maps/permit_map.yml", "maps/payroll_batch.yml", "maps/permit_status_ebcdic.yml"] {
             let _ = compile_shipped(f).render(&event(p.clone()));
         }
     }

@@ -138,7 +138,7 @@ fn show(m: &Mapping, bytes: &[u8], is_record: bool, out: &mut String) {
             _ => "\n",
         });
     } else {
-        hex_dump(m, bytes, out);
+        hex_dump(m, bytes, is_record, out);
     }
     if is_record {
         legend(m, out);
@@ -164,19 +164,30 @@ fn ruler(len: usize, out: &mut String) {
     out.push('\n');
 }
 
-fn hex_dump(m: &Mapping, bytes: &[u8], out: &mut String) {
+/// Offsets, hex, and the bytes read as characters of the encoding; bytes of packed and
+/// binary fields show as `.` (read as characters they would only mislead).
+fn hex_dump(m: &Mapping, bytes: &[u8], is_record: bool, out: &mut String) {
+    let mut binary = vec![false; bytes.len()];
+    if is_record && m.format == Format::Fixed {
+        let mut at = 0;
+        for f in &m.fields {
+            let w = f.kind.width().unwrap_or(0);
+            if f.kind.is_binary() {
+                binary.iter_mut().skip(at).take(w).for_each(|b| *b = true);
+            }
+            at += w;
+        }
+    }
     let _ = writeln!(out, "{} bytes, {}:", bytes.len(), m.encoding.name());
     for (i, chunk) in bytes.chunks(16).enumerate() {
         let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02X}")).collect();
         let text: String = chunk
             .iter()
-            .map(|&b| {
+            .zip(&binary[i * 16..])
+            .map(|(&b, &is_bin)| {
                 let c = m.encoding.decode_byte(b);
-                if c.is_control() || (u32::from(c) >= 0x80 && u32::from(c) < 0xA0) {
-                    '.'
-                } else {
-                    c
-                }
+                let unprintable = c.is_control() || (u32::from(c) >= 0x80 && u32::from(c) < 0xA0);
+                if is_bin || unprintable { '.' } else { c }
             })
             .collect();
         let _ = writeln!(out, "{:06X}  {:<47}  |{text}|", i * 16, hex.join(" "));
@@ -287,7 +298,16 @@ pub fn from_copybook(copybook_text: &str, name: &str) -> anyhow::Result<String> 
     let entries: Vec<Option<String>> = cb
         .fields
         .iter()
-        .map(|f| (!f.filler).then(|| format!("{}: {}", yaml_key(&f.name), source_guess(&f.name))))
+        .map(|f| {
+            (!f.filler).then(|| {
+                format!(
+                    "{}: {}{}",
+                    yaml_key(&f.name),
+                    source_guess(&f.name),
+                    date_hint(f)
+                )
+            })
+        })
         .collect();
     let pad = entries
         .iter()
@@ -320,6 +340,19 @@ pub fn from_copybook(copybook_text: &str, name: &str) -> anyhow::Result<String> 
         "  mode: batch                   # one whole file per batch"
     )?;
     Ok(y)
+}
+
+/// `9(8)` fields named like dates and `9(6)` named like times usually hold one.
+fn date_hint(f: &super::copybook::CopyField) -> &'static str {
+    let Kind::Zoned { pic, .. } = f.kind else {
+        return "";
+    };
+    let n = f.name.to_ascii_uppercase();
+    match (pic.signed, pic.int_digits, pic.frac_digits) {
+        (false, 8, 0) if n.contains("DATE") || n.ends_with("-DT") => " | format:%Y%m%d",
+        (false, 6, 0) if n.contains("TIME") => " | format:%H%M%S",
+        _ => "",
+    }
 }
 
 fn snake(cobol: &str) -> String {

@@ -74,14 +74,28 @@ struct Token {
 }
 
 /// Source lines to tokens; a period ending a word is its own token (the sentence end).
+/// Whether a line fits the fixed reference format: columns 1–6 a sequence area (digits or
+/// spaces), column 7 an indicator (space, `*`, `/`, `-`).
+fn looks_fixed(line: &str) -> bool {
+    let chars: Vec<char> = line.chars().take(7).collect();
+    chars.len() < 7
+        || (chars[..6].iter().all(|c| c.is_ascii_digit() || *c == ' ')
+            && matches!(chars[6], ' ' | '*' | '/' | '-'))
+}
+
 fn tokenize(text: &str) -> Result<Vec<Token>, CopyError> {
+    // One format for the whole file: free-format text often starts a level number within
+    // the first six columns, which read as fixed-format would lose it.
+    let fixed = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .all(looks_fixed);
     let mut out = Vec::new();
     for (idx, raw) in text.lines().enumerate() {
         let line = idx + 1;
         let raw = raw.trim_end_matches('\r');
         let chars: Vec<char> = raw.chars().collect();
-        let fixed = chars.len() > 6 && chars[..6].iter().all(|c| c.is_ascii_digit() || *c == ' ');
-        let content: String = if fixed {
+        let content: String = if fixed && chars.len() > 6 {
             match chars[6] {
                 '*' | '/' => continue,
                 '-' => {
@@ -97,7 +111,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, CopyError> {
                     .collect(),
             }
         } else {
-            if raw.trim_start().starts_with('*') {
+            if raw.trim_start().starts_with('*') || fixed {
                 continue;
             }
             raw.to_string()

@@ -86,7 +86,7 @@ impl Decimal {
             let div = 10u128.pow(self.scale - frac_digits);
             if m % div != 0 {
                 return Err(format!(
-                    "{self} has {} decimal places; the picture keeps {frac_digits}",
+                    "value has {} decimal places; the picture keeps {frac_digits}",
                     self.scale
                 ));
             }
@@ -95,7 +95,7 @@ impl Decimal {
             let mul = 10u128
                 .checked_pow(frac_digits - self.scale)
                 .and_then(|p| m.checked_mul(p))
-                .ok_or_else(|| format!("{self} is too large"))?;
+                .ok_or_else(|| "value is too large".to_string())?;
             m = mul;
         }
         let n = (int_digits + frac_digits) as usize;
@@ -126,9 +126,7 @@ impl Decimal {
             }
         }
         if m != 0 && !truncate {
-            return Err(format!(
-                "{self} does not fit in {int_digits} integer digits"
-            ));
+            return Err(format!("value does not fit in {int_digits} integer digits"));
         }
         Ok(out)
     }

@@ -384,9 +384,9 @@ impl Field {
         let digits = d.to_digits(pic.int_digits, pic.frac_digits, self.truncate)?;
         let neg = d.is_negative() && digits.bytes().any(|b| b != b'0');
         if neg && !pic.signed {
-            return Err(format!(
-                "{d} is negative but the picture has no sign (write S9... to allow it)"
-            ));
+            return Err(
+                "value is negative but the picture has no sign (write S9... to allow it)".into(),
+            );
         }
         Ok((neg, digits))
     }
@@ -494,7 +494,7 @@ fn format_time(t: &DateTime<Tz>, items: &[Item<'static>], pattern: &str) -> Resu
     let mut s = String::new();
     // A pattern that needs something the value lacks makes Display fail; report, never panic.
     write!(s, "{}", t.format_with_items(items.iter()))
-        .map_err(|_| format!("format {pattern:?} cannot format {t}"))?;
+        .map_err(|_| format!("format {pattern:?} cannot format this time"))?;
     Ok(s)
 }
 

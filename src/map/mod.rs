@@ -585,15 +585,36 @@ impl Compiler<'_> {
     /// Parses one field definition; problems are recorded at the definition.
     fn def(&mut self, spec: &Spanned<FieldSpec>) -> Option<FieldDef> {
         let r = match &spec.value {
-            FieldSpec::Short(s) => FieldDef::parse_short(s),
-            FieldSpec::Long(l) => FieldDef::from_long(l),
+            FieldSpec::Short(s) => FieldDef::parse_short_at(s).map_err(|errs| {
+                // Point at the modifier when the value sits on one line, plain or quoted
+                // without escapes (its span is then the text, or the text plus two quotes).
+                let (line, col) = (spec.referenced.line(), spec.referenced.column());
+                let span_len = spec.referenced.span().len();
+                let n = s.chars().count() as u64;
+                let shift = if span_len == n {
+                    Some(0)
+                } else if span_len == n + 2 {
+                    Some(1)
+                } else {
+                    None
+                };
+                errs.into_iter()
+                    .map(|(at, m)| match shift.filter(|_| !s.contains('\n')) {
+                        Some(q) => Diagnostic::new(self.file, line, col + q + at as u64, m),
+                        None => Diagnostic::new(self.file, line, col, m),
+                    })
+                    .collect::<Vec<_>>()
+            }),
+            FieldSpec::Long(l) => FieldDef::from_long(l).map_err(|errs| {
+                errs.into_iter()
+                    .map(|m| Diagnostic::at(self.file, spec, m))
+                    .collect()
+            }),
         };
         match r {
             Ok(d) => Some(d),
-            Err(msgs) => {
-                for m in msgs {
-                    self.at(spec, m);
-                }
+            Err(diags) => {
+                self.errs.extend(diags);
                 None
             }
         }
@@ -701,10 +722,10 @@ impl Compiler<'_> {
                 );
             }
             match &cf.kind {
-                Kind::Text { width, .. } => Kind::Text {
+                Kind::Text { width, align, pad } => Kind::Text {
                     width: *width,
-                    align: def.align.unwrap_or(Align::Left),
-                    pad: def.pad.unwrap_or(' '),
+                    align: def.align.unwrap_or(*align),
+                    pad: def.pad.unwrap_or(*pad),
                 },
                 other => {
                     if def.align.is_some() || def.pad.is_some() {

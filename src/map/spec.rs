@@ -323,21 +323,33 @@ const MODIFIERS: &str = "width:N, align:left|right, pad:C, format:STRFTIME, numb
 impl FieldDef {
     /// Parses the short form `src | mod | mod:arg`. `|` inside quotes or braces does not split.
     pub fn parse_short(text: &str) -> Result<FieldDef, Vec<String>> {
+        Self::parse_short_at(text).map_err(|errs| errs.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// As [`FieldDef::parse_short`], each problem with the character offset in `text` of
+    /// the part it is about (so a diagnostic can point at the modifier itself).
+    pub fn parse_short_at(text: &str) -> Result<FieldDef, Vec<(usize, String)>> {
+        // `split_top_level` returns sub-slices of `text`: their offsets are pointer distances.
+        let offset_of = |part: &str| {
+            let start = part.as_ptr() as usize - text.as_ptr() as usize;
+            let lead = part.len() - part.trim_start().len();
+            text[..start + lead].chars().count()
+        };
         let parts = split_top_level(text, '|');
         let mut def = FieldDef::default();
         let mut errs = Vec::new();
         match Source::parse(parts[0]) {
             Ok(s) => def.source = Some(s),
-            Err(e) => errs.push(e),
+            Err(e) => errs.push((offset_of(parts[0]), e)),
         }
-        for m in &parts[1..] {
-            let m = m.trim();
+        for part in &parts[1..] {
+            let m = part.trim();
             let (name, arg) = match m.split_once(':') {
                 Some((n, a)) => (n.trim(), Some(a)),
                 None => (m, None),
             };
             if let Err(e) = def.apply(name, arg) {
-                errs.push(e);
+                errs.push((offset_of(part), e));
             }
         }
         if errs.is_empty() { Ok(def) } else { Err(errs) }
