@@ -188,10 +188,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Map(MapCommand::FromCopybook { copybook }) => {
             let text = read_input(&copybook)?;
+            // The file's real name becomes `layout:` (PERMIT.CPY stays PERMIT.CPY).
             let name = copybook
-                .file_stem()
+                .file_name()
                 .and_then(|s| s.to_str())
-                .unwrap_or("record");
+                .unwrap_or("record.cpy");
             print!("{}", crate::map::cli::from_copybook(&text, name)?);
             Ok(())
         }
@@ -216,7 +217,9 @@ fn check(config: &Path) -> anyhow::Result<()> {
             for e in &d.0 {
                 println!("{e}");
             }
-            return Err(d.into());
+            return Err(
+                UsageError(format!("{} problem(s) in {}", d.0.len(), config.display())).into(),
+            );
         }
     };
     match crate::connector::load_all(&cfg.maps_dir, cfg.timezone) {
@@ -237,7 +240,12 @@ fn check(config: &Path) -> anyhow::Result<()> {
             for e in &errs {
                 println!("{e}");
             }
-            Err(Diagnostics(errs).into())
+            Err(UsageError(format!(
+                "{} problem(s) in the maps of {}",
+                errs.len(),
+                cfg.maps_dir.display()
+            ))
+            .into())
         }
     }
 }

@@ -87,23 +87,8 @@ pub struct InitOptions {
 /// The seed event of the demo (SPEC §4).
 pub const SEED_EVENT: &str = r#"{"type":"PERMIT_STATUS","payload":{"id":"BP-802","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z"}}"#;
 
-/// The permit map as `ess init` writes it (SPEC §4).
-pub const PERMIT_MAP: &str = r#"# maps/permit_map.yml — the City Hall COBOL connector.
-# Every event of type PERMIT_STATUS becomes one fixed-width line in ../out/permit.txt,
-# which the mainframe's batch job picks up.
-target: city_hall_cobol
-events: [PERMIT_STATUS]          # event types to take; default: all
-format: fixed                    # fixed | csv | json | soap
-fields:
-  PERMIT_ID: id | width:10
-  STATUS   : status | width:10
-  TS       : updated_at | format:%Y%m%d%H%M%S | width:14
-deliver:
-  kind: file
-  dir: ../out                    # relative to this map file
-  file: permit.txt               # may use {{date}} ({{date:%Y%m%d}}), {{target}}, {{seq}}
-  mode: append                   # append | batch
-"#;
+/// The permit map as `ess init` writes it (SPEC §4): the commented example of `maps/`.
+pub const PERMIT_MAP: &str = include_str!("../maps/permit_map.yml");
 
 fn config_text(o: &InitOptions) -> String {
     format!(

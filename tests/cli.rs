@@ -90,9 +90,27 @@ fn check_reports_every_problem_with_file_line_col_and_exits_2() {
         "{out}"
     );
     assert!(
-        out.contains("permit_map.yml:9:") && out.contains("STATUS") && out.contains("width"),
+        out.contains("permit_map.yml:12:") && out.contains("STATUS") && out.contains("width"),
         "{out}"
     );
+
+    // The seed's own map as printed in the design chapter: no widths, no deliver.
+    std::fs::remove_file(app.dir.join("maps/other.yml")).unwrap();
+    std::fs::write(&map, "target: city_hall_cobol\nfields:\n  PERMIT_ID: id\n  STATUS    : status\n  TS        : updated_at | format:%Y%m%d%H%M%S\n").unwrap();
+    let (code, out, err) = ess(&["check", "--config", app.config.to_str().unwrap()], None);
+    assert_eq!(code, 2);
+    for (line, field) in [(3, "PERMIT_ID"), (4, "STATUS"), (5, "TS")] {
+        assert!(
+            out.contains(&format!("permit_map.yml:{line}:"))
+                && out.contains(&format!("field {field} has no width")),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("width:14") && out.contains("missing deliver"),
+        "{out}"
+    );
+    assert!(err.contains("4 problem(s)"), "{err}");
 
     app.edit_config("log:", "colour: blue\nlog:");
     let (code, out, _) = ess(&["check", "--config", app.config.to_str().unwrap()], None);

@@ -77,7 +77,7 @@ fn map_spec(name: &str, url: String) -> (HttpDeliver, String) {
         .join("maps")
         .join(name);
     let conn = parse(&path, &std::fs::read_to_string(&path).unwrap()).unwrap();
-    let DeliverSpec::Http(mut spec) = conn.file.deliver.value.clone() else {
+    let DeliverSpec::Http(mut spec) = conn.file.deliver.as_ref().unwrap().value.clone() else {
         panic!("{name} is not http")
     };
     spec.url = url;

@@ -46,7 +46,9 @@ pub struct ConnectorFile {
     pub transform: Option<Spanned<TransformSpec>>,
     #[serde(default)]
     pub compliance: Option<Spanned<ComplianceSpec>>,
-    pub deliver: Spanned<DeliverSpec>,
+    /// Where records go; required (its absence is reported with the map's other problems).
+    #[serde(default)]
+    pub deliver: Option<Spanned<DeliverSpec>>,
     #[serde(default)]
     pub retry: Option<RetrySpec>,
     #[serde(default)]
@@ -377,7 +379,9 @@ deliver:
         let (_, ts) = &c.file.fields.as_ref().unwrap().0[2];
         assert_eq!(ts.referenced.line(), 8);
         assert!(matches!(&ts.value, FieldSpec::Short(s) if s.starts_with("updated_at")));
-        assert!(matches!(&c.file.deliver.value, DeliverSpec::File(f) if f.file == "permit.txt"));
+        assert!(
+            matches!(&c.file.deliver.as_ref().unwrap().value, DeliverSpec::File(f) if f.file == "permit.txt")
+        );
     }
 
     #[test]

@@ -156,7 +156,17 @@ fn compile(loaded: &LoadedConnector, tz: Tz) -> Result<ConnectorSpec, Vec<Diagno
             .map_err(|e| errs.push(Diagnostic::at(path, r, format!("rotate: {e}"))))
             .ok()
     });
-    if let (Some(r), DeliverSpec::Sftp(_) | DeliverSpec::Http(_)) = (&f.rotate, &f.deliver.value) {
+    if f.deliver.is_none() {
+        errs.push(Diagnostic::new(
+            path,
+            1,
+            1,
+            "missing deliver: add where records go, e.g.\n  deliver:\n    kind: file\n    dir: ../out\n    file: permit.txt\n    mode: append",
+        ));
+    }
+    let deliver_kind = f.deliver.as_ref().map(|d| &d.value);
+    if let (Some(r), Some(DeliverSpec::Sftp(_) | DeliverSpec::Http(_))) = (&f.rotate, deliver_kind)
+    {
         errs.push(Diagnostic::at(
             path,
             r,
@@ -164,26 +174,31 @@ fn compile(loaded: &LoadedConnector, tz: Tz) -> Result<ConnectorSpec, Vec<Diagno
         ));
     }
     let base_dir = loaded.base_dir();
-    let spec = mapping.zip(policy).map(|(mapping, policy)| ConnectorSpec {
-        name,
-        path: path.clone(),
-        base_dir,
-        format: f
-            .format
-            .as_ref()
-            .map_or("fixed".into(), |f| f.value.clone()),
-        mapping: Arc::new(mapping),
-        deliver: f.deliver.value.clone(),
-        policy,
-        schedule,
-        start,
-        max_batch: f.batch.as_ref().and_then(|b| b.max_events),
-        linger,
-        rotate,
-    });
+    let spec = mapping
+        .zip(policy)
+        .zip(f.deliver.as_ref())
+        .map(|((mapping, policy), deliver)| ConnectorSpec {
+            name,
+            path: path.clone(),
+            base_dir,
+            format: f
+                .format
+                .as_ref()
+                .map_or("fixed".into(), |f| f.value.clone()),
+            mapping: Arc::new(mapping),
+            deliver: deliver.value.clone(),
+            policy,
+            schedule,
+            start,
+            max_batch: f.batch.as_ref().and_then(|b| b.max_events),
+            linger,
+            rotate,
+        });
     if let Some(spec) = &spec {
         if let Err(e) = build_target(spec, tz) {
-            errs.push(Diagnostic::at(path, &f.deliver, format!("deliver: {e}")));
+            if let Some(d) = &f.deliver {
+                errs.push(Diagnostic::at(path, d, format!("deliver: {e}")));
+            }
         }
     }
     match spec {

@@ -143,15 +143,48 @@ impl FileTarget {
             .map_err(|e| io_err("cannot create folder", &self.dir, e))?;
         let existed = path.exists();
         let mut file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .open(&path)
             .map_err(|e| io_err("cannot open", &path, e))?;
-        let bytes: Vec<u8> = d
+        let meta = file
+            .metadata()
+            .map_err(|e| io_err("cannot stat", &path, e))?;
+        let records: Vec<u8> = d
             .items
             .iter()
             .flat_map(|(_, r)| r.bytes.iter().copied())
             .collect();
+        let marked = mark
+            .as_ref()
+            .is_some_and(|m| m.path == path && m.dev == meta.dev() && m.ino == meta.ino());
+        let bytes = if marked {
+            // Our own file, its uncommitted tail already cut: append.
+            records
+        } else {
+            // A file the checkpoint does not know: new (first delivery, a new date), or left
+            // by an attempt whose commit never happened, or somebody else's.
+            let mut ours = match &self.mapping {
+                Some(m) => m
+                    .csv_header_row()
+                    .map_err(|e| DeliveryError::Permanent(format!("CSV header: {e}")))?,
+                None => Vec::new(),
+            };
+            ours.extend_from_slice(&records);
+            match reconcile_unknown(&mut file, meta.len(), &ours)
+                .map_err(|e| io_err("cannot read", &path, e))?
+            {
+                Unknown::Ours { written } => ours.split_off(written),
+                Unknown::OursLonger => {
+                    tracing::warn!(path = %path.display(), "removing records an interrupted delivery wrote past this batch");
+                    file.set_len(ours.len() as u64)
+                        .map_err(|e| io_err("cannot truncate", &path, e))?;
+                    Vec::new()
+                }
+                Unknown::Foreign => records,
+            }
+        };
         self.write_durably(&mut file, &bytes, &path)?;
         if !existed {
             sync_dir(&self.dir).map_err(|e| io_err("cannot fsync folder", &self.dir, e))?;
@@ -242,6 +275,33 @@ fn replay_name(name: &str, last: u64) -> String {
         Some((stem, ext)) if !stem.is_empty() => format!("{stem}.replay-{last}.{ext}"),
         _ => format!("{name}.replay-{last}"),
     }
+}
+
+/// What a file unknown to the checkpoint holds, compared with what this delivery writes
+/// (`ours`: CSV column row, if any, then the records).
+enum Unknown {
+    /// Empty, or a prefix of `ours` (an interrupted attempt): `written` bytes are there.
+    Ours { written: usize },
+    /// Starts with all of `ours` and more: an interrupted attempt of a bigger batch.
+    OursLonger,
+    /// Somebody else's content: append after it, never touch it.
+    Foreign,
+}
+
+fn reconcile_unknown(file: &mut File, len: u64, ours: &[u8]) -> std::io::Result<Unknown> {
+    use std::io::{Read, Seek, SeekFrom};
+    if len == 0 {
+        return Ok(Unknown::Ours { written: 0 });
+    }
+    let n = usize::try_from(len).unwrap_or(usize::MAX).min(ours.len());
+    let mut head = vec![0u8; n];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut head)?;
+    Ok(match (head == ours[..n], (len as usize) > ours.len()) {
+        (true, false) => Unknown::Ours { written: n },
+        (true, true) => Unknown::OursLonger,
+        (false, _) => Unknown::Foreign,
+    })
 }
 
 /// Truncates the marked file back to the marked length if it is the same file and longer.
@@ -380,6 +440,43 @@ mod tests {
             let got = std::fs::read_to_string(dir.path().join("out/permit.txt")).unwrap();
             assert_eq!(got, expected(1..=7), "{fault:?}");
         }
+    }
+
+    /// A crash during the very first delivery (no checkpoint yet), or the first one into a
+    /// new dated file, leaves a file the checkpoint does not know: it is recognised as ours.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_crash_before_the_first_commit_into_a_new_file_leaves_no_double() {
+        for fault in [Fault::TornWrite, Fault::FsyncFails, Fault::None] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut t = target(dir.path(), "append", "permit.txt");
+            t.fault = fault;
+            let _ = deliver(&mut t, &items(1..=3), &[]).await;
+            // After a restart the retry may be bigger (more events arrived) ...
+            let cp = deliver(&mut t, &items(1..=5), &[]).await.unwrap();
+            deliver(&mut t, &items(6..=6), &cp).await.unwrap();
+            let got = std::fs::read_to_string(dir.path().join("out/permit.txt")).unwrap();
+            assert_eq!(got, expected(1..=6), "{fault:?}");
+        }
+        // ... or smaller (a retry goes alone): the extra uncommitted records are removed.
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = target(dir.path(), "append", "permit.txt");
+        let _lost = deliver(&mut t, &items(1..=3), &[]).await.unwrap();
+        let cp = deliver(&mut t, &items(1..=1), &[]).await.unwrap();
+        deliver(&mut t, &items(2..=3), &cp).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/permit.txt")).unwrap(),
+            expected(1..=3)
+        );
+        // Somebody else's file under our name is kept whole.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        std::fs::write(dir.path().join("out/permit.txt"), "THEIRS\n").unwrap();
+        let mut t = target(dir.path(), "append", "permit.txt");
+        deliver(&mut t, &items(1..=2), &[]).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/permit.txt")).unwrap(),
+            format!("THEIRS\n{}", expected(1..=2))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
