@@ -96,11 +96,7 @@ impl Ledger {
         let tx = self.db.begin_write()?;
         let state = {
             let mut t = tx.open_table(CURSORS)?;
-            let existing = t
-                .get(connector)?
-                .map(|v| schema::decode(v.value()))
-                .transpose()
-                .map_err(Error::Format)?;
+            let existing = decoded(&t, connector)?;
             match existing {
                 Some(s) => s,
                 None => {
@@ -136,12 +132,7 @@ impl Ledger {
         let tx = self.db.begin_write()?;
         let state = {
             let mut cursors = tx.open_table(CURSORS)?;
-            let mut state: CursorState = cursors
-                .get(connector)?
-                .map(|v| schema::decode(v.value()))
-                .transpose()
-                .map_err(Error::Format)?
-                .unwrap_or_default();
+            let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
             state.seq = state.seq.max(new_seq);
             state.checkpoint = checkpoint;
             state.pinned = None;
@@ -166,12 +157,7 @@ impl Ledger {
         let tx = self.db.begin_write()?;
         {
             let mut cursors = tx.open_table(CURSORS)?;
-            let mut state: CursorState = cursors
-                .get(connector)?
-                .map(|v| schema::decode(v.value()))
-                .transpose()
-                .map_err(Error::Format)?
-                .unwrap_or_default();
+            let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
             state.pinned = Some(last);
             cursors.insert(connector, schema::encode(&state).as_slice())?;
         }
@@ -194,17 +180,25 @@ impl Ledger {
     }
 }
 
+/// The versioned value stored under `connector` in a connector-keyed table, decoded.
+pub(crate) fn decoded<T: serde::de::DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    connector: &str,
+) -> Result<Option<T>, Error> {
+    table
+        .get(connector)?
+        .map(|v| schema::decode(v.value()))
+        .transpose()
+        .map_err(Error::Format)
+}
+
 /// Reads a cursor through any redb handle (daemon or read-only CLI).
 pub fn read_cursor<D: ReadableDatabase>(
     db: &D,
     connector: &str,
 ) -> Result<Option<CursorState>, Error> {
     let tx = db.begin_read()?;
-    let t = tx.open_table(CURSORS)?;
-    let v = t.get(connector)?;
-    v.map(|v| schema::decode(v.value()))
-        .transpose()
-        .map_err(Error::Format)
+    decoded(&tx.open_table(CURSORS)?, connector)
 }
 
 /// Reads a retry state through any redb handle.
@@ -213,11 +207,7 @@ pub fn read_retry<D: ReadableDatabase>(
     connector: &str,
 ) -> Result<Option<RetryState>, Error> {
     let tx = db.begin_read()?;
-    let t = tx.open_table(RETRIES)?;
-    let v = t.get(connector)?;
-    v.map(|v| schema::decode(v.value()))
-        .transpose()
-        .map_err(Error::Format)
+    decoded(&tx.open_table(RETRIES)?, connector)
 }
 
 /// Reads a connector's dead letters through any redb handle.

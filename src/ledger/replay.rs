@@ -25,12 +25,7 @@ impl Ledger {
         let tx = self.db.begin_write()?;
         let mut n = 0;
         {
-            let cursor: Option<CursorState> = tx
-                .open_table(CURSORS)?
-                .get(connector)?
-                .map(|v| schema::decode(v.value()))
-                .transpose()
-                .map_err(Error::Format)?;
+            let cursor: Option<CursorState> = super::decoded(&tx.open_table(CURSORS)?, connector)?;
             let to = to.min(cursor.map_or(0, |c| c.seq));
             if from <= to {
                 let events = tx.open_table(EVENTS)?;
@@ -116,12 +111,7 @@ impl Ledger {
         let tx = self.db.begin_write()?;
         let state = {
             let mut cursors = tx.open_table(CURSORS)?;
-            let mut state: CursorState = cursors
-                .get(connector)?
-                .map(|v| schema::decode(v.value()))
-                .transpose()
-                .map_err(Error::Format)?
-                .unwrap_or_default();
+            let mut state: CursorState = super::decoded(&cursors, connector)?.unwrap_or_default();
             state.checkpoint = checkpoint;
             state.delivered += n_delivered;
             if n_delivered > 0 {
