@@ -275,3 +275,55 @@ fn essctl_is_ess() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("send"));
 }
+
+#[test]
+fn send_resends_a_batch_whose_answer_never_came_until_the_daemon_is_up() {
+    let mut app = Appliance::init();
+    // A fixed free port, so `ess send` can be started before the daemon listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    app.edit_config(
+        "listen: 127.0.0.1:0\n  cert",
+        &format!("listen: 127.0.0.1:{port}\n  cert"),
+    );
+    let events = app.tmp.path().join("e.json");
+    std::fs::write(&events, permit_event("LATE").to_string()).unwrap();
+    let sender = Command::new(BIN)
+        .args([
+            "send",
+            "--config",
+            app.config.to_str().unwrap(),
+            events.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sender = sender;
+    let stderr = sender.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Wait until `send` has found no daemon and is re-sending, then bring the daemon up.
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("send reports its retries");
+        if line.contains("re-sending") {
+            break;
+        }
+    }
+    app.start();
+    let out = sender.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("accepted: 1, duplicates: 0"));
+    wait_until("the line", Duration::from_secs(30), || {
+        app.read_out("permit.txt") == permit_line("LATE")
+    });
+}

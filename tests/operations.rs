@@ -92,6 +92,19 @@ fn an_unmappable_event_is_a_dead_letter_listed_and_replayable() {
         out = ess(&["list", "--config", &cfg, "--dead", "--json"], None).1;
         out.contains("city_hall_cobol") && out.contains("\"map\"")
     });
+    // Receipts tell the same story, per connector.
+    let rt = rt();
+    let mut c = app.client();
+    let receipt = rt
+        .block_on(c.receipt("key-MUCH-TOO-LONG-ID"))
+        .unwrap()
+        .json();
+    assert_eq!(receipt["targets"]["city_hall_cobol"], "dead");
+    let other = serde_json::json!({"type": "BUDGET_LINE", "idempotency_key": "budget-1", "payload": {"id": "B1"}});
+    rt.block_on(c.post_events(other.to_string(), false))
+        .unwrap();
+    let receipt = rt.block_on(c.receipt("budget-1")).unwrap().json();
+    assert_eq!(receipt["targets"]["city_hall_cobol"], "filtered");
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
     let message = listed["entries"][0]["message"]
         .as_str()

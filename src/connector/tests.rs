@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::feed::{NewEvent, open_database};
+use chrono::Timelike;
 
 /// A target that records what it got and fails the first `fail_first` calls.
 #[derive(Clone, Default)]
@@ -254,4 +255,42 @@ async fn a_retry_due_later_waits_for_its_time_after_a_restart() {
     stop.send(true).unwrap();
     task.await.unwrap();
     assert_eq!(*got.lock().unwrap(), ["a"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outside_its_schedule_a_connector_waits_and_says_when_it_opens() {
+    use chrono::Datelike;
+    // A window on a day three days from today (UTC): closed all of today.
+    let day = chrono::Utc::now().weekday().succ().succ().succ();
+    let rig = rig(&format!("{{base: 1ms}}\nschedule: \"{day}\""));
+    append(&rig.env, &["a"], "P").await;
+    let target = Recorder::default();
+    let got = target.got.clone();
+    let (stop, stop_rx) = watch::channel(false);
+    let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
+    let live = runner.live.clone();
+    let task = tokio::spawn(runner.run(stop_rx));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while live.lock().unwrap().phase != Phase::OutsideSchedule {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let next_open = live
+        .lock()
+        .unwrap()
+        .next_open
+        .expect("the next opening is known");
+    assert_eq!(next_open.weekday(), day);
+    assert_eq!((next_open.time().hour(), next_open.time().minute()), (0, 0));
+    assert!(
+        got.lock().unwrap().is_empty(),
+        "nothing is delivered outside the window"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        rig.env.ledger.cursor("t").unwrap().unwrap().seq,
+        0,
+        "the event waits in the feed"
+    );
 }
