@@ -385,15 +385,16 @@ impl Runner {
                     Wait::For(Duration::from_secs(1))
                 }
             };
-            let sleep = match wait {
-                Wait::NewEvents => None,
-                Wait::For(d) => Some(d),
+            let (sleep, on_events) = match wait {
+                Wait::NewEvents => (None, true),
+                Wait::For(d) => (Some(d), false),
+                Wait::ForOrNewEvents(d) => (Some(d), true),
             };
             // A closed channel (its sender gone: shutdown under way, or no admin socket in
             // tests) would answer at once forever; stop listening to it instead of spinning.
             tokio::select! {
                 _ = shutdown.changed() => {}
-                r = new_events.changed(), if sleep.is_none() && feed_open => feed_open = r.is_ok(),
+                r = new_events.changed(), if on_events && feed_open => feed_open = r.is_ok(),
                 r = wake.changed(), if wake_open => wake_open = r.is_ok(),
                 _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(1))), if sleep.is_some() || !feed_open => {}
             }
@@ -510,6 +511,20 @@ impl Runner {
                             attempts: 0,
                         },
                     ));
+                }
+            }
+        }
+        // `batch.linger`: a batch that is not full waits for more events, up to `linger`
+        // after its first event arrived (a pinned or replayed batch goes at once).
+        if !self.spec.linger.is_zero() && pinned.is_none() && !replay && items.len() < limit {
+            if let Some((first, _)) = items.first() {
+                let due = first.received_at
+                    + chrono::Duration::from_std(self.spec.linger).unwrap_or_default();
+                if due > now {
+                    self.set_live(|l| l.phase = Phase::Idle);
+                    return Ok(Some(Wait::ForOrNewEvents(
+                        (due - now).to_std().unwrap_or_default(),
+                    )));
                 }
             }
         }
@@ -657,8 +672,12 @@ impl Runner {
 }
 
 enum Wait {
+    /// Until new events are committed (or a replay is queued).
     NewEvents,
+    /// For this long (a retry, a schedule window).
     For(Duration),
+    /// For this long, or until new events arrive (a batch lingering to fill up).
+    ForOrNewEvents(Duration),
 }
 
 /// Runs blocking redb work without stalling the async workers.

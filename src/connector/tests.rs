@@ -12,6 +12,8 @@ use chrono::Timelike;
 #[derive(Clone, Default)]
 struct Recorder {
     got: Arc<Mutex<Vec<String>>>,
+    /// The size of every successful delivery.
+    sizes: Arc<Mutex<Vec<usize>>>,
     calls: Arc<Mutex<u32>>,
     fail_first: u32,
     permanent: bool,
@@ -39,6 +41,7 @@ impl Target for Recorder {
                 DeliveryError::transient("down")
             });
         }
+        self.sizes.lock().unwrap().push(d.items.len());
         let mut got = self.got.lock().unwrap();
         got.extend(
             d.items
@@ -292,5 +295,33 @@ async fn outside_its_schedule_a_connector_waits_and_says_when_it_opens() {
         rig.env.ledger.cursor("t").unwrap().unwrap().seq,
         0,
         "the event waits in the feed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lingering_batch_waits_to_fill_up_and_goes_when_full() {
+    let rig = rig("{base: 1ms}\nbatch: {max_events: 3, linger: 1h}");
+    let target = Recorder::default();
+    let (got, sizes) = (target.got.clone(), target.sizes.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(
+        Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target)).run(stop_rx),
+    );
+    append(&rig.env, &["a", "b"], "P").await;
+    append(&rig.env, &["c"], "P").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.lock().unwrap().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a full batch goes at once, whatever the linger"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(
+        *sizes.lock().unwrap(),
+        [3],
+        "one batch of three, not a batch of two then one"
     );
 }
