@@ -57,10 +57,6 @@ pub trait IngestHooks: Send + Sync {
     fn rejected(&self, _reason: &str) {}
 }
 
-/// Hooks that do nothing.
-pub struct NoHooks;
-impl IngestHooks for NoHooks {}
-
 /// What request handlers share.
 pub struct IngestState {
     pub feed: Feed,
