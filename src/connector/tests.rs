@@ -99,19 +99,24 @@ async fn append(env: &Env, ids: &[&str], event_type: &str) {
     env.feed.append(events).await.unwrap();
 }
 
+/// Polls `cond` until it holds; fails the test after 30 s.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Runs the connector until `done` holds (bounded), then stops it.
 async fn run_until(rig: &Rig, target: Recorder, done: impl Fn() -> bool) {
     let (stop, stop_rx) = watch::channel(false);
     let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
     let task = tokio::spawn(runner.run(stop_rx));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connector did not get there"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the connector to get there", done).await;
     stop.send(true).unwrap();
     task.await.unwrap();
 }
@@ -215,11 +220,10 @@ async fn a_retry_due_later_waits_for_its_time_after_a_restart() {
     let live = runner.live.clone();
     let task = tokio::spawn(runner.run(stop_rx));
     // It does not fire at once: the runner reads the ledger and waits for the due time.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while live.lock().unwrap().next_attempt.is_none() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the runner to read the due time", || {
+        live.lock().unwrap().next_attempt.is_some()
+    })
+    .await;
     assert_eq!(
         live.lock()
             .unwrap()
@@ -250,11 +254,7 @@ async fn a_retry_due_later_waits_for_its_time_after_a_restart() {
     let task = tokio::spawn(
         Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target)).run(stop_rx),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while got.lock().unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the retry to fire", || !got.lock().unwrap().is_empty()).await;
     stop.send(true).unwrap();
     task.await.unwrap();
     assert_eq!(*got.lock().unwrap(), ["a"]);
@@ -273,11 +273,10 @@ async fn outside_its_schedule_a_connector_waits_and_says_when_it_opens() {
     let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
     let live = runner.live.clone();
     let task = tokio::spawn(runner.run(stop_rx));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while live.lock().unwrap().phase != Phase::OutsideSchedule {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the connector to report outside schedule", || {
+        live.lock().unwrap().phase == Phase::OutsideSchedule
+    })
+    .await;
     let next_open = live
         .lock()
         .unwrap()
@@ -309,14 +308,10 @@ async fn a_lingering_batch_waits_to_fill_up_and_goes_when_full() {
     );
     append(&rig.env, &["a", "b"], "P").await;
     append(&rig.env, &["c"], "P").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while got.lock().unwrap().len() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a full batch goes at once, whatever the linger"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("a full batch goes at once, whatever the linger", || {
+        got.lock().unwrap().len() >= 3
+    })
+    .await;
     stop.send(true).unwrap();
     task.await.unwrap();
     assert_eq!(

@@ -57,6 +57,17 @@ pub struct RetryState {
     pub last_error: String,
 }
 
+impl CursorState {
+    /// A delivery of `n_delivered` events succeeded, leaving the target at `checkpoint`.
+    pub fn record_delivery(&mut self, checkpoint: Vec<u8>, n_delivered: u64, now: DateTime<Utc>) {
+        self.checkpoint = checkpoint;
+        self.delivered += n_delivered;
+        if n_delivered > 0 {
+            self.last_success_micros = Some(now.timestamp_micros());
+        }
+    }
+}
+
 impl RetryState {
     pub fn next_at(&self) -> DateTime<Utc> {
         Utc.timestamp_micros(self.next_at_micros)
@@ -134,12 +145,8 @@ impl Ledger {
             let mut cursors = tx.open_table(CURSORS)?;
             let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
             state.seq = state.seq.max(new_seq);
-            state.checkpoint = checkpoint;
             state.pinned = None;
-            state.delivered += n_delivered;
-            if n_delivered > 0 {
-                state.last_success_micros = Some(now.timestamp_micros());
-            }
+            state.record_delivery(checkpoint, n_delivered, now);
             cursors.insert(connector, schema::encode(&state).as_slice())?;
             let mut dead = tx.open_table(DEAD)?;
             for (seq, letter) in parked {

@@ -112,11 +112,7 @@ impl Ledger {
         let state = {
             let mut cursors = tx.open_table(CURSORS)?;
             let mut state: CursorState = super::decoded(&cursors, connector)?.unwrap_or_default();
-            state.checkpoint = checkpoint;
-            state.delivered += n_delivered;
-            if n_delivered > 0 {
-                state.last_success_micros = Some(now.timestamp_micros());
-            }
+            state.record_delivery(checkpoint, n_delivered, now);
             cursors.insert(connector, schema::encode(&state).as_slice())?;
             let mut requeue = tx.open_table(REQUEUE)?;
             let mut dead = tx.open_table(DEAD)?;
