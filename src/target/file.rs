@@ -13,7 +13,11 @@
 //!
 //! A crash before step 3's commit leaves the old cursor and old mark: the next attempt
 //! removes the tail and writes it again, so the file never holds a partial, doubled or
-//! missing record. Bytes before the mark are never touched. If the legacy side moved the
+//! missing record.
+//! A file the mark does not describe (the first delivery, a new `{{date}}` file) may hold
+//! the uncommitted write of an attempt that crashed: its start is compared with what this
+//! delivery writes, and our own prefix is completed (or our own longer write cut back);
+//! content that is not ours is appended after, never touched. Bytes before the mark are never touched. If the legacy side moved the
 //! file away (a different inode, or no file, at the path), a new file is started; nothing of
 //! anybody else is ever truncated.
 //!
