@@ -111,11 +111,24 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-/// Runs the connector until `done` holds (bounded), then stops it.
-async fn run_until(rig: &Rig, target: Recorder, done: impl Fn() -> bool) {
+/// Starts a connector with `target`: its stop switch, live state and task.
+fn spawn(
+    rig: &Rig,
+    target: Recorder,
+) -> (
+    watch::Sender<bool>,
+    Arc<Mutex<Live>>,
+    tokio::task::JoinHandle<()>,
+) {
     let (stop, stop_rx) = watch::channel(false);
     let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
-    let task = tokio::spawn(runner.run(stop_rx));
+    let live = runner.live.clone();
+    (stop, live, tokio::spawn(runner.run(stop_rx)))
+}
+
+/// Runs the connector until `done` holds (bounded), then stops it.
+async fn run_until(rig: &Rig, target: Recorder, done: impl Fn() -> bool) {
+    let (stop, _live, task) = spawn(rig, target);
     eventually("the connector to get there", done).await;
     stop.send(true).unwrap();
     task.await.unwrap();
@@ -215,10 +228,7 @@ async fn a_retry_due_later_waits_for_its_time_after_a_restart() {
         .unwrap();
     let target = Recorder::default();
     let got = target.got.clone();
-    let (stop, stop_rx) = watch::channel(false);
-    let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
-    let live = runner.live.clone();
-    let task = tokio::spawn(runner.run(stop_rx));
+    let (stop, live, task) = spawn(&rig, target);
     // It does not fire at once: the runner reads the ledger and waits for the due time.
     eventually("the runner to read the due time", || {
         live.lock().unwrap().next_attempt.is_some()
@@ -269,10 +279,7 @@ async fn outside_its_schedule_a_connector_waits_and_says_when_it_opens() {
     append(&rig.env, &["a"], "P").await;
     let target = Recorder::default();
     let got = target.got.clone();
-    let (stop, stop_rx) = watch::channel(false);
-    let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
-    let live = runner.live.clone();
-    let task = tokio::spawn(runner.run(stop_rx));
+    let (stop, live, task) = spawn(&rig, target);
     eventually("the connector to report outside schedule", || {
         live.lock().unwrap().phase == Phase::OutsideSchedule
     })

@@ -140,15 +140,51 @@ impl Ledger {
         parked: &[(Seq, DeadLetter)],
         now: DateTime<Utc>,
     ) -> Result<CursorState, Error> {
+        self.commit_delivery(
+            connector,
+            Some(new_seq),
+            &[],
+            checkpoint,
+            n_delivered,
+            parked,
+            now,
+        )
+    }
+
+    /// The one delivery commit behind [`Ledger::commit_progress`] and
+    /// [`Ledger::commit_replayed`]: in one durable transaction, moves the cursor to
+    /// `new_seq` (and drops its pin) if given, stores the checkpoint and counts, removes the
+    /// re-delivered `requeued` seqs from the queue and from the dead letters, parks
+    /// `parked`, and clears the retry state.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn commit_delivery(
+        &self,
+        connector: &str,
+        new_seq: Option<Seq>,
+        requeued: &[Seq],
+        checkpoint: Vec<u8>,
+        n_delivered: u64,
+        parked: &[(Seq, DeadLetter)],
+        now: DateTime<Utc>,
+    ) -> Result<CursorState, Error> {
         let tx = self.db.begin_write()?;
         let state = {
             let mut cursors = tx.open_table(CURSORS)?;
             let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
-            state.seq = state.seq.max(new_seq);
-            state.pinned = None;
+            if let Some(seq) = new_seq {
+                state.seq = state.seq.max(seq);
+                state.pinned = None;
+            }
             state.record_delivery(checkpoint, n_delivered, now);
             cursors.insert(connector, schema::encode(&state).as_slice())?;
             let mut dead = tx.open_table(DEAD)?;
+            if !requeued.is_empty() {
+                let mut requeue = tx.open_table(schema::REQUEUE)?;
+                for &seq in requeued {
+                    requeue.remove((connector, seq))?;
+                    dead.remove((connector, seq))?;
+                }
+            }
             for (seq, letter) in parked {
                 dead.insert((connector, *seq), schema::encode(letter).as_slice())?;
             }

@@ -15,7 +15,7 @@ use redb::ReadableTable;
 use super::{CursorState, DeadLetter, Ledger};
 use crate::event::{Event, Seq};
 use crate::feed::Error;
-use crate::feed::schema::{self, CURSORS, DEAD, EVENTS, REQUEUE, RETRIES};
+use crate::feed::schema::{CURSORS, DEAD, EVENTS, REQUEUE};
 
 impl Ledger {
     /// Queues every feed event with `from <= seq <= to` and seq at or below the connector's
@@ -108,26 +108,7 @@ impl Ledger {
         parked: &[(Seq, DeadLetter)],
         now: DateTime<Utc>,
     ) -> Result<CursorState, Error> {
-        let tx = self.db.begin_write()?;
-        let state = {
-            let mut cursors = tx.open_table(CURSORS)?;
-            let mut state: CursorState = super::decoded(&cursors, connector)?.unwrap_or_default();
-            state.record_delivery(checkpoint, n_delivered, now);
-            cursors.insert(connector, schema::encode(&state).as_slice())?;
-            let mut requeue = tx.open_table(REQUEUE)?;
-            let mut dead = tx.open_table(DEAD)?;
-            for &seq in seqs {
-                requeue.remove((connector, seq))?;
-                dead.remove((connector, seq))?;
-            }
-            for (seq, letter) in parked {
-                dead.insert((connector, *seq), schema::encode(letter).as_slice())?;
-            }
-            tx.open_table(RETRIES)?.remove(connector)?;
-            state
-        };
-        tx.commit()?;
-        Ok(state)
+        self.commit_delivery(connector, None, seqs, checkpoint, n_delivered, parked, now)
     }
 
     /// Up to `limit` of the connector's queued seqs, lowest first.
