@@ -18,6 +18,7 @@ pub mod config;
 pub mod connector;
 pub mod event;
 pub mod feed;
+pub mod health;
 pub mod ingest;
 pub mod init;
 pub mod ledger;

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -123,15 +122,17 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     let mut generation = start_generation(specs, &env, &connectors)?;
 
     let (stop_ingest, ingest_stop_rx) = watch::channel(false);
+    let health = Arc::new(crate::health::Health::new(
+        cfg.data_dir.clone(),
+        cfg.min_free_disk,
+    ));
     let state = Arc::new(IngestState {
         feed: feed.clone(),
         max_body: cfg.ingest.max_body,
-        min_free_disk: cfg.min_free_disk,
-        data_dir: cfg.data_dir.clone(),
+        health: health.clone(),
         allowed_clients: cfg.ingest.allowed_clients.clone(),
         receipts: connectors.clone(),
         hooks: Arc::new(metrics.clone()),
-        shutting_down: AtomicBool::new(false),
     });
     let status_source = crate::status::DaemonStatus::new(
         connectors.clone(),
@@ -139,14 +140,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         cfg.data_dir.clone(),
         cfg.db_path(),
         cfg.min_free_disk,
-        {
-            let state = state.clone();
-            move || {
-                !state
-                    .shutting_down
-                    .load(std::sync::atomic::Ordering::SeqCst)
-            }
-        },
+        health.clone(),
     );
     let status_server =
         crate::status::serve(cfg.status_listen, Arc::new(status_source), metrics)

@@ -110,7 +110,7 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
         dir.path().to_owned(),
         db_path.clone(),
         1024,
-        || true,
+        Arc::new(ess::health::Health::new(dir.path().to_owned(), 1024)),
     );
     let snapshot = status.snapshot();
     assert!(status.healthy());

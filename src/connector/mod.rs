@@ -27,7 +27,7 @@ use crate::config::Diagnostic;
 use crate::config::connector::{self, DeliverSpec, LoadedConnector};
 use crate::event::{Event, Record, Seq};
 use crate::feed::Feed;
-use crate::ledger::{DeadLetter, Ledger, RetryState};
+use crate::ledger::{CursorState, DeadLetter, Ledger, RetryState};
 use crate::map::{MapContext, Mapping};
 use crate::target::{Delivery, DeliveryError, Target};
 use backoff::{OnFailure, RetryPolicy};
@@ -405,43 +405,14 @@ impl Runner {
     /// One round. `Ok(None)`: go again at once; `Ok(Some(w))`: wait for `w` first.
     async fn round(&mut self) -> Result<Option<Wait>, crate::feed::Error> {
         let now = Utc::now();
-        let tz = self.env.timezone;
-        if let Some(s) = &self.spec.schedule {
-            if !s.is_open(now, tz) {
-                let next = s.next_open(now, tz);
-                self.set_live(|l| {
-                    l.phase = Phase::OutsideSchedule;
-                    l.next_open = next;
-                });
-                let wait = next.map_or(Duration::from_secs(60), |n| {
-                    (n - now)
-                        .to_std()
-                        .unwrap_or_default()
-                        .min(Duration::from_secs(60))
-                });
-                return Ok(Some(Wait::For(wait.max(Duration::from_millis(100)))));
-            }
+        if let Some(wait) = self.schedule_closed(now) {
+            return Ok(Some(wait));
         }
         let name = self.spec.name.clone();
         let ledger = self.env.ledger.clone();
         let retry = blocking(|| ledger.retry_state(&name))?;
-        if let Some(r) = &retry {
-            if r.next_at() > now {
-                let next = r.next_at();
-                let (last_error, attempts) = (r.last_error.clone(), r.attempts);
-                let blocked = attempts >= self.spec.policy.max_tries;
-                self.set_live(|l| {
-                    l.phase = if blocked {
-                        Phase::Blocked
-                    } else {
-                        Phase::Retrying
-                    };
-                    l.next_attempt = Some(next);
-                    l.last_error = Some(last_error);
-                });
-                let wait = (next - now).to_std().unwrap_or_default();
-                return Ok(Some(Wait::For(wait)));
-            }
+        if let Some(wait) = self.retry_not_due(retry.as_ref(), now) {
+            return Ok(Some(wait));
         }
         let cursor = blocking(|| ledger.cursor(&name))?.unwrap_or_default();
         let limit = if retry.is_some() {
@@ -452,57 +423,137 @@ impl Runner {
                 .unwrap_or(self.target.max_batch())
                 .max(1)
         };
-        let pinned = cursor.pinned;
-        // A pinned batch is finished first; then events queued by `ess replay`; then new ones.
-        let (events, replay) = if pinned.is_none() {
-            let (events, missing) = blocking(|| ledger.requeued_events(&name, limit))?;
-            if !missing.is_empty() {
-                blocking(|| {
-                    ledger.commit_replayed(&name, &missing, cursor.checkpoint.clone(), 0, &[], now)
-                })?;
-            }
-            if events.is_empty() {
-                (None, false)
-            } else {
-                (Some(events), true)
-            }
-        } else {
-            (None, false)
-        };
-        let events = match events {
-            Some(e) => e,
-            None => {
-                let read_limit = match pinned {
-                    Some(last) => usize::try_from(last - cursor.seq).unwrap_or(usize::MAX),
-                    None => READ_AHEAD,
-                };
-                blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?
-            }
-        };
-        if events.is_empty() {
+        let Some(work) = self.take_work(&cursor, limit, now)? else {
             self.set_live(|l| l.phase = Phase::Idle);
             return Ok(Some(Wait::NewEvents));
+        };
+        let round = self.select_and_map(work, &cursor, limit, now);
+        if let Some(wait) = self.lingering(&round, limit, now) {
+            self.set_live(|l| l.phase = Phase::Idle);
+            return Ok(Some(wait));
         }
-        // Select and map, up to `limit` records (or exactly the pinned range).
-        let mut items: Vec<(Event, Record)> = Vec::new();
-        let mut parked: Vec<(Seq, DeadLetter)> = Vec::new();
-        let mut taken: Vec<Seq> = Vec::new();
-        let mut upto = cursor.seq;
-        for ev in events {
-            if pinned.is_none() && items.len() >= limit {
+        if round.items.is_empty() {
+            // Only filtered or parked events: move past them.
+            self.commit(&round, cursor.checkpoint.clone(), 0, &round.parked, now)?;
+            return Ok(None);
+        }
+        if self.target.pins_batches() && round.pinned.is_none() && !round.replay {
+            blocking(|| ledger.pin(&name, round.upto))?;
+        }
+        self.deliver(round, cursor, retry, now).await
+    }
+
+    /// `Some(wait)` while the connector's `schedule:` window is closed.
+    fn schedule_closed(&self, now: DateTime<Utc>) -> Option<Wait> {
+        let tz = self.env.timezone;
+        let s = self.spec.schedule.as_ref()?;
+        if s.is_open(now, tz) {
+            return None;
+        }
+        let next = s.next_open(now, tz);
+        self.set_live(|l| {
+            l.phase = Phase::OutsideSchedule;
+            l.next_open = next;
+        });
+        let wait = next.map_or(Duration::from_secs(60), |n| {
+            (n - now)
+                .to_std()
+                .unwrap_or_default()
+                .min(Duration::from_secs(60))
+        });
+        Some(Wait::For(wait.max(Duration::from_millis(100))))
+    }
+
+    /// `Some(wait)` while the head's next attempt is not due yet.
+    fn retry_not_due(&self, retry: Option<&RetryState>, now: DateTime<Utc>) -> Option<Wait> {
+        let r = retry?;
+        let next = r.next_at();
+        if next <= now {
+            return None;
+        }
+        let blocked = r.attempts >= self.spec.policy.max_tries;
+        self.set_live(|l| {
+            l.phase = if blocked {
+                Phase::Blocked
+            } else {
+                Phase::Retrying
+            };
+            l.next_attempt = Some(next);
+            l.last_error = Some(r.last_error.clone());
+        });
+        Some(Wait::For((next - now).to_std().unwrap_or_default()))
+    }
+
+    /// The events of this round: a pinned batch first (exactly its range), then events
+    /// queued by `ess replay`, then events after the cursor. `None` when there are none.
+    fn take_work(
+        &self,
+        cursor: &CursorState,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Work>, crate::feed::Error> {
+        let name = &self.spec.name;
+        let ledger = &self.env.ledger;
+        let pinned = cursor.pinned;
+        if pinned.is_none() {
+            let (events, missing) = blocking(|| ledger.requeued_events(name, limit))?;
+            if !missing.is_empty() {
+                blocking(|| {
+                    ledger.commit_replayed(name, &missing, cursor.checkpoint.clone(), 0, &[], now)
+                })?;
+            }
+            if !events.is_empty() {
+                return Ok(Some(Work {
+                    events,
+                    pinned,
+                    replay: true,
+                }));
+            }
+        }
+        let read_limit = match pinned {
+            Some(last) => usize::try_from(last - cursor.seq).unwrap_or(usize::MAX),
+            None => READ_AHEAD,
+        };
+        let events = blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?;
+        Ok((!events.is_empty()).then_some(Work {
+            events,
+            pinned,
+            replay: false,
+        }))
+    }
+
+    /// Drops what `events:` does not select and maps the rest, up to `limit` records (or
+    /// exactly the pinned range). An event that cannot be mapped is parked; the others go on.
+    fn select_and_map(
+        &self,
+        work: Work,
+        cursor: &CursorState,
+        limit: usize,
+        now: DateTime<Utc>,
+    ) -> Round {
+        let mut round = Round {
+            items: Vec::new(),
+            parked: Vec::new(),
+            taken: Vec::new(),
+            upto: cursor.seq,
+            pinned: work.pinned,
+            replay: work.replay,
+        };
+        for ev in work.events {
+            if round.pinned.is_none() && round.items.len() >= limit {
                 break;
             }
-            upto = upto.max(ev.seq);
-            taken.push(ev.seq);
+            round.upto = round.upto.max(ev.seq);
+            round.taken.push(ev.seq);
             if !self.spec.mapping.selects(&ev.event_type) {
                 continue;
             }
             match self.spec.mapping.render(&ev) {
-                Ok(rec) => items.push((ev, rec)),
+                Ok(rec) => round.items.push((ev, rec)),
                 Err(e) => {
                     let _span = crate::logging::event_span(&ev).entered();
-                    tracing::warn!(connector = %name, reason = e.reason(), "event cannot be mapped; parked as a dead letter: {e}");
-                    parked.push((
+                    tracing::warn!(connector = %self.spec.name, reason = e.reason(), "event cannot be mapped; parked as a dead letter: {e}");
+                    round.parked.push((
                         ev.seq,
                         DeadLetter {
                             reason: e.reason().into(),
@@ -514,56 +565,76 @@ impl Runner {
                 }
             }
         }
-        // `batch.linger`: a batch that is not full waits for more events, up to `linger`
-        // after its first event arrived (a pinned or replayed batch goes at once).
-        if !self.spec.linger.is_zero() && pinned.is_none() && !replay && items.len() < limit {
-            if let Some((first, _)) = items.first() {
-                let due = first.received_at
-                    + chrono::Duration::from_std(self.spec.linger).unwrap_or_default();
-                if due > now {
-                    self.set_live(|l| l.phase = Phase::Idle);
-                    return Ok(Some(Wait::ForOrNewEvents(
-                        (due - now).to_std().unwrap_or_default(),
-                    )));
-                }
+        round
+    }
+
+    /// `batch.linger`: a batch that is not full waits for more events, up to `linger`
+    /// after its first event arrived (a pinned or replayed batch goes at once).
+    fn lingering(&self, round: &Round, limit: usize, now: DateTime<Utc>) -> Option<Wait> {
+        if self.spec.linger.is_zero()
+            || round.pinned.is_some()
+            || round.replay
+            || round.items.len() >= limit
+        {
+            return None;
+        }
+        let (first, _) = round.items.first()?;
+        let due =
+            first.received_at + chrono::Duration::from_std(self.spec.linger).unwrap_or_default();
+        (due > now).then(|| Wait::ForOrNewEvents((due - now).to_std().unwrap_or_default()))
+    }
+
+    /// Commits a round's outcome: a replay through [`Ledger::commit_replayed`], anything
+    /// else by moving the cursor past the round with [`Ledger::commit_progress`].
+    fn commit(
+        &self,
+        round: &Round,
+        checkpoint: Vec<u8>,
+        n_delivered: u64,
+        parked: &[(Seq, DeadLetter)],
+        at: DateTime<Utc>,
+    ) -> Result<CursorState, crate::feed::Error> {
+        let name = &self.spec.name;
+        let ledger = &self.env.ledger;
+        blocking(|| {
+            if round.replay {
+                ledger.commit_replayed(name, &round.taken, checkpoint, n_delivered, parked, at)
+            } else {
+                ledger.commit_progress(name, round.upto, checkpoint, n_delivered, parked, at)
             }
-        }
-        let commit = |checkpoint: Vec<u8>,
-                      n_delivered: u64,
-                      parked: &[(Seq, DeadLetter)],
-                      at: DateTime<Utc>| {
-            blocking(|| {
-                if replay {
-                    ledger.commit_replayed(&name, &taken, checkpoint, n_delivered, parked, at)
-                } else {
-                    ledger.commit_progress(&name, upto, checkpoint, n_delivered, parked, at)
-                }
-            })
-        };
-        if items.is_empty() {
-            // Only filtered or parked events: move past them.
-            commit(cursor.checkpoint.clone(), 0, &parked, now)?;
-            return Ok(None);
-        }
-        if self.target.pins_batches() && pinned.is_none() && !replay {
-            blocking(|| ledger.pin(&name, upto))?;
-        }
+        })
+    }
+
+    /// Hands the round's records to the target; commits on success, else records the
+    /// failure (or parks the head) as the retry policy says.
+    async fn deliver(
+        &mut self,
+        round: Round,
+        cursor: CursorState,
+        retry: Option<RetryState>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Wait>, crate::feed::Error> {
+        let name = self.spec.name.clone();
         self.set_live(|l| l.phase = Phase::Delivering);
         let delivery = Delivery {
             connector: &name,
-            items: &items,
-            now: now.with_timezone(&tz),
-            replay,
+            items: &round.items,
+            now: now.with_timezone(&self.env.timezone),
+            replay: round.replay,
         };
-        match self.target.deliver(&delivery, &cursor.checkpoint).await {
+        let result = self.target.deliver(&delivery, &cursor.checkpoint).await;
+        let (first_seq, last_seq) = (delivery.first_seq(), delivery.last_seq());
+        match result {
             Ok(checkpoint) => {
-                commit(checkpoint, items.len() as u64, &parked, Utc::now())?;
-                for (ev, _) in &items {
+                let n = round.items.len() as u64;
+                self.commit(&round, checkpoint, n, &round.parked, Utc::now())?;
+                let replay = round.replay;
+                for (ev, _) in &round.items {
                     let _span = crate::logging::event_span(ev).entered();
                     tracing::debug!(connector = %name, replay, "delivered");
                 }
-                tracing::info!(connector = %name, first_seq = delivery.first_seq(), last_seq = delivery.last_seq(), n_events = items.len(), replay, "delivered");
-                self.env.hooks.delivered(&name, &items);
+                tracing::info!(connector = %name, first_seq, last_seq, n_events = n, replay, "delivered");
+                self.env.hooks.delivered(&name, &round.items);
                 self.set_live(|l| {
                     l.phase = Phase::Idle;
                     l.next_attempt = None;
@@ -575,33 +646,7 @@ impl Runner {
             }
             Err(err) => {
                 self.env.hooks.failed(&name, &err);
-                let park_head = |letter: DeadLetter| {
-                    let head = items[0].0.seq;
-                    if replay {
-                        blocking(|| {
-                            ledger.commit_replayed(
-                                &name,
-                                &[head],
-                                cursor.checkpoint.clone(),
-                                0,
-                                &[(head, letter)],
-                                now,
-                            )
-                        })
-                    } else {
-                        blocking(|| {
-                            ledger.commit_progress(
-                                &name,
-                                head,
-                                cursor.checkpoint.clone(),
-                                0,
-                                &[(head, letter)],
-                                now,
-                            )
-                        })
-                    }
-                };
-                self.on_failure(retry, &items, err, now, park_head)
+                self.on_failure(retry, &round, &cursor, err, now)
                     .await
                     .map(Some)
             }
@@ -611,13 +656,14 @@ impl Runner {
     async fn on_failure(
         &mut self,
         retry: Option<RetryState>,
-        items: &[(Event, Record)],
+        round: &Round,
+        cursor: &CursorState,
         err: DeliveryError,
         now: DateTime<Utc>,
-        park_head: impl FnOnce(DeadLetter) -> Result<crate::ledger::CursorState, crate::feed::Error>,
     ) -> Result<Wait, crate::feed::Error> {
         let name = self.spec.name.clone();
         let ledger = self.env.ledger.clone();
+        let items = &round.items;
         let head = &items[0].0;
         let attempts = retry
             .as_ref()
@@ -636,7 +682,29 @@ impl Runner {
                 attempts,
             };
             tracing::warn!(connector = %name, seq = head.seq, trace_id = %head.trace_id, reason, "parked as a dead letter");
-            park_head(letter)?;
+            let head_seq = head.seq;
+            let parked = [(head_seq, letter)];
+            blocking(|| {
+                if round.replay {
+                    ledger.commit_replayed(
+                        &name,
+                        &[head_seq],
+                        cursor.checkpoint.clone(),
+                        0,
+                        &parked,
+                        now,
+                    )
+                } else {
+                    ledger.commit_progress(
+                        &name,
+                        head_seq,
+                        cursor.checkpoint.clone(),
+                        0,
+                        &parked,
+                        now,
+                    )
+                }
+            })?;
             self.set_live(|l| l.last_error = Some(err.to_string()));
             return Ok(Wait::For(Duration::ZERO));
         }
@@ -669,6 +737,29 @@ impl Runner {
         });
         Ok(Wait::For(delay))
     }
+}
+
+/// The events one round took, before selecting and mapping.
+struct Work {
+    events: Vec<Event>,
+    /// The pinned range's last seq, when the round finishes a pinned batch.
+    pinned: Option<Seq>,
+    /// Re-delivered events queued by `ess replay` (behind the cursor already).
+    replay: bool,
+}
+
+/// One round after selecting and mapping: what goes to the target and what is committed.
+struct Round {
+    /// The mapped events and their records, in seq order.
+    items: Vec<(Event, Record)>,
+    /// Events that could not be mapped (or compliance stopped), parked with this round.
+    parked: Vec<(Seq, DeadLetter)>,
+    /// Every seq the round took (selected or not): a replay commits exactly these.
+    taken: Vec<Seq>,
+    /// The cursor after this round commits (not a replay).
+    upto: Seq,
+    pinned: Option<Seq>,
+    replay: bool,
 }
 
 enum Wait {

@@ -14,9 +14,7 @@ pub mod validate;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::event::Event;
 use crate::feed::Feed;
+use crate::health::{Health, Refusal};
 
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,13 +60,11 @@ pub trait IngestHooks: Send + Sync {
 pub struct IngestState {
     pub feed: Feed,
     pub max_body: u64,
-    pub min_free_disk: u64,
-    pub data_dir: PathBuf,
+    /// Whether events are taken now (shutdown, low disk, database errors).
+    pub health: Arc<Health>,
     pub allowed_clients: Vec<String>,
     pub receipts: Arc<dyn Receipts>,
     pub hooks: Arc<dyn IngestHooks>,
-    /// Set when shutdown starts: new requests get 503.
-    pub shutting_down: AtomicBool,
 }
 
 /// Accepts connections until `shutdown` turns true, then lets requests under way finish
@@ -107,7 +104,7 @@ pub async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
-    state.shutting_down.store(true, Ordering::SeqCst);
+    state.health.set_shutting_down();
     drop(listener);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while conns.join_next().await.is_some() {}
@@ -217,9 +214,12 @@ async fn handle(req: Request<Incoming>, state: &IngestState, allowed: bool) -> R
 
 async fn post_events(req: Request<Incoming>, state: &IngestState) -> Resp {
     let started = Instant::now();
-    if state.shutting_down.load(Ordering::SeqCst) {
+    if let Some(refusal) = state.health.refusal() {
+        if !matches!(refusal, Refusal::ShuttingDown) {
+            tracing::warn!(reason = %refusal.reason(), "refusing events");
+        }
         state.hooks.rejected("unavailable");
-        return unavailable(5, "shutting down");
+        return unavailable(refusal.retry_after_secs(), &refusal.reason());
     }
     let media = req
         .headers()
@@ -257,19 +257,6 @@ async fn post_events(req: Request<Incoming>, state: &IngestState) -> Resp {
     if declared.is_some_and(|n| n > state.max_body) {
         state.hooks.rejected("too_large");
         return too_large();
-    }
-    match crate::feed::retention::free_disk_bytes(&state.data_dir) {
-        Ok(free) if free < state.min_free_disk => {
-            tracing::warn!(
-                free,
-                min_free_disk = state.min_free_disk,
-                "free disk below min_free_disk; refusing events"
-            );
-            state.hooks.rejected("unavailable");
-            return unavailable(60, "free disk space is below min_free_disk");
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read free disk space"),
     }
     let traceparent = req
         .headers()

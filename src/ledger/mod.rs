@@ -97,6 +97,18 @@ impl Ledger {
         Ledger { db }
     }
 
+    /// Runs `f` in one durable write transaction and commits it. Every ledger write goes
+    /// through here, so how ledger commits reach the disk is decided in one place.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let tx = self.db.begin_write()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     /// The connector's cursor; `None` if it never ran.
     pub fn cursor(&self, connector: &str) -> Result<Option<CursorState>, Error> {
         read_cursor(&*self.db, connector)
@@ -104,24 +116,18 @@ impl Ledger {
 
     /// Creates the connector's cursor at `seq` if it has none (a new connector's `start:`).
     pub fn ensure_cursor(&self, connector: &str, seq: Seq) -> Result<CursorState, Error> {
-        let tx = self.db.begin_write()?;
-        let state = {
+        self.write(|tx| {
             let mut t = tx.open_table(CURSORS)?;
-            let existing = decoded(&t, connector)?;
-            match existing {
-                Some(s) => s,
-                None => {
-                    let s = CursorState {
-                        seq,
-                        ..CursorState::default()
-                    };
-                    t.insert(connector, schema::encode(&s).as_slice())?;
-                    s
-                }
+            if let Some(s) = decoded(&t, connector)? {
+                return Ok(s);
             }
-        };
-        tx.commit()?;
-        Ok(state)
+            let s = CursorState {
+                seq,
+                ..CursorState::default()
+            };
+            t.insert(connector, schema::encode(&s).as_slice())?;
+            Ok(s)
+        })
     }
 
     /// The retry state of the connector's head, if its last attempt failed.
@@ -167,8 +173,7 @@ impl Ledger {
         parked: &[(Seq, DeadLetter)],
         now: DateTime<Utc>,
     ) -> Result<CursorState, Error> {
-        let tx = self.db.begin_write()?;
-        let state = {
+        self.write(|tx| {
             let mut cursors = tx.open_table(CURSORS)?;
             let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
             if let Some(seq) = new_seq {
@@ -189,32 +194,28 @@ impl Ledger {
                 dead.insert((connector, *seq), schema::encode(letter).as_slice())?;
             }
             tx.open_table(RETRIES)?.remove(connector)?;
-            state
-        };
-        tx.commit()?;
-        Ok(state)
+            Ok(state)
+        })
     }
 
     /// Durably pins the range of the delivery about to start: (cursor, `last`].
     pub fn pin(&self, connector: &str, last: Seq) -> Result<(), Error> {
-        let tx = self.db.begin_write()?;
-        {
+        self.write(|tx| {
             let mut cursors = tx.open_table(CURSORS)?;
             let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
             state.pinned = Some(last);
             cursors.insert(connector, schema::encode(&state).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Durably records a failed attempt, so the retry schedule survives a restart.
     pub fn record_failure(&self, connector: &str, retry: &RetryState) -> Result<(), Error> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(RETRIES)?
-            .insert(connector, schema::encode(retry).as_slice())?;
-        tx.commit()?;
-        Ok(())
+        self.write(|tx| {
+            tx.open_table(RETRIES)?
+                .insert(connector, schema::encode(retry).as_slice())?;
+            Ok(())
+        })
     }
 
     /// The connector's dead letters, in seq order.

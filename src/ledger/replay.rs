@@ -22,9 +22,8 @@ impl Ledger {
     /// cursor for re-delivery; returns how many were newly queued. The connector re-checks
     /// its `events:` filter when it takes them.
     pub fn requeue_range(&self, connector: &str, from: Seq, to: Seq) -> Result<u64, Error> {
-        let tx = self.db.begin_write()?;
-        let mut n = 0;
-        {
+        self.write(|tx| {
+            let mut n = 0;
             let cursor: Option<CursorState> = super::decoded(&tx.open_table(CURSORS)?, connector)?;
             let to = to.min(cursor.map_or(0, |c| c.seq));
             if from <= to {
@@ -37,17 +36,15 @@ impl Ledger {
                     }
                 }
             }
-        }
-        tx.commit()?;
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// Moves all the connector's dead letters to the requeue, in one transaction; returns
     /// how many moved.
     pub fn requeue_dead(&self, connector: &str) -> Result<u64, Error> {
-        let tx = self.db.begin_write()?;
-        let mut n = 0;
-        {
+        self.write(|tx| {
+            let mut n = 0;
             let mut dead = tx.open_table(DEAD)?;
             let mut requeue = tx.open_table(REQUEUE)?;
             let seqs: Vec<Seq> = dead
@@ -59,9 +56,8 @@ impl Ledger {
                 requeue.insert((connector, seq), ())?;
                 n += 1;
             }
-        }
-        tx.commit()?;
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// The events behind up to `limit` of the connector's queued seqs, lowest first, and

@@ -92,12 +92,12 @@ pub struct DaemonStatus {
     db_path: PathBuf,
     min_free_disk: u64,
     started: Instant,
-    healthy: Box<dyn Fn() -> bool + Send + Sync>,
+    health: Arc<crate::health::Health>,
     rate: Mutex<RateWindow>,
 }
 
 impl DaemonStatus {
-    /// `healthy` answers `/healthz` (for instance: not shutting down); `data_dir` is where
+    /// `health` answers `/healthz` (the ingest's own refusal reasons); `data_dir` is where
     /// free disk is measured, `db_path` the file whose size is the feed size,
     /// `min_free_disk` the ingest's threshold (`retention.min_free_disk`).
     pub fn new(
@@ -106,7 +106,7 @@ impl DaemonStatus {
         data_dir: PathBuf,
         db_path: PathBuf,
         min_free_disk: u64,
-        healthy: impl Fn() -> bool + Send + Sync + 'static,
+        health: Arc<crate::health::Health>,
     ) -> DaemonStatus {
         let started = Instant::now();
         let rate = Mutex::new(RateWindow::new(started, feed.last_seq()));
@@ -117,7 +117,7 @@ impl DaemonStatus {
             db_path,
             min_free_disk,
             started,
-            healthy: Box::new(healthy),
+            health,
             rate,
         }
     }
@@ -160,7 +160,7 @@ impl StatusSource for DaemonStatus {
     }
 
     fn healthy(&self) -> bool {
-        (self.healthy)()
+        self.health.refusal().is_none()
     }
 }
 
