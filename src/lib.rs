@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod connector;
 pub mod event;
+pub mod fault;
 pub mod feed;
 pub mod health;
 pub mod ingest;
