@@ -12,6 +12,7 @@
 //! 7. [`serve`] runs it all as a daemon; [`cli`], [`send`] and [`init`] are the commands.
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -25,8 +26,10 @@ pub mod init;
 pub mod ledger;
 pub mod logging;
 pub mod map;
+pub mod maptest;
 pub mod notify;
 pub mod send;
 pub mod serve;
+pub mod state;
 pub mod status;
 pub mod target;
