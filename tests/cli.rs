@@ -197,7 +197,10 @@ fn send_reads_files_arrays_ndjson_and_stdin_and_counts() {
         ],
         None,
     );
-    assert_eq!(code, 1);
+    assert_eq!(
+        code, 2,
+        "a 400 (the events are wrong) is a validation error"
+    );
     assert!(
         err.contains("bad.ndjson:2") && err.contains("payload"),
         "{err}"

@@ -68,14 +68,14 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with_all = ["since", "dead"])]
     pub from: Option<u64>,
     /// Last seq (default: the connector's cursor).
-    #[arg(long, requires = "from")]
+    #[arg(long, requires = "from", conflicts_with_all = ["since", "dead"])]
     pub to: Option<u64>,
     /// Deliver again the events received at or after TIME: RFC 3339, `YYYY-MM-DD[ HH:MM[:SS]]`
     /// in the appliance timezone, or a duration ago (`2h`, `1d`).
     #[arg(long, value_name = "TIME", conflicts_with = "dead")]
     pub since: Option<String>,
     /// With --since: only events received before TIME (same forms).
-    #[arg(long, value_name = "TIME", requires = "since")]
+    #[arg(long, value_name = "TIME", requires = "since", conflicts_with = "dead")]
     pub until: Option<String>,
     /// Re-queue the connector's dead letters.
     #[arg(long)]

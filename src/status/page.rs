@@ -85,7 +85,7 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                         " · maps reloaded " (when(&r.at, now))
                     }
                 }
-                (banners(snapshot, now))
+                (banners(snapshot))
                 @if snapshot.connectors.is_empty() {
                     p.summary.attention { "No connectors configured." }
                 } @else {
@@ -124,7 +124,7 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
 }
 
 /// What stops or threatens the whole appliance, each with what to do.
-fn banners(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
+fn banners(snapshot: &Snapshot) -> Markup {
     html! {
         @if !snapshot.running {
             p.summary.attention {
@@ -148,7 +148,7 @@ fn banners(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
         }
         @if let Some(r) = snapshot.last_reload.as_ref().filter(|r| !r.ok) {
             p.summary.attention {
-                "The last reload (" (when(&r.at, now)) ") was refused with "
+                "The last reload (" (utc(&r.at)) ") was refused with "
                 (r.n_problems) " problem(s); the previous maps keep running."
                 @if let Some(first) = &r.first_problem { " First: " code { (first) } }
                 " Run " code { "ess check" } "."
@@ -332,6 +332,18 @@ fn actions(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
             }
         }
     }
+}
+
+/// An RFC 3339 time as `2026-11-27 01:50:00 UTC` (as given if it does not parse).
+fn utc(rfc3339: &str) -> String {
+    DateTime::parse_from_rfc3339(rfc3339).map_or_else(
+        |_| rfc3339.to_owned(),
+        |t| {
+            t.with_timezone(&Utc)
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()
+        },
+    )
 }
 
 /// A past time: how long ago first, then the time itself in UTC, smaller. A string that

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A synthetic `StatusSource` for the status tests: one connector in every state, names and
 //! errors that need HTML escaping, a refused reload, operator actions, and a health switch.
 
