@@ -156,25 +156,6 @@ impl View {
         Ok(summary)
     }
 
-    /// Up to `limit` settled dead letters with seq > `after`, in seq order.
-    pub fn settled_letters(
-        &self,
-        connector: &str,
-        after: Seq,
-        limit: usize,
-    ) -> Result<Vec<(Seq, Settled)>, Error> {
-        let Some(t) = open(&self.tx, SETTLED)? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        let from = (connector, after.saturating_add(1));
-        for row in t.range(from..=(connector, u64::MAX))?.take(limit) {
-            let (k, v) = row?;
-            out.push((k.value().1, value(v.value())?));
-        }
-        Ok(out)
-    }
-
     pub fn is_requeued(&self, connector: &str, seq: Seq) -> Result<bool, Error> {
         let Some(t) = open(&self.tx, REQUEUE)? else {
             return Ok(false);
