@@ -70,8 +70,7 @@ impl Admin {
     /// files (a file that does not load is left out with a warning; `ess check` shows why)
     /// and from the ledger.
     pub fn offline(cfg: &Config) -> Result<Admin, AdminError> {
-        let store = Store::open_read_only(&cfg.db_path())
-            .map_err(|e| AdminError::BadRequest(error_chain(&e)))?;
+        let store = Store::open_read_only(&cfg.db_path())?;
         let mut infos = Vec::new();
         let files = crate::config::connector::map_files(&cfg.maps_dir).map_err(|e| {
             AdminError::BadRequest(format!(
@@ -141,16 +140,6 @@ impl Admin {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(&format!(": {inner}"));
-        source = inner.source();
-    }
-    s
 }
 
 impl AdminBackend for Admin {

@@ -54,6 +54,8 @@ pub enum AdminError {
     Backup(#[from] BackupError),
     #[error("cannot read or write the ledger")]
     State(#[from] crate::feed::Error),
+    #[error(transparent)]
+    Open(#[from] crate::state::OpenError),
     #[error(
         "{what} needs the running daemon (only a connector's own task may act on it), and none answers on {socket}: start it (systemctl start ess)"
     )]
@@ -76,7 +78,7 @@ impl AdminError {
             AdminError::Action(e) => e.is_usage(),
             AdminError::Backup(e) => e.is_usage(),
             AdminError::Remote { usage, .. } => *usage,
-            AdminError::State(_) | AdminError::NeedsDaemon { .. } => false,
+            AdminError::State(_) | AdminError::Open(_) | AdminError::NeedsDaemon { .. } => false,
         }
     }
 

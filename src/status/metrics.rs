@@ -112,6 +112,8 @@ struct Inner {
     oldest_pending: Family<TargetLabel, F64Gauge>,
     connector_state: Family<StateLabel, U64Gauge>,
     process: super::process::ProcessMetrics,
+    /// The connectors of the last scrape, so the series of one removed by a reload go.
+    targets: Mutex<std::collections::BTreeSet<String>>,
     feed_last_seq: U64Gauge,
     feed_size: U64Gauge,
     free_disk: U64Gauge,
@@ -155,6 +157,7 @@ impl Metrics {
             oldest_pending: Family::default(),
             connector_state: Family::default(),
             process: super::process::ProcessMetrics::default(),
+            targets: Mutex::new(std::collections::BTreeSet::new()),
             feed_last_seq: U64Gauge::default(),
             feed_size: U64Gauge::default(),
             free_disk: U64Gauge::default(),
@@ -375,6 +378,17 @@ impl Metrics {
             drop(inner.delivery_failures.get_or_create(&l));
             drop(inner.delivery_latency.get_or_create(&l));
         }
+        let now: std::collections::BTreeSet<String> =
+            snapshot.connectors.iter().map(|c| c.name.clone()).collect();
+        let mut known = inner.targets.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in known.difference(&now) {
+            let l = label(gone);
+            inner.success.remove(&l);
+            inner.delivery_failures.remove(&l);
+            inner.delivery_latency.remove(&l);
+        }
+        *known = now;
+        drop(known);
         inner.process.refresh();
         inner.feed_last_seq.set(snapshot.feed.last_seq);
         inner.feed_size.set(snapshot.feed.size_bytes);
