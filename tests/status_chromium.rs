@@ -118,7 +118,7 @@ fn status_page_renders_in_headless_chromium() {
     }
     assert!(card(&dom, "court_docket_sftp").contains("connection refused"));
     assert!(card(&dom, "nightly_batch").contains("2026-11-28 06:00:00 UTC"));
-    assert!(dom.contains("4 of 7 connectors need attention"));
+    assert!(dom.contains("3 of 7 connectors need attention"));
     // What to do, where it delivers, why the reload was refused, who did what.
     assert!(
         card(&dom, "payroll_&lt;soap&gt;")

@@ -187,6 +187,20 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
         text.contains("city_hall_cobol") && text.contains("missing field id"),
         "{text}"
     );
+    // Blocked for longer than status.blocked_alarm: degraded, naming it and since when.
+    assert!(status.health().degraded.is_empty());
+    {
+        let running = connectors.running();
+        let mut live = running[0].live.lock().unwrap();
+        live.phase = Phase::Idle;
+        live.set_phase(Phase::Blocked, Utc::now() - chrono::Duration::minutes(20));
+    }
+    let degraded = status.health().degraded;
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert!(
+        degraded[0].starts_with("city_hall_cobol blocked for 20 min (since "),
+        "{degraded:?}"
+    );
     // Ingest refusing shows in /healthz's answer and the snapshot alike.
     health.set_shutting_down();
     assert_eq!(status.health().refusal.as_deref(), Some("shutting down"));

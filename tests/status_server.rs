@@ -76,7 +76,7 @@ async fn every_route_answers() {
     );
     assert!(!html.contains("<soap>") && !html.contains("<b>bad"));
     assert!(
-        html.contains("4 of 7 connectors need attention"),
+        html.contains("3 of 7 connectors need attention"),
         "summary line"
     );
     assert!(html.contains("connection refused"), "last error shown");

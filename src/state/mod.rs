@@ -99,8 +99,8 @@ pub enum Condition {
     Blocked,
     Retrying,
     DeadLetters,
-    Paused,
     NotRunning,
+    Paused,
     OutsideSchedule,
     Ok,
 }
@@ -120,7 +120,9 @@ impl Condition {
         }
     }
 
-    /// Whether an operator should look at this connector.
+    /// Whether an operator should look at this connector. (A connector that is not running
+    /// is not counted: either the whole daemon is down, which the page says first, or its
+    /// map was removed on purpose; with dead letters left it reads "dead letters".)
     pub fn needs_attention(self) -> bool {
         matches!(
             self,
@@ -128,7 +130,6 @@ impl Condition {
                 | Condition::Blocked
                 | Condition::Retrying
                 | Condition::DeadLetters
-                | Condition::NotRunning
         )
     }
 }

@@ -303,3 +303,43 @@ fn a_backup_copies_every_table_and_never_overwrites() {
             .is_usage()
     );
 }
+
+#[test]
+fn show_makes_the_record_as_the_map_masks_it() {
+    let r = rig();
+    let path = r.dir.path().join("masked.yml");
+    std::fs::write(
+        &path,
+        "target: masked\nfields:\n  ID: id | width:6\ntransform: {mask: {id: last4}}\ndeliver: {kind: file, dir: out, file: m.txt}\n",
+    )
+    .unwrap();
+    let spec = crate::connector::load_one(&path, chrono_tz::UTC).unwrap();
+    let masked = ConnectorInfo::of_spec(&spec, None);
+    let ev = r.store.get_by_key("k1234").unwrap().unwrap();
+    let shown = r.store.show(&[masked], &ev).unwrap();
+    let text = &shown.targets[0].record.as_ref().unwrap().text;
+    assert_eq!(
+        text, "**1234\\n",
+        "masked as the map masks it, never the payload's value"
+    );
+}
+
+#[test]
+fn received_counts_find_the_first_recent_event_over_a_compacted_prefix() {
+    let r = rig();
+    let feed = feed_status(&r.store, None, Utc::now() + chrono::Duration::minutes(2)).unwrap();
+    assert_eq!(
+        (feed.received_last_minute, feed.received_last_hour),
+        (0, 3000)
+    );
+    let since = r
+        .store
+        .first_received_at_or_after(Utc::now() - chrono::Duration::hours(1))
+        .unwrap();
+    assert_eq!(since, Some(1));
+    let later = r
+        .store
+        .first_received_at_or_after(Utc::now() + chrono::Duration::hours(1))
+        .unwrap();
+    assert_eq!(later, None);
+}
