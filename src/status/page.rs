@@ -205,8 +205,8 @@ fn state_rows(c: &ConnectorReport, now: DateTime<Utc>) -> Markup {
         dt { "State" }
         @match &c.state {
             ConnectorState::Ok => dd { "ok" (since) },
-            ConnectorState::Retrying => dd { "retrying" (since) "; later events wait" },
-            ConnectorState::Blocked => dd.error { "blocked" (since) ": later events are held" },
+            ConnectorState::Retrying => dd { "retrying, later events wait;" (since) },
+            ConnectorState::Blocked => dd.error { "blocked, later events are held;" (since) },
             ConnectorState::OutsideSchedule { next_open } => dd {
                 "outside schedule"
                 @if let Some(t) = next_open { "; opens " (due(t, now)) }
