@@ -235,7 +235,7 @@ fn judge(mapping: &Mapping, case: &Case) -> Result<(), String> {
             bytes
         }
         (_, Some(hex)) => from_hex(hex)?,
-        _ => unreachable!("exactly one expectation was checked above"),
+        (None, None) => return Err("give record, record_hex, error or filtered: true".into()),
     };
     let got = rendered
         .map_err(|e| format!("expected a record, got the error: {e}"))?

@@ -74,6 +74,13 @@ fn dead_letters_are_settled_shown_and_listed() {
             .is_some_and(|e| e.len() == 1)
     });
     assert_eq!(app.read_out("permit.txt"), lines(&["D1", "D3"]));
+    // Piped (not a terminal), the table keeps every message whole.
+    let whole = json(&app, &["list", "--dead"])["entries"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, table, _) = run(&app, &["list", "--dead"]);
+    assert!(table.contains(&whole), "{table}");
 
     // show: metadata, the state and the record per connector.
     let shown = json(&app, &["show", "--key", "key-D1"]);
@@ -215,9 +222,14 @@ fn pause_holds_across_a_restart_and_replay_by_time_redelivers() {
     );
     let (code, out, err) = run(&app, &["resume", "--target", T]);
     assert_eq!(code, 0, "{out}{err}");
-    wait_until("P2 after resume", Duration::from_secs(30), || {
-        app.read_out("permit.txt") == lines(&["P1", "P2"])
-    });
+    wait_until(
+        "P2 after resume, and its commit",
+        Duration::from_secs(30),
+        || {
+            app.read_out("permit.txt") == lines(&["P1", "P2"])
+                && connector(&json(&app, &["stats"]), T)["cursor"] == 2
+        },
+    );
 
     // Replay by time: everything received in the last hour, again.
     let (code, out, err) = run(&app, &["replay", "--target", T, "--since", "1h"]);
