@@ -8,7 +8,7 @@
 //! postcard ([`schema::encode`]), tables declared in [`crate::feed::schema`].
 //!
 //! Architecture invariant: every action is one durable transaction through
-//! [`Ledger::write`] that makes the change *and* appends its [`ActionRecord`], so the log
+//! `Ledger::write` that makes the change *and* appends its [`ActionRecord`], so the log
 //! never shows an action that did not happen, nor misses one that did. The connector task
 //! calls the ones that touch its head (skip, retry, pause, settle) between two rounds, so
 //! none races a delivery (see `connector::command`).
