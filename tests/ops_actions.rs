@@ -138,6 +138,33 @@ fn dead_letters_are_settled_shown_and_listed() {
         .unwrap()
         .json();
     assert_eq!(receipt["targets"][T], "dead");
+    // Hostile reasons, straight to the admin socket (a shell cannot pass a NUL or 10 MB):
+    // refused whole as the operator's mistake, nothing recorded.
+    let cfg = ess::config::Config::load(&app.config).unwrap();
+    let huge = "x".repeat(10 << 20);
+    for reason in ["two\nlines", "nul\0byte", &"y".repeat(501), huge.as_str()] {
+        let req = ess::admin::ActRequest {
+            target: T.into(),
+            by: "tester\nwith a line end".into(),
+            action: ess::admin::ActionRequest::Pause {
+                reason: reason.to_owned(),
+            },
+        };
+        let reply = ess::admin::client::call::<_, ess::admin::ActResponse>(
+            &cfg.admin_socket,
+            "/v1/act",
+            &req,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        match reply {
+            ess::admin::client::Reply::Answer(Err(e)) => assert!(e.is_usage(), "{e}"),
+            other => panic!("{} chars: {other:?}", reason.len()),
+        }
+    }
+    let (code, _, err) = run(&app, &["pause", "--target", T, "--reason", "a\tb"]);
+    assert_eq!(code, 2, "{err}");
+    assert_ne!(connector(&json(&app, &["stats"]), T)["state"], "paused");
     let (code, out, _) = run(&app, &["dead", "discard", "--target", T, "--all"]);
     assert_eq!(
         (code, out.trim()),

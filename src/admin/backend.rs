@@ -153,6 +153,7 @@ impl AdminBackend for Admin {
     }
 
     fn replay(&self, req: &ReplayRequest, by: &str) -> Result<ReplayResponse, AdminError> {
+        let by = &one_line(by, MAX_BY);
         let target = req.target();
         self.select(Some(target))?;
         let view = self.store.view()?;
@@ -270,6 +271,14 @@ impl AdminBackend for Admin {
     }
 
     fn act(&self, req: &ActRequest) -> Result<ActResponse, AdminError> {
+        let reason = match &req.action {
+            ActionRequest::Pause { reason }
+            | ActionRequest::Skip { reason, .. }
+            | ActionRequest::Settle { reason, .. } => reason.as_str(),
+            ActionRequest::Resume | ActionRequest::Retry => "",
+        };
+        check_reason(reason)?;
+        let by = one_line(&req.by, MAX_BY);
         let Mode::Daemon { connectors, .. } = &self.mode else {
             let socket = match &self.mode {
                 Mode::Offline { socket, .. } => socket.clone(),
@@ -307,12 +316,41 @@ impl AdminBackend for Admin {
                 reason: reason.clone(),
             },
         };
-        let done = running.handle.act(action, &req.by, ACTION_TIMEOUT)?;
+        let done = running.handle.act(action, &by, ACTION_TIMEOUT)?;
         Ok(ActResponse {
             target: req.target.clone(),
             done,
         })
     }
+}
+
+/// Longest `--reason` kept with an action.
+pub const MAX_REASON: usize = 500;
+/// Longest "who" kept with an action (it comes from the client's environment).
+const MAX_BY: usize = 120;
+
+/// A reason goes into the ledger, the page and log lines: one line of sane length.
+fn check_reason(reason: &str) -> Result<(), AdminError> {
+    if reason.chars().count() > MAX_REASON {
+        return Err(AdminError::BadRequest(format!(
+            "--reason is {} characters; at most {MAX_REASON}",
+            reason.chars().count()
+        )));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(AdminError::BadRequest(
+            "--reason must be one line without control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `text` on one line (control characters replaced), at most `max` characters.
+fn one_line(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(max)
+        .collect()
 }
 
 /// Queues `from..=to` (checked against the cursor and the feed) and says what it did.

@@ -452,6 +452,74 @@ mod tests {
     }
 
     #[test]
+    fn an_action_is_all_there_after_a_power_cut_or_not_at_all() {
+        use crate::fault::{CutMode, DiskFault, PowerCut};
+        let open = |disk: &PowerCut| {
+            let db = redb::Database::builder()
+                .create_with_backend(disk.backend())
+                .unwrap();
+            Ledger::new(Arc::new(db))
+        };
+        for seed in 0..8 {
+            let disk = PowerCut::new();
+            let l = open(&disk);
+            l.commit_progress("c", 3, vec![], 3, &[(2, letter("map"))], Utc::now())
+                .unwrap();
+            assert!(l.pause("c", "window", &who(1)).unwrap());
+            // A full disk: the settle fails, and leaves nothing of itself.
+            disk.inject(Some(DiskFault::NoSpace));
+            assert!(
+                l.settle_dead("c", Some(2), Settle::Ack, "x", &who(2))
+                    .is_err()
+            );
+            disk.cut(CutMode::Scramble(seed));
+            let disk = PowerCut::from_image(disk.image());
+            let l = open(&disk);
+            let view = View::open(&*l.db).unwrap();
+            assert!(
+                view.pause("c").unwrap().is_some(),
+                "the committed pause survives"
+            );
+            assert!(
+                view.dead_letter("c", 2).unwrap().is_some(),
+                "the failed settle left it dead"
+            );
+            assert!(view.settled("c", 2).unwrap().is_none());
+            let log = view.actions(None, 10).unwrap();
+            assert_eq!(
+                log.len(),
+                1,
+                "only the pause is logged (seed {seed}): {log:?}"
+            );
+            assert_eq!(log[0].1.action, "pause");
+        }
+    }
+
+    #[test]
+    fn a_damaged_action_record_is_shown_as_such_and_the_others_still_read() {
+        let (_d, l) = ledger();
+        l.pause("c", "one", &who(1)).unwrap();
+        l.write(|tx| {
+            tx.open_table(ACTIONS)?
+                .insert(2, &b"\x01\xff\xff garbage"[..])?;
+            Ok(())
+        })
+        .unwrap();
+        l.resume("c", &who(3)).unwrap();
+        let view = View::open(&*l.db).unwrap();
+        let log = view.actions(None, 10).unwrap();
+        let names: Vec<&str> = log.iter().map(|(_, a)| a.action.as_str()).collect();
+        assert_eq!(names, ["resume", "damaged", "pause"]);
+        assert!(
+            log[1]
+                .1
+                .detail
+                .starts_with("action record 2 cannot be read"),
+            "{log:?}"
+        );
+    }
+
+    #[test]
     fn seq_lists_stay_short() {
         assert_eq!(seq_list(&[7]), "seq 7");
         assert_eq!(seq_list(&[3, 5]), "seqs 3, 5");

@@ -195,8 +195,17 @@ impl View {
                 break;
             }
             let (k, v) = row?;
-            let record: ActionRecord = value(v.value())?;
-            if connector.is_none_or(|c| c == record.connector) {
+            // A damaged record is shown as such rather than hiding the whole log (or the
+            // status page that lists it); the others still read.
+            let record: ActionRecord = value(v.value()).unwrap_or_else(|e| ActionRecord {
+                at_micros: 0,
+                by: "?".into(),
+                connector: "?".into(),
+                action: "damaged".into(),
+                detail: format!("action record {} cannot be read: {e}", k.value()),
+            });
+            let damaged = record.action == "damaged" && record.connector == "?";
+            if connector.is_none_or(|c| c == record.connector) || damaged {
                 out.push((k.value(), record));
             }
         }
