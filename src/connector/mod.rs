@@ -270,7 +270,6 @@ pub struct Live {
     /// When the connector entered its current state (see [`Phase`]'s classes).
     pub since: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
-    pub last_error_at: Option<DateTime<Utc>>,
     pub next_attempt: Option<DateTime<Utc>>,
     pub next_open: Option<DateTime<Utc>>,
 }
@@ -554,9 +553,7 @@ impl Runner {
             };
             l.set_phase(phase, now);
             l.next_attempt = Some(next);
-            if l.last_error.is_none() {
-                l.last_error = Some(r.last_error.clone());
-            }
+            l.last_error = Some(r.last_error.clone());
         });
         Some(Wait::For((next - now).to_std().unwrap_or_default()))
     }
@@ -795,10 +792,7 @@ impl Runner {
                     )
                 }
             })?;
-            self.set_live(|l| {
-                l.last_error = Some(err.to_string());
-                l.last_error_at = Some(now);
-            });
+            self.set_live(|l| l.last_error = Some(err.to_string()));
             return Ok(Wait::For(Duration::ZERO));
         }
         let jitter: f64 = rand::random();
@@ -827,7 +821,6 @@ impl Runner {
             };
             l.set_phase(phase, now);
             l.last_error = Some(err.to_string());
-            l.last_error_at = Some(now);
             l.next_attempt = Some(next_at);
         });
         Ok(Wait::For(delay))
