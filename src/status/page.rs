@@ -225,7 +225,7 @@ fn state_rows(c: &ConnectorReport, now: DateTime<Utc>) -> Markup {
             dt { "To do" } dd.todo { (hint) }
         }
         @if let Some(p) = &c.paused {
-            dt { "Paused" } dd { "by " (p.by) " " (when(&p.at, now)) @if !p.reason.is_empty() { ": " (p.reason) } }
+            dt { "Paused" } dd { "by " (p.by) @if !p.reason.is_empty() { ": " (p.reason) } " — " (when(&p.at, now)) }
         }
         @if c.state == ConnectorState::Blocked || c.state == ConnectorState::Retrying {
             @if let Some(r) = &c.retry {
@@ -300,8 +300,8 @@ fn connector_card(c: &ConnectorReport, now: DateTime<Utc>) -> Markup {
                 @if let Some(e) = &c.last_error {
                     dt { "Last error" }
                     dd.error {
-                        @if let Some(at) = &e.at { (when(at, now)) ": " }
                         (e.message)
+                        @if let Some(at) = &e.at { " — " (when(at, now)) }
                     }
                 }
                 dt { "Dead letters" }
