@@ -99,6 +99,9 @@ if [ "$(readlink "$ROOT/usr/local/bin/essctl" 2>/dev/null || true)" = ess ]; the
     remove /usr/local/bin/essctl
 fi
 remove /usr/local/share/doc/ess
+remove /usr/local/share/man/man1/ess.1
+remove /usr/local/share/bash-completion/completions/ess
+remove /usr/local/share/zsh/site-functions/_ess
 
 if [ "$PURGE" = yes ]; then
     remove /etc/systemd/system/$UNIT_NAME.d

@@ -90,6 +90,9 @@ pub const SEED_EVENT: &str = r#"{"type":"PERMIT_STATUS","payload":{"id":"BP-802"
 /// The permit map as `ess init` writes it (SPEC §4): the commented example of `maps/`.
 pub const PERMIT_MAP: &str = include_str!("../maps/permit_map.yml");
 
+/// Its golden cases (`ess test`), as shipped in `maps/`.
+pub const PERMIT_MAP_TESTS: &str = include_str!("../maps/permit_map.test.yml");
+
 fn config_text(o: &InitOptions) -> String {
     format!(
         r#"# ess.yml — written by `ess init`. Relative paths are relative to this file's folder.
@@ -147,6 +150,11 @@ pub fn init(o: &InitOptions) -> anyhow::Result<()> {
     write_file(&tls.join("client.key"), &client.key_pem, 0o600)?;
     write_file(&o.dir.join("ess.yml"), &config_text(o), 0o644)?;
     write_file(&o.dir.join("maps/permit_map.yml"), PERMIT_MAP, 0o644)?;
+    write_file(
+        &o.dir.join("maps/permit_map.test.yml"),
+        PERMIT_MAP_TESTS,
+        0o644,
+    )?;
     write_file(
         &o.dir.join("seed-event.json"),
         &format!("{SEED_EVENT}\n"),

@@ -9,9 +9,13 @@
 //! 4. [`map`] turns each selected event into record bytes (fixed-width, CSV, JSON, SOAP);
 //! 5. [`target`] delivers the records (file, SFTP, HTTP) idempotently;
 //! 6. [`ledger`] commits cursor, target checkpoint, retries and dead letters in the same file;
-//! 7. [`serve`] runs it all as a daemon; [`cli`], [`send`] and [`init`] are the commands.
+//! 7. [`state`] answers every question about where an event or a connector stands (receipts,
+//!    [`status`] page and metrics, [`admin`] commands), from the ledger and the feed;
+//! 8. [`serve`] runs it all as a daemon; [`cli`], [`send`], [`init`], [`check`] and
+//!    [`maptest`] are the commands.
 
 pub mod admin;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -25,8 +29,10 @@ pub mod init;
 pub mod ledger;
 pub mod logging;
 pub mod map;
+pub mod maptest;
 pub mod notify;
 pub mod send;
 pub mod serve;
+pub mod state;
 pub mod status;
 pub mod target;

@@ -39,19 +39,114 @@ use crate::config::LogFormat;
 /// Installs the global subscriber: stderr, `format`, `RUST_LOG` or `info`. Returns `false`
 /// (and changes nothing) if a subscriber was already installed, so calling it twice is
 /// harmless. An invalid `RUST_LOG` directive is skipped, not fatal.
+///
+/// When stderr is the journal (systemd sets `$JOURNAL_STREAM` to its device and inode),
+/// every line starts with its syslog priority (`<3>` error, `<4>` warning, `<6>` info,
+/// `<7>` debug), which journald reads, so `journalctl -p warning` works; the journal
+/// stamps the time itself, so the text format leaves it out.
 pub fn init(format: LogFormat) -> bool {
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
     let registry = tracing_subscriber::registry().with(filter);
+    let journal = stderr_is_journal();
     let installed = match format {
+        LogFormat::Text if journal => registry.with(journal_layer(std::io::stderr)).try_init(),
         LogFormat::Text => {
             let ansi = std::io::stderr().is_terminal();
             registry.with(text_layer(std::io::stderr, ansi)).try_init()
         }
-        LogFormat::Json => registry.with(json_layer(std::io::stderr)).try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(JsonFields::new())
+                    .event_format(OneLine {
+                        inner: FlatJson,
+                        priority: journal,
+                    })
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
     };
     installed.is_ok()
+}
+
+/// Whether stderr is the stream systemd connected to the journal: `$JOURNAL_STREAM` is
+/// `DEVICE:INODE` of it (a service whose stderr was redirected elsewhere keeps the
+/// variable, hence the comparison).
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    journal_stream_matches(&value.to_string_lossy(), stat.st_dev, stat.st_ino)
+}
+
+/// `JOURNAL_STREAM`'s `DEVICE:INODE` names the file with `dev` and `ino`.
+pub fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+    let mut parts = value.trim().splitn(2, ':');
+    let (Some(d), Some(i)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix.
+fn priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// The text layer for the journal: [`text_layer`]'s lines without time or colours, each
+/// with its priority prefix.
+pub fn journal_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .event_format(OneLine {
+            inner: tracing_subscriber::fmt::format().without_time(),
+            priority: true,
+        })
+        .with_writer(writer)
+        .with_ansi(false)
+}
+
+/// Formats an event with `inner`, then keeps it on one line (a line end inside a message
+/// or field is written `\n`), and, with `priority`, starts it with `<N>`.
+pub struct OneLine<F> {
+    inner: F,
+    priority: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for OneLine<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        let body = line.strip_suffix('\n').unwrap_or(&line);
+        if self.priority {
+            write!(writer, "<{}>", priority(event.metadata().level()))?;
+        }
+        writeln!(writer, "{}", body.replace('\r', "\\r").replace('\n', "\\n"))
+    }
 }
 
 /// The span every piece of work about one event runs in, so that each line logged inside
@@ -65,17 +160,32 @@ pub fn event_span(event: &crate::event::Event) -> tracing::Span {
     tracing::info_span!("event", seq = event.seq, trace_id = %event.trace_id)
 }
 
-/// The human text layer, writing to `writer`, colours only if `ansi`: one line per event
-/// with time, level, the enclosing spans with their fields
-/// (`connector{target_name=...}:deliver{seq=7 trace_id=...}:`), target, message, fields.
-pub fn text_layer<S, W>(writer: W, ansi: bool) -> impl Layer<S>
+/// The human text layer, writing to `writer`: time, level, the enclosing spans with their
+/// fields (`connector{target_name=...}:deliver{seq=7 trace_id=...}:`), target, message,
+/// fields. With `ansi` (a terminal) in colour; else exactly one line per message.
+pub fn text_layer<S, W>(writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt::layer()
-        .with_writer(writer)
-        .with_ansi(ansi)
+    if ansi {
+        // A person at a terminal: colours, and a message's own line breaks.
+        return Box::new(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(true),
+        );
+    }
+    // A file, a pipe, a log collector: one line per message.
+    Box::new(
+        tracing_subscriber::fmt::layer()
+            .event_format(OneLine {
+                inner: tracing_subscriber::fmt::format(),
+                priority: false,
+            })
+            .with_writer(writer)
+            .with_ansi(false),
+    )
 }
 
 /// The JSON-lines layer, writing to `writer`: one object per event with `timestamp`,
@@ -88,7 +198,10 @@ where
 {
     tracing_subscriber::fmt::layer()
         .fmt_fields(JsonFields::new())
-        .event_format(FlatJson)
+        .event_format(OneLine {
+            inner: FlatJson,
+            priority: false,
+        })
         .with_writer(writer)
 }
 
@@ -348,6 +461,40 @@ mod tests {
         let lines = json_lines(|| tracing::info!(addr = "127.0.0.1:8080", "listening"));
         assert_eq!(lines[0]["addr"], "127.0.0.1:8080");
         assert!(lines[0].get("spans").is_none());
+    }
+
+    #[test]
+    fn journal_lines_carry_their_priority_and_stay_on_one_line() {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(journal_layer(move || sink.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!("maps/x.yml:3:1: missing deliver: add\n  deliver:\n    kind: file");
+            tracing::warn!(error = "a\nb", "delivery failed");
+            tracing::info!("delivered");
+            tracing::debug!("detail");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "one line per message: {text}");
+        assert_eq!(
+            lines[0],
+            r"<3>ERROR ess::logging::tests: maps/x.yml:3:1: missing deliver: add\n  deliver:\n    kind: file"
+        );
+        assert!(
+            lines[1].starts_with("<4> WARN ") && lines[1].contains(r#"error="a\nb""#),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("<6> INFO "), "{text}");
+        assert!(lines[3].starts_with("<7>DEBUG "), "{text}");
+    }
+
+    #[test]
+    fn journal_stream_is_compared_with_stderr() {
+        assert!(journal_stream_matches("8:1234", 8, 1234));
+        assert!(!journal_stream_matches("8:1234", 8, 1235));
+        assert!(!journal_stream_matches("garbage", 8, 1234));
+        assert!(!journal_stream_matches("", 0, 0));
     }
 
     #[test]

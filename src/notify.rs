@@ -2,8 +2,10 @@
 //!
 //! systemd puts the path of a datagram socket in `$NOTIFY_SOCKET`; a service reports its
 //! state by sending newline-separated `KEY=VALUE` lines to it (`READY=1`, `STOPPING=1`,
-//! `RELOADING=1`, `STATUS=...`). A path starting with `@` names a socket in the abstract
-//! namespace. Outside systemd the variable is unset and every call here does nothing.
+//! `RELOADING=1`, `STATUS=...`, `WATCHDOG=1`). A path starting with `@` names a socket in
+//! the abstract namespace. Outside systemd the variable is unset and every call here does
+//! nothing. (Written here rather than with the `sd-notify` crate: its 0.5 connects to the
+//! socket as a path only, and systemd in a container hands out `@abstract` names.)
 //!
 //! Invariant: `READY=1` means both listeners (ingest and status) are bound and the feed is
 //! open, so `systemctl start ess` returns only when the appliance can take events; the
@@ -26,8 +28,34 @@ pub fn stopping() {
 }
 
 /// Tells systemd a reload (SIGHUP) is in progress; follow it with [`ready`] when done.
+/// `MONOTONIC_USEC` comes with it, as systemd 253+ requires for `Type=notify-reload` (older
+/// ones ignore it).
 pub fn reloading() {
-    send_logged("RELOADING=1");
+    send_logged(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd wants it for `MONOTONIC_USEC`.
+fn monotonic_usec() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u128::try_from(t.tv_sec).unwrap_or(0) * 1_000_000
+        + u128::try_from(t.tv_nsec).unwrap_or(0) / 1000
+}
+
+/// Tells systemd the service is alive (`WatchdogSec=` in the unit).
+pub fn watchdog() {
+    send_logged("WATCHDOG=1");
+}
+
+/// How often to send [`watchdog`]: half the interval systemd asked for in `WATCHDOG_USEC`
+/// (only when `WATCHDOG_PID` is unset or names this process); `None` without a watchdog.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
 }
 
 /// Sets the one-line status `systemctl status ess` shows.

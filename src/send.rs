@@ -8,14 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use crate::cli::UsageError;
 use crate::client::Client;
 
 /// Most events per request.
 pub const BATCH_EVENTS: usize = 500;
 /// Most body bytes per request (well under the default max_body).
 pub const BATCH_BYTES: usize = 1 << 20;
-/// Attempts per batch before giving up (no answer, or 503).
-const MAX_ATTEMPTS: u32 = 12;
 
 /// One event read from an input, with where it came from (for error messages).
 pub struct InputEvent {
@@ -49,14 +48,19 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<InputEvent>> {
             origin: name.clone(),
             json: v.to_string(),
         }),
-        Ok(_) => bail!("{name}: expected a JSON object, an array of objects, or NDJSON"),
+        Ok(_) => {
+            return Err(UsageError(format!(
+                "{name}: expected a JSON object, an array of objects, or NDJSON"
+            ))
+            .into());
+        }
         Err(_) => {
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
                 let v: Value = serde_json::from_str(line)
-                    .with_context(|| format!("{name}:{}: not JSON", i + 1))?;
+                    .map_err(|e| UsageError(format!("{name}:{}: not JSON: {e}", i + 1)))?;
                 out.push(InputEvent {
                     origin: format!("{name}:{}", i + 1),
                     json: v.to_string(),
@@ -82,19 +86,30 @@ pub struct Target {
     pub key: PathBuf,
 }
 
-/// Sends `events` in batches; stops at the first rejected batch with its reason.
+/// Sends `events` in batches; stops at the first rejected batch with its reason (a 4xx is
+/// a [`UsageError`]: the events are wrong, not the network), and gives up on a batch that
+/// has had no answer (or only 503s) for `timeout`.
 pub async fn send(
     target: &Target,
     events: &[InputEvent],
     show_progress: bool,
+    timeout: Duration,
 ) -> anyhow::Result<Totals> {
     let mut client = Client::new(&target.url, &target.ca, Some((&target.cert, &target.key)))?;
     let bar = if show_progress && events.len() >= 2 * BATCH_EVENTS {
         let bar = indicatif::ProgressBar::new(events.len() as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} events ({per_sec}, eta {eta})",
+                "{bar:40} {pos}/{len} events ({rate}, eta {eta})",
             )
+            .map(|s| {
+                s.with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0} events/s", state.per_sec());
+                    },
+                )
+            })
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Some(bar)
@@ -122,7 +137,7 @@ pub async fn send(
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let answer = send_batch(&mut client, body).await?;
+        let answer = send_batch(&mut client, body, timeout).await?;
         let v = answer.json();
         if answer.status != hyper::StatusCode::ACCEPTED {
             let origin = v["index"]
@@ -135,12 +150,16 @@ pub async fn send(
                 .unwrap_or_default();
             let error = v["error"].as_str().unwrap_or("rejected");
             let at = origin.map(|o| format!("{o}: ")).unwrap_or_default();
-            bail!(
+            let message = format!(
                 "{at}{error}{field} [HTTP {}]; {} events before this batch were accepted ({} duplicates)",
                 answer.status.as_u16(),
                 totals.accepted,
                 totals.duplicates
             );
+            if answer.status.is_client_error() {
+                return Err(UsageError(message).into());
+            }
+            bail!(message);
         }
         totals.accepted += v["accepted"].as_u64().unwrap_or(0);
         totals.duplicates += v["duplicates"].as_u64().unwrap_or(0);
@@ -157,10 +176,17 @@ pub async fn send(
 
 /// Sends one batch until it gets a final answer: re-sent when the answer never came or the
 /// server said 503 (both safe: the same idempotency keys are sent again).
-async fn send_batch(client: &mut Client, body: String) -> anyhow::Result<crate::client::Answer> {
+async fn send_batch(
+    client: &mut Client,
+    body: String,
+    timeout: Duration,
+) -> anyhow::Result<crate::client::Answer> {
     let mut delay = Duration::from_millis(250);
     let mut last_problem = String::new();
-    for attempt in 1..=MAX_ATTEMPTS {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempt = 0u32;
+    while tokio::time::Instant::now() < deadline {
+        attempt += 1;
         match client.post_events(body.clone(), false).await {
             Ok(a) if a.status == hyper::StatusCode::SERVICE_UNAVAILABLE => {
                 last_problem = format!(
@@ -175,17 +201,17 @@ async fn send_batch(client: &mut Client, body: String) -> anyhow::Result<crate::
                     wait_secs = wait.as_secs_f32(),
                     "{last_problem}; retrying"
                 );
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + wait)).await;
             }
             Ok(a) => return Ok(a),
             Err(e @ crate::client::ClientError::Setup(_)) => return Err(e.into()),
             Err(e) => {
                 last_problem = e.to_string();
                 tracing::warn!(attempt, error = %e, "batch not acknowledged; re-sending");
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + delay)).await;
             }
         }
         delay = (delay * 2).min(Duration::from_secs(8));
     }
-    bail!("gave up after {MAX_ATTEMPTS} attempts: {last_problem}")
+    bail!("gave up after {attempt} attempt(s) in {timeout:?} (see --timeout): {last_problem}")
 }

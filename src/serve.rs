@@ -6,9 +6,8 @@
 //! requests under way (their commits finish), connectors finish the delivery under way and
 //! commit it, and only then is the feed's committer stopped.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,11 +15,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Diagnostics};
-use crate::connector::{self, ConnectorSpec, Env, Live, Runner};
-use crate::event::Event;
+use crate::connector::{self, ConnectorSpec, Env, Runner};
 use crate::feed::{self, Feed};
-use crate::ingest::{self, IngestState, Receipts};
+use crate::ingest::{self, IngestState};
 use crate::ledger::Ledger;
+use crate::state::{Connectors, Running, Store};
 
 /// How long shutdown waits for connectors to finish the delivery under way.
 const CONNECTOR_DRAIN: Duration = Duration::from_secs(20);
@@ -29,55 +28,6 @@ const CONNECTOR_DRAIN: Duration = Duration::from_secs(20);
 struct Generation {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-}
-
-/// A running connector's spec and its live state.
-pub type RunningConnector = (Arc<ConnectorSpec>, Arc<Mutex<Live>>);
-
-/// What the daemon knows about its connectors, shared with receipts and status.
-pub struct Connectors {
-    pub specs: RwLock<Vec<RunningConnector>>,
-    pub ledger: Ledger,
-}
-
-impl Receipts for Connectors {
-    fn targets(&self, event: &Event) -> BTreeMap<String, String> {
-        let specs = self.specs.read().map(|s| s.clone()).unwrap_or_default();
-        specs
-            .iter()
-            .map(|(spec, _)| (spec.name.clone(), self.state_of(spec, event).to_string()))
-            .collect()
-    }
-}
-
-impl Connectors {
-    /// `delivered` | `pending` | `retrying` | `dead` | `filtered` for one event.
-    pub fn state_of(&self, spec: &ConnectorSpec, event: &Event) -> &'static str {
-        if !spec.mapping.selects(&event.event_type) {
-            return "filtered";
-        }
-        let dead = self
-            .ledger
-            .dead_letters(&spec.name)
-            .map(|d| d.iter().any(|(s, _)| *s == event.seq))
-            .unwrap_or(false);
-        if dead {
-            return "dead";
-        }
-        let cursor = self
-            .ledger
-            .cursor(&spec.name)
-            .ok()
-            .flatten()
-            .map_or(0, |c| c.seq);
-        if event.seq <= cursor {
-            return "delivered";
-        }
-        match self.ledger.retry_state(&spec.name) {
-            Ok(Some(r)) if r.seq == event.seq => "retrying",
-            _ => "pending",
-        }
-    }
 }
 
 /// Addresses the daemon listens on (useful when the config says port 0).
@@ -115,10 +65,8 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         hooks: Arc::new(metrics.clone()),
         wake: wake_rx,
     };
-    let connectors = Arc::new(Connectors {
-        specs: RwLock::new(Vec::new()),
-        ledger: ledger.clone(),
-    });
+    let store = Arc::new(Store::shared(db.clone(), &cfg.db_path()));
+    let connectors = Arc::new(Connectors::new(store));
     let mut generation = start_generation(specs, &env, &connectors)?;
 
     let (stop_ingest, ingest_stop_rx) = watch::channel(false);
@@ -134,22 +82,23 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         receipts: connectors.clone(),
         hooks: Arc::new(metrics.clone()),
     });
-    let status_source = crate::status::DaemonStatus::new(
+    let status_source: Arc<dyn crate::status::StatusSource> =
+        Arc::new(crate::status::DaemonStatus::new(
+            connectors.clone(),
+            feed.clone(),
+            cfg.data_dir.clone(),
+            cfg.min_free_disk,
+            cfg.blocked_alarm,
+            health.clone(),
+        ));
+    let status_server = crate::status::serve(cfg.status_listen, status_source.clone(), metrics)
+        .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
+    let admin_backend = crate::admin::backend::Admin::daemon(
         connectors.clone(),
-        feed.clone(),
-        cfg.data_dir.clone(),
-        cfg.db_path(),
-        cfg.min_free_disk,
-        health.clone(),
+        status_source.clone(),
+        ledger.clone(),
+        Arc::new(move |_: &str| wake.send_modify(|n| *n += 1)),
     );
-    let status_server =
-        crate::status::serve(cfg.status_listen, Arc::new(status_source), metrics)
-            .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
-    let admin_backend =
-        crate::admin::direct::DirectBackend::new(&cfg.maps_dir, &cfg.db_path(), db.clone())
-            .on_replay(move |_| {
-                wake.send_modify(|n| *n += 1);
-            });
     let admin = crate::admin::server::serve(&cfg.admin_socket, Arc::new(admin_backend))
         .with_context(|| {
             format!(
@@ -175,30 +124,29 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         ingest: ingest_addr,
         status: status_server.local_addr(),
     });
+    // systemd (Type=notify): the feed is open, both listeners are bound, signals handled.
+    crate::notify::ready();
+    crate::notify::status(&serving_status(&connectors));
+    let watchdog = crate::notify::watchdog_interval().map(|every| tokio::spawn(watchdog(every)));
 
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                match connector::load_all(&cfg.maps_dir, cfg.timezone) {
-                    Err(errs) => {
-                        for e in &errs {
-                            tracing::error!("{e}");
-                        }
-                        tracing::error!(n_problems = errs.len(), "SIGHUP: new maps refused; the running connectors keep going");
-                    }
-                    Ok(specs) => {
-                        stop_generation(generation).await;
-                        generation = start_generation(specs, &env, &connectors)?;
-                        tracing::info!(connectors = generation.tasks.len(), "SIGHUP: maps reloaded");
-                    }
-                }
+                crate::notify::reloading();
+                generation = reload(&cfg, generation, &env, &connectors).await?;
+                crate::notify::ready();
+                crate::notify::status(&serving_status(&connectors));
             }
         }
     }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     // Tells systemd (Type=notify) that the stop is under way; a no-op outside systemd.
     crate::notify::stopping();
+    crate::notify::status("stopping: finishing requests and deliveries under way");
     tracing::info!("shutting down: finishing requests and deliveries under way");
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
@@ -224,10 +172,10 @@ async fn retention(
 ) {
     loop {
         let names: Vec<String> = connectors
-            .specs
-            .read()
-            .map(|s| s.iter().map(|(c, _)| c.name.clone()).collect())
-            .unwrap_or_default();
+            .running()
+            .iter()
+            .map(|r| r.spec.name.clone())
+            .collect();
         let db2 = db.clone();
         let pass = tokio::task::spawn_blocking(move || {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -253,18 +201,83 @@ fn start_generation(
 ) -> anyhow::Result<Generation> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let mut shared = Vec::new();
+    let mut running = Vec::new();
     for spec in specs {
         let spec = Arc::new(spec);
         let runner = Runner::new(spec.clone(), env.clone())
             .map_err(|e| anyhow::anyhow!("{}: {e}", spec.path.display()))?;
-        shared.push((spec, runner.live.clone()));
+        running.push(Running {
+            spec,
+            live: runner.live.clone(),
+            handle: runner.handle(),
+        });
         tasks.push(tokio::spawn(runner.run(stop_rx.clone())));
     }
-    if let Ok(mut s) = connectors.specs.write() {
-        *s = shared;
-    }
+    connectors.set(running);
     Ok(Generation { stop, tasks })
+}
+
+/// SIGHUP: loads the maps again; an invalid set is refused (logged, shown on the page) and
+/// the running generation keeps going, a valid one replaces it.
+async fn reload(
+    cfg: &Config,
+    generation: Generation,
+    env: &Env,
+    connectors: &Connectors,
+) -> anyhow::Result<Generation> {
+    match connector::load_all(&cfg.maps_dir, cfg.timezone) {
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!("{e}");
+            }
+            tracing::error!(
+                n_problems = errs.len(),
+                "SIGHUP: new maps refused; the running connectors keep going"
+            );
+            let problems: Vec<String> = errs.iter().map(ToString::to_string).collect();
+            connectors.reloaded(false, connectors.running().len(), &problems);
+            Ok(generation)
+        }
+        Ok(specs) => {
+            stop_generation(generation).await;
+            let next = start_generation(specs, env, connectors)?;
+            tracing::info!(connectors = next.tasks.len(), "SIGHUP: maps reloaded");
+            connectors.reloaded(true, next.tasks.len(), &[]);
+            Ok(next)
+        }
+    }
+}
+
+/// The one line `systemctl status ess` shows while serving.
+fn serving_status(connectors: &Connectors) -> String {
+    let names: Vec<String> = connectors
+        .running()
+        .iter()
+        .map(|r| r.spec.name.clone())
+        .collect();
+    let reload = match connectors.last_reload() {
+        Some(r) if !r.ok => format!(
+            "; last reload REFUSED ({} problem(s): {})",
+            r.n_problems,
+            r.first_problem.unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "serving {} connector(s): {}{reload}",
+        names.len(),
+        names.join(", ")
+    )
+}
+
+/// Tells systemd the daemon is alive every `every`, from the async runtime itself, so a
+/// runtime that stops making progress stops the pings and systemd restarts the service.
+async fn watchdog(every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        crate::notify::watchdog();
+    }
 }
 
 async fn stop_generation(g: Generation) {

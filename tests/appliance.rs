@@ -114,6 +114,15 @@ fn fresh_install_creates_every_path_with_its_mode_and_nothing_else() {
 
     let template = repo().join("appliance/ess.yml.example");
     let file = |m, src: &Path| Entry::File(m, sha256(src));
+    // What the binary itself prints for `args`, as a 0644 file.
+    let generated = |args: &[&str]| {
+        let out = Command::new(ess_binary()).args(args).output().unwrap();
+        assert!(out.status.success(), "ess {args:?}");
+        assert!(!out.stdout.is_empty(), "ess {args:?} printed nothing");
+        let gen_file = tmp.path().join("generated");
+        std::fs::write(&gen_file, &out.stdout).unwrap();
+        Entry::File(0o644, sha256(&gen_file))
+    };
     let mut expected: BTreeMap<String, Entry> = [
         ("/etc", Entry::Dir(0o755)),
         ("/etc/ess", Entry::Dir(0o750)),
@@ -138,6 +147,24 @@ fn fresh_install_creates_every_path_with_its_mode_and_nothing_else() {
         (
             "/usr/local/share/doc/ess/README-operations.md",
             file(0o644, &repo().join("appliance/README-operations.md")),
+        ),
+        ("/usr/local/share/man", Entry::Dir(0o755)),
+        ("/usr/local/share/man/man1", Entry::Dir(0o755)),
+        ("/usr/local/share/man/man1/ess.1", generated(&["man"])),
+        ("/usr/local/share/bash-completion", Entry::Dir(0o755)),
+        (
+            "/usr/local/share/bash-completion/completions",
+            Entry::Dir(0o755),
+        ),
+        (
+            "/usr/local/share/bash-completion/completions/ess",
+            generated(&["completions", "bash"]),
+        ),
+        ("/usr/local/share/zsh", Entry::Dir(0o755)),
+        ("/usr/local/share/zsh/site-functions", Entry::Dir(0o755)),
+        (
+            "/usr/local/share/zsh/site-functions/_ess",
+            generated(&["completions", "zsh"]),
         ),
         ("/var", Entry::Dir(0o755)),
         ("/var/lib", Entry::Dir(0o755)),
@@ -384,6 +411,9 @@ fn uninstall_keeps_config_and_data_and_purge_removes_them() {
         "usr/local/bin/ess",
         "usr/local/bin/essctl",
         "usr/local/share/doc/ess",
+        "usr/local/share/man/man1/ess.1",
+        "usr/local/share/bash-completion/completions/ess",
+        "usr/local/share/zsh/site-functions/_ess",
     ] {
         assert!(
             std::fs::symlink_metadata(root.join(gone)).is_err(),
@@ -624,6 +654,11 @@ impl Daemon {
         }
     }
 
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// SIGTERM (what `systemctl stop/restart` sends); returns once it has exited.
     fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
@@ -810,7 +845,7 @@ fn a_private_key_readable_by_the_group_is_refused_at_start_with_the_fix() {
 }
 
 #[test]
-fn serve_tells_systemd_it_is_ready_and_stopping() {
+fn serve_tells_systemd_it_is_ready_reloading_alive_and_stopping() {
     use std::os::linux::net::SocketAddrExt;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("root");
@@ -823,24 +858,65 @@ fn serve_tells_systemd_it_is_ready_and_stopping() {
     notify
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();
-    let receive = || {
-        let mut buf = [0u8; 256];
+    // The next notice that is not a watchdog ping; counts the pings seen meanwhile.
+    let pings = std::cell::Cell::new(0);
+    let receive = || loop {
+        let mut buf = [0u8; 512];
         let n = notify.recv(&mut buf).expect("a notice from ess");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg == "WATCHDOG=1" {
+            pings.set(pings.get() + 1);
+            continue;
+        }
+        return msg;
     };
 
     let log = tmp.path().join("ess.log");
     let mut cmd = Command::new(root.join("usr/local/bin/ess"));
     cmd.args(["serve", "--config"])
         .arg(&config)
-        .env("NOTIFY_SOCKET", format!("@{name}"));
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        // WatchdogSec=0.2s as systemd passes it; WATCHDOG_PID unset means "this process".
+        .env("WATCHDOG_USEC", "200000");
     let daemon = Daemon::start_with(cmd, &log);
     assert_eq!(receive(), "READY=1");
+    assert_eq!(receive(), "STATUS=serving 1 connector(s): city_hall_cobol");
     // Ready means it takes events now, and SIGTERM right after readiness is still graceful.
     let rt = support::rt();
     post(&rt, &daemon, tmp.path(), &["BP-1"]);
+
+    // SIGHUP with a broken map: RELOADING=1 (with MONOTONIC_USEC), then READY=1 again, and
+    // the status line says the reload was refused.
+    let broken = root.join("etc/ess/maps/broken.yml");
+    std::fs::write(&broken, "target: broken\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let reloading = receive();
+    let mut lines = reloading.lines();
+    assert_eq!(lines.next(), Some("RELOADING=1"), "{reloading}");
+    let usec = lines.next().and_then(|l| l.strip_prefix("MONOTONIC_USEC="));
+    assert!(
+        usec.is_some_and(|u| u.parse::<u64>().is_ok()),
+        "{reloading}"
+    );
+    assert_eq!(receive(), "READY=1");
+    let status = receive();
+    assert!(
+        status.starts_with("STATUS=serving 1 connector(s): city_hall_cobol; last reload REFUSED (")
+            && status.contains("broken.yml"),
+        "{status}"
+    );
+    std::fs::remove_file(&broken).unwrap();
+    // The watchdog pings come every 0.1 s; wait for a few more (bounded by the read timeout).
+    let seen = pings.get();
+    while pings.get() < seen + 3 {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("watchdog pings");
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
+        pings.set(pings.get() + 1);
+    }
     assert_eq!(daemon.terminate().code(), Some(0));
     assert_eq!(receive(), "STOPPING=1");
+    assert!(receive().starts_with("STATUS=stopping"));
 
     // SIGTERM the moment it is ready (systemctl stop right after start) is still graceful.
     let mut cmd = Command::new(root.join("usr/local/bin/ess"));
@@ -854,6 +930,7 @@ fn serve_tells_systemd_it_is_ready_and_stopping() {
         Some(0),
         "SIGTERM right after READY=1"
     );
+    assert!(receive().starts_with("STATUS=serving"));
     assert_eq!(receive(), "STOPPING=1");
 }
 

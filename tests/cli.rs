@@ -9,6 +9,150 @@ use std::time::Duration;
 use support::*;
 
 #[test]
+fn every_option_of_every_command_has_help() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&ess::cli::Cli::command(), "ess", &mut missing);
+    assert!(missing.is_empty(), "without help: {missing:#?}");
+}
+
+#[test]
+fn every_command_finds_its_config_the_same_way() {
+    let app = Appliance::init();
+    let cfg = app.config.to_str().unwrap();
+    let with_env = |args: &[&str], config: &str| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("ESS_CONFIG", config)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // $ESS_CONFIG when no --config: check, stats, list, test alike.
+    assert_eq!(with_env(&["check"], cfg).0, 0);
+    let (code, out) = with_env(&["stats"], cfg);
+    assert_eq!(code, 1, "no database yet: {out}");
+    assert!(
+        out.contains("no database at") && out.contains("has `ess serve` run"),
+        "{out}"
+    );
+    assert_eq!(with_env(&["test"], cfg).0, 0);
+    // --config wins over $ESS_CONFIG.
+    assert_eq!(with_env(&["check", "--config", cfg], "/nowhere.yml").0, 0);
+    // Neither: /etc/ess/ess.yml, and its absence is a clear validation error.
+    let (code, out) = with_env(&["check"], "/nowhere/ess.yml");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("/nowhere/ess.yml:1:1: cannot read config"),
+        "{out}"
+    );
+    let out = Command::new(BIN)
+        .args(["stats", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("ESS_CONFIG") && help.contains("/etc/ess/ess.yml"),
+        "{help}"
+    );
+}
+
+#[test]
+fn completions_and_the_manual_come_from_the_command_definitions() {
+    let (code, out, _) = ess(&["completions", "bash"], None);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("_ess()") && out.contains("replay") && out.contains("--since"),
+        "{out}"
+    );
+    let (code, out, _) = ess(&["completions", "zsh"], None);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("#compdef ess"), "{out}");
+    let (code, out, _) = ess(&["man"], None);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(".TH ess 1") && out.contains("External System Sync"),
+        "{out}"
+    );
+    let (code, _, err) = ess(&["completions", "tcsh"], None);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn validation_errors_exit_2_and_runtime_failures_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("BAD.cpy");
+    std::fs::write(&bad, "       01 REC.\n          05 A PIC Q(3).\n").unwrap();
+    let (code, _, err) = ess(&["map", "from-copybook", bad.to_str().unwrap()], None);
+    assert_eq!(code, 2, "a copybook it cannot lay out: {err}");
+    let (code, _, err) = ess(&["map", "from-copybook", "/nowhere.cpy"], None);
+    assert_eq!(code, 2, "{err}");
+
+    let app = Appliance::init();
+    let cfg = app.config.to_str().unwrap();
+    let junk = tmp.path().join("junk.ndjson");
+    std::fs::write(&junk, "{\"type\": \"A\"}\nnot json\n").unwrap();
+    let (code, _, err) = ess(
+        &[
+            "send",
+            "--config",
+            cfg,
+            "--url",
+            "https://127.0.0.1:1",
+            junk.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("junk.ndjson:2: not JSON"), "{err}");
+    // Nobody listens: a runtime failure, given up after --timeout, saying so.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let one = tmp.path().join("one.json");
+    std::fs::write(&one, permit_event("T1").to_string()).unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let (code, _, err) = ess(
+        &[
+            "send",
+            "--config",
+            cfg,
+            "--url",
+            &url,
+            "--timeout",
+            "1s",
+            one.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("gave up after") && err.contains("--timeout"),
+        "{err}"
+    );
+}
+
+#[test]
 fn every_command_has_help() {
     for cmd in [
         &["--help"][..],
@@ -18,6 +162,20 @@ fn every_command_has_help() {
         &["send", "--help"],
         &["check", "--help"],
         &["map", "--help"],
+        &["list", "--help"],
+        &["replay", "--help"],
+        &["stats", "--help"],
+        &["show", "--help"],
+        &["backup", "--help"],
+        &["dead", "ack", "--help"],
+        &["dead", "discard", "--help"],
+        &["retry", "--help"],
+        &["pause", "--help"],
+        &["resume", "--help"],
+        &["skip", "--help"],
+        &["test", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
     ] {
         let (code, out, _) = ess(cmd, None);
         assert_eq!(code, 0, "{cmd:?}");
@@ -197,7 +355,10 @@ fn send_reads_files_arrays_ndjson_and_stdin_and_counts() {
         ],
         None,
     );
-    assert_eq!(code, 1);
+    assert_eq!(
+        code, 2,
+        "a 400 (the events are wrong) is a validation error"
+    );
     assert!(
         err.contains("bad.ndjson:2") && err.contains("payload"),
         "{err}"

@@ -65,3 +65,65 @@ fn json_logs_follow_one_event_by_trace_id_and_show_no_payload() {
     assert_eq!(parked["seq"], 2);
     assert!(!log.contains("SECRET"), "payload values in the log: {log}");
 }
+
+#[test]
+fn under_the_journal_every_line_has_its_priority_and_stays_one_line() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::MetadataExt;
+    let app = Appliance::init();
+    let log = app.tmp.path().join("journal.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let meta = file.metadata().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&app.config)
+        // What systemd sets when stderr is the journal: that file's device and inode.
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut ready = String::new();
+    BufReader::new(stdout).read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("ess listening"), "{ready}");
+    // A reload refused for a map whose problem message spans several lines.
+    std::fs::write(
+        app.dir.join("maps/broken.yml"),
+        "target: broken\nfields:\n  A: a | width:1\n",
+    )
+    .unwrap();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_until("the refusal", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("new maps refused")
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    for line in text.lines() {
+        let prio = line.strip_prefix('<').and_then(|l| l.chars().next());
+        assert!(
+            prio.is_some_and(|p| ('0'..='7').contains(&p)) && line[2..].starts_with('>'),
+            "a line without its priority: {line:?}\n{text}"
+        );
+    }
+    let missing = text
+        .lines()
+        .find(|l| l.contains("missing deliver"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(missing.starts_with("<3>"), "{missing}");
+    assert!(
+        missing.contains(r"e.g.\n  deliver:\n    kind: file"),
+        "one line: {missing}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("ess serving")),
+        "{text}"
+    );
+}

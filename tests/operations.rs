@@ -28,6 +28,13 @@ fn replay_of_a_range_appends_exactly_that_range_and_stats_and_backup_answer() {
     wait_until("four lines", Duration::from_secs(30), || {
         app.read_out("permit.txt") == lines(&["R1", "R2", "R3", "R4"])
     });
+    // The file is fsynced a moment before the ledger commit that moves the cursor; a
+    // replay asked before it would find nothing delivered yet to replay.
+    wait_until("the cursor at 4", Duration::from_secs(30), || {
+        let (_, out, _) = ess(&["stats", "--config", &cfg, "--json"], None);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|s| s["connectors"][0]["cursor"] == 4)
+    });
 
     let (code, out, err) = ess(
         &[
@@ -156,6 +163,19 @@ fn sighup_refuses_an_invalid_map_set_and_starts_a_new_connector() {
     wait_until("the refusal in the log", Duration::from_secs(30), || {
         app.stderr().contains("new maps refused")
     });
+    // The page and `ess stats` say the reload was refused, and why.
+    let cfg = app.config.to_str().unwrap().to_string();
+    let (code, out, _) = ess(&["stats", "--config", &cfg, "--json"], None);
+    assert_eq!(code, 0);
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["last_reload"]["ok"], false, "{stats}");
+    let first = stats["last_reload"]["first_problem"].as_str().unwrap();
+    assert!(first.contains("broken.yml:"), "{first}");
+    let (_, text, _) = ess(&["stats", "--config", &cfg], None);
+    assert!(
+        text.contains("the last reload") && text.contains("was refused"),
+        "{text}"
+    );
     send(&app, &["H2"]);
     wait_until(
         "the old connector keeps going",
@@ -174,6 +194,11 @@ fn sighup_refuses_an_invalid_map_set_and_starts_a_new_connector() {
     // A new connector starts at the beginning of the feed (start: earliest by default).
     wait_until("the new connector's file", Duration::from_secs(30), || {
         app.read_out("copy.txt") == lines(&["H1", "H2"])
+    });
+    wait_until("the reload reported ok", Duration::from_secs(30), || {
+        let (_, out, _) = ess(&["stats", "--config", &cfg, "--json"], None);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|s| s["last_reload"]["ok"] == true && s["last_reload"]["connectors"] == 2)
     });
     send(&app, &["H3"]);
     wait_until("both files", Duration::from_secs(30), || {

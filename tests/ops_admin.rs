@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Utc;
 use clap::Parser;
+use ess::admin::backend::Admin;
 use ess::admin::cli::{backup_output, list_output, replay_output, stats_output};
-use ess::admin::direct::DirectBackend;
 use ess::admin::server::serve;
 use ess::admin::*;
+use ess::cli::ConfigArg;
 use ess::config::Config;
 use ess::feed::{Feed, NewEvent, open_database};
 use ess::ledger::{DeadLetter, Ledger, RetryState};
@@ -51,7 +52,7 @@ async fn appliance() -> Appliance {
     );
     write(
         &root.join("maps/county.yml"),
-        "target: county\ndeliver: {kind: file, dir: ../out, file: county.txt}\n",
+        "target: county\nfields:\n  ID: id | width:10\ndeliver: {kind: file, dir: ../out, file: county.txt}\n",
     );
     std::fs::create_dir_all(root.join("data")).unwrap();
     let cfg = Config::load(&config).unwrap();
@@ -135,9 +136,9 @@ fn seqs(resp: &ListResponse, target: &str, state: &str) -> Vec<u64> {
         .collect()
 }
 
-fn stats_json(a: &Appliance) -> StatsResponse {
+fn stats_json(a: &Appliance) -> Snapshot {
     let out = stats_output(&StatsArgs {
-        config: a.config.clone(),
+        config: ConfigArg::new(&a.config),
         json: true,
     })
     .unwrap();
@@ -152,10 +153,12 @@ fn replay(
     dead: bool,
 ) -> anyhow::Result<ReplayResponse> {
     let args = ReplayArgs {
-        config: a.config.clone(),
+        config: ConfigArg::new(&a.config),
         target: target.into(),
         from,
         to,
+        since: None,
+        until: None,
         dead,
         json: true,
     };
@@ -163,7 +166,7 @@ fn replay(
 }
 
 fn is_usage(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<UsageError>().is_some()
+    ess::cli::exit_code(e) == 2
 }
 
 /// The whole command set against whatever answers (daemon or database): same outcomes.
@@ -203,23 +206,27 @@ fn exercise(a: &Appliance) {
     let stats = stats_json(a);
     assert_eq!(stats.feed.last_seq, 6);
     assert_eq!(stats.feed.events, 6);
-    let city = stats
-        .connectors
-        .iter()
-        .find(|c| c.target == "city")
-        .unwrap();
+    let city = stats.connectors.iter().find(|c| c.name == "city").unwrap();
+    // city takes PERMIT_STATUS only: of seqs 4, 5, 6 after its cursor, 4 and 6.
     assert_eq!(
-        (city.cursor, city.lag, city.dead, city.delivered),
-        (Some(3), 3, 1, 1)
+        (
+            city.cursor,
+            city.lag_events,
+            city.dead_letters,
+            city.delivered
+        ),
+        (3, 2, 1, 1)
     );
+    assert_eq!(city.dead_by_reason["map"], 1);
     let county = stats
         .connectors
         .iter()
-        .find(|c| c.target == "county")
+        .find(|c| c.name == "county")
         .unwrap();
-    assert_eq!(county.retrying.as_ref().map(|r| r.attempts), Some(3));
+    assert_eq!(county.retry.as_ref().map(|r| r.attempts), Some(3));
+    assert_eq!(county.lag_events, 5);
     let text = stats_output(&StatsArgs {
-        config: a.config.clone(),
+        config: ConfigArg::new(&a.config),
         json: false,
     })
     .unwrap();
@@ -250,12 +257,12 @@ fn exercise(a: &Appliance) {
     // backup: a complete copy, never over an existing file.
     let to = a.root.join("backup.redb");
     let out = backup_output(&BackupArgs {
-        config: a.config.clone(),
+        config: ConfigArg::new(&a.config),
         to: to.clone(),
         json: true,
     })
     .unwrap();
-    let resp: BackupResponse = serde_json::from_str(&out).unwrap();
+    let resp: BackupReport = serde_json::from_str(&out).unwrap();
     assert_eq!(resp.tables["events"], 6);
     assert_eq!(resp.tables["dead"], 0);
     assert_eq!(resp.tables["requeue"], 3);
@@ -278,7 +285,7 @@ fn exercise(a: &Appliance) {
     drop(tx);
     drop(copy);
     let err = backup_output(&BackupArgs {
-        config: a.config.clone(),
+        config: ConfigArg::new(&a.config),
         to: to.clone(),
         json: false,
     })
@@ -298,7 +305,7 @@ async fn commands_work_without_a_daemon() {
 
 /// Counts requests so a test can tell the socket answered, not the database file.
 struct Counting {
-    inner: DirectBackend,
+    inner: Admin,
     calls: AtomicUsize,
 }
 
@@ -307,17 +314,92 @@ impl AdminBackend for Counting {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.list(req)
     }
-    fn replay(&self, req: &ReplayRequest) -> Result<ReplayResponse, AdminError> {
+    fn replay(&self, req: &ReplayRequest, by: &str) -> Result<ReplayResponse, AdminError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.replay(req)
+        self.inner.replay(req, by)
     }
-    fn stats(&self) -> Result<StatsResponse, AdminError> {
+    fn stats(&self) -> Result<Snapshot, AdminError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.stats()
     }
-    fn backup(&self, req: &BackupRequest) -> Result<BackupResponse, AdminError> {
+    fn show(&self, req: &ShowRequest) -> Result<EventReport, AdminError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.show(req)
+    }
+    fn backup(&self, req: &BackupRequest) -> Result<BackupReport, AdminError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.backup(req)
+    }
+    fn act(&self, req: &ActRequest) -> Result<ActResponse, AdminError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.act(req)
+    }
+}
+
+/// The daemon's admin backend over `db`: the maps of `a` as its running generation (their
+/// tasks not started: the admin socket answers from their specs and the ledger).
+fn daemon_admin(
+    a: &Appliance,
+    db: Arc<redb::Database>,
+    wake: impl Fn(&str) + Send + Sync + 'static,
+) -> Admin {
+    let feed = Feed::open(db.clone()).unwrap();
+    let ledger = Ledger::new(db.clone());
+    let env = ess::connector::Env {
+        feed: feed.clone(),
+        ledger: ledger.clone(),
+        timezone: chrono_tz::UTC,
+        hooks: Arc::new(ess::status::Metrics::new()),
+        wake: tokio::sync::watch::channel(0).1,
+    };
+    let store = Arc::new(ess::state::Store::shared(db, &a.cfg.db_path()));
+    let connectors = Arc::new(ess::state::Connectors::new(store));
+    let running = ess::connector::load_all(&a.cfg.maps_dir, chrono_tz::UTC)
+        .unwrap()
+        .into_iter()
+        .map(|spec| {
+            let spec = Arc::new(spec);
+            let runner = ess::connector::Runner::new(spec.clone(), env.clone()).unwrap();
+            ess::state::Running {
+                spec,
+                live: runner.live.clone(),
+                handle: runner.handle(),
+            }
+        })
+        .collect();
+    connectors.set(running);
+    let status = Arc::new(ess::status::DaemonStatus::new(
+        connectors.clone(),
+        feed,
+        a.cfg.data_dir.clone(),
+        0,
+        std::time::Duration::from_secs(900),
+        Arc::new(ess::health::Health::new(a.cfg.data_dir.clone(), 0)),
+    ));
+    Admin::daemon(connectors, status, ledger, Arc::new(wake))
+}
+
+/// A backend that answers nothing (for socket-file tests).
+struct Nothing;
+
+impl AdminBackend for Nothing {
+    fn list(&self, _: &ListRequest) -> Result<ListResponse, AdminError> {
+        Err(AdminError::BadRequest("nothing".into()))
+    }
+    fn replay(&self, _: &ReplayRequest, _: &str) -> Result<ReplayResponse, AdminError> {
+        Err(AdminError::BadRequest("nothing".into()))
+    }
+    fn stats(&self) -> Result<Snapshot, AdminError> {
+        Err(AdminError::BadRequest("nothing".into()))
+    }
+    fn show(&self, _: &ShowRequest) -> Result<EventReport, AdminError> {
+        Err(AdminError::BadRequest("nothing".into()))
+    }
+    fn backup(&self, _: &BackupRequest) -> Result<BackupReport, AdminError> {
+        Err(AdminError::BadRequest("nothing".into()))
+    }
+    fn act(&self, _: &ActRequest) -> Result<ActResponse, AdminError> {
+        Err(AdminError::BadRequest("nothing".into()))
     }
 }
 
@@ -329,8 +411,9 @@ async fn commands_go_through_the_socket_of_a_running_daemon() {
     let woken = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let w = woken.clone();
     let backend = Arc::new(Counting {
-        inner: DirectBackend::new(&a.cfg.maps_dir, &a.cfg.db_path(), db.clone())
-            .on_replay(move |target| w.lock().unwrap().push(target.to_string())),
+        inner: daemon_admin(&a, db.clone(), move |target| {
+            w.lock().unwrap().push(target.to_string())
+        }),
         calls: AtomicUsize::new(0),
     });
     let server = serve(&a.cfg.admin_socket, backend.clone()).unwrap();
@@ -364,16 +447,7 @@ async fn commands_go_through_the_socket_of_a_running_daemon() {
 fn a_missing_socket_folder_is_created_owner_only() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run/ess/admin.sock");
-    let db = Arc::new(open_database(&dir.path().join("ess.redb")).unwrap());
-    let server = serve(
-        &path,
-        Arc::new(DirectBackend::new(
-            dir.path(),
-            &dir.path().join("ess.redb"),
-            db,
-        )),
-    )
-    .unwrap();
+    let server = serve(&path, Arc::new(Nothing)).unwrap();
     let mode = std::fs::metadata(path.parent().unwrap())
         .unwrap()
         .permissions()
@@ -388,9 +462,7 @@ fn a_missing_socket_folder_is_created_owner_only() {
 fn stale_sockets_are_replaced_live_ones_and_other_files_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("admin.sock");
-    let db_path = dir.path().join("ess.redb");
-    let db = Arc::new(open_database(&db_path).unwrap());
-    let backend = || Arc::new(DirectBackend::new(dir.path(), &db_path, db.clone()));
+    let backend = || Arc::new(Nothing);
 
     // A socket file nobody listens on (a daemon that died).
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
@@ -441,13 +513,13 @@ async fn a_bad_config_is_a_usage_error() {
     let a = appliance().await;
     std::fs::write(&a.config, "data_dir: data\ncolour: blue\n").unwrap();
     let err = stats_output(&StatsArgs {
-        config: a.config.clone(),
+        config: ConfigArg::new(&a.config),
         json: false,
     })
     .unwrap_err();
     assert!(is_usage(&err), "{err}");
     let err = stats_output(&StatsArgs {
-        config: a.root.join("missing.yml"),
+        config: ConfigArg::new(a.root.join("missing.yml")),
         json: false,
     })
     .unwrap_err();
@@ -471,7 +543,7 @@ async fn commands_work_on_a_database_left_by_a_crashed_daemon() {
 
 /// A backend whose backup waits until the test lets it go.
 struct SlowBackup {
-    inner: DirectBackend,
+    inner: Admin,
     started: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
     release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
 }
@@ -480,16 +552,22 @@ impl AdminBackend for SlowBackup {
     fn list(&self, req: &ListRequest) -> Result<ListResponse, AdminError> {
         self.inner.list(req)
     }
-    fn replay(&self, req: &ReplayRequest) -> Result<ReplayResponse, AdminError> {
-        self.inner.replay(req)
+    fn replay(&self, req: &ReplayRequest, by: &str) -> Result<ReplayResponse, AdminError> {
+        self.inner.replay(req, by)
     }
-    fn stats(&self) -> Result<StatsResponse, AdminError> {
+    fn stats(&self) -> Result<Snapshot, AdminError> {
         self.inner.stats()
     }
-    fn backup(&self, req: &BackupRequest) -> Result<BackupResponse, AdminError> {
+    fn show(&self, req: &ShowRequest) -> Result<EventReport, AdminError> {
+        self.inner.show(req)
+    }
+    fn backup(&self, req: &BackupRequest) -> Result<BackupReport, AdminError> {
         self.started.lock().unwrap().send(()).unwrap();
         self.release.lock().unwrap().recv().unwrap();
         self.inner.backup(req)
+    }
+    fn act(&self, req: &ActRequest) -> Result<ActResponse, AdminError> {
+        self.inner.act(req)
     }
 }
 
@@ -500,14 +578,14 @@ async fn a_running_backup_does_not_block_other_commands_and_runs_alone() {
     let (started_tx, started) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
     let backend = Arc::new(SlowBackup {
-        inner: DirectBackend::new(&a.cfg.maps_dir, &a.cfg.db_path(), db.clone()),
+        inner: daemon_admin(&a, db.clone(), |_| {}),
         started: std::sync::Mutex::new(started_tx),
         release: std::sync::Mutex::new(release_rx),
     });
     let server = serve(&a.cfg.admin_socket, backend).unwrap();
     let to = a.root.join("b1.redb");
     let args = BackupArgs {
-        config: a.config.clone(),
+        config: ConfigArg::new(&a.config),
         to: to.clone(),
         json: false,
     };
@@ -517,7 +595,7 @@ async fn a_running_backup_does_not_block_other_commands_and_runs_alone() {
     // While it runs: stats answers, and a second backup is refused as a usage error.
     assert_eq!(stats_json(&a).feed.last_seq, 6);
     let err = backup_output(&BackupArgs {
-        config: a.config.clone(),
+        config: ConfigArg::new(&a.config),
         to: a.root.join("b2.redb"),
         json: false,
     })
@@ -539,7 +617,7 @@ async fn a_failed_or_colliding_backup_leaves_nothing_that_looks_like_one() {
     let a = appliance().await;
     let backup = |to: PathBuf| {
         backup_output(&BackupArgs {
-            config: a.config.clone(),
+            config: ConfigArg::new(&a.config),
             to,
             json: false,
         })

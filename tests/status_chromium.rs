@@ -106,6 +106,8 @@ fn status_page_renders_in_headless_chromium() {
         ("payroll_&lt;soap&gt;", "blocked"),
         ("nightly_batch", "outside schedule"),
         ("permits_csv", "dead letters"),
+        ("budget_feed", "paused"),
+        ("old_feed", "not running"),
     ];
     for (name, state) in expected {
         let card = card(&dom, name);
@@ -116,7 +118,17 @@ fn status_page_renders_in_headless_chromium() {
     }
     assert!(card(&dom, "court_docket_sftp").contains("connection refused"));
     assert!(card(&dom, "nightly_batch").contains("2026-11-28 06:00:00 UTC"));
-    assert!(dom.contains("3 of 5 connectors need attention"));
+    assert!(dom.contains("3 of 7 connectors need attention"));
+    // What to do, where it delivers, why the reload was refused, who did what.
+    assert!(
+        card(&dom, "payroll_&lt;soap&gt;")
+            .contains("ess skip --target payroll_&lt;soap&gt; --seq 1190")
+    );
+    assert!(card(&dom, "budget_feed").contains("ess resume --target budget_feed"));
+    assert!(card(&dom, "city_hall_cobol").contains("city_hall_cobol.txt (append)"));
+    assert!(card(&dom, "permits_csv").contains("5 (compliance 1, skipped 4)"));
+    assert!(dom.contains("was refused with 2 problem(s)"), "{dom}");
+    assert!(dom.contains("Operator actions") && dom.contains("legacy maintenance window"));
     // The escaped strings stayed text: Chromium built no <soap> or <b> element from them.
     assert!(!dom.contains("<soap>") && !dom.contains("<b>"), "{dom}");
 

@@ -2,7 +2,7 @@
 //! the connector tasks hold (cursor, lag, retries, dead letters, schedule), the metrics hooks
 //! record what the ingest and connectors report, and the page serves it.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -11,8 +11,8 @@ use ess::event::{Event, Record};
 use ess::feed::{self, Feed, NewEvent};
 use ess::ingest::IngestHooks;
 use ess::ledger::{DeadLetter, Ledger, RetryState};
-use ess::serve::Connectors;
-use ess::status::{ConnectorState, DaemonStatus, Metrics, StatusSource, connector_status};
+use ess::state::{Connectors, Running, Store};
+use ess::status::{ConnectorState, DaemonStatus, Metrics, StatusSource};
 
 const MAP: &str = "\
 target: NAME
@@ -85,36 +85,47 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
     };
     ledger.record_failure("city_hall_cobol", &retry).unwrap();
 
-    let retrying = Live {
-        phase: Phase::Retrying,
-        last_error: Some("disk full (live)".to_owned()),
-        next_attempt: Some(next_at),
-        next_open: None,
-    };
     let next_open = Utc.with_ymd_and_hms(2030, 1, 3, 6, 0, 0).unwrap();
-    let outside = Live {
-        phase: Phase::OutsideSchedule,
-        next_open: Some(next_open),
-        ..Live::default()
-    };
-    let connectors = Arc::new(Connectors {
-        specs: RwLock::new(vec![
-            (specs[0].clone(), Arc::new(Mutex::new(retrying))),
-            (specs[1].clone(), Arc::new(Mutex::new(outside))),
-        ]),
+    let env = connector::Env {
+        feed: feed.clone(),
         ledger: ledger.clone(),
-    });
+        timezone: chrono_tz::UTC,
+        hooks: Arc::new(Metrics::new()),
+        wake: tokio::sync::watch::channel(0).1,
+    };
+    let mut running = Vec::new();
+    for (spec, phase) in [
+        (&specs[0], Phase::Retrying),
+        (&specs[1], Phase::OutsideSchedule),
+    ] {
+        let runner = connector::Runner::new(spec.clone(), env.clone()).unwrap();
+        let mut live = Live::default();
+        live.set_phase(phase, Utc::now());
+        live.next_open = Some(next_open);
+        *runner.live.lock().unwrap() = live;
+        running.push(Running {
+            spec: spec.clone(),
+            live: runner.live.clone(),
+            handle: runner.handle(),
+        });
+    }
+    let store = Arc::new(Store::shared(db.clone(), &db_path));
+    let connectors = Arc::new(Connectors::new(store.clone()));
+    connectors.set(running);
+    connectors.reloaded(false, 2, &["maps/x.yml:1:1: broken".to_owned()]);
+    let health = Arc::new(ess::health::Health::new(dir.path().to_owned(), 1024));
     let status = DaemonStatus::new(
-        connectors,
+        connectors.clone(),
         feed.clone(),
         dir.path().to_owned(),
-        db_path.clone(),
         1024,
-        Arc::new(ess::health::Health::new(dir.path().to_owned(), 1024)),
+        Duration::from_secs(900),
+        health.clone(),
     );
-    let snapshot = status.snapshot();
-    assert!(status.healthy());
+    let snapshot = status.snapshot().unwrap();
+    assert_eq!(status.health().refusal, None);
     assert_eq!(snapshot.version, env!("CARGO_PKG_VERSION"));
+    assert!(snapshot.running);
     assert_eq!(snapshot.feed.last_seq, 5);
     assert_eq!(
         snapshot.feed.size_bytes,
@@ -123,21 +134,37 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
     assert!(snapshot.free_disk_bytes > 0);
     assert_eq!(snapshot.min_free_disk_bytes, 1024);
     assert!(!snapshot.disk_low());
+    let reload = snapshot.last_reload.as_ref().unwrap();
+    assert_eq!(
+        (reload.ok, reload.first_problem.as_deref()),
+        (false, Some("maps/x.yml:1:1: broken"))
+    );
 
     let cobol = &snapshot.connectors[0];
     assert_eq!(cobol.name, "city_hall_cobol");
     assert_eq!(cobol.state, ConnectorState::Retrying);
     assert_eq!((cobol.cursor, cobol.lag_events, cobol.delivered), (3, 2, 2));
     assert!(
-        cobol.lag_secs.is_some_and(|s| s >= 0.0),
+        cobol.oldest_pending_secs.is_some_and(|s| s >= 0.0),
         "{:?}",
-        cobol.lag_secs
+        cobol.oldest_pending_secs
     );
-    assert_eq!(cobol.retry_pending, 2);
-    assert_eq!(cobol.next_retry_at.as_deref(), Some("2030-01-02T03:04:05Z"));
-    assert_eq!(cobol.last_error.as_deref(), Some("disk full (live)"));
+    let r = cobol.retry.as_ref().unwrap();
+    assert_eq!((r.seq, r.attempts), (4, 2));
+    assert_eq!(r.next_at, "2030-01-02T03:04:05Z");
+    assert_eq!(
+        cobol.last_error.as_ref().unwrap().message,
+        "seq 3 parked (map): missing field id"
+    );
     assert_eq!(cobol.dead_letters, 1);
     assert!(cobol.last_success.is_some());
+    assert!(
+        cobol
+            .destination
+            .as_deref()
+            .unwrap()
+            .ends_with("out/city_hall_cobol.txt (append)")
+    );
 
     let nightly = &snapshot.connectors[1];
     assert_eq!(
@@ -150,23 +177,36 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
         (nightly.cursor, nightly.lag_events, nightly.delivered),
         (0, 5, 0)
     );
-    assert_eq!((nightly.retry_pending, nightly.dead_letters), (0, 0));
+    assert!(nightly.retry.is_none() && nightly.dead_letters == 0);
     assert_eq!(
-        (
-            nightly.last_success.as_deref(),
-            nightly.last_error.as_deref()
-        ),
+        (nightly.last_success.as_deref(), nightly.last_error.as_ref()),
         (None, None)
     );
-
-    // Without a daemon (ess stats on a read-only database) the ledger alone decides.
-    let offline = connector_status(&*db, "city_hall_cobol", None, 5, Utc::now());
-    assert_eq!(offline.state, ConnectorState::Retrying);
-    assert_eq!(offline.last_error.as_deref(), Some("disk full (ledger)"));
     let text = ess::status::render_text(&snapshot);
     assert!(
-        text.contains("city_hall_cobol") && text.contains("disk full (live)"),
+        text.contains("city_hall_cobol") && text.contains("missing field id"),
         "{text}"
+    );
+    // Blocked for longer than status.blocked_alarm: degraded, naming it and since when.
+    assert!(status.health().degraded.is_empty());
+    {
+        let running = connectors.running();
+        let mut live = running[0].live.lock().unwrap();
+        live.phase = Phase::Idle;
+        live.set_phase(Phase::Blocked, Utc::now() - chrono::Duration::minutes(20));
+    }
+    let degraded = status.health().degraded;
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert!(
+        degraded[0].starts_with("city_hall_cobol blocked for 20 min (since "),
+        "{degraded:?}"
+    );
+    // Ingest refusing shows in /healthz's answer and the snapshot alike.
+    health.set_shutting_down();
+    assert_eq!(status.health().refusal.as_deref(), Some("shutting down"));
+    assert_eq!(
+        status.snapshot().unwrap().health.refusal.as_deref(),
+        Some("shutting down")
     );
 
     feed.close();
@@ -208,18 +248,14 @@ fn metrics_hooks_record_ingest_and_deliveries() {
         },
     );
 
-    let snapshot = ess::status::Snapshot {
-        version: "t".to_owned(),
-        uptime_secs: 1,
+    let mut snapshot = ess::status::Snapshot {
         feed: ess::status::FeedStatus {
             last_seq: 3,
-            size_bytes: 1,
-            ingest_rate_per_sec: 0.0,
+            ..status_fixture_feed()
         },
-        free_disk_bytes: 1,
-        min_free_disk_bytes: 0,
-        connectors: Vec::new(),
+        ..empty_snapshot()
     };
+    snapshot.connectors.clear();
     let text = metrics.render(&snapshot);
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
     let value = |name: &str, label: Option<(&str, &str)>| {
@@ -248,4 +284,34 @@ fn metrics_hooks_record_ingest_and_deliveries() {
     assert_eq!(value("ess_delivery_latency_seconds_count", target), 2.0);
     let sum = value("ess_delivery_latency_seconds_sum", target);
     assert!((60.0..70.0).contains(&sum), "two events 30 s old: {sum}");
+}
+
+fn status_fixture_feed() -> ess::status::FeedStatus {
+    ess::status::FeedStatus {
+        first_seq: None,
+        last_seq: 0,
+        events: 0,
+        size_bytes: 1,
+        received_last_minute: 0,
+        received_last_hour: 0,
+    }
+}
+
+fn empty_snapshot() -> ess::status::Snapshot {
+    ess::status::Snapshot {
+        version: "t".to_owned(),
+        running: true,
+        uptime_secs: Some(1),
+        feed: status_fixture_feed(),
+        ingest_rate_per_sec: Some(0.0),
+        free_disk_bytes: 1,
+        min_free_disk_bytes: 0,
+        health: ess::status::HealthStatus {
+            refusal: None,
+            degraded: Vec::new(),
+        },
+        last_reload: None,
+        connectors: Vec::new(),
+        recent_actions: Vec::new(),
+    }
 }

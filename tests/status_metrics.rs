@@ -207,12 +207,80 @@ fn metrics_carry_what_was_recorded() {
     assert_eq!(number(&after, "ess_dead_letters", &of("permits_csv")), 5.0);
     assert_eq!(number(&after, "ess_lag_events", &of("nightly_batch")), 40.0);
     assert_eq!(
-        number(&after, "ess_lag_seconds", &of("nightly_batch")),
+        number(&after, "ess_oldest_pending_seconds", &of("nightly_batch")),
         3600.0
     );
     assert_eq!(number(&after, "ess_lag_events", &of("payroll_<soap>")), 7.0);
+    // One state series per connector and state: 1 for its state, 0 for the others.
+    let state = |t: &str, s: &str| {
+        number(
+            &after,
+            "ess_connector_state",
+            &[("target", t), ("state", s)],
+        )
+    };
+    assert_eq!(state("payroll_<soap>", "blocked"), 1.0);
+    assert_eq!(state("payroll_<soap>", "ok"), 0.0);
+    assert_eq!(state("budget_feed", "paused"), 1.0);
+    for s in ess::status::STATES {
+        let want = if s == "ok" { 1.0 } else { 0.0 };
+        assert_eq!(state("city_hall_cobol", s), want, "{s}");
+    }
+    // The process series a Prometheus dashboard expects.
+    assert!(number(&after, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(number(&after, "process_open_fds", &[]) > 0.0);
+    assert!(number(&after, "process_start_time_seconds", &[]) > 1.5e9);
+    assert!(number(&after, "process_cpu_seconds_total", &[]) >= 0.0);
 
     server.stop();
+}
+
+#[test]
+fn every_series_exists_from_the_start_at_zero() {
+    let (server, _source) = status_fixture::start(Metrics::new());
+    let first = scrape(server.local_addr());
+    for c in status_fixture::snapshot().connectors {
+        assert_eq!(
+            number(&first, "ess_success_total", &of(&c.name)),
+            0.0,
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            number(&first, "ess_delivery_failures_total", &of(&c.name)),
+            0.0
+        );
+        assert_eq!(
+            number(&first, "ess_dead_letters", &of(&c.name)),
+            c.dead_letters as f64
+        );
+    }
+    server.stop();
+}
+
+#[test]
+fn promtool_accepts_the_metrics() {
+    let metrics = Metrics::new();
+    let text = metrics.render(&status_fixture::snapshot());
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus; CI's .ci/run does)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{said}\n{text}"
+    );
+    assert!(
+        said.trim().is_empty(),
+        "promtool has remarks (lint):\n{said}"
+    );
 }
 
 #[test]

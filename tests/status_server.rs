@@ -4,7 +4,6 @@
 #[path = "support/status_fixture.rs"]
 mod status_fixture;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ess::status::Metrics;
@@ -47,6 +46,8 @@ async fn every_route_answers() {
         "court_docket_sftp",
         "nightly_batch",
         "permits_csv",
+        "budget_feed",
+        "old_feed",
     ] {
         assert!(html.contains(name), "{name} missing");
     }
@@ -56,6 +57,8 @@ async fn every_route_answers() {
         "blocked",
         "outside schedule",
         "dead letters",
+        "paused",
+        "not running",
     ] {
         assert!(
             html.contains(&format!(">{badge}</span>")),
@@ -73,13 +76,37 @@ async fn every_route_answers() {
     );
     assert!(!html.contains("<soap>") && !html.contains("<b>bad"));
     assert!(
-        html.contains("3 of 5 connectors need attention"),
+        html.contains("3 of 7 connectors need attention"),
         "summary line"
     );
     assert!(html.contains("connection refused"), "last error shown");
     assert!(
-        html.contains("50 events, 5 min 10 s behind"),
+        html.contains("50 events, oldest 5 min 10 s old"),
         "lag in events and time"
+    );
+    // Where each delivers, what to do, why the reload was refused, who did what.
+    assert!(html.contains("file /var/spool/ess/out/city_hall_cobol.txt (append)"));
+    assert!(
+        html.contains("ess retry --target court_docket_sftp"),
+        "retry hint"
+    );
+    assert!(
+        html.contains("ess skip --target payroll_&lt;soap&gt; --seq 1190"),
+        "skip hint"
+    );
+    assert!(
+        html.contains("ess resume --target budget_feed"),
+        "resume hint"
+    );
+    assert!(
+        html.contains("5 (compliance 1, skipped 4)"),
+        "dead letters by reason"
+    );
+    assert!(html.contains("was refused with 2 problem(s)") && html.contains("new.yml:3:5"));
+    assert!(html.contains("legacy maintenance window") && html.contains("alice (sudo)"));
+    assert!(
+        html.contains("seq 1180: &lt;script&gt;"),
+        "action detail escaped"
     );
     assert!(html.contains("1 d 2 h"), "uptime");
     assert!(
@@ -100,18 +127,28 @@ async fn every_route_answers() {
     assert_eq!(json["version"], "0.1.0");
     assert_eq!(json["feed"]["last_seq"], 1250);
     let connectors = json["connectors"].as_array().expect("connectors array");
-    assert_eq!(connectors.len(), 5);
+    assert_eq!(connectors.len(), 7);
     let states: Vec<&str> = connectors
         .iter()
         .map(|c| c["state"].as_str().unwrap())
         .collect();
     assert_eq!(
         states,
-        ["ok", "retrying", "blocked", "outside_schedule", "ok"]
+        [
+            "ok",
+            "retrying",
+            "blocked",
+            "outside_schedule",
+            "ok",
+            "paused",
+            "not_running"
+        ]
     );
+    // The headline the page shows is in the JSON too (the badge and the API agree).
+    assert_eq!(connectors[4]["condition"], "dead_letters");
     assert_eq!(connectors[3]["next_open"], "2026-11-28T06:00:00Z");
-    assert_eq!(connectors[1]["retry_pending"], 3);
-    assert_eq!(connectors[1]["lag_secs"], 310.0);
+    assert_eq!(connectors[1]["retry"]["attempts"], 3);
+    assert_eq!(connectors[1]["oldest_pending_secs"], 310.0);
     assert_eq!(connectors[4]["dead_letters"], 5);
     assert_eq!(
         json,
@@ -123,9 +160,30 @@ async fn every_route_answers() {
 
     let (status, _, body) = fetch(&client, Method::GET, &format!("{base}/healthz")).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "ok\n"));
-    source.healthy.store(false, Ordering::SeqCst);
-    let (status, _, _) = fetch(&client, Method::GET, &format!("{base}/healthz")).await;
+    source.set_health(
+        None,
+        &["payroll blocked for 20 min (since 2026-11-27T01:40:00Z)"],
+    );
+    let (status, _, body) = fetch(&client, Method::GET, &format!("{base}/healthz")).await;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (
+            200,
+            "degraded: payroll blocked for 20 min (since 2026-11-27T01:40:00Z)\n"
+        )
+    );
+    source.set_health(
+        Some("free disk space (1 bytes) is below min_free_disk (2 bytes)"),
+        &[],
+    );
+    let (status, _, body) = fetch(&client, Method::GET, &format!("{base}/healthz")).await;
     assert_eq!(status, 503);
+    assert!(body.starts_with("unavailable: free disk space"), "{body}");
+    let (_, _, html) = fetch(&client, Method::GET, &format!("{base}/")).await;
+    assert!(
+        html.contains("The ingest refuses events (503): free disk space"),
+        "{html}"
+    );
 
     // A query string does not change the route.
     let (status, _, _) = fetch(&client, Method::GET, &format!("{base}/?refresh=1")).await;
@@ -230,7 +288,7 @@ fn binding_a_busy_port_is_a_clear_error() {
         server.local_addr(),
         std::sync::Arc::new(status_fixture::FakeSource {
             snapshot: status_fixture::snapshot(),
-            healthy: true.into(),
+            health: std::sync::Mutex::new(status_fixture::snapshot().health),
         }),
         Metrics::new(),
     )
@@ -280,11 +338,14 @@ async fn malformed_requests_do_not_stop_the_server() {
 struct PanickingSource;
 
 impl ess::status::StatusSource for PanickingSource {
-    fn snapshot(&self) -> ess::status::Snapshot {
+    fn snapshot(&self) -> Result<ess::status::Snapshot, ess::state::Error> {
         panic!("bug in the source (expected by this test)");
     }
-    fn healthy(&self) -> bool {
-        true
+    fn health(&self) -> ess::status::HealthStatus {
+        ess::status::HealthStatus {
+            refusal: None,
+            degraded: Vec::new(),
+        }
     }
 }
 

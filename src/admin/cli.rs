@@ -1,47 +1,55 @@
-//! `ess list | replay | stats | backup` (and `essctl ...`): clap arguments, the choice
-//! between the daemon's socket and the database file, and the output (a table, or JSON
+//! `ess list | replay | stats | show | backup` (and `essctl ...`): clap arguments, asking
+//! the daemon's socket or (no daemon) the database file, and the output (a table, or JSON
 //! with `--json`).
 //!
 //! Invariant: a usage or validation problem (bad flags, unknown target, unreadable config,
-//! existing backup file) is returned as [`UsageError`] (exit code 2); everything else is a
-//! runtime error (exit code 1).
+//! existing backup file) exits 2; everything else 1 (see [`crate::cli::exit_code`]).
 
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::backend::Admin;
 use super::client::{Reply, call};
-use super::direct::DirectBackend;
+use super::server::ReplayCall;
 use super::{
-    AdminBackend, AdminError, BackupRequest, BackupResponse, ListKind, ListRequest, ListResponse,
-    ReplayRequest, ReplayResponse, StatsResponse, UsageError,
+    AdminBackend, AdminError, BackupReport, BackupRequest, EventReport, ListKind, ListRequest,
+    ListResponse, ReplayRequest, ReplayResponse, ShowRequest, Snapshot, UsageError,
 };
+use crate::cli::ConfigArg;
 use crate::config::Config;
 
-/// How long a command waits for the daemon (a backup of a large feed takes a while).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a command waits for the daemon (an action waits for the round under way).
+pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// `ess list`: pending events, retries and dead letters per connector.
+/// `ess list`: pending events, retries, dead letters or delivered events per connector.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
-    /// The appliance config.
-    #[arg(long, default_value = "/etc/ess/ess.yml")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Only this connector (its `target:` name).
     #[arg(long)]
     pub target: Option<String>,
     /// Only events still to deliver (queued replays, the retrying head, the rest).
-    #[arg(long, conflicts_with = "dead")]
+    #[arg(long, conflicts_with_all = ["dead", "delivered"])]
     pub pending: bool,
     /// Only dead letters.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "delivered")]
     pub dead: bool,
+    /// Only the newest delivered events (what `ess replay --from/--to` can send again).
+    #[arg(long)]
+    pub delivered: bool,
     /// Most entries per connector.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Never shorten messages (they are shortened only on a terminal).
+    #[arg(long)]
+    pub wide: bool,
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -49,31 +57,57 @@ pub struct ListArgs {
 
 /// `ess replay`: deliver a range again, or re-queue dead letters.
 #[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["from", "dead"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["from", "since", "dead"])))]
 pub struct ReplayArgs {
-    #[arg(long, default_value = "/etc/ess/ess.yml")]
-    pub config: PathBuf,
-    /// The connector.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The connector (its `target:` name).
     #[arg(long)]
     pub target: String,
     /// First seq to deliver again.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["since", "dead"])]
     pub from: Option<u64>,
     /// Last seq (default: the connector's cursor).
-    #[arg(long, requires = "from", conflicts_with = "dead")]
+    #[arg(long, requires = "from", conflicts_with_all = ["since", "dead"])]
     pub to: Option<u64>,
+    /// Deliver again the events received at or after TIME: RFC 3339, `YYYY-MM-DD[ HH:MM[:SS]]`
+    /// in the appliance timezone, or a duration ago (`2h`, `1d`).
+    #[arg(long, value_name = "TIME", conflicts_with = "dead")]
+    pub since: Option<String>,
+    /// With --since: only events received before TIME (same forms).
+    #[arg(long, value_name = "TIME", requires = "since", conflicts_with = "dead")]
+    pub until: Option<String>,
     /// Re-queue the connector's dead letters.
-    #[arg(long, conflicts_with = "from")]
+    #[arg(long)]
     pub dead: bool,
+    /// JSON instead of a sentence.
     #[arg(long)]
     pub json: bool,
 }
 
-/// `ess stats`: per connector cursor, lag, retries, dead letters; feed size and rate.
+/// `ess stats`: per connector state, cursor, lag, retries, dead letters; feed size and rate.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatsArgs {
-    #[arg(long, default_value = "/etc/ess/ess.yml")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// JSON (the same names `/api/status` uses) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ess show`: one event, its state at every connector and the record each map makes.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["seq", "key"])))]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The event's seq.
+    #[arg(long)]
+    pub seq: Option<u64>,
+    /// The event's idempotency key.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -81,33 +115,31 @@ pub struct StatsArgs {
 /// `ess backup`: a consistent copy of the database, while the daemon runs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackupArgs {
-    #[arg(long, default_value = "/etc/ess/ess.yml")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// The new file (must not exist).
     #[arg(long)]
     pub to: PathBuf,
+    /// JSON instead of a sentence.
     #[arg(long)]
     pub json: bool,
 }
 
-fn load_config(path: &Path) -> anyhow::Result<Config> {
-    Config::load(path).map_err(|d| anyhow::Error::new(UsageError(d.to_string())))
-}
-
-fn admin_error(e: AdminError) -> anyhow::Error {
-    match e {
-        AdminError::Usage(m) => anyhow::Error::new(UsageError(m)),
-        AdminError::Runtime(m) => anyhow::anyhow!(m),
+pub(super) fn admin_error(e: AdminError) -> anyhow::Error {
+    if e.is_usage() {
+        anyhow::Error::new(UsageError(e.to_wire().error))
+    } else {
+        anyhow::Error::new(e)
     }
 }
 
-/// Asks the daemon; when none answers, `direct` on the database file.
-fn ask<Req, Resp>(
+/// Asks the daemon; when none answers, `offline` (given the config) answers instead.
+pub(super) fn ask<Req, Resp>(
     cfg: &Config,
     route: &str,
     req: &Req,
     timeout: Duration,
-    direct: impl FnOnce() -> Result<Resp, AdminError>,
+    offline: impl FnOnce(&Config) -> Result<Resp, AdminError>,
 ) -> anyhow::Result<Resp>
 where
     Req: Serialize,
@@ -115,15 +147,27 @@ where
 {
     match call::<Req, Resp>(&cfg.admin_socket, route, req, timeout)? {
         Reply::Answer(r) => r.map_err(admin_error),
-        Reply::NoDaemon => direct().map_err(admin_error),
+        Reply::NoDaemon => offline(cfg).map_err(admin_error),
     }
 }
 
-fn read_only(cfg: &Config) -> Result<DirectBackend, AdminError> {
-    DirectBackend::read_only(&cfg.maps_dir, &cfg.db_path())
+/// Who runs this command, for the action log: the user behind sudo, else the user.
+pub(super) fn whoami() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let user = std::env::var("SUDO_USER")
+        .map(|u| format!("{u} (sudo)"))
+        .or_else(|_| std::env::var("USER"))
+        .or_else(|_| std::env::var("LOGNAME"));
+    match (user, uid) {
+        (Ok(u), Some(uid)) => format!("{u}, uid {uid}"),
+        (Ok(u), None) => u,
+        (Err(_), Some(uid)) => format!("uid {uid}"),
+        (Err(_), None) => "unknown".into(),
+    }
 }
 
-fn json<T: Serialize>(value: &T) -> anyhow::Result<String> {
+pub(super) fn json<T: Serialize>(value: &T) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(value)? + "\n")
 }
 
@@ -159,24 +203,30 @@ fn or_dash(v: Option<impl ToString>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-/// Shortens long messages for the table (JSON keeps them whole).
-fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        s.chars().take(n - 1).collect::<String>() + "…"
+/// Shortens long messages to `n` characters (`None`: keep them whole).
+fn clip(s: &str, n: Option<usize>) -> String {
+    let s = crate::state::list::visible(s);
+    match n {
+        Some(n) if s.chars().count() > n => s.chars().take(n - 1).collect::<String>() + "…",
+        _ => s,
     }
 }
 
-/// The output of `ess list` (what [`run_list`] prints).
+/// The width messages are cut to: only on a terminal, never with `--wide`.
+fn message_width(wide: bool) -> Option<usize> {
+    (!wide && std::io::stdout().is_terminal()).then_some(60)
+}
+
+/// The output of `ess list`.
 pub fn list_output(args: &ListArgs) -> anyhow::Result<String> {
-    let cfg = load_config(&args.config)?;
+    let cfg = args.config.load()?;
     if args.limit == 0 {
         return Err(UsageError("--limit must be at least 1".into()).into());
     }
-    let kind = match (args.pending, args.dead) {
-        (true, _) => ListKind::Pending,
-        (_, true) => ListKind::Dead,
+    let kind = match (args.pending, args.dead, args.delivered) {
+        (true, _, _) => ListKind::Pending,
+        (_, true, _) => ListKind::Dead,
+        (_, _, true) => ListKind::Delivered,
         _ => ListKind::All,
     };
     let req = ListRequest {
@@ -184,29 +234,35 @@ pub fn list_output(args: &ListArgs) -> anyhow::Result<String> {
         kind,
         limit: args.limit,
     };
-    let resp: ListResponse = ask(&cfg, "/v1/list", &req, ANSWER_TIMEOUT, || {
-        read_only(&cfg)?.list(&req)
+    let resp: ListResponse = ask(&cfg, "/v1/list", &req, ANSWER_TIMEOUT, |cfg| {
+        Admin::offline(cfg)?.list(&req)
     })?;
     if args.json {
         return json(&resp);
     }
     if resp.entries.is_empty() {
-        return Ok("nothing pending, nothing dead\n".into());
+        return Ok(match kind {
+            ListKind::Delivered => "nothing delivered yet\n".into(),
+            ListKind::Dead => "no dead letters\n".into(),
+            ListKind::Pending => "nothing pending\n".into(),
+            ListKind::All => "nothing pending, nothing dead (see --delivered)\n".into(),
+        });
     }
+    let width = message_width(args.wide);
     let rows: Vec<Vec<String>> = resp
         .entries
         .iter()
         .map(|e| {
             vec![
-                e.target.clone(),
+                clip(&e.target, None),
                 e.seq.to_string(),
                 e.state.clone(),
-                or_dash(e.event_type.as_ref()),
+                or_dash(e.event_type.as_deref().map(|t| clip(t, None))),
                 or_dash(e.received_at.as_ref()),
                 or_dash(e.attempts),
                 or_dash(e.reason.as_ref()),
                 or_dash(e.at.as_ref()),
-                or_dash(e.message.as_deref().map(|m| clip(m, 60))),
+                or_dash(e.message.as_deref().map(|m| clip(m, width))),
             ]
         })
         .collect();
@@ -225,22 +281,82 @@ pub fn list_output(args: &ListArgs) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Reads a time as `--since` / `--until` take it, in `tz`, relative to `now`.
+pub fn parse_time(
+    text: &str,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, String> {
+    let t = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(t) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let local = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(t, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    });
+    if let Some(naive) = local {
+        // A time that the clock skipped (DST gap) is taken at the jump; a repeated one at
+        // its first occurrence.
+        return tz
+            .from_local_datetime(&naive)
+            .earliest()
+            .or_else(|| {
+                tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                    .earliest()
+            })
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| format!("{t:?} does not exist in {tz}"));
+    }
+    if let Ok(ago) = crate::config::parse_duration(t) {
+        let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+        return Ok(now - ago);
+    }
+    Err(format!(
+        "{t:?} is not a time: give RFC 3339 (2026-11-27T02:00:00Z), a local time \
+         (2026-11-27 02:00, in {tz}) or a duration ago (2h, 1d)"
+    ))
+}
+
 /// The output of `ess replay`.
 pub fn replay_output(args: &ReplayArgs) -> anyhow::Result<String> {
-    let cfg = load_config(&args.config)?;
-    let req = match (args.dead, args.from) {
-        (true, None) => ReplayRequest::Dead {
-            target: args.target.clone(),
-        },
-        (false, Some(from)) => ReplayRequest::Range {
-            target: args.target.clone(),
+    let cfg = args.config.load()?;
+    let target = args.target.clone();
+    let time = |t: &str| parse_time(t, cfg.timezone, Utc::now()).map_err(UsageError);
+    let request = match (args.dead, args.from, &args.since) {
+        (true, None, None) => ReplayRequest::Dead { target },
+        (false, Some(from), None) => ReplayRequest::Range {
+            target,
             from,
             to: args.to,
         },
-        _ => return Err(UsageError("give either --from SEQ [--to SEQ] or --dead".into()).into()),
+        (false, None, Some(since)) => ReplayRequest::Since {
+            target,
+            since: time(since)?,
+            until: args.until.as_deref().map(time).transpose()?,
+        },
+        _ => {
+            return Err(UsageError(
+                "give one of --from SEQ [--to SEQ], --since TIME [--until TIME], --dead".into(),
+            )
+            .into());
+        }
     };
-    let resp: ReplayResponse = ask(&cfg, "/v1/replay", &req, ANSWER_TIMEOUT, || {
-        DirectBackend::writable(&cfg.maps_dir, &cfg.db_path())?.replay(&req)
+    let call_body = ReplayCall {
+        by: whoami(),
+        request,
+    };
+    let resp: ReplayResponse = ask(&cfg, "/v1/replay", &call_body, ANSWER_TIMEOUT, |cfg| {
+        Admin::offline(cfg)?.replay(&call_body.request, &call_body.by)
     })?;
     if args.json {
         return json(&resp);
@@ -255,86 +371,68 @@ pub fn replay_output(args: &ReplayArgs) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Bytes for people: KiB, MiB or GiB with one decimal.
-fn human_bytes(bytes: u64) -> String {
-    let b = bytes as f64;
-    match bytes {
-        0..1_048_576 => format!("{:.1} KiB", b / 1024.0),
-        1_048_576..1_073_741_824 => format!("{:.1} MiB", b / 1_048_576.0),
-        _ => format!("{:.1} GiB", b / 1_073_741_824.0),
-    }
-}
-
 /// The output of `ess stats`.
 pub fn stats_output(args: &StatsArgs) -> anyhow::Result<String> {
-    let cfg = load_config(&args.config)?;
-    let resp: StatsResponse = ask(&cfg, "/v1/stats", &(), ANSWER_TIMEOUT, || {
-        read_only(&cfg)?.stats()
+    let cfg = args.config.load()?;
+    let resp: Snapshot = ask(&cfg, "/v1/stats", &(), ANSWER_TIMEOUT, |cfg| {
+        Admin::offline(cfg)?.stats()
     })?;
     if args.json {
         return json(&resp);
     }
-    let f = &resp.feed;
-    let mut out = format!(
-        "feed: last seq {}, {} event(s) kept (from seq {}), file {}, free disk {}, received {} in the last minute, {} in the last hour\n\n",
-        f.last_seq,
-        f.events,
-        or_dash(f.first_seq),
-        human_bytes(f.file_bytes),
-        f.free_disk_bytes.map_or_else(|| "-".into(), human_bytes),
-        f.received_last_minute,
-        f.received_last_hour,
-    );
-    if resp.connectors.is_empty() {
-        out.push_str("no connectors\n");
-        return Ok(out);
+    Ok(crate::status::render_text(&resp))
+}
+
+/// The output of `ess show`.
+pub fn show_output(args: &ShowArgs) -> anyhow::Result<String> {
+    let cfg = args.config.load()?;
+    let req = ShowRequest {
+        seq: args.seq,
+        key: args.key.clone(),
+    };
+    let r: EventReport = ask(&cfg, "/v1/show", &req, ANSWER_TIMEOUT, |cfg| {
+        Admin::offline(cfg)?.show(&req)
+    })?;
+    if args.json {
+        return json(&r);
     }
-    let rows: Vec<Vec<String>> = resp
-        .connectors
-        .iter()
-        .map(|c| {
-            let target = if c.has_map {
-                c.target.clone()
-            } else {
-                format!("{} (no map)", c.target)
-            };
-            let retrying = c
-                .retrying
-                .as_ref()
-                .map(|r| format!("seq {} x{}, next {}", r.seq, r.attempts, r.next_at));
-            vec![
-                target,
-                or_dash(c.cursor),
-                c.lag.to_string(),
-                c.delivered.to_string(),
-                or_dash(retrying),
-                c.dead.to_string(),
-                c.requeued.to_string(),
-                or_dash(c.last_success.as_ref()),
-                or_dash(c.retrying.as_ref().map(|r| clip(&r.last_error, 60))),
-            ]
-        })
-        .collect();
-    out.push_str(&table(
-        &[
-            "TARGET",
-            "CURSOR",
-            "LAG",
-            "DELIVERED",
-            "RETRYING",
-            "DEAD",
-            "REQUEUED",
-            "LAST SUCCESS",
-            "LAST ERROR",
-        ],
-        &rows,
-    ));
+    let v = crate::state::list::visible;
+    let mut out = format!(
+        "seq {}  type {}  key {}\ntrace_id {}  received {}{}\n",
+        r.seq,
+        v(&r.event_type),
+        v(&r.key),
+        v(&r.trace_id),
+        r.received_at,
+        r.ts.as_deref()
+            .map_or_else(String::new, |t| format!("  ts {t}"))
+    );
+    for t in &r.targets {
+        out.push_str(&format!("\n{}: {}\n", v(&t.target), t.state.as_str()));
+        if let Some(d) = &t.detail {
+            out.push_str(&format!("  {}\n", v(d)));
+        }
+        if let Some(rec) = &t.record {
+            out.push_str(&format!("  record ({} bytes): {}\n", rec.bytes, rec.text));
+            if let Some(hex) = &rec.hex {
+                out.push_str(&format!("  hex: {hex}\n"));
+            }
+        }
+        if let Some(e) = &t.record_error {
+            out.push_str(&format!("  no record: {}\n", v(e)));
+        }
+    }
     Ok(out)
+}
+
+/// Bytes for people.
+fn human_bytes(bytes: u64) -> String {
+    crate::status::human_bytes(bytes)
 }
 
 /// The output of `ess backup`.
 pub fn backup_output(args: &BackupArgs) -> anyhow::Result<String> {
-    let cfg = load_config(&args.config)?;
+    let cfg = args.config.load()?;
     let to = if args.to.is_absolute() {
         args.to.clone()
     } else {
@@ -343,8 +441,8 @@ pub fn backup_output(args: &BackupArgs) -> anyhow::Result<String> {
             .join(&args.to)
     };
     let req = BackupRequest { to };
-    let resp: BackupResponse = ask(&cfg, "/v1/backup", &req, BACKUP_TIMEOUT, || {
-        read_only(&cfg)?.backup(&req)
+    let resp: BackupReport = ask(&cfg, "/v1/backup", &req, BACKUP_TIMEOUT, |cfg| {
+        Admin::offline(cfg)?.backup(&req)
     })?;
     if args.json {
         return json(&resp);
@@ -362,26 +460,32 @@ pub fn backup_output(args: &BackupArgs) -> anyhow::Result<String> {
     ))
 }
 
-/// `ess list`.
-pub fn run_list(args: &ListArgs) -> anyhow::Result<()> {
-    print!("{}", list_output(args)?);
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `ess replay`.
-pub fn run_replay(args: &ReplayArgs) -> anyhow::Result<()> {
-    print!("{}", replay_output(args)?);
-    Ok(())
-}
+    #[test]
+    fn times_in_every_form() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap();
+        let ny = chrono_tz::America::New_York;
+        let t = |s: &str| parse_time(s, ny, now).map(|t| t.to_rfc3339());
+        assert_eq!(
+            t("2026-11-27T02:00:00Z").unwrap(),
+            "2026-11-27T02:00:00+00:00"
+        );
+        assert_eq!(t("2026-11-27 02:00").unwrap(), "2026-11-27T07:00:00+00:00");
+        assert_eq!(t("2026-11-27").unwrap(), "2026-11-27T05:00:00+00:00");
+        assert_eq!(t("2h").unwrap(), "2026-11-27T10:00:00+00:00");
+        // 02:30 on the spring-forward day does not exist in New York: taken at the jump.
+        assert_eq!(t("2026-03-08 02:30").unwrap(), "2026-03-08T07:30:00+00:00");
+        assert!(t("yesterday").unwrap_err().contains("not a time"));
+    }
 
-/// `ess stats`.
-pub fn run_stats(args: &StatsArgs) -> anyhow::Result<()> {
-    print!("{}", stats_output(args)?);
-    Ok(())
-}
-
-/// `ess backup`.
-pub fn run_backup(args: &BackupArgs) -> anyhow::Result<()> {
-    print!("{}", backup_output(args)?);
-    Ok(())
+    #[test]
+    fn messages_are_cut_only_when_asked() {
+        let long = "x".repeat(100);
+        assert_eq!(clip(&long, None).len(), 100);
+        assert_eq!(clip(&long, Some(60)).chars().count(), 60);
+        assert_eq!(clip("a\nb", None), "a\\nb", "one line per entry");
+    }
 }

@@ -13,7 +13,7 @@ use hyper::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::AdminError;
+use super::{AdminError, WireError};
 
 /// What asking the daemon gave.
 #[derive(Debug)]
@@ -108,11 +108,14 @@ async fn exchange<Resp: DeserializeOwned>(
             .with_context(|| format!("bad answer from the daemon on {route}"))?;
         return Ok(Reply::Answer(Ok(value)));
     }
-    match serde_json::from_slice::<AdminError>(&bytes) {
-        Ok(e) => Ok(Reply::Answer(Err(e))),
-        Err(_) => Ok(Reply::Answer(Err(AdminError::Runtime(format!(
-            "daemon answered {status}: {}",
-            String::from_utf8_lossy(&bytes)
-        ))))),
+    match serde_json::from_slice::<WireError>(&bytes) {
+        Ok(e) => Ok(Reply::Answer(Err(e.into()))),
+        Err(_) => Ok(Reply::Answer(Err(AdminError::Remote {
+            usage: false,
+            message: format!(
+                "daemon answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+        }))),
     }
 }

@@ -1,67 +1,116 @@
-//! Operator commands on a live appliance: `ess list`, `ess replay`, `ess stats`,
-//! `ess backup` (also as `essctl`), and the admin unix socket they talk through.
+//! Operator commands on a live appliance — `ess list`, `replay`, `stats`, `show`, `backup`
+//! and the actions `dead ack|discard`, `retry`, `pause`, `resume`, `skip` (also as
+//! `essctl`) — and the admin unix socket they talk through.
 //!
 //! ## Shape
-//! [`AdminBackend`] is what a command needs answered: list, replay, stats, backup. The
-//! daemon serves it on `admin.socket` ([`server::serve`], JSON over HTTP/1.1 on a unix
-//! socket, mode 0600); the CLI asks it through [`client`]. When no daemon answers (socket
-//! missing or connection refused) the CLI opens the database itself through
-//! [`direct::DirectBackend`], the same implementation the daemon serves, so both paths give
-//! the same answers.
+//! [`AdminBackend`] is what a command needs answered. The daemon serves [`backend::Admin`]
+//! on `admin.socket` ([`server::serve`], JSON over HTTP/1.1 on a unix socket, mode 0600),
+//! answering from its running generation of maps; the CLI asks through [`client`]. When no
+//! daemon answers (socket missing or connection refused) the read-only commands (and
+//! `replay`) use an offline [`backend::Admin`] on the database file; actions need the
+//! daemon, because only a connector's own task may change its head.
 //!
 //! Architecture invariant: the socket is never reachable by anyone but its owner: it is
-//! bound inside a fresh 0700 folder, set to 0600 and only then renamed into place. Only
-//! `replay` and `backup` change anything, and `backup` only creates a new file.
+//! bound inside a fresh 0700 folder, set to 0600 and only then renamed into place. Every
+//! answer comes from the state module; every change is one ledger transaction.
 
+pub mod act;
+pub mod backend;
 pub mod cli;
 pub mod client;
-pub mod direct;
 pub mod server;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::connector::command::ActionError;
 use crate::event::Seq;
+use crate::ledger::actions::Settle;
+use crate::state::backup::BackupError;
 
-pub use cli::{
-    BackupArgs, ListArgs, ReplayArgs, StatsArgs, run_backup, run_list, run_replay, run_stats,
-};
+pub use crate::state::Snapshot;
+pub use crate::state::backup::BackupReport;
+pub use crate::state::list::{EventReport, ListEntry, ListKind};
+pub use act::{ActArgs, DeadArgs, SkipArgs, TargetArgs};
+pub use cli::{BackupArgs, ListArgs, ReplayArgs, ShowArgs, StatsArgs};
 
 /// A usage or validation error (exit code 2): the same type `ess`'s other commands use, so
 /// [`crate::cli::exit_code`] maps it.
 pub use crate::cli::UsageError;
 
-/// Why an admin request failed, as the caller must branch on it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "error", rename_all = "lowercase")]
+/// Why an admin request failed. [`AdminError::is_usage`] decides the exit code.
+#[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// The request is wrong: unknown target, bad range, existing backup file...
+    #[error("no connector named {name:?} ({})", if known.is_empty() { "maps_dir has no connectors".to_owned() } else { format!("known: {}", known.join(", ")) })]
+    UnknownTarget { name: String, known: Vec<String> },
+    /// The request does not make sense (empty range, seq 0...).
     #[error("{0}")]
-    Usage(String),
-    /// The request was fine but could not be done.
-    #[error("{0}")]
-    Runtime(String),
+    BadRequest(String),
+    #[error("no event {0} in the feed (never received, or compacted)")]
+    NoEvent(String),
+    #[error(transparent)]
+    Action(#[from] ActionError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error("cannot read or write the ledger")]
+    State(#[from] crate::feed::Error),
+    #[error(transparent)]
+    Open(#[from] crate::state::OpenError),
+    #[error(
+        "{what} needs the running daemon (only a connector's own task may act on it), and none answers on {socket}: start it (systemctl start ess)"
+    )]
+    NeedsDaemon {
+        what: String,
+        socket: std::path::PathBuf,
+    },
+    /// The daemon's answer to a request that failed there.
+    #[error("{message}")]
+    Remote { usage: bool, message: String },
 }
 
-impl From<crate::feed::Error> for AdminError {
-    fn from(e: crate::feed::Error) -> Self {
-        AdminError::Runtime(e.to_string())
+impl AdminError {
+    /// The operator asked for something wrong (exit code 2), rather than something failing.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            AdminError::UnknownTarget { .. }
+            | AdminError::BadRequest(_)
+            | AdminError::NoEvent(_) => true,
+            AdminError::Action(e) => e.is_usage(),
+            AdminError::Backup(e) => e.is_usage(),
+            AdminError::Remote { usage, .. } => *usage,
+            AdminError::State(_) | AdminError::Open(_) | AdminError::NeedsDaemon { .. } => false,
+        }
+    }
+
+    /// The error as it travels over the socket: its kind and its whole message chain.
+    pub fn to_wire(&self) -> WireError {
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        WireError {
+            kind: if self.is_usage() { "usage" } else { "runtime" }.into(),
+            error: message,
+        }
     }
 }
 
-/// Which ledger entries `ess list` shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ListKind {
-    /// Pending (with the retrying head and queued replays) and dead.
-    #[default]
-    All,
-    /// Events the connector has still to deliver: queued replays, then after the cursor.
-    Pending,
-    /// Dead letters.
-    Dead,
+/// An error on the wire: `{"kind": "usage" | "runtime", "error": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub kind: String,
+    pub error: String,
+}
+
+impl From<WireError> for AdminError {
+    fn from(w: WireError) -> Self {
+        AdminError::Remote {
+            usage: w.kind == "usage",
+            message: w.error,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,27 +120,6 @@ pub struct ListRequest {
     pub kind: ListKind,
     /// Most entries per connector.
     pub limit: usize,
-}
-
-/// One line of `ess list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListEntry {
-    pub target: String,
-    pub seq: Seq,
-    /// `pending`, `retrying` (the head, after a failed attempt), `requeued` or `dead`.
-    pub state: String,
-    /// `None` when the event is no longer in the feed.
-    pub event_type: Option<String>,
-    pub key: Option<String>,
-    /// RFC 3339, UTC.
-    pub received_at: Option<String>,
-    pub attempts: Option<u32>,
-    /// Dead letters: `map`, `compliance`, `permanent`, `retries`.
-    pub reason: Option<String>,
-    /// Last error or dead-letter message.
-    pub message: Option<String>,
-    /// Dead letters: when parked; retrying: when the next attempt is due. RFC 3339, UTC.
-    pub at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,8 +139,24 @@ pub enum ReplayRequest {
         from: Seq,
         to: Option<Seq>,
     },
+    /// Deliver again the events received in `[since, until)` (`until`: up to the cursor).
+    Since {
+        target: String,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    },
     /// Re-queue the connector's dead letters.
     Dead { target: String },
+}
+
+impl ReplayRequest {
+    pub fn target(&self) -> &str {
+        match self {
+            ReplayRequest::Range { target, .. }
+            | ReplayRequest::Since { target, .. }
+            | ReplayRequest::Dead { target } => target,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,70 +168,79 @@ pub struct ReplayResponse {
     pub note: Option<String>,
 }
 
-/// The retry state of a connector's head.
+/// `ess show`: one of the two.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetryInfo {
-    pub seq: Seq,
-    pub attempts: u32,
-    /// RFC 3339, UTC.
-    pub next_at: String,
-    pub last_error: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectorStats {
-    pub target: String,
-    /// `false` for a connector the ledger knows but no map file names any more.
-    pub has_map: bool,
-    /// `None`: never ran.
-    pub cursor: Option<Seq>,
-    /// Feed events after the cursor (before the `events:` filter).
-    pub lag: u64,
-    pub delivered: u64,
-    pub retrying: Option<RetryInfo>,
-    pub dead: u64,
-    pub requeued: u64,
-    /// RFC 3339, UTC.
-    pub last_success: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeedStats {
-    pub last_seq: Seq,
-    /// The oldest event still in the feed (after compaction).
-    pub first_seq: Option<Seq>,
-    pub events: u64,
-    pub file_bytes: u64,
-    pub free_disk_bytes: Option<u64>,
-    pub received_last_minute: u64,
-    pub received_last_hour: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsResponse {
-    pub feed: FeedStats,
-    pub connectors: Vec<ConnectorStats>,
+pub struct ShowRequest {
+    pub seq: Option<Seq>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupRequest {
     /// Absolute path of the new file; must not exist.
-    pub to: PathBuf,
+    pub to: std::path::PathBuf,
+}
+
+/// An operator action, as sent over the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ActionRequest {
+    Pause {
+        reason: String,
+    },
+    Resume,
+    Retry,
+    Skip {
+        seq: Seq,
+        reason: String,
+    },
+    Settle {
+        how: SettleHow,
+        seq: Option<Seq>,
+        reason: String,
+    },
+}
+
+/// `ess dead ack` or `ess dead discard`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettleHow {
+    Ack,
+    Discard,
+}
+
+impl From<SettleHow> for Settle {
+    fn from(h: SettleHow) -> Settle {
+        match h {
+            SettleHow::Ack => Settle::Ack,
+            SettleHow::Discard => Settle::Discard,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupResponse {
-    pub path: PathBuf,
-    /// Rows copied per table.
-    pub tables: BTreeMap<String, u64>,
-    pub bytes: u64,
+pub struct ActRequest {
+    pub target: String,
+    /// Who asks (the client's user; the socket is owner-only).
+    pub by: String,
+    #[serde(flatten)]
+    pub action: ActionRequest,
 }
 
-/// What the admin commands need answered; served by the daemon, or by
-/// [`direct::DirectBackend`] on the database file when no daemon runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActResponse {
+    pub target: String,
+    /// What was done, in a sentence.
+    pub done: String,
+}
+
+/// What the admin commands need answered: by the daemon on its socket, or offline on the
+/// database file ([`backend::Admin`] both).
 pub trait AdminBackend: Send + Sync {
     fn list(&self, req: &ListRequest) -> Result<ListResponse, AdminError>;
-    fn replay(&self, req: &ReplayRequest) -> Result<ReplayResponse, AdminError>;
-    fn stats(&self) -> Result<StatsResponse, AdminError>;
-    fn backup(&self, req: &BackupRequest) -> Result<BackupResponse, AdminError>;
+    fn replay(&self, req: &ReplayRequest, by: &str) -> Result<ReplayResponse, AdminError>;
+    fn stats(&self) -> Result<Snapshot, AdminError>;
+    fn show(&self, req: &ShowRequest) -> Result<EventReport, AdminError>;
+    fn backup(&self, req: &BackupRequest) -> Result<BackupReport, AdminError>;
+    fn act(&self, req: &ActRequest) -> Result<ActResponse, AdminError>;
 }

@@ -1,9 +1,10 @@
 //! The admin socket: JSON over HTTP/1.1 on a unix socket, served by tiny_http on its own
 //! thread so it answers even when the async runtime is busy.
 //!
-//! Routes: `POST /v1/list` ([`ListRequest`]), `POST /v1/replay` ([`ReplayRequest`]),
-//! `GET|POST /v1/stats`, `POST /v1/backup` ([`BackupRequest`]). 200 with the response
-//! JSON; 400 with `{"kind":"usage","error":..}`, 500 with `{"kind":"runtime",..}`.
+//! Routes: `POST /v1/list` ([`ListRequest`]), `POST /v1/replay` ([`ReplayCall`]),
+//! `GET|POST /v1/stats`, `POST /v1/show` ([`ShowRequest`]), `POST /v1/backup`
+//! ([`BackupRequest`]), `POST /v1/act` ([`ActRequest`]). 200 with the response JSON; 400
+//! with `{"kind":"usage","error":..}`, 500 with `{"kind":"runtime",..}`.
 //!
 //! Invariant: the socket file is 0600 before anyone can connect: it is bound inside a
 //! fresh 0700 folder next to its final path, chmod'ed, then renamed into place.
@@ -18,7 +19,10 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{AdminBackend, AdminError, BackupRequest, ListRequest, ReplayRequest};
+use super::{
+    ActRequest, AdminBackend, AdminError, BackupRequest, ListRequest, ReplayRequest, ShowRequest,
+    WireError,
+};
 
 /// Largest request body read.
 const MAX_BODY: u64 = 1 << 20;
@@ -164,9 +168,19 @@ fn respond_json<T: Serialize>(request: tiny_http::Request, status: u16, body: &T
 fn answer<T: Serialize>(request: tiny_http::Request, result: Result<T, AdminError>) {
     match result {
         Ok(body) => respond_json(request, 200, &body),
-        Err(e @ AdminError::Usage(_)) => respond_json(request, 400, &e),
-        Err(e @ AdminError::Runtime(_)) => respond_json(request, 500, &e),
+        Err(e) => {
+            let status = if e.is_usage() { 400 } else { 500 };
+            respond_json(request, status, &e.to_wire());
+        }
     }
+}
+
+/// `POST /v1/replay`: the request and who asks.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReplayCall {
+    pub by: String,
+    #[serde(flatten)]
+    pub request: ReplayRequest,
 }
 
 fn body<T: DeserializeOwned>(request: &mut tiny_http::Request) -> Result<T, AdminError> {
@@ -175,8 +189,8 @@ fn body<T: DeserializeOwned>(request: &mut tiny_http::Request) -> Result<T, Admi
         .as_reader()
         .take(MAX_BODY)
         .read_to_string(&mut text)
-        .map_err(|e| AdminError::Usage(format!("cannot read request: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| AdminError::Usage(format!("bad request: {e}")))
+        .map_err(|e| AdminError::BadRequest(format!("cannot read request: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| AdminError::BadRequest(format!("bad request: {e}")))
 }
 
 fn handle(
@@ -192,16 +206,28 @@ fn handle(
             answer(request, r);
         }
         (Post, "/v1/replay") => {
-            let r = body::<ReplayRequest>(&mut request).and_then(|req| backend.replay(&req));
+            let r = body::<ReplayCall>(&mut request)
+                .and_then(|call| backend.replay(&call.request, &call.by));
             answer(request, r);
         }
         (Get | Post, "/v1/stats") => {
             let r = backend.stats();
             answer(request, r);
         }
+        (Post, "/v1/show") => {
+            let r = body::<ShowRequest>(&mut request).and_then(|req| backend.show(&req));
+            answer(request, r);
+        }
+        (Post, "/v1/act") => {
+            let r = body::<ActRequest>(&mut request).and_then(|req| backend.act(&req));
+            answer(request, r);
+        }
         (Post, "/v1/backup") => backup(request, backend, backup_running),
         (_, url) => {
-            let e = AdminError::Usage(format!("no such admin route {url}"));
+            let e = WireError {
+                kind: "usage".into(),
+                error: format!("no such admin route {url}"),
+            };
             respond_json(request, 404, &e);
         }
     }
@@ -220,7 +246,10 @@ impl Drop for Running {
 /// answering meanwhile; one at a time.
 fn backup(request: tiny_http::Request, backend: &Arc<dyn AdminBackend>, running: &Arc<AtomicBool>) {
     if running.swap(true, Ordering::SeqCst) {
-        let e = AdminError::Usage("a backup is already running; try again when it is done".into());
+        let e = WireError {
+            kind: "usage".into(),
+            error: "a backup is already running; try again when it is done".into(),
+        };
         return respond_json(request, 409, &e);
     }
     let guard = Running(running.clone());

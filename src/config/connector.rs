@@ -330,13 +330,14 @@ pub fn parse(path: &Path, text: &str) -> Result<LoadedConnector, Diagnostic> {
     })
 }
 
-/// Every `*.yml` / `*.yaml` file of `maps_dir`, sorted by name.
+/// Every `*.yml` / `*.yaml` file of `maps_dir`, sorted by name, except golden test files
+/// (`*.test.yml`, see `ess test`).
 pub fn map_files(maps_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(maps_dir)? {
         let p = entry?.path();
         let is_yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"));
-        if is_yaml && p.is_file() {
+        if is_yaml && p.is_file() && !crate::maptest::is_test_file(&p) {
             out.push(p);
         }
     }

@@ -125,7 +125,11 @@ struct RawIngest {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStatus {
-    listen: Spanned<String>,
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
+    /// A connector blocked longer than this makes `/healthz` say `degraded`.
+    #[serde(default)]
+    blocked_alarm: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +170,8 @@ pub struct Config {
     pub timezone: chrono_tz::Tz,
     pub ingest: IngestConfig,
     pub status_listen: SocketAddr,
+    /// `status.blocked_alarm` (default 15 min).
+    pub blocked_alarm: std::time::Duration,
     pub admin_socket: PathBuf,
     pub retention_feed: std::time::Duration,
     pub min_free_disk: u64,
@@ -238,9 +244,20 @@ impl Config {
             })
         };
         let ingest_listen = addr(&raw.ingest.listen, "ingest.listen");
-        let status_listen = match &raw.status {
-            Some(s) => addr(&s.listen, "status.listen"),
+        let status_listen = match raw.status.as_ref().and_then(|s| s.listen.as_ref()) {
+            Some(l) => addr(l, "status.listen"),
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let blocked_alarm = match raw.status.as_ref().and_then(|s| s.blocked_alarm.as_ref()) {
+            None => std::time::Duration::from_secs(15 * 60),
+            Some(s) => parse_duration(&s.value).unwrap_or_else(|e| {
+                errs.push(Diagnostic::at(
+                    path,
+                    s,
+                    format!("status.blocked_alarm: {e}"),
+                ));
+                std::time::Duration::from_secs(15 * 60)
+            }),
         };
         let max_body = match &raw.ingest.max_body {
             None => 8 << 20,
@@ -306,6 +323,7 @@ impl Config {
                 max_body,
             },
             status_listen,
+            blocked_alarm,
             admin_socket,
             retention_feed,
             min_free_disk,

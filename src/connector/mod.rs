@@ -13,6 +13,7 @@
 //! only through [`Ledger::commit_progress`]; a connector's failure never stops the others.
 
 pub mod backoff;
+pub mod command;
 pub mod schedule;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::config::Diagnostic;
 use crate::config::connector::{self, DeliverSpec, LoadedConnector};
 use crate::event::{Event, Record, Seq};
 use crate::feed::Feed;
+use crate::ledger::actions::ErrorNote;
 use crate::ledger::{CursorState, DeadLetter, Ledger, RetryState};
 use crate::map::{MapContext, Mapping};
 use crate::target::{Delivery, DeliveryError, Target};
@@ -238,15 +240,48 @@ pub enum Phase {
     Retrying,
     Blocked,
     OutsideSchedule,
+    /// Held by `ess pause` until `ess resume`.
+    Paused,
+    /// A stored value failed its checksum: the connector stopped at `seq`.
+    Corrupted {
+        seq: Seq,
+    },
+}
+
+impl Phase {
+    /// Phases an operator tells apart: idle and delivering are both "ok", so going from
+    /// one to the other does not restart the state's since-when.
+    fn class(&self) -> u8 {
+        match self {
+            Phase::Idle | Phase::Delivering => 0,
+            Phase::Retrying => 1,
+            Phase::Blocked => 2,
+            Phase::OutsideSchedule => 3,
+            Phase::Paused => 4,
+            Phase::Corrupted { .. } => 5,
+        }
+    }
 }
 
 /// Live state of one connector, updated by its task.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
     pub phase: Phase,
+    /// When the connector entered its current state (see [`Phase`]'s classes).
+    pub since: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub next_attempt: Option<DateTime<Utc>>,
     pub next_open: Option<DateTime<Utc>>,
+}
+
+impl Live {
+    /// Moves to `phase`, restarting `since` only when the state an operator sees changes.
+    pub fn set_phase(&mut self, phase: Phase, now: DateTime<Utc>) {
+        if self.since.is_none() || self.phase.class() != phase.class() {
+            self.since = Some(now);
+        }
+        self.phase = phase;
+    }
 }
 
 /// Shared handles a connector task needs.
@@ -277,6 +312,11 @@ pub struct Runner {
     env: Env,
     pub live: Arc<Mutex<Live>>,
     rotation: Option<Rotation>,
+    /// Operator actions, carried out between two rounds (see [`command`]).
+    commands: tokio::sync::mpsc::Receiver<command::Command>,
+    handle: command::Handle,
+    /// `ess pause`, as the ledger keeps it; read at start, then changed only by commands.
+    paused: bool,
 }
 
 /// `rotate:` of a file connector, run at most every [`ROTATE_EVERY`].
@@ -344,13 +384,22 @@ impl Runner {
     /// A runner with a given target (fault injection in tests).
     pub fn with_target(spec: Arc<ConnectorSpec>, env: Env, target: Box<dyn Target>) -> Runner {
         let rotation = Rotation::of(&spec);
+        let (handle, commands) = command::channel(&spec.name);
         Runner {
             spec,
             target,
             env,
             live: Arc::new(Mutex::new(Live::default())),
             rotation,
+            commands,
+            handle,
+            paused: false,
         }
+    }
+
+    /// Where operator actions for this connector are sent.
+    pub fn handle(&self) -> command::Handle {
+        self.handle.clone()
     }
 
     fn set_live(&self, f: impl FnOnce(&mut Live)) {
@@ -366,37 +415,61 @@ impl Runner {
             Start::Earliest => 0,
             Start::Latest => self.env.feed.last_seq(),
         };
-        if let Err(e) = blocking(|| self.env.ledger.ensure_cursor(&name, start_seq)) {
-            tracing::error!(connector = %name, error = %e, "cannot read the ledger; connector not started");
-            return;
+        let started = blocking(|| {
+            self.env.ledger.ensure_cursor(&name, start_seq)?;
+            crate::ledger::view::View::open(&**self.env.feed.db())?.pause(&name)
+        });
+        match started {
+            Ok(pause) => self.paused = pause.is_some(),
+            Err(e) => {
+                tracing::error!(connector = %name, error = %e, "cannot read the ledger; connector not started");
+                return;
+            }
         }
         let mut new_events = self.env.feed.subscribe();
         let mut wake = self.env.wake.clone();
-        let (mut feed_open, mut wake_open) = (true, true);
+        let (mut feed_open, mut wake_open, mut commands_open) = (true, true, true);
         if let Some(rotation) = &self.rotation {
             rotation.maybe_run(&name);
         }
         while !*shutdown.borrow() {
-            let wait = match self.round().await {
-                Ok(Some(wait)) => wait,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(connector = %name, error = %e, "connector round failed; retrying in 1s");
-                    Wait::For(Duration::from_secs(1))
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.execute(cmd);
+            }
+            let wait = if self.paused {
+                self.set_live(|l| l.set_phase(Phase::Paused, Utc::now()));
+                Wait::Commands
+            } else {
+                match self.round().await {
+                    Ok(Some(wait)) => wait,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(connector = %name, error = %e, "connector round failed; retrying in 1s");
+                        Wait::For(Duration::from_secs(1))
+                    }
                 }
             };
             let (sleep, on_events) = match wait {
                 Wait::NewEvents => (None, true),
                 Wait::For(d) => (Some(d), false),
                 Wait::ForOrNewEvents(d) => (Some(d), true),
+                Wait::Commands => (None, false),
             };
             // A closed channel (its sender gone: shutdown under way, or no admin socket in
             // tests) would answer at once forever; stop listening to it instead of spinning.
+            let mut incoming = None;
             tokio::select! {
                 _ = shutdown.changed() => {}
                 r = new_events.changed(), if on_events && feed_open => feed_open = r.is_ok(),
                 r = wake.changed(), if wake_open => wake_open = r.is_ok(),
-                _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(1))), if sleep.is_some() || !feed_open => {}
+                c = self.commands.recv(), if commands_open => match c {
+                    Some(c) => incoming = Some(c),
+                    None => commands_open = false,
+                },
+                _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(1))), if sleep.is_some() || (on_events && !feed_open) => {}
+            }
+            if let Some(cmd) = incoming {
+                self.execute(cmd);
             }
         }
         tracing::info!(connector = %name, "connector stopped");
@@ -424,12 +497,12 @@ impl Runner {
                 .max(1)
         };
         let Some(work) = self.take_work(&cursor, limit, now)? else {
-            self.set_live(|l| l.phase = Phase::Idle);
+            self.set_live(|l| l.set_phase(Phase::Idle, now));
             return Ok(Some(Wait::NewEvents));
         };
         let round = self.select_and_map(work, &cursor, limit, now);
         if let Some(wait) = self.lingering(&round, limit, now) {
-            self.set_live(|l| l.phase = Phase::Idle);
+            self.set_live(|l| l.set_phase(Phase::Idle, now));
             return Ok(Some(wait));
         }
         if round.items.is_empty() {
@@ -452,7 +525,7 @@ impl Runner {
         }
         let next = s.next_open(now, tz);
         self.set_live(|l| {
-            l.phase = Phase::OutsideSchedule;
+            l.set_phase(Phase::OutsideSchedule, now);
             l.next_open = next;
         });
         let wait = next.map_or(Duration::from_secs(60), |n| {
@@ -473,11 +546,12 @@ impl Runner {
         }
         let blocked = r.attempts >= self.spec.policy.max_tries;
         self.set_live(|l| {
-            l.phase = if blocked {
+            let phase = if blocked {
                 Phase::Blocked
             } else {
                 Phase::Retrying
             };
+            l.set_phase(phase, now);
             l.next_attempt = Some(next);
             l.last_error = Some(r.last_error.clone());
         });
@@ -615,7 +689,11 @@ impl Runner {
         now: DateTime<Utc>,
     ) -> Result<Option<Wait>, crate::feed::Error> {
         let name = self.spec.name.clone();
-        self.set_live(|l| l.phase = Phase::Delivering);
+        if retry.is_none() {
+            // A retry keeps showing retrying (or blocked) while it is attempted, so the
+            // state's since-when is that of the first failure.
+            self.set_live(|l| l.set_phase(Phase::Delivering, now));
+        }
         let delivery = Delivery {
             connector: &name,
             items: &round.items,
@@ -636,7 +714,7 @@ impl Runner {
                 tracing::info!(connector = %name, first_seq, last_seq, n_events = n, replay, "delivered");
                 self.env.hooks.delivered(&name, &round.items);
                 self.set_live(|l| {
-                    l.phase = Phase::Idle;
+                    l.set_phase(Phase::Idle, Utc::now());
                     l.next_attempt = None;
                 });
                 if let Some(rotation) = &self.rotation {
@@ -673,6 +751,15 @@ impl Runner {
         let permanent = matches!(err, DeliveryError::Permanent(_));
         let exhausted = permanent || attempts >= self.spec.policy.max_tries;
         tracing::warn!(connector = %name, seq = head.seq, trace_id = %head.trace_id, attempts, error = %err, "delivery failed");
+        let note = ErrorNote {
+            seq: head.seq,
+            message: err.to_string(),
+            at_micros: now.timestamp_micros(),
+        };
+        // Only for the page and `ess stats`: a failure to keep it must not stop delivery.
+        if let Err(e) = blocking(|| ledger.note_error(&name, &note)) {
+            tracing::warn!(connector = %name, error = %e, "cannot record the last error");
+        }
         if exhausted && items.len() == 1 && self.spec.policy.on_failure == OnFailure::Park {
             let reason = if permanent { "permanent" } else { "retries" };
             let letter = DeadLetter {
@@ -727,11 +814,12 @@ impl Runner {
         blocking(|| ledger.record_failure(&name, &state))?;
         let blocked = exhausted;
         self.set_live(|l| {
-            l.phase = if blocked {
+            let phase = if blocked {
                 Phase::Blocked
             } else {
                 Phase::Retrying
             };
+            l.set_phase(phase, now);
             l.last_error = Some(err.to_string());
             l.next_attempt = Some(next_at);
         });
@@ -769,6 +857,8 @@ enum Wait {
     For(Duration),
     /// For this long, or until new events arrive (a batch lingering to fill up).
     ForOrNewEvents(Duration),
+    /// Until an operator action (paused).
+    Commands,
 }
 
 /// Runs blocking redb work without stalling the async workers.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::feed::{NewEvent, open_database};
 use chrono::Timelike;
+use command::{Action, ActionError};
 
 /// A target that records what it got and fails the first `fail_first` calls.
 #[derive(Clone, Default)]
@@ -326,4 +327,101 @@ async fn a_lingering_batch_waits_to_fill_up_and_goes_when_full() {
         [3],
         "one batch of three, not a batch of two then one"
     );
+}
+
+/// A target whose deliveries wait until the test lets each one go.
+struct Gated {
+    started: std::sync::mpsc::Sender<Vec<u64>>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl Target for Gated {
+    async fn deliver(
+        &mut self,
+        d: &Delivery<'_>,
+        cp: &[u8],
+    ) -> Result<crate::target::Checkpoint, DeliveryError> {
+        let seqs = d.items.iter().map(|(e, _)| e.seq).collect();
+        let _ = self.started.send(seqs);
+        self.release.acquire().await.unwrap().forget();
+        Ok(cp.to_vec())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skip_never_parks_a_head_that_is_being_delivered() {
+    let rig = rig("{base: 1ms, max_delay: 5ms}");
+    append(&rig.env, &["a"], "P").await;
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let target = Gated {
+        started: started_tx,
+        release: release.clone(),
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
+    let handle = runner.handle();
+    let task = tokio::spawn(runner.run(stop_rx));
+    // Seq 1 is being delivered now; a skip of it is sent in the middle of that delivery.
+    let delivering =
+        tokio::task::spawn_blocking(move || started.recv_timeout(Duration::from_secs(30)).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(delivering, [1]);
+    let skip = tokio::task::spawn_blocking(move || {
+        let act = Action::Skip {
+            seq: 1,
+            reason: String::new(),
+        };
+        handle.act(act, "op", Duration::from_secs(30))
+    });
+    // The skip waits for the round: let the delivery finish, then it is answered.
+    release.add_permits(1);
+    let answer = skip.await.unwrap();
+    assert!(
+        matches!(
+            answer,
+            Err(ActionError::NotHead {
+                seq: 1,
+                head: None,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    let ledger = &rig.env.ledger;
+    assert_eq!(ledger.cursor("t").unwrap().unwrap().delivered, 1);
+    assert!(
+        ledger.dead_letters("t").unwrap().is_empty(),
+        "seq 1 was delivered, not parked"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connector_paused_in_the_ledger_starts_paused_and_delivers_once_resumed() {
+    let rig = rig("{base: 1ms, max_delay: 5ms}");
+    let who = crate::ledger::actions::Actor {
+        by: "op",
+        at: Utc::now(),
+    };
+    // Paused before a restart: the ledger keeps it.
+    assert!(rig.env.ledger.pause("t", "maintenance", &who).unwrap());
+    let target = Recorder::default();
+    let got = target.got.clone();
+    let (stop, stop_rx) = watch::channel(false);
+    let runner = Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target));
+    let (handle, live) = (runner.handle(), runner.live.clone());
+    let task = tokio::spawn(runner.run(stop_rx));
+    append(&rig.env, &["a", "b"], "P").await;
+    eventually("paused", || live.lock().unwrap().phase == Phase::Paused).await;
+    assert!(got.lock().unwrap().is_empty(), "nothing while paused");
+    let resume = move || handle.act(Action::Resume, "op", Duration::from_secs(30));
+    let answer = tokio::task::spawn_blocking(resume).await.unwrap().unwrap();
+    assert_eq!(answer, "t resumed");
+    eventually("both delivered", || got.lock().unwrap().len() == 2).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
 }

@@ -240,16 +240,7 @@ impl Feed {
 
     /// The event stored under idempotency key `key`, if any.
     pub fn get_by_key(&self, key: &str) -> Result<Option<Event>, Error> {
-        let tx = self.db.begin_read()?;
-        let Some(seq) = tx.open_table(KEYS)?.get(key)?.map(|v| v.value()) else {
-            return Ok(None);
-        };
-        let events = tx.open_table(EVENTS)?;
-        let Some(bytes) = events.get(seq)? else {
-            return Ok(None);
-        };
-        let stored: StoredEvent = schema::decode(bytes.value()).map_err(Error::Format)?;
-        Ok(Some(stored.into_event(seq)?))
+        get_by_key(&*self.db, key)
     }
 
     /// Stops the committer after the requests already queued are committed. Appends after
@@ -282,6 +273,31 @@ pub fn read_after<D: ReadableDatabase>(
         out.push(stored.into_event(k.value())?);
     }
     Ok(out)
+}
+
+/// The newest committed seq (0 when empty), from any redb handle.
+pub fn read_last_seq<D: ReadableDatabase>(db: &D) -> Result<Seq, Error> {
+    let tx = db.begin_read()?;
+    let meta = match tx.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(meta.get("last_seq")?.map_or(0, |v| v.value()))
+}
+
+/// The event stored under idempotency key `key`, from any redb handle.
+pub fn get_by_key<D: ReadableDatabase>(db: &D, key: &str) -> Result<Option<Event>, Error> {
+    let tx = db.begin_read()?;
+    let Some(seq) = tx.open_table(KEYS)?.get(key)?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    let events = tx.open_table(EVENTS)?;
+    let Some(bytes) = events.get(seq)? else {
+        return Ok(None);
+    };
+    let stored: StoredEvent = schema::decode(bytes.value()).map_err(Error::Format)?;
+    Ok(Some(stored.into_event(seq)?))
 }
 
 fn committer(

@@ -23,6 +23,18 @@ pub const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead
 /// Removed in the same transaction that commits their re-delivery.
 pub const REQUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("requeue");
 
+/// connector -> versioned postcard [`crate::ledger::actions::Pause`]: held by `ess pause`.
+pub const PAUSES: TableDefinition<&str, &[u8]> = TableDefinition::new("pauses");
+/// (connector, seq) -> versioned postcard [`crate::ledger::actions::Settled`]: dead letters
+/// an operator acknowledged or discarded (`ess dead ack|discard`), moved out of `dead`.
+pub const SETTLED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("settled");
+/// id (1, 2, ...) -> versioned postcard [`crate::ledger::actions::ActionRecord`]: who did
+/// what, written in the same transaction as the action itself.
+pub const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("actions");
+/// connector -> versioned postcard [`crate::ledger::actions::ErrorNote`]: its last delivery
+/// error and when it happened (kept after the event is parked or delivered).
+pub const ERRORS: TableDefinition<&str, &[u8]> = TableDefinition::new("errors");
+
 /// The on-disk format this build writes. Bumped on any incompatible change to a value.
 pub const FORMAT_VERSION: u64 = 1;
 /// The leading byte of every versioned value.

@@ -46,8 +46,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Per-connector delivery state of an event, for receipts.
 pub trait Receipts: Send + Sync {
-    /// connector name -> `delivered` | `pending` | `retrying` | `dead` | `filtered`.
-    fn targets(&self, event: &Event) -> BTreeMap<String, String>;
+    /// connector name -> `delivered` | `pending` | `retrying` | `dead` | `filtered`; an
+    /// error when the ledger cannot be read (the receipt then says so, never "pending").
+    fn targets(&self, event: &Event) -> Result<BTreeMap<String, String>, crate::feed::Error>;
 }
 
 /// Counters the ingest reports (metrics); the default does nothing.
@@ -325,14 +326,18 @@ async fn post_events(req: Request<Incoming>, state: &IngestState) -> Resp {
 
 fn receipt(raw_key: &str, state: &IngestState) -> Resp {
     let key = percent_encoding::percent_decode_str(raw_key).decode_utf8_lossy();
-    match state.feed.get_by_key(&key) {
-        Ok(Some(event)) => json_response(
+    let found = state.feed.get_by_key(&key).and_then(|e| {
+        e.map(|e| state.receipts.targets(&e).map(|t| (e, t)))
+            .transpose()
+    });
+    match found {
+        Ok(Some((event, targets))) => json_response(
             StatusCode::OK,
             json!({
                 "seq": event.seq,
                 "received_at": event.received_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                 "trace_id": event.trace_id,
-                "targets": state.receipts.targets(&event),
+                "targets": targets,
             }),
         ),
         Ok(None) => json_response(

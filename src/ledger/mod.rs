@@ -16,7 +16,9 @@
 //! A cursor means "every event with seq <= cursor is done for this connector": delivered,
 //! filtered out by `events:`, or parked as a dead letter.
 
+pub mod actions;
 pub mod replay;
+pub mod view;
 
 use std::sync::Arc;
 

@@ -22,42 +22,13 @@ impl Ledger {
     /// cursor for re-delivery; returns how many were newly queued. The connector re-checks
     /// its `events:` filter when it takes them.
     pub fn requeue_range(&self, connector: &str, from: Seq, to: Seq) -> Result<u64, Error> {
-        self.write(|tx| {
-            let mut n = 0;
-            let cursor: Option<CursorState> = super::decoded(&tx.open_table(CURSORS)?, connector)?;
-            let to = to.min(cursor.map_or(0, |c| c.seq));
-            if from <= to {
-                let events = tx.open_table(EVENTS)?;
-                let mut requeue = tx.open_table(REQUEUE)?;
-                for row in events.range(from..=to)? {
-                    let seq = row?.0.value();
-                    if requeue.insert((connector, seq), ())?.is_none() {
-                        n += 1;
-                    }
-                }
-            }
-            Ok(n)
-        })
+        self.write(|tx| requeue_range_in(tx, connector, from, to))
     }
 
     /// Moves all the connector's dead letters to the requeue, in one transaction; returns
     /// how many moved.
     pub fn requeue_dead(&self, connector: &str) -> Result<u64, Error> {
-        self.write(|tx| {
-            let mut n = 0;
-            let mut dead = tx.open_table(DEAD)?;
-            let mut requeue = tx.open_table(REQUEUE)?;
-            let seqs: Vec<Seq> = dead
-                .range((connector, 0)..=(connector, u64::MAX))?
-                .map(|row| row.map(|(k, _)| k.value().1))
-                .collect::<Result<_, _>>()?;
-            for seq in seqs {
-                dead.remove((connector, seq))?;
-                requeue.insert((connector, seq), ())?;
-                n += 1;
-            }
-            Ok(n)
-        })
+        self.write(|tx| requeue_dead_in(tx, connector))
     }
 
     /// The events behind up to `limit` of the connector's queued seqs, lowest first, and
@@ -111,6 +82,47 @@ impl Ledger {
     pub fn requeued(&self, connector: &str, limit: usize) -> Result<Vec<Seq>, Error> {
         read_requeued(&*self.db, connector, limit)
     }
+}
+
+/// [`Ledger::requeue_range`] inside the caller's write transaction (an operator action
+/// commits its log entry in the same transaction).
+pub(crate) fn requeue_range_in(
+    tx: &redb::WriteTransaction,
+    connector: &str,
+    from: Seq,
+    to: Seq,
+) -> Result<u64, Error> {
+    let mut n = 0;
+    let cursor: Option<CursorState> = super::decoded(&tx.open_table(CURSORS)?, connector)?;
+    let to = to.min(cursor.map_or(0, |c| c.seq));
+    if from <= to {
+        let events = tx.open_table(EVENTS)?;
+        let mut requeue = tx.open_table(REQUEUE)?;
+        for row in events.range(from..=to)? {
+            let seq = row?.0.value();
+            if requeue.insert((connector, seq), ())?.is_none() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// [`Ledger::requeue_dead`] inside the caller's write transaction.
+pub(crate) fn requeue_dead_in(tx: &redb::WriteTransaction, connector: &str) -> Result<u64, Error> {
+    let mut n = 0;
+    let mut dead = tx.open_table(DEAD)?;
+    let mut requeue = tx.open_table(REQUEUE)?;
+    let seqs: Vec<Seq> = dead
+        .range((connector, 0)..=(connector, u64::MAX))?
+        .map(|row| row.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for seq in seqs {
+        dead.remove((connector, seq))?;
+        requeue.insert((connector, seq), ())?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Reads a connector's queued seqs through any redb handle (daemon or read-only CLI).

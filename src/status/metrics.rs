@@ -54,6 +54,24 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    target: String,
+    state: String,
+}
+
+/// Every value of `ess_connector_state{state}`: a connector has each series, 1 for its
+/// state and 0 for the others, so an alert can watch `state="blocked"` from the start.
+pub const STATES: [&str; 7] = [
+    "ok",
+    "retrying",
+    "blocked",
+    "outside_schedule",
+    "paused",
+    "corrupted",
+    "not_running",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
 }
@@ -91,7 +109,11 @@ struct Inner {
     retry_pending: Family<TargetLabel, U64Gauge>,
     dead_letters: Family<TargetLabel, U64Gauge>,
     lag_events: Family<TargetLabel, U64Gauge>,
-    lag_seconds: Family<TargetLabel, F64Gauge>,
+    oldest_pending: Family<TargetLabel, F64Gauge>,
+    connector_state: Family<StateLabel, U64Gauge>,
+    process: super::process::ProcessMetrics,
+    /// The connectors of the last scrape, so the series of one removed by a reload go.
+    targets: Mutex<std::collections::BTreeSet<String>>,
     feed_last_seq: U64Gauge,
     feed_size: U64Gauge,
     free_disk: U64Gauge,
@@ -132,7 +154,10 @@ impl Metrics {
             retry_pending: Family::default(),
             dead_letters: Family::default(),
             lag_events: Family::default(),
-            lag_seconds: Family::default(),
+            oldest_pending: Family::default(),
+            connector_state: Family::default(),
+            process: super::process::ProcessMetrics::default(),
+            targets: Mutex::new(std::collections::BTreeSet::new()),
             feed_last_seq: U64Gauge::default(),
             feed_size: U64Gauge::default(),
             free_disk: U64Gauge::default(),
@@ -190,15 +215,21 @@ impl Metrics {
         );
         registry.register(
             "ess_lag_events",
-            "Events in the feed that the connector has not passed yet",
+            "Events after the connector's cursor that it selects (its events: filter)",
             inner.lag_events.clone(),
         );
         registry.register_with_unit(
-            "ess_lag",
-            "Age of the oldest event the connector has not passed yet",
+            "ess_oldest_pending",
+            "Age of the oldest event the connector has still to deliver (0: none waits)",
             Unit::Seconds,
-            inner.lag_seconds.clone(),
+            inner.oldest_pending.clone(),
         );
+        registry.register(
+            "ess_connector_state",
+            "1 for the connector's current state, 0 for the others",
+            inner.connector_state.clone(),
+        );
+        inner.process.register(&mut registry);
         registry.register(
             "ess_feed_last_seq",
             "Newest committed seq",
@@ -314,25 +345,56 @@ impl Metrics {
         inner.retry_pending.clear();
         inner.dead_letters.clear();
         inner.lag_events.clear();
-        inner.lag_seconds.clear();
+        inner.oldest_pending.clear();
+        inner.connector_state.clear();
         for c in &snapshot.connectors {
             let l = label(&c.name);
             inner
                 .retry_pending
                 .get_or_create(&l)
-                .set(u64::from(c.retry_pending));
+                .set(c.retry.as_ref().map_or(0, |r| u64::from(r.attempts)));
             inner.dead_letters.get_or_create(&l).set(c.dead_letters);
-            inner.lag_events.get_or_create(&l).set(c.lag_events);
             inner
-                .lag_seconds
+                .lag_events
                 .get_or_create(&l)
-                .set(c.lag_secs.unwrap_or(0.0));
+                .set(c.lag_events + c.requeued);
+            inner
+                .oldest_pending
+                .get_or_create(&l)
+                .set(c.oldest_pending_secs.unwrap_or(0.0));
+            let now = state_name(&c.state);
+            for state in STATES {
+                let key = StateLabel {
+                    target: c.name.clone(),
+                    state: state.to_owned(),
+                };
+                inner
+                    .connector_state
+                    .get_or_create(&key)
+                    .set(u64::from(state == now));
+            }
+            // Counters and histograms exist from the start, at 0.
+            drop(inner.success.get_or_create(&l));
+            drop(inner.delivery_failures.get_or_create(&l));
+            drop(inner.delivery_latency.get_or_create(&l));
         }
+        let now: std::collections::BTreeSet<String> =
+            snapshot.connectors.iter().map(|c| c.name.clone()).collect();
+        let mut known = inner.targets.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in known.difference(&now) {
+            let l = label(gone);
+            inner.success.remove(&l);
+            inner.delivery_failures.remove(&l);
+            inner.delivery_latency.remove(&l);
+        }
+        *known = now;
+        drop(known);
+        inner.process.refresh();
         inner.feed_last_seq.set(snapshot.feed.last_seq);
         inner.feed_size.set(snapshot.feed.size_bytes);
         inner.free_disk.set(snapshot.free_disk_bytes);
         inner.min_free_disk.set(snapshot.min_free_disk_bytes);
-        inner.uptime.set(snapshot.uptime_secs);
+        inner.uptime.set(snapshot.uptime_secs.unwrap_or(0));
         let mut out = String::new();
         // Writing into a String cannot fail, and every metric type registered above has
         // an encoder; an Err here would be a bug in the crate, so render what we have.
@@ -366,6 +428,20 @@ impl TargetMetrics {
     /// A delivery attempt failed.
     pub fn delivery_failed(&self) {
         self.failures.inc();
+    }
+}
+
+/// The `state` label of a connector state (its JSON name).
+fn state_name(state: &crate::state::ConnectorState) -> &'static str {
+    use crate::state::ConnectorState as S;
+    match state {
+        S::Ok => "ok",
+        S::Retrying => "retrying",
+        S::Blocked => "blocked",
+        S::OutsideSchedule { .. } => "outside_schedule",
+        S::Paused => "paused",
+        S::Corrupted { .. } => "corrupted",
+        S::NotRunning => "not_running",
     }
 }
 

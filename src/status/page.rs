@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use super::{Condition, ConnectorState, ConnectorStatus, Snapshot};
+use super::{Condition, ConnectorReport, ConnectorState, Snapshot};
 
 /// Seconds between automatic reloads of the page.
 pub(super) const REFRESH_SECS: u32 = 5;
@@ -28,12 +28,18 @@ h2 { font-size: 1.05rem; margin: 0; overflow-wrap: anywhere; }
 .card { background: var(--card); border-radius: .5rem; padding: .65rem .8rem; border-left: .35rem solid var(--dim); }
 .card.ok { border-left-color: var(--ok); }
 .card.retrying, .card.dead-letters { border-left-color: var(--warn); }
-.card.blocked { border-left-color: var(--bad); }
+.card.blocked, .card.corrupted, .card.not-running { border-left-color: var(--bad); }
+.card.paused { border-left-color: var(--warn); }
 .card header { display: flex; justify-content: space-between; align-items: baseline; gap: .5rem; flex-wrap: wrap; margin-bottom: .35rem; }
 .badge { font-size: .8rem; font-weight: 700; text-transform: uppercase; letter-spacing: .03em; padding: .1rem .45rem; border-radius: 1rem; white-space: nowrap; color: #fff; background: var(--dim); }
 .badge.ok { background: var(--ok); }
 .badge.retrying, .badge.dead-letters { background: var(--warn); }
-.badge.blocked { background: var(--bad); }
+.badge.blocked, .badge.corrupted, .badge.not-running { background: var(--bad); }
+.badge.paused { background: var(--warn); }
+.todo code, .summary code { font-size: .85em; background: rgba(127,127,127,.15); padding: 0 .2rem; border-radius: .2rem; overflow-wrap: anywhere; }
+section.actions { margin-top: 1rem; overflow-x: auto; }
+section.actions table { border-collapse: collapse; font-size: .85rem; width: 100%; }
+section.actions th, section.actions td { text-align: left; padding: .2rem .5rem; border-bottom: 1px solid rgba(127,127,127,.25); vertical-align: top; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .15rem .75rem; margin: 0; }
 dt { color: var(--dim); }
 dd { margin: 0; overflow-wrap: anywhere; }
@@ -51,8 +57,11 @@ footer { color: var(--dim); font-size: .8rem; margin-top: 1rem; }
 
 /// Renders the whole page for `snapshot`, as of `now`.
 pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
-    let conditions: Vec<Condition> = snapshot.connectors.iter().map(|c| c.condition()).collect();
-    let n_attention = conditions.iter().filter(|c| c.needs_attention()).count();
+    let n_attention = snapshot
+        .connectors
+        .iter()
+        .filter(|c| c.condition.needs_attention())
+        .count();
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -70,15 +79,13 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                 h1 { "ESS status" }
                 p.meta {
                     "version " (snapshot.version)
-                    " · up " (human_duration(snapshot.uptime_secs as f64))
+                    @if let Some(up) = snapshot.uptime_secs { " · up " (human_duration(up as f64)) }
                     " · as of " (now.format("%Y-%m-%d %H:%M:%S UTC"))
-                }
-                @if snapshot.disk_low() {
-                    p.summary.attention {
-                        "Free disk " (human_bytes(snapshot.free_disk_bytes)) " is below the minimum of "
-                        (human_bytes(snapshot.min_free_disk_bytes)) ": the ingest refuses events (503)."
+                    @if let Some(r) = snapshot.last_reload.as_ref().filter(|r| r.ok) {
+                        " · maps reloaded " (when(&r.at, now))
                     }
                 }
+                (banners(snapshot))
                 @if snapshot.connectors.is_empty() {
                     p.summary.attention { "No connectors configured." }
                 } @else {
@@ -86,17 +93,23 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                 }
                 section.feed aria-label="Feed" {
                     (stat("Feed last seq", snapshot.feed.last_seq.to_string()))
+                    (stat("Events kept", snapshot.feed.events.to_string()))
                     (stat("Feed size", human_bytes(snapshot.feed.size_bytes)))
-                    (stat("Ingest rate", format!("{:.1} events/s", snapshot.feed.ingest_rate_per_sec)))
+                    @if let Some(rate) = snapshot.ingest_rate_per_sec {
+                        (stat("Ingest rate", format!("{rate:.1} events/s")))
+                    }
                     div.stat.low[snapshot.disk_low()] {
                         span.label { "Free disk" }
                         span.value { (human_bytes(snapshot.free_disk_bytes)) }
                     }
                 }
                 div.grid {
-                    @for (c, condition) in snapshot.connectors.iter().zip(&conditions) {
-                        (connector_card(c, *condition, now))
+                    @for c in &snapshot.connectors {
+                        (connector_card(c, now))
                     }
+                }
+                @if !snapshot.recent_actions.is_empty() {
+                    (actions(snapshot, now))
                 }
                 footer {
                     "Refreshes every " (REFRESH_SECS) " s. Also: "
@@ -108,6 +121,40 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
         }
     };
     markup.into_string()
+}
+
+/// What stops or threatens the whole appliance, each with what to do.
+fn banners(snapshot: &Snapshot) -> Markup {
+    html! {
+        @if !snapshot.running {
+            p.summary.attention {
+                "ess is not running: this is what the database holds. Start it: "
+                code { "systemctl start ess" }
+            }
+        }
+        @if let Some(reason) = snapshot.health.refusal.as_ref().filter(|_| snapshot.running) {
+            p.summary.attention {
+                "The ingest refuses events (503): " (reason) "."
+                @if snapshot.disk_low() { " Free disk space in the data folder, or lower retention.feed." }
+            }
+        } @else if snapshot.disk_low() {
+            p.summary.attention {
+                "Free disk " (human_bytes(snapshot.free_disk_bytes)) " is below the minimum of "
+                (human_bytes(snapshot.min_free_disk_bytes)) ": the ingest refuses events (503)."
+            }
+        }
+        @for d in &snapshot.health.degraded {
+            p.summary.attention { "Degraded: " (d) "." }
+        }
+        @if let Some(r) = snapshot.last_reload.as_ref().filter(|r| !r.ok) {
+            p.summary.attention {
+                "The last reload (" (utc(&r.at)) ") was refused with "
+                (r.n_problems) " problem(s); the previous maps keep running."
+                @if let Some(first) = &r.first_problem { " First: " code { (first) } }
+                " Run " code { "ess check" } "."
+            }
+        }
+    }
 }
 
 /// `All 3 connectors OK.`, `1 of 1 connector needs attention.`, `2 of 5 connectors need
@@ -138,7 +185,83 @@ fn stat(label: &str, value: String) -> Markup {
     html! { div.stat { span.label { (label) } span.value { (value) } } }
 }
 
-fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>) -> Markup {
+/// `3 (map 2, skipped 1)`.
+fn dead_counts(c: &ConnectorReport) -> String {
+    if c.dead_by_reason.is_empty() {
+        return c.dead_letters.to_string();
+    }
+    let parts: Vec<String> = c
+        .dead_by_reason
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    format!("{} ({})", c.dead_letters, parts.join(", "))
+}
+
+/// The state line, and what the operator can do about it.
+fn state_rows(c: &ConnectorReport, now: DateTime<Utc>) -> Markup {
+    let since = html! { @if let Some(s) = &c.since { " since " (when(s, now)) } };
+    html! {
+        dt { "State" }
+        @match &c.state {
+            ConnectorState::Ok => dd { "ok" (since) },
+            ConnectorState::Retrying => dd { "retrying, later events wait;" (since) },
+            ConnectorState::Blocked => dd.error { "blocked, later events are held;" (since) },
+            ConnectorState::OutsideSchedule { next_open } => dd {
+                "outside schedule"
+                @if let Some(t) = next_open { "; opens " (due(t, now)) }
+            },
+            ConnectorState::Paused => dd.error { "paused" (since) },
+            ConnectorState::Corrupted { corrupted_seq } => dd.error {
+                "stopped at seq " (corrupted_seq) ": a stored value failed its checksum"
+            },
+            ConnectorState::NotRunning => dd.error {
+                @if c.destination.is_none() { "not running: no map file names it any more" }
+                @else { "not running" }
+            },
+        }
+        @let hint = hint(c);
+        @if let Some(hint) = hint {
+            dt { "To do" } dd.todo { (hint) }
+        }
+        @if let Some(p) = &c.paused {
+            dt { "Paused" } dd { "by " (p.by) @if !p.reason.is_empty() { ": " (p.reason) } " — " (when(&p.at, now)) }
+        }
+        @if c.state == ConnectorState::Blocked || c.state == ConnectorState::Retrying {
+            @if let Some(r) = &c.retry {
+                dt { "Head" } dd { "seq " (r.seq) }
+            }
+        }
+    }
+}
+
+/// The command that deals with the connector's condition, if one does.
+fn hint(c: &ConnectorReport) -> Option<Markup> {
+    let t = &c.name;
+    let head = c.retry.as_ref().map_or(0, |r| r.seq);
+    Some(match (&c.state, c.condition) {
+        (ConnectorState::Blocked, _) => html! {
+            "fix the target, then " code { "ess retry --target " (t) }
+            "; or, if this one event can never go, " code { "ess skip --target " (t) " --seq " (head) }
+        },
+        (ConnectorState::Retrying, _) => html! {
+            "fix the target, then " code { "ess retry --target " (t) } " to try now"
+        },
+        (ConnectorState::Paused, _) => html! { code { "ess resume --target " (t) } },
+        (ConnectorState::Corrupted { .. }, _) => {
+            html! { code { "ess verify" } " lists every damaged seq" }
+        }
+        (_, Condition::DeadLetters) => html! {
+            code { "ess list --dead --target " (t) } ", fix the cause, then "
+            code { "ess replay --dead --target " (t) } "; or settle them with "
+            code { "ess dead ack|discard --target " (t) }
+        },
+        _ => return None,
+    })
+}
+
+fn connector_card(c: &ConnectorReport, now: DateTime<Utc>) -> Markup {
+    let condition = c.condition;
     let class = condition.label().replace(' ', "-");
     html! {
         section class={ "card " (class) } aria-label={ "Connector " (c.name) } {
@@ -152,31 +275,22 @@ fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>)
                 }
             }
             dl {
-                @match &c.state {
-                    ConnectorState::Blocked => {
-                        dt { "State" } dd.error { "blocked: later events are held" }
-                    }
-                    ConnectorState::OutsideSchedule { next_open } => {
-                        dt { "State" }
-                        dd {
-                            "outside schedule"
-                            @if let Some(t) = next_open { "; opens " (due(t, now)) }
-                        }
-                    }
-                    ConnectorState::Ok | ConnectorState::Retrying => {}
-                }
+                @if let Some(d) = &c.destination { dt { "Delivers to" } dd { (d) } }
+                (state_rows(c, now))
                 dt { "Cursor" } dd { "seq " (c.cursor) }
-                dt { "Lag" }
+                dt { "Waiting" }
                 dd {
                     (c.lag_events) " events"
-                    @if let Some(secs) = c.lag_secs { ", " (human_duration(secs)) " behind" }
+                    @if c.requeued > 0 { " + " (c.requeued) " replayed" }
+                    @if let Some(secs) = c.oldest_pending_secs { ", oldest " (human_duration(secs)) " old" }
                 }
                 dt { "Delivered" } dd { (c.delivered) }
-                @if c.retry_pending > 0 || c.next_retry_at.is_some() {
+                @if let Some(r) = &c.retry {
                     dt { "Retry" }
                     dd {
-                        "attempt " (c.retry_pending)
-                        @if let Some(t) = &c.next_retry_at { "; next " (due(t, now)) }
+                        "attempt " (r.attempts)
+                        @if r.max_tries != u32::MAX { " of " (r.max_tries) }
+                        "; next " (due(&r.next_at, now))
                     }
                 }
                 dt { "Last success" }
@@ -184,13 +298,52 @@ fn connector_card(c: &ConnectorStatus, condition: Condition, now: DateTime<Utc>)
                     @match &c.last_success { Some(t) => (when(t, now)), None => "never" }
                 }
                 @if let Some(e) = &c.last_error {
-                    dt { "Last error" } dd.error { (e) }
+                    dt { "Last error" }
+                    dd.error {
+                        (e.message)
+                        @if let Some(at) = &e.at { " — " (when(at, now)) }
+                    }
                 }
                 dt { "Dead letters" }
-                dd class=[(c.dead_letters > 0).then_some("error")] { (c.dead_letters) }
+                dd class=[(c.dead_letters > 0).then_some("error")] { (dead_counts(c)) }
             }
         }
     }
+}
+
+/// The newest operator actions.
+fn actions(snapshot: &Snapshot, now: DateTime<Utc>) -> Markup {
+    html! {
+        section.actions aria-label="Operator actions" {
+            h2 { "Operator actions" }
+            table {
+                thead { tr { th { "When" } th { "Who" } th { "Connector" } th { "Action" } th { "What" } } }
+                tbody {
+                    @for a in &snapshot.recent_actions {
+                        tr {
+                            td { (when(&a.at, now)) }
+                            td { (a.by) }
+                            td { (a.target) }
+                            td { (a.action) }
+                            td { (a.detail) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An RFC 3339 time as `2026-11-27 01:50:00 UTC` (as given if it does not parse).
+fn utc(rfc3339: &str) -> String {
+    DateTime::parse_from_rfc3339(rfc3339).map_or_else(
+        |_| rfc3339.to_owned(),
+        |t| {
+            t.with_timezone(&Utc)
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string()
+        },
+    )
 }
 
 /// A past time: how long ago first, then the time itself in UTC, smaller. A string that
@@ -220,7 +373,7 @@ fn relative(rfc3339: &str, now: DateTime<Utc>, is_due: bool) -> Markup {
 }
 
 /// `42 s`, `5 min 3 s`, `2 h 5 min`, `3 d 4 h`.
-pub(super) fn human_duration(secs: f64) -> String {
+pub fn human_duration(secs: f64) -> String {
     if !secs.is_finite() || secs < 0.0 {
         return "?".to_owned();
     }
@@ -237,7 +390,7 @@ pub(super) fn human_duration(secs: f64) -> String {
 }
 
 /// `512 B`, `1.5 KiB`, `20.0 GiB`.
-pub(super) fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
         return format!("{n} B");

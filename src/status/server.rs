@@ -1,6 +1,7 @@
 //! The HTTP side of the status page: a tiny_http server on threads of its own.
 //!
-//! Routes: `/` (HTML), `/metrics` (Prometheus text), `/healthz` (200 "ok" / 503),
+//! Routes: `/` (HTML), `/metrics` (Prometheus text), `/healthz` (200 `ok` or `degraded: ...`,
+//! 503 `unavailable: REASON`),
 //! `/api/status` (JSON). Only GET and HEAD; any other method is 405, any other path 404.
 //!
 //! Invariant: read-only. A request reads one [`Snapshot`] from the [`StatusSource`] and
@@ -188,6 +189,16 @@ fn route(method: &Method, path: &str, source: &dyn StatusSource, metrics: &Metri
         reply.headers.push(("Allow", "GET, HEAD".to_owned()));
         return reply;
     }
+    if path == "/healthz" {
+        return healthz(&source.health());
+    }
+    let snapshot = match source.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, %path, "status page: cannot read the stored state");
+            return Reply::text(500, &format!("cannot read the stored state: {e}\n"));
+        }
+    };
     match path {
         "/" => Reply {
             status: 200,
@@ -198,17 +209,15 @@ fn route(method: &Method, path: &str, source: &dyn StatusSource, metrics: &Metri
                 "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
                     .to_owned(),
             )],
-            body: page::render(&source.snapshot(), chrono::Utc::now()).into_bytes(),
+            body: page::render(&snapshot, chrono::Utc::now()).into_bytes(),
         },
         "/metrics" => Reply {
             status: 200,
             content_type: metrics::CONTENT_TYPE,
             headers: Vec::new(),
-            body: metrics.render(&source.snapshot()).into_bytes(),
+            body: metrics.render(&snapshot).into_bytes(),
         },
-        "/healthz" if source.healthy() => Reply::text(200, "ok\n"),
-        "/healthz" => Reply::text(503, "unavailable\n"),
-        _ => match serde_json::to_vec_pretty(&source.snapshot()) {
+        _ => match serde_json::to_vec_pretty(&snapshot) {
             Ok(body) => Reply {
                 status: 200,
                 content_type: "application/json",
@@ -221,6 +230,25 @@ fn route(method: &Method, path: &str, source: &dyn StatusSource, metrics: &Metri
             }
         },
     }
+}
+
+/// `/healthz`: 503 with the reason while the ingest refuses events; else 200, `ok` or
+/// `degraded: ...` (one line per connector blocked too long).
+fn healthz(health: &super::HealthStatus) -> Reply {
+    if let Some(reason) = &health.refusal {
+        let mut reply = Reply::text(503, &format!("unavailable: {reason}\n"));
+        reply.headers.push(("Retry-After", "5".to_owned()));
+        return reply;
+    }
+    if health.degraded.is_empty() {
+        return Reply::text(200, "ok\n");
+    }
+    let lines: String = health
+        .degraded
+        .iter()
+        .map(|d| format!("degraded: {d}\n"))
+        .collect();
+    Reply::text(200, &lines)
 }
 
 /// Every name and value passed here is an ASCII literal or a Content-Type constant, which

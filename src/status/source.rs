@@ -1,111 +1,48 @@
-//! Where the daemon's [`Snapshot`] comes from: the feed and the ledger (read transactions
-//! only) plus what each connector task reports live ([`Live`]).
+//! Where the daemon's [`Snapshot`] comes from: the state module's reports over the running
+//! generation of connectors ([`Connectors`]), plus what only the daemon knows (uptime,
+//! ingest rate, whether the ingest refuses events, the last reload).
 //!
-//! [`connector_status`] needs only a readable redb handle, so `ess stats` can build the
-//! same rows from a read-only database when no daemon runs; [`DaemonStatus`] is the
-//! [`StatusSource`] the daemon hands to [`super::serve`].
-//!
-//! Invariant: read-only. Only `begin_read` transactions, through the feed's and the
-//! ledger's read functions; a read error shows as missing data, never as a write or a panic.
+//! Invariant: read-only; everything stored is read through [`crate::state`].
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
-use redb::ReadableDatabase;
+use chrono::Utc;
 
-use super::{ConnectorState, ConnectorStatus, FeedStatus, Snapshot, StatusSource};
-use crate::connector::{Live, Phase};
+use super::{HealthStatus, Snapshot, StatusSource};
+use crate::connector::Phase;
 use crate::event::Seq;
 use crate::feed::Feed;
-use crate::ledger;
-use crate::serve::Connectors;
+use crate::state::Connectors;
 
-/// One connector's row, from the ledger and feed in `db` and, when its task runs, `live`.
-/// Without `live` (no daemon) the state comes from the ledger alone: a stored retry state
-/// reads as retrying, else ok.
-pub fn connector_status<D: ReadableDatabase>(
-    db: &D,
-    name: &str,
-    live: Option<&Live>,
-    last_seq: Seq,
-    now: DateTime<Utc>,
-) -> ConnectorStatus {
-    let cursor = ledger::read_cursor(db, name)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let retry = ledger::read_retry(db, name).ok().flatten();
-    let dead_letters = ledger::read_dead_letters(db, name).map_or(0, |d| d.len() as u64);
-    let lag_events = last_seq.saturating_sub(cursor.seq);
-    // The age of the oldest event not passed yet: the one right after the cursor.
-    let lag_secs = if lag_events == 0 {
-        None
-    } else {
-        crate::feed::read_after(db, cursor.seq, 1)
-            .ok()
-            .and_then(|events| events.first().map(|e| seconds_between(e.received_at, now)))
-    };
-    let state = match live.map(|l| &l.phase) {
-        Some(Phase::Retrying) => ConnectorState::Retrying,
-        Some(Phase::Blocked) => ConnectorState::Blocked,
-        Some(Phase::OutsideSchedule) => ConnectorState::OutsideSchedule {
-            next_open: live.and_then(|l| l.next_open).map(rfc3339),
-        },
-        Some(Phase::Idle | Phase::Delivering) => ConnectorState::Ok,
-        None if retry.is_some() => ConnectorState::Retrying,
-        None => ConnectorState::Ok,
-    };
-    let next_retry_at = retry
-        .as_ref()
-        .map(|r| r.next_at())
-        .or_else(|| live.and_then(|l| l.next_attempt))
-        .map(rfc3339);
-    let last_error = live
-        .and_then(|l| l.last_error.clone())
-        .or_else(|| retry.as_ref().map(|r| r.last_error.clone()));
-    ConnectorStatus {
-        name: name.to_owned(),
-        state,
-        cursor: cursor.seq,
-        lag_events,
-        lag_secs,
-        delivered: cursor.delivered,
-        retry_pending: retry.as_ref().map_or(0, |r| r.attempts),
-        next_retry_at,
-        last_success: cursor
-            .last_success_micros
-            .and_then(|us| Utc.timestamp_micros(us).single())
-            .map(rfc3339),
-        last_error,
-        dead_letters,
-    }
-}
+/// How many operator actions the page lists.
+const RECENT_ACTIONS: usize = 8;
 
 /// The running daemon's [`StatusSource`].
 pub struct DaemonStatus {
     connectors: Arc<Connectors>,
     feed: Feed,
     data_dir: PathBuf,
-    db_path: PathBuf,
     min_free_disk: u64,
+    blocked_alarm: Duration,
     started: Instant,
     health: Arc<crate::health::Health>,
     rate: Mutex<RateWindow>,
 }
 
 impl DaemonStatus {
-    /// `health` answers `/healthz` (the ingest's own refusal reasons); `data_dir` is where
-    /// free disk is measured, `db_path` the file whose size is the feed size,
-    /// `min_free_disk` the ingest's threshold (`retention.min_free_disk`).
+    /// `health` is the ingest's own answer to "do you take events"; `data_dir` is where
+    /// free disk is measured, `min_free_disk` the ingest's threshold
+    /// (`retention.min_free_disk`); a connector blocked longer than `blocked_alarm`
+    /// (`status.blocked_alarm`) makes the appliance degraded.
     pub fn new(
         connectors: Arc<Connectors>,
         feed: Feed,
         data_dir: PathBuf,
-        db_path: PathBuf,
         min_free_disk: u64,
+        blocked_alarm: Duration,
         health: Arc<crate::health::Health>,
     ) -> DaemonStatus {
         let started = Instant::now();
@@ -114,8 +51,8 @@ impl DaemonStatus {
             connectors,
             feed,
             data_dir,
-            db_path,
             min_free_disk,
+            blocked_alarm,
             started,
             health,
             rate,
@@ -124,43 +61,55 @@ impl DaemonStatus {
 }
 
 impl StatusSource for DaemonStatus {
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self) -> Result<Snapshot, crate::state::Error> {
         let now = Utc::now();
         let last_seq = self.feed.last_seq();
-        let specs = self
-            .connectors
-            .specs
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        let db = &**self.feed.db();
-        let connectors = specs
-            .iter()
-            .map(|(spec, live)| {
-                let live = live.lock().map(|l| l.clone()).ok();
-                connector_status(db, &spec.name, live.as_ref(), last_seq, now)
-            })
-            .collect();
+        let store = self.connectors.store();
+        let feed = crate::state::feed_status(store, Some(last_seq), now)?;
+        let connectors = store.reports(&self.connectors.infos_with_ledger()?, &feed, now)?;
         let ingest_rate_per_sec = self
             .rate
             .lock()
             .map_or(0.0, |mut w| w.observe(Instant::now(), last_seq));
-        Snapshot {
+        Ok(Snapshot {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            uptime_secs: self.started.elapsed().as_secs(),
-            feed: FeedStatus {
-                last_seq,
-                size_bytes: std::fs::metadata(&self.db_path).map_or(0, |m| m.len()),
-                ingest_rate_per_sec,
-            },
+            running: true,
+            uptime_secs: Some(self.started.elapsed().as_secs()),
+            feed,
+            ingest_rate_per_sec: Some(ingest_rate_per_sec),
             free_disk_bytes: crate::feed::retention::free_disk_bytes(&self.data_dir).unwrap_or(0),
             min_free_disk_bytes: self.min_free_disk,
+            health: self.health(),
+            last_reload: self.connectors.last_reload(),
             connectors,
-        }
+            recent_actions: store.recent_actions(RECENT_ACTIONS)?,
+        })
     }
 
-    fn healthy(&self) -> bool {
-        self.health.refusal().is_none()
+    fn health(&self) -> HealthStatus {
+        let now = Utc::now();
+        let degraded = self
+            .connectors
+            .running()
+            .iter()
+            .filter_map(|r| {
+                let live = r.live.lock().ok()?.clone();
+                let since = live.since.filter(|_| live.phase == Phase::Blocked)?;
+                let blocked = (now - since).to_std().ok()?;
+                (blocked >= self.blocked_alarm).then(|| {
+                    format!(
+                        "{} blocked for {} min (since {})",
+                        r.spec.name,
+                        blocked.as_secs() / 60,
+                        crate::state::rfc3339(since)
+                    )
+                })
+            })
+            .collect();
+        HealthStatus {
+            refusal: self.health.refusal().map(|r| r.reason()),
+            degraded,
+        }
     }
 }
 
@@ -203,14 +152,6 @@ impl RateWindow {
         }
         seq.saturating_sub(seq0) as f64 / secs
     }
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-fn seconds_between(earlier: DateTime<Utc>, later: DateTime<Utc>) -> f64 {
-    ((later - earlier).num_milliseconds() as f64 / 1000.0).max(0.0)
 }
 
 #[cfg(test)]

@@ -257,6 +257,12 @@ impl SftpTarget {
         preferred
     }
 
+    /// Connects, verifies the host key, authenticates and opens the SFTP channel, then
+    /// hangs up, sending nothing: `ess check --probe`.
+    pub async fn probe(&self) -> Result<(), DeliveryError> {
+        self.connect().await.map(drop)
+    }
+
     /// Opens a new authenticated session and SFTP channel.
     async fn connect(&self) -> Result<Conn, DeliveryError> {
         let config = Arc::new(client::Config {

@@ -1,0 +1,214 @@
+//! A consistent read of the ledger: one redb read transaction, so every answer built from
+//! one [`View`] (a receipt, a status row, a list) sees one committed state — an event parked
+//! and the cursor moved past it in one commit are never seen half.
+//!
+//! Works on any redb handle (the daemon's database, or a read-only one opened by the CLI
+//! while no daemon runs). A table that does not exist yet (an older file, read-only) reads
+//! as empty.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::actions::{ActionRecord, ErrorNote, Pause, Settled};
+use super::{CursorState, DeadLetter, RetryState};
+use crate::event::Seq;
+use crate::feed::Error;
+use crate::feed::schema::{
+    self, ACTIONS, CURSORS, DEAD, ERRORS, PAUSES, REQUEUE, RETRIES, SETTLED,
+};
+
+/// One read transaction over the ledger tables.
+pub struct View {
+    tx: ReadTransaction,
+}
+
+/// A connector's dead letters in short: how many, by reason, and the newest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadSummary {
+    pub count: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    /// The most recently parked one.
+    pub newest: Option<(Seq, DeadLetter)>,
+}
+
+fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, Error> {
+    match tx.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    schema::decode(bytes).map_err(Error::Format)
+}
+
+impl View {
+    pub fn open<D: ReadableDatabase>(db: &D) -> Result<View, Error> {
+        Ok(View {
+            tx: db.begin_read()?,
+        })
+    }
+
+    fn by_name<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<&'static str, &'static [u8]>,
+        connector: &str,
+    ) -> Result<Option<T>, Error> {
+        let Some(t) = open(&self.tx, def)? else {
+            return Ok(None);
+        };
+        t.get(connector)?.map(|v| value(v.value())).transpose()
+    }
+
+    fn by_seq<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<(&'static str, u64), &'static [u8]>,
+        connector: &str,
+        seq: Seq,
+    ) -> Result<Option<T>, Error> {
+        let Some(t) = open(&self.tx, def)? else {
+            return Ok(None);
+        };
+        t.get((connector, seq))?
+            .map(|v| value(v.value()))
+            .transpose()
+    }
+
+    /// Every connector the ledger knows (it has a cursor), by name.
+    pub fn connectors(&self) -> Result<Vec<String>, Error> {
+        let Some(t) = open(&self.tx, CURSORS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            out.push(row?.0.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn cursor(&self, connector: &str) -> Result<Option<CursorState>, Error> {
+        self.by_name(CURSORS, connector)
+    }
+
+    pub fn retry(&self, connector: &str) -> Result<Option<RetryState>, Error> {
+        self.by_name(RETRIES, connector)
+    }
+
+    pub fn pause(&self, connector: &str) -> Result<Option<Pause>, Error> {
+        self.by_name(PAUSES, connector)
+    }
+
+    pub fn last_error(&self, connector: &str) -> Result<Option<ErrorNote>, Error> {
+        self.by_name(ERRORS, connector)
+    }
+
+    pub fn dead_letter(&self, connector: &str, seq: Seq) -> Result<Option<DeadLetter>, Error> {
+        self.by_seq(DEAD, connector, seq)
+    }
+
+    pub fn settled(&self, connector: &str, seq: Seq) -> Result<Option<Settled>, Error> {
+        self.by_seq(SETTLED, connector, seq)
+    }
+
+    /// Up to `limit` dead letters with seq > `after`, in seq order.
+    pub fn dead_letters(
+        &self,
+        connector: &str,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, DeadLetter)>, Error> {
+        let Some(t) = open(&self.tx, DEAD)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let from = (connector, after.saturating_add(1));
+        for row in t.range(from..=(connector, u64::MAX))?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value().1, value(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Counts the connector's dead letters by reason (one pass over them).
+    pub fn dead_summary(&self, connector: &str) -> Result<DeadSummary, Error> {
+        let mut summary = DeadSummary::default();
+        let Some(t) = open(&self.tx, DEAD)? else {
+            return Ok(summary);
+        };
+        for row in t.range((connector, 0)..=(connector, u64::MAX))? {
+            let (k, v) = row?;
+            let letter: DeadLetter = value(v.value())?;
+            summary.count += 1;
+            *summary.by_reason.entry(letter.reason.clone()).or_default() += 1;
+            let newer = summary
+                .newest
+                .as_ref()
+                .is_none_or(|(_, n)| letter.at_micros >= n.at_micros);
+            if newer {
+                summary.newest = Some((k.value().1, letter));
+            }
+        }
+        Ok(summary)
+    }
+
+    pub fn is_requeued(&self, connector: &str, seq: Seq) -> Result<bool, Error> {
+        let Some(t) = open(&self.tx, REQUEUE)? else {
+            return Ok(false);
+        };
+        Ok(t.get((connector, seq))?.is_some())
+    }
+
+    /// Up to `limit` of the connector's queued seqs, lowest first, and how many there are.
+    pub fn requeued(&self, connector: &str, limit: usize) -> Result<(Vec<Seq>, u64), Error> {
+        let Some(t) = open(&self.tx, REQUEUE)? else {
+            return Ok((Vec::new(), 0));
+        };
+        let (mut seqs, mut n) = (Vec::new(), 0);
+        for row in t.range((connector, 0)..=(connector, u64::MAX))? {
+            let seq = row?.0.value().1;
+            if seqs.len() < limit {
+                seqs.push(seq);
+            }
+            n += 1;
+        }
+        Ok((seqs, n))
+    }
+
+    /// The newest `limit` action records (of one connector, or all), newest first, with
+    /// their ids.
+    pub fn actions(
+        &self,
+        connector: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(u64, ActionRecord)>, Error> {
+        let Some(t) = open(&self.tx, ACTIONS)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for row in t.iter()?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            // A damaged record is shown as such rather than hiding the whole log (or the
+            // status page that lists it); the others still read.
+            let record: ActionRecord = value(v.value()).unwrap_or_else(|e| ActionRecord {
+                at_micros: 0,
+                by: "?".into(),
+                connector: "?".into(),
+                action: "damaged".into(),
+                detail: format!("action record {} cannot be read: {e}", k.value()),
+            });
+            let damaged = record.action == "damaged" && record.connector == "?";
+            if connector.is_none_or(|c| c == record.connector) || damaged {
+                out.push((k.value(), record));
+            }
+        }
+        Ok(out)
+    }
+}
