@@ -99,8 +99,13 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     let feed = Feed::open(db.clone())
         .with_context(|| format!("cannot open the feed in {}", cfg.db_path().display()))?;
     let ledger = Ledger::new(db.clone());
-    let tls = ingest::tls::server_config(&cfg.ingest.cert, &cfg.ingest.key, &cfg.ingest.client_ca)
-        .map_err(anyhow::Error::msg)?;
+    let tls = ingest::tls::Tls::load(
+        &cfg.ingest.cert,
+        &cfg.ingest.key,
+        &cfg.ingest.client_ca,
+        cfg.ingest.client_crl.as_deref(),
+    )?;
+    let client_auth = tls.client_auth.clone();
     let listener = tokio::net::TcpListener::bind(cfg.ingest.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingest.listen)", cfg.ingest.listen))?;
@@ -128,7 +133,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     ));
     let state = Arc::new(IngestState {
         feed: feed.clone(),
-        max_body: cfg.ingest.max_body,
+        limits: ingest::Limits::new(cfg.ingest.max_body, cfg.ingest.max_inflight_bytes),
         health: health.clone(),
         allowed_clients: cfg.ingest.allowed_clients.clone(),
         receipts: connectors.clone(),
@@ -181,6 +186,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                client_auth.reload_crl_logged(true, "SIGHUP");
                 match connector::load_all(&cfg.maps_dir, cfg.timezone) {
                     Err(errs) => {
                         for e in &errs {

@@ -1,28 +1,47 @@
 //! The ingest API: `POST /v1/events` and `GET /v1/events/{key}` over mutual TLS (SPEC §5).
 //!
-//! A connection is: TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]; client certificate
-//! required and chained to `client_ca`), then HTTP/1.1 served by hyper with a header-read
-//! timeout, bodies capped at `max_body` and read within [`BODY_TIMEOUT`]. A client whose
-//! certificate is valid but not in `allowed_clients` gets 403 for every request.
+//! A connection goes through two rooms:
+//!
+//! 1. the TLS handshake, in the waiting room of [`handshakes`]: a budget of its own, per
+//!    address limits, the oldest dropped first, a time-out that shrinks as the room
+//!    fills — so sockets without a certificate can only crowd out each other, never an
+//!    authenticated client;
+//! 2. HTTP/1.1 served by hyper, once the client certificate verified ([`tls::ClientAuth`]:
+//!    chained to `client_ca`, keyUsage and extendedKeyUsage, not on `client_crl`), one of
+//!    [`Limits::max_connections`]; header-read time-out and size cap, bodies capped at
+//!    `max_body`, read within [`Limits::body_timeout`], and reserved in the
+//!    [`budget::BodyBudget`] of `max_inflight_bytes` (503 + `Retry-After` when it is
+//!    spent). A client whose certificate is valid but not in `allowed_clients` gets 403
+//!    for every request; one whose certificate was revoked while it was connected gets
+//!    403 and is disconnected at its next request.
 //!
 //! Architecture invariant: a 202 is written only after [`Feed::append`] returned, which
 //! is after the group commit's fsync. Ingest knows nothing of connectors: receipts ask a
 //! [`Receipts`] implementation supplied by the daemon.
+//! Architecture invariant: memory held for requests is bounded by configuration: at most
+//! `max_inflight_bytes` of bodies, [`HandshakeLimits::max`] handshakes and
+//! [`Limits::max_connections`] connections with headers of at most
+//! [`Limits::max_header_bytes`].
 
+pub mod budget;
+pub mod handshakes;
 pub mod tls;
 pub mod validate;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls_pki_types::CertificateDer;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -32,17 +51,59 @@ use tokio_rustls::TlsAcceptor;
 use crate::event::Event;
 use crate::feed::Feed;
 use crate::health::{Health, Refusal};
+use budget::{BodyBudget, Reservation};
+pub use handshakes::HandshakeLimits;
+use handshakes::{Handshakes, Ticket};
 
-/// Longest a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the request line and headers may take to arrive.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a request body may take to arrive.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once; more are closed at accept.
+/// Connections served at once after their handshake; more are closed.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest request line plus headers.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
 /// How long shutdown waits for requests under way.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often handshakes over their time are dropped.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// How often `client_crl` is looked at for changes.
+const CRL_POLL: Duration = Duration::from_secs(1);
+/// How often dropped handshakes are summed up in one log line (when there were any).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+/// `Retry-After` of a request refused because `max_inflight_bytes` is spent.
+const BUSY_RETRY_AFTER_SECS: u32 = 1;
+
+/// The sizes and times a connection is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `ingest.max_body`.
+    pub max_body: u64,
+    /// `ingest.max_inflight_bytes`.
+    pub max_inflight_bytes: u64,
+    /// Connections served at once after their handshake.
+    pub max_connections: usize,
+    /// The TLS handshake's waiting room.
+    pub handshakes: HandshakeLimits,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub body_timeout: Duration,
+}
+
+impl Limits {
+    /// The defaults, with the configured body sizes.
+    pub fn new(max_body: u64, max_inflight_bytes: u64) -> Limits {
+        Limits {
+            max_body,
+            max_inflight_bytes,
+            max_connections: MAX_CONNECTIONS,
+            handshakes: HandshakeLimits::default(),
+            header_timeout: HEADER_TIMEOUT,
+            max_header_bytes: MAX_HEADER_BYTES,
+            body_timeout: BODY_TIMEOUT,
+        }
+    }
+}
 
 /// Per-connector delivery state of an event, for receipts.
 pub trait Receipts: Send + Sync {
@@ -59,7 +120,7 @@ pub trait IngestHooks: Send + Sync {
 /// What request handlers share.
 pub struct IngestState {
     pub feed: Feed,
-    pub max_body: u64,
+    pub limits: Limits,
     /// Whether events are taken now (shutdown, low disk, database errors).
     pub health: Arc<Health>,
     pub allowed_clients: Vec<String>,
@@ -67,17 +128,41 @@ pub struct IngestState {
     pub hooks: Arc<dyn IngestHooks>,
 }
 
+/// What every connection of one listener shares.
+struct Door {
+    state: Arc<IngestState>,
+    client_auth: Arc<tls::ClientAuth>,
+    budget: Arc<BodyBudget>,
+    acceptor: TlsAcceptor,
+    served: Arc<Semaphore>,
+}
+
 /// Accepts connections until `shutdown` turns true, then lets requests under way finish
-/// (up to [`DRAIN_TIMEOUT`]).
+/// (up to [`DRAIN_TIMEOUT`]). Watches `client_crl` for changes meanwhile.
 pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tls::Tls,
     state: Arc<IngestState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    raise_fd_limit();
+    let limits = state.limits;
+    let door = Arc::new(Door {
+        budget: BodyBudget::new(limits.max_inflight_bytes),
+        client_auth: tls.client_auth.clone(),
+        acceptor: TlsAcceptor::from(tls.config),
+        served: Arc::new(Semaphore::new(limits.max_connections)),
+        state: state.clone(),
+    });
+    let handshakes = Handshakes::new(limits.handshakes);
+    let crl_watch = tls
+        .client_auth
+        .has_crl()
+        .then(|| tokio::spawn(watch_crl(tls.client_auth.clone(), shutdown.clone())));
     let mut conns = JoinSet::new();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut dropped = DroppedHandshakes::default();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -85,21 +170,19 @@ pub async fn serve(
                 let (tcp, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        accept_failed(&e, &handshakes).await;
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "too many connections; closing this one");
-                    continue;
-                };
-                let (acceptor, state, shutdown) = (acceptor.clone(), state.clone(), shutdown.clone());
-                conns.spawn(async move {
-                    connection(tcp, peer, acceptor, state, shutdown).await;
-                    drop(slot);
-                });
+                let (ticket, made_room) = handshakes.admit(peer.ip(), Instant::now());
+                dropped.same_address += made_room.evicted_same_address;
+                dropped.room_full += made_room.evicted_full;
+                let (door, shutdown) = (door.clone(), shutdown.clone());
+                conns.spawn(connection(tcp, peer, ticket, door, shutdown));
+            }
+            _ = sweep.tick() => {
+                dropped.timed_out += handshakes.expire(Instant::now());
+                dropped.report(&state, handshakes.len());
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -113,53 +196,186 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("shutdown: some ingest connections did not finish in time");
     }
+    if let Some(task) = crl_watch {
+        let _ = task.await;
+    }
+}
+
+/// Handshakes dropped since the last report, by why.
+#[derive(Debug, Default)]
+struct DroppedHandshakes {
+    same_address: usize,
+    room_full: usize,
+    timed_out: usize,
+    last_report: Option<Instant>,
+}
+
+impl DroppedHandshakes {
+    /// One warning per [`REPORT_EVERY`] at most, instead of a line per socket under a flood.
+    fn report(&mut self, state: &IngestState, in_handshake: usize) {
+        let total = self.same_address + self.room_full + self.timed_out;
+        if total == 0 || self.last_report.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return;
+        }
+        for _ in 0..total {
+            state.hooks.rejected("handshake_dropped");
+        }
+        tracing::warn!(
+            address_limit = self.same_address,
+            room_full = self.room_full,
+            timed_out = self.timed_out,
+            in_handshake,
+            "dropped connections that had not finished the TLS handshake"
+        );
+        *self = DroppedHandshakes {
+            last_report: Some(Instant::now()),
+            ..DroppedHandshakes::default()
+        };
+    }
+}
+
+/// Out of file descriptors: drop a handshake to free one (instead of leaving the real
+/// client in the accept queue); other errors: back off instead of spinning.
+async fn accept_failed(e: &std::io::Error, handshakes: &Handshakes) {
+    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    if out_of_fds && handshakes.evict_one() {
+        tracing::debug!(error = %e, "accept failed; dropped the oldest handshake to free a descriptor");
+        // The evicted connection's task closes its socket when it next runs.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    } else {
+        tracing::warn!(error = %e, "accept failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Lifts the soft limit on open files to the hard one (systemd's `LimitNOFILE=` sets both;
+/// a shell's default soft limit of 1,024 would otherwise cap connections).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct we pass by pointer,
+    // which lives for the whole call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("could not raise the open files limit");
+            }
+        }
+    }
+}
+
+/// Polls `client_crl` and puts a changed file in force (a bad one is logged and ignored).
+async fn watch_crl(auth: Arc<tls::ClientAuth>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(CRL_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                let auth = auth.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    auth.reload_crl_logged(false, "the file changed");
+                })
+                .await;
+            }
+        }
+    }
+}
+
+/// Who is at the other end of a connection, once its handshake is done.
+struct Peer {
+    addr: SocketAddr,
+    allowed: bool,
+    /// The certificate chain it presented, end entity first.
+    chain: Vec<CertificateDer<'static>>,
+    /// The [`tls::ClientAuth::generation`] its chain was last verified under.
+    verified: AtomicU64,
+}
+
+impl Peer {
+    /// Verifies the chain again if the revocation lists changed since it last was.
+    fn still_trusted(&self, auth: &tls::ClientAuth) -> Result<(), rustls::Error> {
+        let now = auth.generation();
+        if self.verified.load(Ordering::SeqCst) == now {
+            return Ok(());
+        }
+        auth.recheck(&self.chain)?;
+        self.verified.store(now, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 async fn connection(
     tcp: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    acceptor: TlsAcceptor,
-    state: Arc<IngestState>,
+    addr: SocketAddr,
+    mut ticket: Ticket,
+    door: Arc<Door>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "TLS handshake refused");
-            state.hooks.rejected("tls");
+    // Read before the handshake: a reload during it makes the first request check again.
+    let generation = door.client_auth.generation();
+    let tls = tokio::select! {
+        r = door.acceptor.accept(tcp) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
+                door.state.hooks.rejected("tls");
+                return;
+            }
+        },
+        () = ticket.evicted() => {
+            tracing::debug!(peer = %addr, "TLS handshake dropped (too slow, or to make room)");
             return;
         }
-        Err(_) => {
-            tracing::info!(%peer, "TLS handshake timed out");
-            return;
-        }
+        _ = shutdown.changed() => return,
     };
-    let names = tls
+    if !ticket.complete() {
+        return; // evicted as it finished
+    }
+    let Ok(_slot) = door.served.clone().try_acquire_owned() else {
+        tracing::warn!(peer = %addr, "too many connections; closing this one");
+        door.state.hooks.rejected("unavailable");
+        return;
+    };
+    let chain: Vec<CertificateDer<'static>> = tls
         .get_ref()
         .1
         .peer_certificates()
-        .and_then(|c| c.first())
-        .map(tls::client_names)
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    let allowed = tls::is_allowed(&names, &state.allowed_clients);
+    let names = chain.first().map(tls::client_names).unwrap_or_default();
+    let allowed = tls::is_allowed(&names, &door.state.allowed_clients);
     if !allowed {
-        tracing::warn!(%peer, client = ?names, "client certificate is valid but not in allowed_clients");
+        tracing::warn!(peer = %addr, client = ?names, "client certificate is valid but not in allowed_clients");
     }
-    let svc_state = state.clone();
-    let service = service_fn(move |req| {
-        let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(handle(req, &state, allowed).await) }
+    let peer = Arc::new(Peer {
+        addr,
+        allowed,
+        chain,
+        verified: AtomicU64::new(generation),
     });
+    let svc_door = door.clone();
+    let service = service_fn(move |req| {
+        let (door, peer) = (svc_door.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(handle(req, &door, &peer).await) }
+    });
+    let limits = &door.state.limits;
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_header_bytes)
+        // A client that shuts its write side after the request still gets its answer.
+        .half_close(true)
         .serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
             }
         }
         _ = shutdown.changed() => {
@@ -187,8 +403,20 @@ fn unavailable(retry_after_secs: u32, why: &str) -> Resp {
     r
 }
 
-async fn handle(req: Request<Incoming>, state: &IngestState, allowed: bool) -> Resp {
-    if !allowed {
+async fn handle(req: Request<Incoming>, door: &Door, peer: &Peer) -> Resp {
+    let state = &door.state;
+    if let Err(e) = peer.still_trusted(&door.client_auth) {
+        tracing::warn!(peer = %peer.addr, error = %e, "client certificate no longer accepted (client_crl changed); closing its connection");
+        state.hooks.rejected("tls");
+        let mut r = json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": format!("client certificate is no longer accepted: {e}")}),
+        );
+        r.headers_mut()
+            .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        return r;
+    }
+    if !peer.allowed {
         state.hooks.rejected("forbidden");
         return json_response(
             StatusCode::FORBIDDEN,
@@ -197,7 +425,7 @@ async fn handle(req: Request<Incoming>, state: &IngestState, allowed: bool) -> R
     }
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::POST, "/v1/events") => post_events(req, state).await,
+        (&Method::POST, "/v1/events") => post_events(req, door).await,
         (&Method::GET, p) if p.starts_with("/v1/events/") => {
             receipt(&p["/v1/events/".len()..], state)
         }
@@ -212,7 +440,60 @@ async fn handle(req: Request<Incoming>, state: &IngestState, allowed: bool) -> R
     }
 }
 
-async fn post_events(req: Request<Incoming>, state: &IngestState) -> Resp {
+/// Why a body was not read whole.
+enum BodyRefusal {
+    TooLarge,
+    /// `max_inflight_bytes` is spent.
+    Busy,
+    Timeout,
+    Read(hyper::Error),
+}
+
+/// Reads a body into one buffer whose every byte of capacity is reserved in the budget
+/// first: all of a declared length at once, a chunked body as it grows.
+async fn read_body(
+    body: Incoming,
+    declared: Option<u64>,
+    limits: &Limits,
+    budget: &Arc<BodyBudget>,
+) -> Result<(Vec<u8>, Reservation), BodyRefusal> {
+    let mut reservation = budget
+        .reserve(declared.unwrap_or(0))
+        .ok_or(BodyRefusal::Busy)?;
+    let read = async {
+        // Within max_body (checked by the caller), which fits in memory.
+        let mut buf = Vec::with_capacity(usize::try_from(reservation.bytes()).unwrap_or(0));
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(BodyRefusal::Read)?.into_data() else {
+                continue; // trailers
+            };
+            let needed = buf.len() + data.len();
+            if needed as u64 > limits.max_body {
+                return Err(BodyRefusal::TooLarge);
+            }
+            if needed > buf.capacity() {
+                let cap = needed
+                    .max(buf.capacity() * 2)
+                    .min(usize::try_from(limits.max_body).unwrap_or(usize::MAX));
+                if !reservation.grow_to(cap as u64) {
+                    return Err(BodyRefusal::Busy);
+                }
+                buf.reserve_exact(cap - buf.len());
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf)
+    };
+    match tokio::time::timeout(limits.body_timeout, read).await {
+        Err(_) => Err(BodyRefusal::Timeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(buf)) => Ok((buf, reservation)),
+    }
+}
+
+async fn post_events(req: Request<Incoming>, door: &Door) -> Resp {
+    let state = &door.state;
     let started = Instant::now();
     if let Some(refusal) = state.health.refusal() {
         if !matches!(refusal, Refusal::ShuttingDown) {
@@ -243,19 +524,21 @@ async fn post_events(req: Request<Incoming>, state: &IngestState) -> Resp {
             );
         }
     };
+    let limits = &state.limits;
     let too_large = || {
+        state.hooks.rejected("too_large");
         json_response(
             StatusCode::PAYLOAD_TOO_LARGE,
-            json!({"error": format!("body is larger than max_body ({} bytes)", state.max_body)}),
+            json!({"error": format!("body is larger than max_body ({} bytes)", limits.max_body)}),
         )
     };
+    // hyper has already refused a request whose Content-Length is not one number.
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.max_body) {
-        state.hooks.rejected("too_large");
+    if declared.is_some_and(|n| n > limits.max_body) {
         return too_large();
     }
     let traceparent = req
@@ -263,32 +546,44 @@ async fn post_events(req: Request<Incoming>, state: &IngestState) -> Resp {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(validate::trace_id_from_traceparent);
-    let limit = usize::try_from(state.max_body).unwrap_or(usize::MAX);
-    let body =
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect())
-            .await
-        {
-            Err(_) => {
-                state.hooks.rejected("timeout");
-                return json_response(
-                    StatusCode::REQUEST_TIMEOUT,
-                    json!({"error": "body did not arrive in time"}),
-                );
-            }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                state.hooks.rejected("too_large");
-                return too_large();
-            }
-            Ok(Err(e)) => {
-                state.hooks.rejected("bad_request");
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": format!("cannot read body: {e}")}),
-                );
-            }
-            Ok(Ok(b)) => b.to_bytes(),
-        };
-    let events = match validate::parse_body(&body, ndjson, traceparent.as_deref()) {
+    // Held until the answer: the parsed events take memory too, until they are committed.
+    let (body, _reservation) = match read_body(req.into_body(), declared, limits, &door.budget)
+        .await
+    {
+        Ok(read) => read,
+        Err(BodyRefusal::TooLarge) => return too_large(),
+        Err(BodyRefusal::Busy) => {
+            state.hooks.rejected("busy");
+            tracing::debug!(
+                in_flight = door.budget.in_use(),
+                "request refused: max_inflight_bytes is spent"
+            );
+            return unavailable(
+                BUSY_RETRY_AFTER_SECS,
+                &format!(
+                    "too many request bodies in flight (ingest.max_inflight_bytes = {} bytes); nothing of this request was committed; retry",
+                    door.budget.total()
+                ),
+            );
+        }
+        Err(BodyRefusal::Timeout) => {
+            state.hooks.rejected("timeout");
+            return json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "body did not arrive in time"}),
+            );
+        }
+        Err(BodyRefusal::Read(e)) => {
+            state.hooks.rejected("bad_request");
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("cannot read body: {e}")}),
+            );
+        }
+    };
+    let parsed = validate::parse_body(&body, ndjson, traceparent.as_deref());
+    drop(body);
+    let events = match parsed {
         Ok(ev) => ev,
         Err(rejection) => {
             state.hooks.rejected("bad_request");
