@@ -135,6 +135,48 @@ struct Door {
     budget: Arc<BodyBudget>,
     acceptor: TlsAcceptor,
     served: Arc<Semaphore>,
+    /// Refused handshakes are logged one by one only up to a rate (a flood of garbage
+    /// must not flood the journal); the rest are summed up.
+    handshake_log: LogBudget,
+}
+
+/// Lets through at most [`LINES_PER_REPORT`] log lines per [`REPORT_EVERY`] and counts
+/// the others.
+#[derive(Debug)]
+struct LogBudget {
+    window: std::sync::Mutex<(Instant, u32)>,
+    suppressed: AtomicU64,
+}
+
+/// Per-connection log lines of one kind allowed per [`REPORT_EVERY`].
+const LINES_PER_REPORT: u32 = 20;
+
+impl LogBudget {
+    fn new() -> LogBudget {
+        LogBudget {
+            window: std::sync::Mutex::new((Instant::now(), 0)),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.elapsed() >= REPORT_EVERY {
+            *w = (Instant::now(), 0);
+        }
+        if w.1 < LINES_PER_REPORT {
+            w.1 += 1;
+            true
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Lines not logged since the last call.
+    fn take_suppressed(&self) -> u64 {
+        self.suppressed.swap(0, Ordering::Relaxed)
+    }
 }
 
 /// Accepts connections until `shutdown` turns true, then lets requests under way finish
@@ -152,6 +194,7 @@ pub async fn serve(
         client_auth: tls.client_auth.clone(),
         acceptor: TlsAcceptor::from(tls.config),
         served: Arc::new(Semaphore::new(limits.max_connections)),
+        handshake_log: LogBudget::new(),
         state: state.clone(),
     });
     let handshakes = Handshakes::new(limits.handshakes);
@@ -175,14 +218,14 @@ pub async fn serve(
                     }
                 };
                 let (ticket, made_room) = handshakes.admit(peer.ip(), Instant::now());
-                dropped.same_address += made_room.evicted_same_address;
-                dropped.room_full += made_room.evicted_full;
+                dropped.add(&state, made_room.evicted_same_address, made_room.evicted_full, 0);
                 let (door, shutdown) = (door.clone(), shutdown.clone());
                 conns.spawn(connection(tcp, peer, ticket, door, shutdown));
             }
             _ = sweep.tick() => {
-                dropped.timed_out += handshakes.expire(Instant::now());
-                dropped.report(&state, handshakes.len());
+                let timed_out = handshakes.expire(Instant::now());
+                dropped.add(&state, 0, 0, timed_out);
+                dropped.report(handshakes.len(), &door.handshake_log);
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
@@ -201,7 +244,7 @@ pub async fn serve(
     }
 }
 
-/// Handshakes dropped since the last report, by why.
+/// Handshakes dropped since the last log line, by why.
 #[derive(Debug, Default)]
 struct DroppedHandshakes {
     same_address: usize,
@@ -211,14 +254,40 @@ struct DroppedHandshakes {
 }
 
 impl DroppedHandshakes {
-    /// One warning per [`REPORT_EVERY`] at most, instead of a line per socket under a flood.
-    fn report(&mut self, state: &IngestState, in_handshake: usize) {
-        let total = self.same_address + self.room_full + self.timed_out;
-        if total == 0 || self.last_report.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+    /// Counts drops in the metrics at once; the log gets one line per [`REPORT_EVERY`] at
+    /// most, instead of a line per socket under a flood.
+    fn add(
+        &mut self,
+        state: &IngestState,
+        same_address: usize,
+        room_full: usize,
+        timed_out: usize,
+    ) {
+        for _ in 0..same_address + room_full + timed_out {
+            state.hooks.rejected("handshake_dropped");
+        }
+        self.same_address += same_address;
+        self.room_full += room_full;
+        self.timed_out += timed_out;
+    }
+
+    fn report(&mut self, in_handshake: usize, refused: &LogBudget) {
+        if self.last_report.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
             return;
         }
-        for _ in 0..total {
-            state.hooks.rejected("handshake_dropped");
+        let not_logged = refused.take_suppressed();
+        if not_logged > 0 {
+            tracing::warn!(
+                not_logged,
+                "more TLS handshakes were refused than are logged one by one"
+            );
+        }
+        let total = self.same_address + self.room_full + self.timed_out;
+        if total == 0 {
+            if not_logged > 0 {
+                self.last_report = Some(Instant::now());
+            }
+            return;
         }
         tracing::warn!(
             address_limit = self.same_address,
@@ -322,8 +391,10 @@ async fn connection(
         r = door.acceptor.accept(tcp) => match r {
             Ok(s) => s,
             Err(e) => {
-                tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
                 door.state.hooks.rejected("tls");
+                if door.handshake_log.allow() {
+                    tracing::info!(peer = %addr, error = %e, "TLS handshake refused");
+                }
                 return;
             }
         },
