@@ -521,34 +521,42 @@ enum BodyRefusal {
 }
 
 /// Reads a body into one buffer whose every byte of capacity is reserved in the budget
-/// first: all of a declared length at once, a chunked body as it grows.
+/// first: all of a declared length at once, a chunked body as it grows. A body that does
+/// not fit is still read to its end, but thrown away as it comes (no memory held), so the
+/// client gets its 503 on a connection it can go on using.
 async fn read_body(
     body: Incoming,
     declared: Option<u64>,
     limits: &Limits,
     budget: &Arc<BodyBudget>,
 ) -> Result<(Vec<u8>, Reservation), BodyRefusal> {
-    let mut reservation = budget
-        .reserve(declared.unwrap_or(0))
-        .ok_or(BodyRefusal::Busy)?;
+    let mut reservation = budget.reserve(declared.unwrap_or(0));
     let read = async {
         // Within max_body (checked by the caller), which fits in memory.
-        let mut buf = Vec::with_capacity(usize::try_from(reservation.bytes()).unwrap_or(0));
+        let first = reservation.as_ref().map_or(0, Reservation::bytes);
+        let mut buf = Vec::with_capacity(usize::try_from(first).unwrap_or(0));
         let mut body = body;
+        let mut seen: u64 = 0;
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(BodyRefusal::Read)?.into_data() else {
                 continue; // trailers
             };
-            let needed = buf.len() + data.len();
-            if needed as u64 > limits.max_body {
+            seen += data.len() as u64;
+            if seen > limits.max_body {
                 return Err(BodyRefusal::TooLarge);
             }
+            let Some(held) = reservation.as_mut() else {
+                continue; // refused: drained, not kept
+            };
+            let needed = buf.len() + data.len();
             if needed > buf.capacity() {
                 let cap = needed
                     .max(buf.capacity() * 2)
                     .min(usize::try_from(limits.max_body).unwrap_or(usize::MAX));
-                if !reservation.grow_to(cap as u64) {
-                    return Err(BodyRefusal::Busy);
+                if !held.grow_to(cap as u64) {
+                    reservation = None;
+                    buf = Vec::new();
+                    continue;
                 }
                 buf.reserve_exact(cap - buf.len());
             }
@@ -559,7 +567,10 @@ async fn read_body(
     match tokio::time::timeout(limits.body_timeout, read).await {
         Err(_) => Err(BodyRefusal::Timeout),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(buf)) => Ok((buf, reservation)),
+        Ok(Ok(buf)) => match reservation {
+            Some(r) => Ok((buf, r)),
+            None => Err(BodyRefusal::Busy),
+        },
     }
 }
 
