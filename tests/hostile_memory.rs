@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
 use serde_json::json;
@@ -31,33 +31,6 @@ fn headers(len: Option<usize>) -> String {
     format!(
         "POST /v1/events HTTP/1.1\r\nHost: ess\r\nContent-Type: application/json\r\n{framing}\r\n"
     )
-}
-
-/// Reads one HTTP response (status line and headers, then the body by Content-Length).
-fn read_response(s: &mut impl Read) -> (u16, String, String) {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut byte).unwrap(),
-            1,
-            "connection closed mid-response"
-        );
-        raw.push(byte[0]);
-    }
-    let head = String::from_utf8(raw).unwrap();
-    let status = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    (status, head, String::from_utf8(body).unwrap())
 }
 
 #[test]
@@ -127,7 +100,7 @@ fn bodies_over_max_inflight_bytes_get_503_with_retry_after_and_nothing_is_commit
         let _ = chunked.write_all(b"\r\n");
     }
     let _ = chunked.write_all(b"0\r\n\r\n");
-    let (status, head, _) = read_response(&mut chunked);
+    let (status, head, _) = read_response(&mut chunked).expect("an answer");
     assert_eq!(status, 503, "{head}");
     assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
     assert_eq!(rt.block_on(c.receipt("key-CHUNKED")).unwrap().status, 404);
@@ -135,7 +108,7 @@ fn bodies_over_max_inflight_bytes_get_503_with_retry_after_and_nothing_is_commit
     // The held requests finish and are taken; the budget is given back.
     for (mut s, body) in held {
         s.write_all(&body.as_bytes()[100..]).unwrap();
-        let (status, _, answer) = read_response(&mut s);
+        let (status, _, answer) = read_response(&mut s).expect("an answer");
         assert_eq!(status, 202, "{answer}");
     }
     for id in ["AFTER-1", "AFTER-2"] {

@@ -401,9 +401,16 @@ fn log_loaded(path: &Path, s: CrlSummary, why: &str) {
 }
 
 /// The client certificate's keyUsage does not allow what a TLS client does with its key.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("client certificate keyUsage does not allow digitalSignature")]
 struct NoDigitalSignature;
+
+/// rustls shows an `OtherError` by its `Debug`: make that the sentence.
+impl fmt::Debug for NoDigitalSignature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
 
 /// The keyUsage rule webpki leaves to us (module doc).
 fn check_key_usage(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
