@@ -416,6 +416,33 @@ mod tests {
     }
 
     #[test]
+    fn max_inflight_bytes_defaults_to_four_bodies_and_client_crl_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), 0o600);
+        let path = dir.path().join("ess.yml");
+        let cfg = Config::parse(
+            &path,
+            &MINIMAL.replace("8443\n", "8443\n  max_body: 1MiB\n"),
+        )
+        .unwrap();
+        assert_eq!(cfg.ingest.max_inflight_bytes, 4 << 20);
+        assert_eq!(cfg.ingest.client_crl, None);
+        let text = format!("{MINIMAL}  max_inflight_bytes: 64MiB\n  client_crl: tls/clients.crl\n");
+        let cfg = Config::parse(&path, &text).unwrap();
+        assert_eq!(cfg.ingest.max_inflight_bytes, 64 << 20);
+        assert_eq!(
+            cfg.ingest.client_crl,
+            Some(dir.path().join("tls/clients.crl"))
+        );
+        let text = format!("{MINIMAL}  max_inflight_bytes: lots\n");
+        let err = Config::parse(&path, &text).unwrap_err().to_string();
+        assert!(
+            err.contains("ess.yml:8:23: ingest.max_inflight_bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_an_error_with_its_line() {
         let dir = tempfile::tempdir().unwrap();
         write_key(dir.path(), 0o600);

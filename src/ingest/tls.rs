@@ -207,6 +207,11 @@ pub fn load_crls(
     Ok((lists, summary))
 }
 
+/// The check `ess check` runs on `ingest.client_crl`: the same as at start and reload.
+pub fn check_client_crl(client_ca: &Path, crl: &Path) -> Result<CrlSummary, TlsError> {
+    load_crls(crl, &load_certs(client_ca)?).map(|(_, summary)| summary)
+}
+
 /// What identifies a version of a file on disk, to notice that it changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -533,4 +538,175 @@ pub fn client_names(cert: &CertificateDer<'_>) -> Vec<String> {
 /// Whether a client with `names` may send events: `allowed` empty means any verified client.
 pub fn is_allowed(names: &[String], allowed: &[String]) -> bool {
     allowed.is_empty() || names.iter().any(|n| allowed.iter().any(|a| a == n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+        DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+        RevokedCertParams, SerialNumber, date_time_ymd,
+    };
+
+    struct Pki {
+        dir: tempfile::TempDir,
+        ca: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    impl Pki {
+        fn new(name: &str) -> Pki {
+            crate::cli::install_crypto_provider();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+            Pki { dir, ca }
+        }
+
+        fn leaf(&self, serial: u64, usages: Vec<KeyUsagePurpose>) -> CertificateDer<'static> {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, "client");
+            params.serial_number = Some(SerialNumber::from(serial));
+            params.key_usages = usages;
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().unwrap();
+            params.signed_by(&key, &self.ca).unwrap().der().clone()
+        }
+
+        /// Writes a CRL revoking `serials` (PEM, or DER if `der`).
+        fn write_crl(&self, serials: &[u64], der: bool) {
+            let params = CertificateRevocationListParams {
+                this_update: date_time_ymd(2024, 1, 1),
+                next_update: date_time_ymd(2099, 1, 1),
+                crl_number: SerialNumber::from(serials.len() as u64 + 1),
+                issuing_distribution_point: None,
+                revoked_certs: serials
+                    .iter()
+                    .map(|s| RevokedCertParams {
+                        serial_number: SerialNumber::from(*s),
+                        revocation_time: date_time_ymd(2024, 1, 1),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: KeyIdMethod::Sha256,
+            };
+            let crl = params.signed_by(&self.ca).unwrap();
+            let path = self.crl();
+            if der {
+                std::fs::write(path, crl.der().as_ref()).unwrap();
+            } else {
+                std::fs::write(path, crl.pem().unwrap()).unwrap();
+            }
+        }
+
+        fn crl(&self) -> PathBuf {
+            self.dir.path().join("clients.crl")
+        }
+
+        fn auth(&self) -> Result<Arc<ClientAuth>, TlsError> {
+            ClientAuth::new(&self.dir.path().join("ca.crt"), Some(&self.crl()))
+        }
+    }
+
+    fn signing() -> Vec<KeyUsagePurpose> {
+        vec![KeyUsagePurpose::DigitalSignature]
+    }
+
+    #[test]
+    fn a_reload_puts_a_good_list_in_force_and_keeps_the_old_one_for_a_bad_file() {
+        let pki = Pki::new("Unit CA");
+        let (seven, eight) = (pki.leaf(7, signing()), pki.leaf(8, signing()));
+        pki.write_crl(&[7], false);
+        let auth = pki.auth().unwrap();
+        assert!(
+            auth.recheck(std::slice::from_ref(&seven)).is_err(),
+            "revoked"
+        );
+        assert!(auth.recheck(std::slice::from_ref(&eight)).is_ok());
+        assert_eq!(auth.reload_crl(false).unwrap(), CrlReload::Unchanged);
+        assert_eq!(auth.generation(), 0);
+
+        pki.write_crl(&[8], true); // DER this time
+        let summary = match auth.reload_crl(false).unwrap() {
+            CrlReload::Reloaded(s) => s,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            (summary.n_lists, summary.n_revoked, summary.n_stale),
+            (1, 1, 0)
+        );
+        assert_eq!(auth.generation(), 1);
+        assert!(
+            auth.recheck(std::slice::from_ref(&seven)).is_ok(),
+            "taken back"
+        );
+        assert!(auth.recheck(std::slice::from_ref(&eight)).is_err());
+
+        std::fs::write(pki.crl(), b"garbage").unwrap();
+        let err = auth.reload_crl(false).unwrap_err().to_string();
+        assert!(err.contains("not a valid X.509 CRL"), "{err}");
+        assert_eq!(auth.generation(), 1, "a bad file is not put in force");
+        assert!(
+            auth.recheck(std::slice::from_ref(&eight)).is_err(),
+            "the old list stays"
+        );
+        assert_eq!(
+            auth.reload_crl(false).unwrap(),
+            CrlReload::Unchanged,
+            "a bad file is reported once, not at every poll"
+        );
+        assert!(auth.reload_crl(true).is_err(), "SIGHUP tries again");
+        std::fs::remove_file(pki.crl()).unwrap();
+        assert!(
+            auth.reload_crl(false).is_err(),
+            "a removed file is an error"
+        );
+        assert!(
+            auth.recheck(std::slice::from_ref(&eight)).is_err(),
+            "the old list stays"
+        );
+    }
+
+    #[test]
+    fn key_usage_must_allow_digital_signature_if_present() {
+        let pki = Pki::new("Unit CA");
+        pki.write_crl(&[], false);
+        let auth = pki.auth().unwrap();
+        let now = UnixTime::now();
+        let verify = |cert: &CertificateDer<'_>| auth.verify_client_cert(cert, &[], now);
+        assert!(verify(&pki.leaf(1, signing())).is_ok());
+        assert!(
+            verify(&pki.leaf(2, Vec::new())).is_ok(),
+            "no keyUsage: unrestricted"
+        );
+        let err = verify(&pki.leaf(3, vec![KeyUsagePurpose::KeyCertSign]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("keyUsage does not allow digitalSignature"),
+            "{err}"
+        );
+        assert!(verify(&pki.leaf(4, vec![KeyUsagePurpose::KeyEncipherment])).is_err());
+    }
+
+    #[test]
+    fn a_list_not_signed_by_a_client_ca_certificate_is_refused() {
+        let pki = Pki::new("Unit CA");
+        for (other, want) in [
+            ("Other CA", "not a certificate in client_ca"),
+            ("Unit CA", "its signature does not verify"), // same name, another key
+        ] {
+            let other = Pki::new(other);
+            other.write_crl(&[1], false);
+            std::fs::copy(other.crl(), pki.crl()).unwrap();
+            let err = pki.auth().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(err.contains("clients.crl"), "{err}");
+        }
+    }
 }
