@@ -1,6 +1,7 @@
 //! `ess serve`: the daemon. Opens the database, starts one task per connector, the ingest
 //! listener (and the status page), and handles signals: SIGTERM/SIGINT drain and exit,
-//! SIGHUP reloads the maps (an invalid set is refused and the old one keeps running).
+//! SIGHUP reloads the maps (an invalid set is refused and the old one keeps running) and
+//! `ingest.client_crl` (likewise).
 //!
 //! Shutdown order keeps the promise: the ingest stops accepting first and answers the
 //! requests under way (their commits finish), connectors finish the delivery under way and
