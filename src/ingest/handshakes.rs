@@ -5,7 +5,8 @@
 //! served after the handshake, so that any number of silent or slow sockets can only ever
 //! crowd each other out:
 //!
-//! - a new connection is always let in; when its address already holds
+//! - a new connection is always let in; when its source (an IPv4 address, an IPv6 /64,
+//!   which is what one IPv6 host is usually given) already holds
 //!   [`HandshakeLimits::per_address`] handshakes, that address's oldest one is dropped;
 //!   when the room is full, the oldest handshake of the address holding the most is
 //!   dropped (a client that connects from an address of its own is the last to go);
@@ -29,7 +30,8 @@ use tokio::sync::oneshot;
 pub struct HandshakeLimits {
     /// Connections in the TLS handshake at once, over all addresses.
     pub max: usize,
-    /// Connections in the TLS handshake at once from one IP address.
+    /// Connections in the TLS handshake at once from one source: an IPv4 address or an
+    /// IPv6 /64.
     pub per_address: usize,
     /// Longest a handshake may take while the room is at most half full.
     pub timeout: Duration,
@@ -61,6 +63,20 @@ impl HandshakeLimits {
         self.timeout
             .saturating_sub(Duration::from_secs_f64(span * over))
             .max(self.min_timeout)
+    }
+}
+
+/// What per-address limits count by: an IPv4 address (also when it comes mapped into
+/// IPv6), or the /64 of an IPv6 one.
+fn source(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -145,9 +161,10 @@ impl Handshakes {
         self.len() == 0
     }
 
-    /// Lets a new connection from `addr` in, dropping others first if the address or the
+    /// Lets a new connection from `addr` in, dropping others first if its source or the
     /// room is at its limit.
     pub fn admit(self: &Arc<Self>, addr: IpAddr, now: Instant) -> (Ticket, Admission) {
+        let addr = source(addr);
         let mut room = self.room();
         let mut done = Admission::default();
         let per_address = self.limits.per_address.max(1);
@@ -326,6 +343,25 @@ mod tests {
         assert_eq!(room.expire(t0 + Duration::from_secs(11)), 93);
         assert!(room.is_empty());
         drop(tickets);
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_source_and_a_mapped_ipv4_is_its_address() {
+        let room = Handshakes::new(limits(100, 2));
+        let now = Instant::now();
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mut a = room.admit(v6("2001:db8::1"), now).0;
+        let _b = room.admit(v6("2001:db8::ffff:2"), now).0;
+        let (_c, done) = room.admit(v6("2001:db8:0:0:1234::3"), now);
+        assert_eq!(done.evicted_same_address, 1, "one /64, one source");
+        assert!(is_evicted(&mut a));
+        let (_d, done) = room.admit(v6("2001:db8:0:1::1"), now);
+        assert_eq!(done, Admission::default(), "another /64");
+        let mut v4 = room.admit(ip(7), now).0;
+        let _e = room.admit(v6("::ffff:127.0.0.7"), now).0;
+        let (_f, done) = room.admit(ip(7), now);
+        assert_eq!(done.evicted_same_address, 1);
+        assert!(is_evicted(&mut v4));
     }
 
     #[test]
