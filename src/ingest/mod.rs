@@ -514,8 +514,11 @@ async fn handle(req: Request<Incoming>, door: &Door, peer: &Peer) -> Resp {
 /// Why a body was not read whole.
 enum BodyRefusal {
     TooLarge,
-    /// `max_inflight_bytes` is spent.
-    Busy,
+    /// `max_inflight_bytes` is spent; `unread`: the body was left unread (the client
+    /// waits for `100 Continue` before it sends it), so the connection must close.
+    Busy {
+        unread: bool,
+    },
     Timeout,
     Read(hyper::Error),
 }
@@ -523,14 +526,20 @@ enum BodyRefusal {
 /// Reads a body into one buffer whose every byte of capacity is reserved in the budget
 /// first: all of a declared length at once, a chunked body as it grows. A body that does
 /// not fit is still read to its end, but thrown away as it comes (no memory held), so the
-/// client gets its 503 on a connection it can go on using.
+/// client gets its 503 on a connection it can go on using — unless the client asked
+/// `Expect: 100-continue` and does not fit from the start: then it is refused before it
+/// sends anything (hyper sends `100 Continue` only once the body is read).
 async fn read_body(
     body: Incoming,
     declared: Option<u64>,
+    expects_continue: bool,
     limits: &Limits,
     budget: &Arc<BodyBudget>,
 ) -> Result<(Vec<u8>, Reservation), BodyRefusal> {
     let mut reservation = budget.reserve(declared.unwrap_or(0));
+    if reservation.is_none() && expects_continue {
+        return Err(BodyRefusal::Busy { unread: true });
+    }
     let read = async {
         // Within max_body (checked by the caller), which fits in memory.
         let first = reservation.as_ref().map_or(0, Reservation::bytes);
@@ -569,7 +578,7 @@ async fn read_body(
         Ok(Err(e)) => Err(e),
         Ok(Ok(buf)) => match reservation {
             Some(r) => Ok((buf, r)),
-            None => Err(BodyRefusal::Busy),
+            None => Err(BodyRefusal::Busy { unread: false }),
         },
     }
 }
@@ -628,25 +637,41 @@ async fn post_events(req: Request<Incoming>, door: &Door) -> Resp {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(validate::trace_id_from_traceparent);
+    let expects_continue = req
+        .headers()
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // Held until the answer: the parsed events take memory too, until they are committed.
-    let (body, _reservation) = match read_body(req.into_body(), declared, limits, &door.budget)
-        .await
-    {
+    let read = read_body(
+        req.into_body(),
+        declared,
+        expects_continue,
+        limits,
+        &door.budget,
+    );
+    let (body, _reservation) = match read.await {
         Ok(read) => read,
         Err(BodyRefusal::TooLarge) => return too_large(),
-        Err(BodyRefusal::Busy) => {
+        Err(BodyRefusal::Busy { unread }) => {
             state.hooks.rejected("busy");
             tracing::debug!(
                 in_flight = door.budget.in_use(),
                 "request refused: max_inflight_bytes is spent"
             );
-            return unavailable(
+            let mut r = unavailable(
                 BUSY_RETRY_AFTER_SECS,
                 &format!(
                     "too many request bodies in flight (ingest.max_inflight_bytes = {} bytes); nothing of this request was committed; retry",
                     door.budget.total()
                 ),
             );
+            if unread {
+                // The client holds its body back: this connection cannot carry another
+                // request, say so.
+                r.headers_mut()
+                    .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+            }
+            return r;
         }
         Err(BodyRefusal::Timeout) => {
             state.hooks.rejected("timeout");
