@@ -210,10 +210,9 @@ fn idle_sockets_and_slow_handshakes_never_lock_out_the_real_client() {
 
     let rt = rt();
     let mut kept_alive = app.client();
-    let mut quiet_rounds = 0;
     let mut lowest_open = usize::MAX;
+    let dropped_before = attack.dropped.load(Ordering::SeqCst);
     for round in 0..ROUNDS {
-        let dropped_before = attack.dropped.load(Ordering::SeqCst);
         lowest_open = lowest_open.min(attack.open.load(Ordering::SeqCst));
         let id = format!("REAL-{round}");
         let fresh = rt
@@ -229,9 +228,6 @@ fn idle_sockets_and_slow_handshakes_never_lock_out_the_real_client() {
             )
             .unwrap_or_else(|e| panic!("round {round}: the kept-alive client got no answer: {e}"));
         assert_eq!(again.status, 202, "round {round}: {:?}", again.body);
-        if attack.dropped.load(Ordering::SeqCst) == dropped_before {
-            quiet_rounds += 1;
-        }
         // Pacing, so the rounds spread over the attack (and over slow-handshake time-outs).
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -244,9 +240,14 @@ fn idle_sockets_and_slow_handshakes_never_lock_out_the_real_client() {
     eprintln!(
         "attack: {opened} connections opened, {dropped} dropped by the server, at least {lowest_open} open at each round"
     );
-    // The pressure was on all along: the server had to drop attacker sockets during every
-    // round, and at every round the attacker held the waiting room (512 places) about full.
-    assert_eq!(quiet_rounds, 0, "rounds without pressure");
+    // The pressure was on all along: at every round the attacker held the waiting room
+    // (512 places) about full, and the server kept dropping its sockets meanwhile. (Not
+    // necessarily in every round: when the accept queue overflows, the kernel drops the
+    // flood's SYNs and they come back a second later.)
+    assert!(
+        dropped > dropped_before + ROUNDS,
+        "the server hardly dropped anything during the rounds"
+    );
     assert!(
         lowest_open >= 500,
         "only {lowest_open} attacker sockets open at one round"
