@@ -16,7 +16,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// `ess init`, without the permit map unless `with_connector`, `ess.yml` passed through
-    /// `edit_config`, then `ess serve` until it prints its listening line.
+    /// `edit_config`, then `ess serve` until it prints its listening line. `ESS_BIN` runs
+    /// another build instead of this one (to compare two releases on the same machine).
     pub fn start(
         with_connector: bool,
         log: &str,
@@ -24,8 +25,8 @@ impl Daemon {
     ) -> Daemon {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("app");
-        let bin = env!("CARGO_BIN_EXE_ess");
-        let st = Command::new(bin)
+        let bin = std::env::var("ESS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ess").into());
+        let st = Command::new(&bin)
             .args(["init", "--dir"])
             .arg(&dir)
             .args(["--ingest", "127.0.0.1:0", "--status", "127.0.0.1:0"])
@@ -39,7 +40,7 @@ impl Daemon {
         let cfg = dir.join("ess.yml");
         let text = std::fs::read_to_string(&cfg).expect("config");
         std::fs::write(&cfg, edit_config(text)).expect("config");
-        let mut child = Command::new(bin)
+        let mut child = Command::new(&bin)
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", log)
