@@ -44,7 +44,7 @@ impl Default for HandshakeLimits {
         HandshakeLimits {
             max: 512,
             per_address: 64,
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
             min_timeout: Duration::from_secs(2),
         }
     }

@@ -577,11 +577,16 @@ mod tests {
             params.signed_by(&key, &self.ca).unwrap().der().clone()
         }
 
-        /// Writes a CRL revoking `serials` (PEM, or DER if `der`).
+        /// Writes a CRL revoking `serials` (PEM, or DER if `der`), valid until 2099.
         fn write_crl(&self, serials: &[u64], der: bool) {
+            self.write_crl_until(serials, der, 2099);
+        }
+
+        /// Writes a CRL whose nextUpdate is in `next_year`.
+        fn write_crl_until(&self, serials: &[u64], der: bool, next_year: i32) {
             let params = CertificateRevocationListParams {
-                this_update: date_time_ymd(2024, 1, 1),
-                next_update: date_time_ymd(2099, 1, 1),
+                this_update: date_time_ymd(2020, 1, 1),
+                next_update: date_time_ymd(next_year, 1, 1),
                 crl_number: SerialNumber::from(serials.len() as u64 + 1),
                 issuing_distribution_point: None,
                 revoked_certs: serials
@@ -670,6 +675,21 @@ mod tests {
             auth.recheck(std::slice::from_ref(&eight)).is_err(),
             "the old list stays"
         );
+    }
+
+    #[test]
+    fn a_list_past_its_next_update_is_still_used_and_counted_stale() {
+        let pki = Pki::new("Unit CA");
+        let revoked = pki.leaf(9, signing());
+        pki.write_crl_until(&[9], false, 2021);
+        let summary = check_client_crl(&pki.dir.path().join("ca.crt"), &pki.crl()).unwrap();
+        assert_eq!(summary.n_stale, 1);
+        let auth = pki.auth().unwrap();
+        assert!(
+            auth.recheck(std::slice::from_ref(&revoked)).is_err(),
+            "a list past its nextUpdate is still used (with a warning), not dropped"
+        );
+        assert!(auth.recheck(&[pki.leaf(10, signing())]).is_ok());
     }
 
     #[test]
