@@ -693,6 +693,22 @@ mod tests {
     }
 
     #[test]
+    fn with_a_list_a_certificate_whose_issuer_has_none_is_refused() {
+        let a = Pki::new("CA A");
+        let b = Pki::new("CA B");
+        let both = format!("{}{}", a.ca.pem(), b.ca.pem());
+        std::fs::write(a.dir.path().join("ca.crt"), both).unwrap();
+        a.write_crl(&[], false);
+        let auth = a.auth().unwrap();
+        assert!(auth.recheck(&[a.leaf(1, signing())]).is_ok());
+        let err = auth.recheck(&[b.leaf(1, signing())]).unwrap_err();
+        assert!(
+            err.to_string().to_lowercase().contains("revocation"),
+            "unknown status, refused: {err}"
+        );
+    }
+
+    #[test]
     fn key_usage_must_allow_digital_signature_if_present() {
         let pki = Pki::new("Unit CA");
         pki.write_crl(&[], false);
