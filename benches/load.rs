@@ -12,60 +12,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod support;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list") {
-        return; // `cargo bench -- --list` probes every bench target
-    }
-    let connections: usize = arg(&args, "--connections", 16);
-    let batch: usize = arg(&args, "--batch", 100);
-    let seconds: u64 = arg(&args, "--seconds", 10);
+    let Some(args) = support::args() else {
+        return;
+    };
+    let connections: usize = support::arg(&args, "--connections", 16);
+    let batch: usize = support::arg(&args, "--batch", 100);
+    let seconds: u64 = support::arg(&args, "--seconds", 10);
     let with_connector = args.iter().any(|a| a == "--with-connector");
 
     ess::cli::install_crypto_provider();
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tmp.path().join("app");
-    let bin = env!("CARGO_BIN_EXE_ess");
-    let st = std::process::Command::new(bin)
-        .args(["init", "--dir"])
-        .arg(&dir)
-        .args(["--ingest", "127.0.0.1:0", "--status", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("ess init");
-    assert!(st.success());
-    if !with_connector {
-        std::fs::remove_file(dir.join("maps/permit_map.yml")).expect("remove map");
-    }
-    let mut child = std::process::Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(dir.join("ess.yml"))
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ess serve");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("listening line");
-    // "ess listening: ingest=https://ADDR status=http://ADDR"
-    let ingest = line
-        .trim()
-        .trim_start_matches("ess listening: ingest=https://")
-        .split_whitespace()
-        .next()
-        .unwrap_or_default();
-    let url = format!("https://{ingest}");
+    let daemon = support::Daemon::start(with_connector, "warn", |t| t);
+    let (dir, url) = (daemon.dir.clone(), daemon.url.clone());
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,7 +88,5 @@ fn main() {
         pct(0.50).as_secs_f64() * 1e3,
         pct(0.99).as_secs_f64() * 1e3,
     );
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    daemon.stop();
 }

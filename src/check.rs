@@ -94,13 +94,23 @@ fn at(file: &Path, message: impl std::fmt::Display) -> String {
 /// the client CAs.
 fn tls(cfg: &Config, now: DateTime<Utc>, f: &mut Findings) {
     let ing = &cfg.ingest;
-    match crate::ingest::tls::server_config(&ing.cert, &ing.key, &ing.client_ca) {
+    match crate::ingest::tls::Tls::load(&ing.cert, &ing.key, &ing.client_ca, None) {
         Ok(_) => f.ok.push(format!(
             "server certificate {} fits its key {}",
             ing.cert.display(),
             ing.key.display()
         )),
         Err(e) => f.problems.push(at(&ing.cert, e)),
+    }
+    if let Some(crl) = &ing.client_crl {
+        match crate::ingest::tls::check_client_crl(&ing.client_ca, crl) {
+            Ok(_) => f.ok.push(format!(
+                "client_crl {} is signed by a CA in {}",
+                crl.display(),
+                ing.client_ca.display()
+            )),
+            Err(e) => f.problems.push(at(crl, e)),
+        }
     }
     let chain = certificates(&ing.cert, f);
     for (i, cert) in chain.iter().enumerate() {
@@ -312,7 +322,7 @@ async fn probe_http(
     match &h.ca {
         Some(ca) => {
             let path = crate::config::resolve_path(&spec.base_dir, ca);
-            for c in crate::ingest::tls::load_certs(&path)? {
+            for c in crate::ingest::tls::load_certs(&path).map_err(|e| e.to_string())? {
                 roots
                     .add(c)
                     .map_err(|e| format!("ca {}: {e}", path.display()))?;
@@ -328,9 +338,10 @@ async fn probe_http(
     let config = match (&h.client_cert, &h.client_key) {
         (Some(c), Some(k)) => {
             let certs =
-                crate::ingest::tls::load_certs(&crate::config::resolve_path(&spec.base_dir, c))?;
-            let key =
-                crate::ingest::tls::load_key(&crate::config::resolve_path(&spec.base_dir, k))?;
+                crate::ingest::tls::load_certs(&crate::config::resolve_path(&spec.base_dir, c))
+                    .map_err(|e| e.to_string())?;
+            let key = crate::ingest::tls::load_key(&crate::config::resolve_path(&spec.base_dir, k))
+                .map_err(|e| e.to_string())?;
             builder
                 .with_client_auth_cert(certs, key)
                 .map_err(|e| e.to_string())?

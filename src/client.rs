@@ -62,7 +62,7 @@ impl Client {
         identity: Option<(&Path, &Path)>,
     ) -> Result<Client, ClientError> {
         let mut roots = RootCertStore::empty();
-        for c in load_certs(ca).map_err(ClientError::Setup)? {
+        for c in load_certs(ca).map_err(|e| ClientError::Setup(e.to_string()))? {
             roots.add(c).map_err(|e| {
                 ClientError::Setup(format!("bad CA certificate in {}: {e}", ca.display()))
             })?;
@@ -71,8 +71,8 @@ impl Client {
         let mut config = match identity {
             Some((cert, key)) => builder
                 .with_client_auth_cert(
-                    load_certs(cert).map_err(ClientError::Setup)?,
-                    load_key(key).map_err(ClientError::Setup)?,
+                    load_certs(cert).map_err(|e| ClientError::Setup(e.to_string()))?,
+                    load_key(key).map_err(|e| ClientError::Setup(e.to_string()))?,
                 )
                 .map_err(|e| {
                     ClientError::Setup(format!(

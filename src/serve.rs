@@ -1,6 +1,7 @@
 //! `ess serve`: the daemon. Opens the database, starts one task per connector, the ingest
 //! listener (and the status page), and handles signals: SIGTERM/SIGINT drain and exit,
-//! SIGHUP reloads the maps (an invalid set is refused and the old one keeps running).
+//! SIGHUP reloads the maps (an invalid set is refused and the old one keeps running) and
+//! `ingest.client_crl` (likewise).
 //!
 //! Shutdown order keeps the promise: the ingest stops accepting first and answers the
 //! requests under way (their commits finish), connectors finish the delivery under way and
@@ -49,8 +50,13 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     let feed = Feed::open(db.clone())
         .with_context(|| format!("cannot open the feed in {}", cfg.db_path().display()))?;
     let ledger = Ledger::new(db.clone());
-    let tls = ingest::tls::server_config(&cfg.ingest.cert, &cfg.ingest.key, &cfg.ingest.client_ca)
-        .map_err(anyhow::Error::msg)?;
+    let tls = ingest::tls::Tls::load(
+        &cfg.ingest.cert,
+        &cfg.ingest.key,
+        &cfg.ingest.client_ca,
+        cfg.ingest.client_crl.as_deref(),
+    )?;
+    let client_auth = tls.client_auth.clone();
     let listener = tokio::net::TcpListener::bind(cfg.ingest.listen)
         .await
         .with_context(|| format!("cannot listen on {} (ingest.listen)", cfg.ingest.listen))?;
@@ -76,7 +82,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     ));
     let state = Arc::new(IngestState {
         feed: feed.clone(),
-        max_body: cfg.ingest.max_body,
+        limits: ingest::Limits::new(cfg.ingest.max_body, cfg.ingest.max_inflight_bytes),
         health: health.clone(),
         allowed_clients: cfg.ingest.allowed_clients.clone(),
         receipts: connectors.clone(),
@@ -134,6 +140,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
+                client_auth.reload_crl_logged(true, "SIGHUP");
                 crate::notify::reloading();
                 generation = reload(&cfg, generation, &env, &connectors).await?;
                 crate::notify::ready();

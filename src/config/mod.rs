@@ -120,6 +120,10 @@ struct RawIngest {
     allowed_clients: Vec<String>,
     #[serde(default)]
     max_body: Option<Spanned<String>>,
+    #[serde(default)]
+    max_inflight_bytes: Option<Spanned<String>>,
+    #[serde(default)]
+    client_crl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,7 +191,15 @@ pub struct IngestConfig {
     /// Client certificate CNs or DNS SANs let in; empty: any certificate from `client_ca`.
     pub allowed_clients: Vec<String>,
     pub max_body: u64,
+    /// All request bodies in flight together; a request that would go above gets 503.
+    pub max_inflight_bytes: u64,
+    /// Revoked client certificates (PEM or DER CRLs), if set.
+    pub client_crl: Option<PathBuf>,
 }
+
+/// `ingest.max_inflight_bytes` when the config does not say: this many maximum-size
+/// bodies at once.
+pub const DEFAULT_INFLIGHT_BODIES: u64 = 4;
 
 impl Config {
     /// The redb file holding feed and ledger.
@@ -266,6 +278,30 @@ impl Config {
                 0
             }),
         };
+        let max_inflight_bytes = match &raw.ingest.max_inflight_bytes {
+            None => max_body.saturating_mul(DEFAULT_INFLIGHT_BODIES),
+            Some(s) => match parse_size(&s.value) {
+                Ok(n) if n < max_body => {
+                    errs.push(Diagnostic::at(
+                        path,
+                        s,
+                        format!(
+                            "ingest.max_inflight_bytes ({n} bytes) must be at least max_body ({max_body} bytes), or no request of the largest size could ever be taken"
+                        ),
+                    ));
+                    0
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    errs.push(Diagnostic::at(
+                        path,
+                        s,
+                        format!("ingest.max_inflight_bytes: {e}"),
+                    ));
+                    0
+                }
+            },
+        };
         let retention = raw.retention.as_ref();
         let retention_feed = match retention.and_then(|r| r.feed.as_ref()) {
             None => std::time::Duration::from_secs(30 * 86_400),
@@ -321,6 +357,8 @@ impl Config {
                 client_ca: resolve(&raw.ingest.client_ca),
                 allowed_clients: raw.ingest.allowed_clients,
                 max_body,
+                max_inflight_bytes,
+                client_crl: raw.ingest.client_crl.as_ref().map(resolve),
             },
             status_listen,
             blocked_alarm,
@@ -393,6 +431,33 @@ mod tests {
         assert_eq!(cfg.status_listen.port(), 8080);
         assert_eq!(cfg.timezone, chrono_tz::UTC);
         assert_eq!(cfg.min_free_disk, 512 << 20);
+    }
+
+    #[test]
+    fn max_inflight_bytes_defaults_to_four_bodies_and_client_crl_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), 0o600);
+        let path = dir.path().join("ess.yml");
+        let cfg = Config::parse(
+            &path,
+            &MINIMAL.replace("8443\n", "8443\n  max_body: 1MiB\n"),
+        )
+        .unwrap();
+        assert_eq!(cfg.ingest.max_inflight_bytes, 4 << 20);
+        assert_eq!(cfg.ingest.client_crl, None);
+        let text = format!("{MINIMAL}  max_inflight_bytes: 64MiB\n  client_crl: tls/clients.crl\n");
+        let cfg = Config::parse(&path, &text).unwrap();
+        assert_eq!(cfg.ingest.max_inflight_bytes, 64 << 20);
+        assert_eq!(
+            cfg.ingest.client_crl,
+            Some(dir.path().join("tls/clients.crl"))
+        );
+        let text = format!("{MINIMAL}  max_inflight_bytes: lots\n");
+        let err = Config::parse(&path, &text).unwrap_err().to_string();
+        assert!(
+            err.contains("ess.yml:8:23: ingest.max_inflight_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::Snapshot;
 
 /// The reasons `ess_ingest_rejected_total{reason}` is broken down by; each starts at 0 so
 /// that dashboards and alerts see the series before the first rejection.
-pub const REJECT_REASONS: [&str; 8] = [
+pub const REJECT_REASONS: [&str; 10] = [
     "bad_request",
     "too_large",
     "unsupported_media_type",
@@ -38,6 +38,8 @@ pub const REJECT_REASONS: [&str; 8] = [
     "internal",
     "timeout",
     "tls",
+    "handshake_dropped",
+    "busy",
 ];
 
 /// `Content-Type` of the `/metrics` answer.

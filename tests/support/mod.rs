@@ -248,17 +248,26 @@ pub fn write_identity(dir: &Path, name: &str, id: &ess::init::Issued) -> (PathBu
 pub fn raw_tls(
     app: &Appliance,
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    raw_tls_as(app, &app.tls("client.crt"), &app.tls("client.key"))
+}
+
+/// A blocking TLS stream to the appliance presenting the certificate `cert` (key `key`).
+pub fn raw_tls_as(
+    app: &Appliance,
+    cert: &Path,
+    key: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     use rustls_pki_types::pem::PemObject;
     ess::cli::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(app.tls("ca.crt")).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    let certs = rustls_pki_types::CertificateDer::pem_file_iter(app.tls("client.crt"))
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(cert)
         .unwrap()
         .map(|c| c.unwrap())
         .collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(app.tls("client.key")).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
     let cfg = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
@@ -269,4 +278,44 @@ pub fn raw_tls(
     let tcp = std::net::TcpStream::connect(app.ingest.unwrap()).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Reads one HTTP/1.1 response: (status, status line and headers, body by Content-Length).
+/// `None` if the connection ends before a whole response.
+pub fn read_response(s: &mut impl std::io::Read) -> Option<(u16, String, String)> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let status = head.get(9..12)?.parse().ok()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((status, head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `POST /v1/events` with a JSON body on a raw (kept-alive) stream, and its response.
+pub fn post_raw(
+    s: &mut (impl std::io::Read + std::io::Write),
+    body: &str,
+) -> Option<(u16, String, String)> {
+    let req = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: ess\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    s.flush().ok()?;
+    read_response(s)
 }

@@ -1,0 +1,104 @@
+//! Shared by the whole-appliance benches: the real `ess serve` (release build) in a temp
+//! folder made by `ess init`, on loopback port 0, with fresh certificates.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub struct Daemon {
+    _tmp: tempfile::TempDir,
+    /// The appliance folder (`ess.yml`, `tls/`, `maps/`, `data/`).
+    pub dir: PathBuf,
+    pub child: Child,
+    /// `https://ADDR` of the ingest.
+    pub url: String,
+}
+
+impl Daemon {
+    /// `ess init`, without the permit map unless `with_connector`, `ess.yml` passed through
+    /// `edit_config`, then `ess serve` until it prints its listening line. `ESS_BIN` runs
+    /// another build instead of this one (to compare two releases on the same machine).
+    pub fn start(
+        with_connector: bool,
+        log: &str,
+        edit_config: impl FnOnce(String) -> String,
+    ) -> Daemon {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("app");
+        let bin = std::env::var("ESS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ess").into());
+        let st = Command::new(&bin)
+            .args(["init", "--dir"])
+            .arg(&dir)
+            .args(["--ingest", "127.0.0.1:0", "--status", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("ess init");
+        assert!(st.success());
+        if !with_connector {
+            std::fs::remove_file(dir.join("maps/permit_map.yml")).expect("remove map");
+        }
+        let cfg = dir.join("ess.yml");
+        let text = std::fs::read_to_string(&cfg).expect("config");
+        std::fs::write(&cfg, edit_config(text)).expect("config");
+        let mut child = Command::new(&bin)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ess serve");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("listening line");
+        // "ess listening: ingest=https://ADDR status=http://ADDR"
+        let ingest = line
+            .trim()
+            .trim_start_matches("ess listening: ingest=https://")
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        let url = format!("https://{ingest}");
+        Daemon {
+            _tmp: tmp,
+            dir,
+            child,
+            url,
+        }
+    }
+
+    /// A client with the dev client certificate.
+    pub fn client(&self) -> ess::client::Client {
+        let tls = self.dir.join("tls");
+        ess::client::Client::new(
+            &self.url,
+            &tls.join("ca.crt"),
+            Some((&tls.join("client.crt"), &tls.join("client.key"))),
+        )
+        .expect("client")
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn stop(mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The bench's arguments; `None` when cargo only probes it (`cargo bench -- --list`).
+pub fn args() -> Option<Vec<String>> {
+    let args: Vec<String> = std::env::args().collect();
+    (!args.iter().any(|a| a == "--list")).then_some(args)
+}
+
+/// The value after `--name`, else `default`.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
