@@ -514,6 +514,10 @@ fn write_backup(
     tables.insert("retries".to_string(), copy_table(src, &dst, RETRIES)?);
     tables.insert("dead".to_string(), copy_table(src, &dst, DEAD)?);
     tables.insert("requeue".to_string(), copy_table(src, &dst, REQUEUE)?);
+    tables.insert(
+        "intents".to_string(),
+        copy_table(src, &dst, schema::INTENTS)?,
+    );
     drop(dst);
     // redb's commits are durable already; this covers the file's metadata too.
     std::fs::File::open(path)

@@ -23,6 +23,10 @@ pub const DEAD: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("dead
 /// Removed in the same transaction that commits their re-delivery.
 pub const REQUEUE: TableDefinition<(&str, u64), ()> = TableDefinition::new("requeue");
 
+/// connector -> versioned postcard [`crate::ledger::intent::Intent`]: the delivery under
+/// way, committed before its first byte; removed with the delivery's commit.
+pub const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("intents");
+
 /// The on-disk format this build writes. Bumped on any incompatible change to a value.
 pub const FORMAT_VERSION: u64 = 1;
 /// The leading byte of every versioned value.
