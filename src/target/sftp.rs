@@ -59,7 +59,7 @@ impl DropTarget<SftpFolder> {
         _tz: chrono_tz::Tz,
     ) -> Result<SftpTarget, String> {
         let mut errs = Vec::new();
-        let folder = SftpFolder::new(spec, base_dir)
+        let folder = SftpFolder::open(spec, base_dir)
             .map_err(|e| errs.extend(e))
             .ok();
         let drop = DropSpec::parse(&spec.file, spec.mode.as_deref())
@@ -150,8 +150,9 @@ macro_rules! on_session {
 }
 
 impl SftpFolder {
-    /// Validates the connection part of `spec`; every problem, not just the first.
-    fn new(spec: &SftpDeliver, base_dir: &Path) -> Result<SftpFolder, Vec<String>> {
+    /// The folder `spec` names (`dir` on `host`), validated (key readable, known_hosts
+    /// pins the host; every problem, not just the first). Does not connect.
+    pub fn open(spec: &SftpDeliver, base_dir: &Path) -> Result<SftpFolder, Vec<String>> {
         let mut errs = Vec::new();
         if spec.host.trim().is_empty() {
             errs.push("sftp: host is empty".to_string());

@@ -2,6 +2,8 @@
 //! host key and user keys (ed25519 and RSA) made by `ssh-keygen` in a temp dir. The
 //! listener and its session processes are SIGKILLed on `kill()` and on drop.
 
+#![allow(dead_code)] // each test file uses a part of it
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
