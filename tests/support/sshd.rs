@@ -14,6 +14,8 @@ pub(crate) struct Sshd {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) port: u16,
     child: Option<Child>,
+    /// A program (and its arguments) sshd runs under, e.g. strace; empty for none.
+    wrapper: Vec<String>,
 }
 
 pub(crate) fn keygen(path: &Path, kind: &str) {
@@ -63,6 +65,7 @@ impl Sshd {
             dir,
             port: 0,
             child: None,
+            wrapper: Vec::new(),
         };
         // Another process may take the free port before sshd binds it: then try another.
         for attempt in 1..=5 {
@@ -144,6 +147,17 @@ impl Sshd {
         }
     }
 
+    /// Starts sshd under `wrapper` (e.g. strace stalling syncs); later
+    /// `spawn`s run it plainly again.
+    pub(crate) fn spawn_wrapped(&mut self, wrapper: Vec<String>) {
+        self.wrapper = wrapper;
+        let r = self.try_spawn();
+        self.wrapper.clear();
+        if let Err(e) = r {
+            panic!("{e}");
+        }
+    }
+
     /// Starts sshd and waits until *it* says it listens (a greeting on the port could come
     /// from another server that took the port).
     fn try_spawn(&mut self) -> Result<(), String> {
@@ -157,7 +171,15 @@ impl Sshd {
             .append(true)
             .open(self.path("sshd.log"))
             .unwrap();
-        let child = Command::new("/usr/sbin/sshd")
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("/usr/sbin/sshd");
+                c
+            }
+            None => Command::new("/usr/sbin/sshd"),
+        };
+        let child = cmd
             .arg("-D")
             .arg("-e")
             .arg("-f")
