@@ -35,7 +35,16 @@ struct Mount {
 impl Mount {
     /// Unmounts for real (the test goes on with the disk elsewhere).
     fn umount(&mut self) {
-        run("umount", &[self.at.to_str().unwrap()]);
+        // A process that was just killed may still be closing its files.
+        let at = self.at.clone();
+        wait_until("the mount to be free", LIMIT, || {
+            Command::new("umount")
+                .arg(&at)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        });
         for dev in self.loops.drain(..) {
             run("losetup", &["-d", &dev]);
         }
