@@ -355,7 +355,8 @@ pub struct DropTarget<F> {
     /// last delivery returned it, or failed and cut back what it wrote). Anything else, in
     /// particular right after a start, may have an interrupted write behind it.
     clean: Option<Checkpoint>,
-    /// What `prepare` saw of the file of the checkpoint it handed on, for `deliver`.
+    /// What `prepare` saw of the file when it proposed no intent (the common case), so
+    /// `deliver`, which follows at once, need not look again.
     seen: Option<(Checkpoint, Stat)>,
 }
 
@@ -454,7 +455,9 @@ impl<F: Folder> DropTarget<F> {
             pending: true,
         })
         .encode();
-        self.seen = Some((intent.clone(), stat));
+        // Not kept for `deliver`: the intent's commit takes a while, and a file emptied
+        // meanwhile must not get records written past its new end.
+        self.seen = None;
         Ok(Prepared {
             intent: Some(intent),
             ambiguous,

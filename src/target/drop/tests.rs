@@ -540,3 +540,28 @@ fn identities_compare_on_what_survives_a_reboot() {
     assert_eq!(replay_name(".p", 9), ".p.replay-9");
     assert_eq!(temp_name("p_1.txt"), ".p_1.txt.ess-tmp");
 }
+
+/// The legacy job empties the file while the intent is being committed: the write must not
+/// land past the file's new end (a gap of zeros would be a forged record); the delivery
+/// fails, is planned again and lands at the new end.
+#[tokio::test]
+async fn a_file_emptied_while_the_intent_commits_gets_no_gap_of_zeros() {
+    let mem = MemFolder::new();
+    mem.put("permit.txt", b"THEIRS\n");
+    let mut sim = drop_sim(mem.clone(), "permit.txt", "append");
+    let it = items(1..=1);
+    let d = Delivery {
+        connector: "c",
+        items: &it,
+        now: at(12, 10, 0),
+        replay: false,
+    };
+    let intent = sim.target.prepare(&d, &[]).await.unwrap().intent.unwrap();
+    mem.put("permit.txt", b"");
+    let err = sim.target.deliver(&d, &intent).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
+    assert_eq!(text(&mem, "permit.txt"), "", "nothing written");
+    sim.intent = Some(intent);
+    deliver(&mut sim, &items(1..=2), at(12, 10, 0)).await;
+    assert_eq!(text(&mem, "permit.txt"), recs(1..=2));
+}
