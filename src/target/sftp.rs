@@ -128,22 +128,23 @@ fn name_in_dir(dir: &str, path: &str) -> Option<String> {
 /// session: a kept session found dead is replaced once; a failing session is dropped.
 macro_rules! on_session {
     ($self:ident, $what:expr, |$c:ident| $op:expr) => {{
-        let reused = $self.conn.as_ref().is_some_and(|c| !c.ssh.is_closed());
-        if !reused {
-            $self.conn = Some($self.connect().await?);
-        }
+        let (mut conn, reused) = match $self.conn.take() {
+            Some(c) if !c.ssh.is_closed() => (c, true),
+            _ => ($self.connect().await?, false),
+        };
         let mut result = {
-            let $c = $self.conn.as_ref().expect("a session was just made or kept");
+            let $c = &conn;
             $op.await
         };
         if reused && result.as_ref().is_err_and(|e| !answered(e)) {
             tracing::debug!(folder = %$self.location(), "sftp session lost; reconnecting");
-            $self.conn = Some($self.connect().await?);
-            let $c = $self.conn.as_ref().expect("a session was just made");
+            conn = $self.connect().await?;
+            let $c = &conn;
             result = $op.await;
         }
-        if result.as_ref().is_err_and(|e| !answered(e)) {
-            $self.conn = None;
+        // A session that failed (rather than the server refusing a request) is dropped.
+        if result.as_ref().is_ok() || result.as_ref().is_err_and(answered) {
+            $self.conn = Some(conn);
         }
         result.map_err(|e| sftp_error(&$self.where_(), &$what, e))
     }};

@@ -268,10 +268,24 @@ struct LegacySftpCheckpoint {
     len: u64,
 }
 
+/// A checkpoint this build cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("drop checkpoint is damaged: {0}")]
+    Damaged(#[source] postcard::Error),
+    #[error(
+        "drop checkpoint has format {0}; this build reads {LEGACY_FORMAT} and {CHECKPOINT_FORMAT}"
+    )]
+    UnknownFormat(u8),
+}
+
 /// Decodes a checkpoint of any release; `Ok(None)` for an empty one (nothing delivered
 /// yet, or a batch committed) and for a legacy mark of a file outside `folder`.
-pub fn decode_checkpoint(bytes: &[u8], folder: &dyn Folder) -> Result<Option<DropState>, String> {
-    let bad = |e: postcard::Error| format!("drop checkpoint is damaged: {e}");
+pub fn decode_checkpoint(
+    bytes: &[u8],
+    folder: &dyn Folder,
+) -> Result<Option<DropState>, CheckpointError> {
+    let bad = CheckpointError::Damaged;
     match bytes.split_first() {
         None => Ok(None),
         Some((&CHECKPOINT_FORMAT, rest)) => postcard::from_bytes(rest).map(Some).map_err(bad),
@@ -300,9 +314,7 @@ pub fn decode_checkpoint(bytes: &[u8], folder: &dyn Folder) -> Result<Option<Dro
                 })
             }))
         }
-        Some((v, _)) => Err(format!(
-            "drop checkpoint has format {v}; this build reads {LEGACY_FORMAT} and {CHECKPOINT_FORMAT}"
-        )),
+        Some((&v, _)) => Err(CheckpointError::UnknownFormat(v)),
     }
 }
 
