@@ -15,6 +15,7 @@
 
 #[path = "support/sshd.rs"]
 mod sshd;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -122,16 +123,7 @@ struct Sftp {
 impl DropUnderTest for Sftp {
     type F = SftpFolder;
     fn boot(&mut self) -> SftpFolder {
-        let user = String::from_utf8(
-            std::process::Command::new("id")
-                .arg("-un")
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap()
-        .trim()
-        .to_string();
+        let user = sshd::user();
         let spec = SftpDeliver {
             host: "127.0.0.1".into(),
             port: Some(self.sshd.port),
@@ -412,19 +404,10 @@ fn check<D: DropUnderTest>(drop: &D, mode: &str, ids: &[String], trial: usize) {
     );
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    ess::cli::install_crypto_provider();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn power_cuts_during_ingest_and_file_delivery_lose_double_and_tear_nothing() {
     let mut rng = StdRng::seed_from_u64(seed());
-    let rt = rt();
+    let rt = support::rt();
     for mode in ["append", "batch"] {
         let mut drop = Memory(MemFolder::new());
         rt.block_on(cut_power_repeatedly(
@@ -439,7 +422,7 @@ fn power_cuts_during_ingest_and_file_delivery_lose_double_and_tear_nothing() {
 #[test]
 fn power_cuts_during_ingest_and_sftp_delivery_lose_double_and_tear_nothing() {
     let mut rng = StdRng::seed_from_u64(seed());
-    let rt = rt();
+    let rt = support::rt();
     let mut drop = Sftp {
         sshd: sshd::Sshd::start(),
     };

@@ -117,16 +117,7 @@ const PERMIT_FIELDS: &str = "events: [PERMIT_STATUS]\nfields:\n  PERMIT_ID: id |
 /// Adds the connector `remote`, an SFTP drop into `sshd`'s folder: `head` (format and
 /// fields) and `deliver` (file, mode and what follows the deliver block).
 fn add_sftp_connector(app: &Appliance, sshd: &sshd::Sshd, head: &str, deliver: &str) {
-    let user = String::from_utf8(
-        std::process::Command::new("id")
-            .arg("-un")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
+    let user = sshd::user();
     std::fs::write(
         app.dir.join("maps/sftp.yml"),
         format!(

@@ -24,7 +24,7 @@ fn spec(sshd: &Sshd, key: &str, file: &str, mode: &str) -> SftpDeliver {
     SftpDeliver {
         host: "127.0.0.1".into(),
         port: Some(sshd.port),
-        user: whoami(),
+        user: sshd::user(),
         key: key.into(),
         known_hosts: "known_hosts".into(),
         dir: sshd.drop_dir().display().to_string(),
@@ -32,14 +32,6 @@ fn spec(sshd: &Sshd, key: &str, file: &str, mode: &str) -> SftpDeliver {
         mode: Some(mode.into()),
         timeout: Some("10s".into()),
     }
-}
-
-fn whoami() -> String {
-    let out = std::process::Command::new("id")
-        .arg("-un")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn target(sshd: &Sshd, key: &str, file: &str, mode: &str) -> Ledgerish {

@@ -114,7 +114,7 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 /// Starts a connector with `target`: its stop switch, live state and task.
 fn spawn(
     rig: &Rig,
-    target: Recorder,
+    target: impl Target + 'static,
 ) -> (
     watch::Sender<bool>,
     Arc<Mutex<Live>>,
@@ -127,7 +127,7 @@ fn spawn(
 }
 
 /// Runs the connector until `done` holds (bounded), then stops it.
-async fn run_until(rig: &Rig, target: Recorder, done: impl Fn() -> bool) {
+async fn run_until(rig: &Rig, target: impl Target + 'static, done: impl Fn() -> bool) {
     let (stop, _live, task) = spawn(rig, target);
     eventually("the connector to get there", done).await;
     stop.send(true).unwrap();
@@ -395,16 +395,6 @@ impl Target for Planner {
     }
 }
 
-async fn run_planner_until(rig: &Rig, target: Planner, done: impl Fn() -> bool) {
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(
-        Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target)).run(stop_rx),
-    );
-    eventually("the connector to get there", done).await;
-    stop.send(true).unwrap();
-    task.await.unwrap();
-}
-
 /// The intent is in the ledger, durably, before `deliver` writes anything; a failed batch
 /// is retried with exactly its range from that intent (however many events came since);
 /// the delivery's commit drops it together with the cursor move.
@@ -414,10 +404,7 @@ async fn a_batch_intent_is_durable_before_deliver_and_pins_the_retry() {
     append(&rig.env, &["a", "b", "c"], "P").await;
     let target = Planner::new(&rig, true, 1);
     let calls = target.calls.clone();
-    let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(
-        Runner::with_target(rig.spec.clone(), rig.env.clone(), Box::new(target)).run(stop_rx),
-    );
+    let (stop, _live, task) = spawn(&rig, target);
     eventually("the first attempt", || !calls.lock().unwrap().is_empty()).await;
     append(&rig.env, &["d", "e"], "P").await;
     eventually("everything", || {
@@ -462,7 +449,7 @@ async fn an_append_intent_is_reused_by_a_retry_that_goes_alone() {
     append(&rig.env, &["a", "b", "c"], "P").await;
     let target = Planner::new(&rig, false, 1);
     let calls = target.calls.clone();
-    run_planner_until(&rig, target, || {
+    run_until(&rig, target, || {
         rig.env
             .ledger
             .cursor("t")
@@ -489,7 +476,7 @@ async fn a_batch_pinned_by_the_previous_release_keeps_its_range_and_name_time() 
     let first = rig.env.feed.read_after(0, 1).unwrap()[0].received_at;
     let target = Planner::new(&rig, true, 0);
     let calls = target.calls.clone();
-    run_planner_until(&rig, target, || {
+    run_until(&rig, target, || {
         rig.env
             .ledger
             .cursor("t")
@@ -511,7 +498,7 @@ async fn parking_after_a_failed_attempt_commits_the_intent_as_the_checkpoint() {
     append(&rig.env, &["a"], "P").await;
     let mut target = Planner::new(&rig, false, 1);
     target.permanent = true;
-    run_planner_until(&rig, target, || {
+    run_until(&rig, target, || {
         rig.env
             .ledger
             .cursor("t")

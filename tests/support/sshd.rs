@@ -40,6 +40,12 @@ fn pub_of(key: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The user tests log in as (the one running them: the server shares this machine).
+pub(crate) fn user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
