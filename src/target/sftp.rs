@@ -15,7 +15,8 @@
 //! CREATE|EXCLUDE), `write_new` (OPEN CREATE|TRUNCATE, WRITEs, fsync), `rename_new` (plain
 //! SFTPv3 RENAME, which refuses an existing target; OpenSSH does it with link + unlink),
 //! `remove`, and `sync_names` (the folder opened read-only and `fsync@openssh.com` on that
-//! handle, so new names survive a power cut of the server).
+//! handle, so new names survive a power cut of the server). A server without the fsync
+//! extension gets no syncs at all: its files and names are as durable as it makes them.
 //!
 //! Architecture invariant: nothing is written before the host key is verified.
 
