@@ -311,3 +311,85 @@ fn new_names_and_a_new_drop_folder_are_fsynced_before_the_delivery_commits() {
     };
     synced_before_commit(&trace, "the renamed batch file", renamed, &out);
 }
+
+/// The syncs `ess serve` makes while it delivers `ids` one request at a time (each waited
+/// for in `name_of(id)`): for each delivery after the first, the number of ess.redb syncs
+/// since the previous delivery's drop-file sync, and whether the folder was synced.
+fn syncs_per_delivery(
+    app: &mut Appliance,
+    ids: &[&str],
+    name_of: impl Fn(&str) -> String,
+) -> Vec<(usize, bool)> {
+    let trace = app.tmp.path().join("sync-trace");
+    let wrapper: Vec<String> = [
+        "strace",
+        "-f",
+        "-y",
+        "-qq",
+        "-o",
+        trace.to_str().unwrap(),
+        "-e",
+        "trace=fsync,fdatasync",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec();
+    app.start_wrapped(&wrapper, &[]);
+    for id in ids {
+        app.send_ids(&[id]);
+        let file = app.out_path(&name_of(id));
+        wait_until(id, LIMIT, || {
+            std::fs::read_to_string(&file)
+                .unwrap_or_default()
+                .contains(&permit_line(id))
+        });
+    }
+    assert_eq!(app.terminate().code(), Some(0));
+    let out = format!("<{}", app.dir.join("out").display());
+    let mut per_delivery = Vec::new();
+    let (mut redb, mut folder, mut seen_first) = (0, false, false);
+    for line in std::fs::read_to_string(&trace).unwrap().lines() {
+        if line.contains(&format!("{out}/")) && !line.contains("resumed") {
+            if seen_first {
+                per_delivery.push((redb, folder));
+            }
+            (redb, folder, seen_first) = (0, false, true);
+        } else if line.contains(&format!("{out}>")) && !line.contains("resumed") {
+            folder = true;
+        } else if line.contains("ess.redb>") && !line.contains("resumed") {
+            redb += 1;
+        }
+    }
+    per_delivery
+}
+
+/// Nothing slower on the common path, counted rather than timed: appending to the same,
+/// untouched file costs one sync of the drop file and the delivery's own ledger commit —
+/// no intent, no folder sync. A template that names a new file for every delivery shows
+/// what an intent costs (one more ledger commit, and the new name's folder sync), so the
+/// count would see one on the common path.
+#[test]
+fn the_common_append_costs_no_intent_and_no_folder_sync() {
+    let ids = ["BP-1", "BP-2", "BP-3", "BP-4", "BP-5", "BP-6"];
+    let mut app = Appliance::init();
+    let common = syncs_per_delivery(&mut app, &ids, |_| "permit.txt".into());
+    assert_eq!(common.len(), ids.len() - 1, "{common:?}");
+    assert!(
+        common
+            .iter()
+            .all(|&(r, folder)| r == common[0].0 && !folder),
+        "{common:?}"
+    );
+
+    let mut app = Appliance::init();
+    app.edit_map("file: permit.txt", "file: permit_{{seq}}.txt");
+    let seq_of = |id: &str| format!("permit_{}.txt", &id[3..]);
+    let every_new = syncs_per_delivery(&mut app, &ids, seq_of);
+    eprintln!("(ledger syncs, folder synced) per delivery: same file {common:?}; a new file each time {every_new:?}");
+    assert!(
+        every_new
+            .iter()
+            .all(|&(r, folder)| r > common[0].0 && folder),
+        "an intent shows: {every_new:?} vs {common:?}"
+    );
+}
