@@ -385,7 +385,9 @@ fn the_common_append_costs_no_intent_and_no_folder_sync() {
     app.edit_map("file: permit.txt", "file: permit_{{seq}}.txt");
     let seq_of = |id: &str| format!("permit_{}.txt", &id[3..]);
     let every_new = syncs_per_delivery(&mut app, &ids, seq_of);
-    eprintln!("(ledger syncs, folder synced) per delivery: same file {common:?}; a new file each time {every_new:?}");
+    eprintln!(
+        "(ledger syncs, folder synced) per delivery: same file {common:?}; a new file each time {every_new:?}"
+    );
     assert!(
         every_new
             .iter()

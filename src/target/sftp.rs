@@ -108,19 +108,19 @@ struct Conn {
 
 /// `dir/name`, or `name` for the login folder.
 fn remote_path(dir: &str, name: &str) -> String {
-    if dir == "." {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
+    match dir {
+        "." => name.to_string(),
+        "/" => format!("/{name}"),
+        _ => format!("{dir}/{name}"),
     }
 }
 
 /// The name of `path` if it is directly in `dir`.
 fn name_in_dir(dir: &str, path: &str) -> Option<String> {
-    let name = if dir == "." {
-        path
-    } else {
-        path.strip_prefix(dir)?.strip_prefix('/')?
+    let name = match dir {
+        "." => path,
+        "/" => path.strip_prefix('/')?,
+        _ => path.strip_prefix(dir)?.strip_prefix('/')?,
     };
     (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
 }
@@ -738,5 +738,7 @@ mod tests {
         assert_eq!(name_in_dir("/drop", "/other/p.txt"), None);
         assert_eq!(name_in_dir("/drop", "/drop/sub/p.txt"), None);
         assert_eq!(name_in_dir(".", "p.txt").as_deref(), Some("p.txt"));
+        assert_eq!(remote_path("/", "p.txt"), "/p.txt");
+        assert_eq!(name_in_dir("/", "/p.txt").as_deref(), Some("p.txt"));
     }
 }
