@@ -283,13 +283,9 @@ async fn probe_one(spec: &ConnectorSpec) -> Result<Option<String>, String> {
     match &spec.deliver {
         DeliverSpec::File(_) => Ok(None),
         DeliverSpec::Sftp(s) => {
-            let target = crate::target::sftp::SftpTarget::new(
-                s,
-                &spec.base_dir,
-                &spec.name,
-                chrono_tz::UTC,
-            )?;
-            target.probe().await.map_err(|e| e.to_string())?;
+            let folder = crate::target::sftp::SftpFolder::open(s, &spec.base_dir)
+                .map_err(|e| e.join("; "))?;
+            folder.probe().await.map_err(|e| e.to_string())?;
             Ok(Some(format!(
                 "sftp {}: host key pinned, login and SFTP ok",
                 s.host

@@ -4,7 +4,6 @@
 //! target (a real sshd: host key and login; a closed HTTP port) without sending.
 
 #[path = "support/sshd.rs"]
-#[allow(dead_code)]
 mod sshd;
 mod support;
 

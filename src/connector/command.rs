@@ -248,16 +248,23 @@ impl Runner {
             source,
         };
         let db = self.env.feed.db().clone();
-        let (cursor, retry, queued) = blocking(|| {
+        let (cursor, retry, queued, intent) = blocking(|| {
             let view = View::open(&*db)?;
             Ok::<_, crate::feed::Error>((
                 view.cursor(name)?.unwrap_or_default(),
                 view.retry(name)?,
                 view.requeued(name, 1)?.0.first().copied(),
+                view.intent(name)?,
             ))
         })
         .map_err(store)?;
-        if let Some(last) = cursor.pinned {
+        // A batch whose range is pinned (by its intent, or by the release before intents)
+        // may already be in its file: skipping one of its events could not be honoured.
+        let pinned = match intent {
+            Some(i) if i.exact => Some(i.last),
+            _ => cursor.pinned.filter(|&last| last > cursor.seq),
+        };
+        if let Some(last) = pinned {
             return Err(ActionError::Pinned {
                 target: name.clone(),
                 first: cursor.seq + 1,

@@ -3,9 +3,11 @@
 //!
 //! One round of [`Runner::run`]: read events after the cursor (re-queued ones first), drop
 //! the ones `events:` does not select, map the rest (an event that cannot be mapped or
-//! that compliance stops is parked as a dead letter, the others go on), hand the records
-//! to the target, and commit cursor + target checkpoint + parked events in one durable
-//! ledger transaction. A failed delivery is retried with back-off from the ledger's
+//! that compliance stops is parked as a dead letter, the others go on), let the target
+//! propose an intent (committed durably before its first byte, when the committed
+//! checkpoint does not describe where it writes), hand the records to the target, and
+//! commit cursor + target checkpoint + parked events in one durable ledger transaction
+//! that also drops the intent. A failed delivery is retried with back-off from the ledger's
 //! [`RetryState`] (so a restart keeps the schedule), alone, so the failing event is the
 //! one that gets parked (`on_failure: park`) or holds the others back (`block`).
 //!
@@ -29,6 +31,7 @@ use crate::config::connector::{self, DeliverSpec, LoadedConnector};
 use crate::event::{Event, Record, Seq};
 use crate::feed::Feed;
 use crate::ledger::actions::ErrorNote;
+use crate::ledger::intent::Intent;
 use crate::ledger::{CursorState, DeadLetter, Ledger, RetryState};
 use crate::map::{MapContext, Mapping};
 use crate::target::{Delivery, DeliveryError, Target};
@@ -299,6 +302,9 @@ pub struct Env {
 pub trait Hooks: Send + Sync {
     fn delivered(&self, _connector: &str, _events: &[(Event, Record)]) {}
     fn failed(&self, _connector: &str, _error: &DeliveryError) {}
+    /// A delivery goes out again although an interrupted attempt may have reached the
+    /// legacy side already ([`crate::target::Prepared::ambiguous`]).
+    fn ambiguous(&self, _connector: &str) {}
 }
 
 /// Hooks that do nothing.
@@ -488,6 +494,7 @@ impl Runner {
             return Ok(Some(wait));
         }
         let cursor = blocking(|| ledger.cursor(&name))?.unwrap_or_default();
+        let intent = blocking(|| ledger.intent(&name))?;
         let limit = if retry.is_some() {
             1
         } else {
@@ -496,7 +503,7 @@ impl Runner {
                 .unwrap_or(self.target.max_batch())
                 .max(1)
         };
-        let Some(work) = self.take_work(&cursor, limit, now)? else {
+        let Some(work) = self.take_work(&cursor, intent.as_ref(), limit, now)? else {
             self.set_live(|l| l.set_phase(Phase::Idle, now));
             return Ok(Some(Wait::NewEvents));
         };
@@ -505,15 +512,15 @@ impl Runner {
             self.set_live(|l| l.set_phase(Phase::Idle, now));
             return Ok(Some(wait));
         }
+        // Where the delivery starts from: an interrupted attempt's intent, else the
+        // committed checkpoint. Either one promises what is settled in the target.
+        let start = intent.map_or(cursor.checkpoint, |i| i.checkpoint);
         if round.items.is_empty() {
             // Only filtered or parked events: move past them.
-            self.commit(&round, cursor.checkpoint.clone(), 0, &round.parked, now)?;
+            self.commit(&round, start, 0, &round.parked, now)?;
             return Ok(None);
         }
-        if self.target.pins_batches() && round.pinned.is_none() && !round.replay {
-            blocking(|| ledger.pin(&name, round.upto))?;
-        }
-        self.deliver(round, cursor, retry, now).await
+        self.deliver(round, start, retry, now).await
     }
 
     /// `Some(wait)` while the connector's `schedule:` window is closed.
@@ -558,17 +565,38 @@ impl Runner {
         Some(Wait::For((next - now).to_std().unwrap_or_default()))
     }
 
-    /// The events of this round: a pinned batch first (exactly its range), then events
-    /// queued by `ess replay`, then events after the cursor. `None` when there are none.
+    /// The events of this round: a pinned batch first (exactly the range of its intent),
+    /// then events queued by `ess replay`, then events after the cursor. `None` when there
+    /// are none.
     fn take_work(
         &self,
         cursor: &CursorState,
+        intent: Option<&Intent>,
         limit: usize,
         now: DateTime<Utc>,
     ) -> Result<Option<Work>, crate::feed::Error> {
         let name = &self.spec.name;
         let ledger = &self.env.ledger;
-        let pinned = cursor.pinned;
+        // `CursorState::pinned` is what the release before intents pinned; a database it
+        // left mid-batch still finishes that batch under the name it would have used.
+        let legacy_pin = intent.is_none() && cursor.pinned.is_some_and(|last| last > cursor.seq);
+        if let Some(i) = intent.filter(|i| i.exact && i.replay) {
+            let (mut events, _) = blocking(|| ledger.requeued_events(name, READ_AHEAD))?;
+            events.retain(|e| (i.first..=i.last).contains(&e.seq));
+            if !events.is_empty() {
+                return Ok(Some(Work {
+                    events,
+                    pinned: Some(i.last),
+                    replay: true,
+                    legacy_pin: false,
+                }));
+            }
+        }
+        let pinned = match intent {
+            Some(i) if i.exact && !i.replay && i.last > cursor.seq => Some(i.last),
+            Some(_) => None,
+            None => cursor.pinned.filter(|&last| last > cursor.seq),
+        };
         if pinned.is_none() {
             let (events, missing) = blocking(|| ledger.requeued_events(name, limit))?;
             if !missing.is_empty() {
@@ -581,6 +609,7 @@ impl Runner {
                     events,
                     pinned,
                     replay: true,
+                    legacy_pin: false,
                 }));
             }
         }
@@ -593,6 +622,7 @@ impl Runner {
             events,
             pinned,
             replay: false,
+            legacy_pin,
         }))
     }
 
@@ -612,6 +642,7 @@ impl Runner {
             upto: cursor.seq,
             pinned: work.pinned,
             replay: work.replay,
+            legacy_pin: work.legacy_pin,
         };
         for ev in work.events {
             if round.pinned.is_none() && round.items.len() >= limit {
@@ -679,12 +710,13 @@ impl Runner {
         })
     }
 
-    /// Hands the round's records to the target; commits on success, else records the
-    /// failure (or parks the head) as the retry policy says.
+    /// Hands the round's records to the target (after its intent, if it has one, is
+    /// committed); commits on success, else records the failure (or parks the head) as the
+    /// retry policy says.
     async fn deliver(
         &mut self,
         round: Round,
-        cursor: CursorState,
+        mut start: Vec<u8>,
         retry: Option<RetryState>,
         now: DateTime<Utc>,
     ) -> Result<Option<Wait>, crate::feed::Error> {
@@ -694,13 +726,24 @@ impl Runner {
             // state's since-when is that of the first failure.
             self.set_live(|l| l.set_phase(Phase::Delivering, now));
         }
+        // A batch pinned by the release before intents was named after its first event.
+        let named_at = match round.items.first() {
+            Some((first, _)) if round.legacy_pin => first.received_at,
+            _ => now,
+        };
         let delivery = Delivery {
             connector: &name,
             items: &round.items,
-            now: now.with_timezone(&self.env.timezone),
+            now: named_at.with_timezone(&self.env.timezone),
             replay: round.replay,
         };
-        let result = self.target.deliver(&delivery, &cursor.checkpoint).await;
+        let result = match self.intent_step(&round, &delivery, &start).await? {
+            Ok(from) => {
+                start = from;
+                self.target.deliver(&delivery, &start).await
+            }
+            Err(e) => Err(e),
+        };
         let (first_seq, last_seq) = (delivery.first_seq(), delivery.last_seq());
         match result {
             Ok(checkpoint) => {
@@ -724,18 +767,52 @@ impl Runner {
             }
             Err(err) => {
                 self.env.hooks.failed(&name, &err);
-                self.on_failure(retry, &round, &cursor, err, now)
+                self.on_failure(retry, &round, start, err, now)
                     .await
                     .map(Some)
             }
         }
     }
 
+    /// Before the first byte: the target says whether `start` describes where this
+    /// delivery writes; if not, its intent is committed durably and becomes the start.
+    /// `Ok(Err(_))`: the target failed to tell (a delivery failure like any other).
+    async fn intent_step(
+        &mut self,
+        round: &Round,
+        delivery: &Delivery<'_>,
+        start: &[u8],
+    ) -> Result<Result<Vec<u8>, DeliveryError>, crate::feed::Error> {
+        let prepared = match self.target.prepare(delivery, start).await {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let name = &self.spec.name;
+        if prepared.ambiguous {
+            tracing::warn!(connector = %name, first_seq = delivery.first_seq(), last_seq = delivery.last_seq(), "delivering again what an interrupted attempt may already have handed over (at least once)");
+            self.env.hooks.ambiguous(name);
+        }
+        let Some(checkpoint) = prepared.intent else {
+            return Ok(Ok(start.to_vec()));
+        };
+        let intent = Intent {
+            first: delivery.first_seq(),
+            last: delivery.last_seq(),
+            replay: round.replay,
+            exact: self.target.pins_batches(),
+            checkpoint,
+        };
+        blocking(|| self.env.ledger.set_intent(name, &intent))?;
+        Ok(Ok(intent.checkpoint))
+    }
+
+    /// `start`: the checkpoint the delivery started from; committed if the head is parked,
+    /// so what the attempt may have left is still known as ours.
     async fn on_failure(
         &mut self,
         retry: Option<RetryState>,
         round: &Round,
-        cursor: &CursorState,
+        start: Vec<u8>,
         err: DeliveryError,
         now: DateTime<Utc>,
     ) -> Result<Wait, crate::feed::Error> {
@@ -773,23 +850,9 @@ impl Runner {
             let parked = [(head_seq, letter)];
             blocking(|| {
                 if round.replay {
-                    ledger.commit_replayed(
-                        &name,
-                        &[head_seq],
-                        cursor.checkpoint.clone(),
-                        0,
-                        &parked,
-                        now,
-                    )
+                    ledger.commit_replayed(&name, &[head_seq], start, 0, &parked, now)
                 } else {
-                    ledger.commit_progress(
-                        &name,
-                        head_seq,
-                        cursor.checkpoint.clone(),
-                        0,
-                        &parked,
-                        now,
-                    )
+                    ledger.commit_progress(&name, head_seq, start, 0, &parked, now)
                 }
             })?;
             self.set_live(|l| l.last_error = Some(err.to_string()));
@@ -834,6 +897,8 @@ struct Work {
     pinned: Option<Seq>,
     /// Re-delivered events queued by `ess replay` (behind the cursor already).
     replay: bool,
+    /// The pin is one the release before intents left (`CursorState::pinned`).
+    legacy_pin: bool,
 }
 
 /// One round after selecting and mapping: what goes to the target and what is committed.
@@ -848,6 +913,7 @@ struct Round {
     upto: Seq,
     pinned: Option<Seq>,
     replay: bool,
+    legacy_pin: bool,
 }
 
 enum Wait {

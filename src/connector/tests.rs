@@ -115,7 +115,7 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 /// Starts a connector with `target`: its stop switch, live state and task.
 fn spawn(
     rig: &Rig,
-    target: Recorder,
+    target: impl Target + 'static,
 ) -> (
     watch::Sender<bool>,
     Arc<Mutex<Live>>,
@@ -128,7 +128,7 @@ fn spawn(
 }
 
 /// Runs the connector until `done` holds (bounded), then stops it.
-async fn run_until(rig: &Rig, target: Recorder, done: impl Fn() -> bool) {
+async fn run_until(rig: &Rig, target: impl Target + 'static, done: impl Fn() -> bool) {
     let (stop, _live, task) = spawn(rig, target);
     eventually("the connector to get there", done).await;
     stop.send(true).unwrap();
@@ -424,4 +424,190 @@ async fn a_connector_paused_in_the_ledger_starts_paused_and_delivers_once_resume
     eventually("both delivered", || got.lock().unwrap().len() == 2).await;
     stop.send(true).unwrap();
     task.await.unwrap();
+}
+
+/// One call of [`Planner::deliver`]: the range, the checkpoint it was asked to deliver
+/// from, the intent the ledger held durably at that moment, and the delivery time.
+type PlannedCall = (u64, u64, Vec<u8>, Option<Vec<u8>>, DateTime<Utc>);
+
+/// A target that proposes an intent naming its range (unless it is handed one) and records
+/// what it was asked to deliver.
+#[derive(Clone)]
+struct Planner {
+    pins: bool,
+    fail_first: usize,
+    permanent: bool,
+    ledger: Ledger,
+    calls: Arc<Mutex<Vec<PlannedCall>>>,
+}
+
+impl Planner {
+    fn new(rig: &Rig, pins: bool, fail_first: usize) -> Planner {
+        Planner {
+            pins,
+            fail_first,
+            permanent: false,
+            ledger: rig.env.ledger.clone(),
+            calls: Arc::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Target for Planner {
+    async fn prepare(
+        &mut self,
+        d: &Delivery<'_>,
+        cp: &[u8],
+    ) -> Result<crate::target::Prepared, DeliveryError> {
+        if cp.starts_with(b"intent") {
+            return Ok(crate::target::Prepared::default());
+        }
+        Ok(crate::target::Prepared {
+            intent: Some(format!("intent-{}-{}", d.first_seq(), d.last_seq()).into_bytes()),
+            ambiguous: false,
+        })
+    }
+
+    async fn deliver(
+        &mut self,
+        d: &Delivery<'_>,
+        cp: &[u8],
+    ) -> Result<crate::target::Checkpoint, DeliveryError> {
+        let durable = self.ledger.intent("t").unwrap().map(|i| i.checkpoint);
+        let mut calls = self.calls.lock().unwrap();
+        let now = d.now.with_timezone(&Utc);
+        calls.push((d.first_seq(), d.last_seq(), cp.to_vec(), durable, now));
+        if calls.len() <= self.fail_first {
+            return Err(if self.permanent {
+                DeliveryError::Permanent("refused".into())
+            } else {
+                DeliveryError::transient("down")
+            });
+        }
+        Ok(format!("done-{}", d.last_seq()).into_bytes())
+    }
+
+    fn pins_batches(&self) -> bool {
+        self.pins
+    }
+}
+
+/// The intent is in the ledger, durably, before `deliver` writes anything; a failed batch
+/// is retried with exactly its range from that intent (however many events came since);
+/// the delivery's commit drops it together with the cursor move.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_intent_is_durable_before_deliver_and_pins_the_retry() {
+    let rig = rig("{base: 1ms, max_delay: 5ms}");
+    append(&rig.env, &["a", "b", "c"], "P").await;
+    let target = Planner::new(&rig, true, 1);
+    let calls = target.calls.clone();
+    let (stop, _live, task) = spawn(&rig, target);
+    eventually("the first attempt", || !calls.lock().unwrap().is_empty()).await;
+    append(&rig.env, &["d", "e"], "P").await;
+    eventually("everything", || {
+        rig.env
+            .ledger
+            .cursor("t")
+            .unwrap()
+            .is_some_and(|c| c.seq == 5)
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let calls = calls.lock().unwrap();
+    let ranges: Vec<(u64, u64, &[u8])> = calls.iter().map(|c| (c.0, c.1, c.2.as_slice())).collect();
+    assert_eq!(
+        ranges,
+        [
+            (1, 3, &b"intent-1-3"[..]),
+            (1, 3, &b"intent-1-3"[..]),
+            (4, 5, &b"intent-4-5"[..])
+        ]
+    );
+    for c in calls.iter() {
+        assert_eq!(
+            c.3.as_deref(),
+            Some(c.2.as_slice()),
+            "durable before deliver"
+        );
+    }
+    assert_eq!(rig.env.ledger.intent("t").unwrap(), None);
+    assert_eq!(
+        rig.env.ledger.cursor("t").unwrap().unwrap().checkpoint,
+        b"done-5"
+    );
+}
+
+/// A target that does not pin its range (appends) retries alone, as before intents, from
+/// the intent's checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_append_intent_is_reused_by_a_retry_that_goes_alone() {
+    let rig = rig("{base: 1ms, max_delay: 5ms}");
+    append(&rig.env, &["a", "b", "c"], "P").await;
+    let target = Planner::new(&rig, false, 1);
+    let calls = target.calls.clone();
+    run_until(&rig, target, || {
+        rig.env
+            .ledger
+            .cursor("t")
+            .unwrap()
+            .is_some_and(|c| c.seq == 3)
+    })
+    .await;
+    let calls = calls.lock().unwrap();
+    assert_eq!((calls[0].0, calls[0].1), (1, 3));
+    assert_eq!(
+        (calls[1].0, calls[1].1, calls[1].2.as_slice()),
+        (1, 1, &b"intent-1-3"[..])
+    );
+}
+
+/// A batch pinned by the release before intents (`CursorState::pinned`) is finished with
+/// exactly its range, named after its first event's time as that release named it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_pinned_by_the_previous_release_keeps_its_range_and_name_time() {
+    let rig = rig("{base: 1ms}");
+    append(&rig.env, &["a", "b", "c"], "P").await;
+    rig.env.ledger.ensure_cursor("t", 0).unwrap();
+    rig.env.ledger.pin("t", 2).unwrap();
+    let first = rig.env.feed.read_after(0, 1).unwrap()[0].received_at;
+    let target = Planner::new(&rig, true, 0);
+    let calls = target.calls.clone();
+    run_until(&rig, target, || {
+        rig.env
+            .ledger
+            .cursor("t")
+            .unwrap()
+            .is_some_and(|c| c.seq == 3)
+    })
+    .await;
+    let calls = calls.lock().unwrap();
+    assert_eq!((calls[0].0, calls[0].1, calls[0].4), (1, 2, first));
+    assert_eq!((calls[1].0, calls[1].1), (3, 3));
+    assert_eq!(rig.env.ledger.cursor("t").unwrap().unwrap().pinned, None);
+}
+
+/// Parking the head commits the checkpoint the delivery started from (its intent), so
+/// whatever the failed attempt left is still known as ours to the next delivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn parking_after_a_failed_attempt_commits_the_intent_as_the_checkpoint() {
+    let rig = rig("{base: 1ms, max_tries: 1, on_failure: park}");
+    append(&rig.env, &["a"], "P").await;
+    let mut target = Planner::new(&rig, false, 1);
+    target.permanent = true;
+    run_until(&rig, target, || {
+        rig.env
+            .ledger
+            .cursor("t")
+            .unwrap()
+            .is_some_and(|c| c.seq == 1)
+    })
+    .await;
+    assert_eq!(rig.env.ledger.dead_letters("t").unwrap().len(), 1);
+    assert_eq!(
+        rig.env.ledger.cursor("t").unwrap().unwrap().checkpoint,
+        b"intent-1-1"
+    );
+    assert_eq!(rig.env.ledger.intent("t").unwrap(), None);
 }

@@ -34,6 +34,9 @@ pub const ACTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("actions")
 /// connector -> versioned postcard [`crate::ledger::actions::ErrorNote`]: its last delivery
 /// error and when it happened (kept after the event is parked or delivered).
 pub const ERRORS: TableDefinition<&str, &[u8]> = TableDefinition::new("errors");
+/// connector -> versioned postcard [`crate::ledger::intent::Intent`]: the delivery under
+/// way, committed before its first byte; removed with the delivery's commit.
+pub const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("intents");
 
 /// The on-disk format this build writes. Bumped on any incompatible change to a value.
 pub const FORMAT_VERSION: u64 = 1;

@@ -17,6 +17,7 @@
 //! filtered out by `events:`, or parked as a dead letter.
 
 pub mod actions;
+pub mod intent;
 pub mod replay;
 pub mod view;
 
@@ -163,7 +164,7 @@ impl Ledger {
     /// [`Ledger::commit_replayed`]: in one durable transaction, moves the cursor to
     /// `new_seq` (and drops its pin) if given, stores the checkpoint and counts, removes the
     /// re-delivered `requeued` seqs from the queue and from the dead letters, parks
-    /// `parked`, and clears the retry state.
+    /// `parked`, and clears the retry state and the delivery's intent.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit_delivery(
         &self,
@@ -196,6 +197,7 @@ impl Ledger {
                 dead.insert((connector, *seq), schema::encode(letter).as_slice())?;
             }
             tx.open_table(RETRIES)?.remove(connector)?;
+            tx.open_table(schema::INTENTS)?.remove(connector)?;
             Ok(state)
         })
     }

@@ -99,6 +99,11 @@ impl View {
         self.by_name(RETRIES, connector)
     }
 
+    /// The delivery under way (committed before its first byte), if any.
+    pub fn intent(&self, connector: &str) -> Result<Option<super::intent::Intent>, Error> {
+        self.by_name(crate::feed::schema::INTENTS, connector)
+    }
+
     pub fn pause(&self, connector: &str) -> Result<Option<Pause>, Error> {
         self.by_name(PAUSES, connector)
     }

@@ -16,7 +16,7 @@ use redb::{
 use super::Store;
 use super::store::BackupSource;
 use crate::feed::schema::{
-    ACTIONS, CURSORS, DEAD, ERRORS, EVENTS, KEYS, META, PAUSES, REQUEUE, RETRIES, SETTLED,
+    ACTIONS, CURSORS, DEAD, ERRORS, EVENTS, INTENTS, KEYS, META, PAUSES, REQUEUE, RETRIES, SETTLED,
 };
 
 /// Rows written per transaction of the copy.
@@ -76,9 +76,9 @@ pub struct BackupReport {
 }
 
 /// Every table this build knows, by name (see `feed::schema`).
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 12] = [
     "events", "keys", "meta", "cursors", "retries", "dead", "requeue", "pauses", "settled",
-    "actions", "errors",
+    "actions", "errors", "intents",
 ];
 
 impl Store {
@@ -171,6 +171,7 @@ fn write(
     copy("settled", copy_table(src, &dst, SETTLED))?;
     copy("actions", copy_table(src, &dst, ACTIONS))?;
     copy("errors", copy_table(src, &dst, ERRORS))?;
+    copy("intents", copy_table(src, &dst, INTENTS))?;
     drop(dst);
     // redb's commits are durable already; this covers the file's metadata too.
     std::fs::File::open(partial)

@@ -39,4 +39,8 @@ impl crate::connector::Hooks for Metrics {
     fn failed(&self, connector: &str, _error: &DeliveryError) {
         self.delivery_failed(connector);
     }
+
+    fn ambiguous(&self, connector: &str) {
+        self.drop_ambiguous(connector);
+    }
 }

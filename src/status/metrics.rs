@@ -106,6 +106,7 @@ struct Inner {
     success: Family<TargetLabel, Counter>,
     delivery_failures: Family<TargetLabel, Counter>,
     delivery_latency: Family<TargetLabel, Histogram, fn() -> Histogram>,
+    drop_ambiguous: Family<TargetLabel, Counter>,
 
     // Filled from a Snapshot at scrape time.
     retry_pending: Family<TargetLabel, U64Gauge>,
@@ -153,6 +154,7 @@ impl Metrics {
             success: Family::default(),
             delivery_failures: Family::default(),
             delivery_latency: Family::new_with_constructor(delivery_histogram),
+            drop_ambiguous: Family::default(),
             retry_pending: Family::default(),
             dead_letters: Family::default(),
             lag_events: Family::default(),
@@ -204,6 +206,11 @@ impl Metrics {
             "Time from an event's received_at to its delivery",
             Unit::Seconds,
             inner.delivery_latency.clone(),
+        );
+        registry.register(
+            "ess_drop_ambiguous",
+            "Deliveries to a file drop sent again although an interrupted attempt may have reached the legacy side (the file it wrote to was moved, emptied or replaced before its commit): at least once, not exactly once",
+            inner.drop_ambiguous.clone(),
         );
         registry.register(
             "ess_retry_pending",
@@ -323,6 +330,15 @@ impl Metrics {
     pub fn delivery_failed(&self, target: &str) {
         self.inner
             .delivery_failures
+            .get_or_create(&label(target))
+            .inc();
+    }
+
+    /// A delivery to `target` went out again, possibly doubling what an interrupted
+    /// attempt handed over.
+    pub fn drop_ambiguous(&self, target: &str) {
+        self.inner
+            .drop_ambiguous
             .get_or_create(&label(target))
             .inc();
     }

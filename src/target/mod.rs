@@ -3,12 +3,20 @@
 //! A target is told what the last *committed* delivery left behind (its [`Checkpoint`],
 //! stored by the ledger in the same transaction as the cursor) and returns the checkpoint
 //! after this delivery. That is how a target makes a delivery that was interrupted by a
-//! crash idempotent: the file target truncates its own uncommitted tail, the SFTP target
-//! reconciles the remote length, the HTTP target relies on `Idempotency-Key`.
+//! crash idempotent: the file drops ([`drop`]: local folder and SFTP, one protocol) cut
+//! their own uncommitted tail, the HTTP target relies on `Idempotency-Key`.
+//!
+//! Before a delivery the connector asks [`Target::prepare`] whether the checkpoint
+//! describes where the delivery will write. If it does not (a new file, a new date, a file
+//! someone else changed, a batch file still to be named), the target proposes an *intent*:
+//! a checkpoint that does, which the connector commits durably before calling
+//! [`Target::deliver`] with it. A retry after a crash or a failure starts from that intent,
+//! so it writes to the same place whatever the clock says by then.
 //!
 //! Errors are classified where the knowledge is: [`DeliveryError::Transient`] is retried
 //! with back-off, [`DeliveryError::Permanent`] follows the connector's `on_failure`.
 
+pub mod drop;
 pub mod file;
 pub mod http;
 pub mod rotate;
@@ -128,9 +136,35 @@ impl DeliveryError {
     }
 }
 
+/// What [`Target::prepare`] decided for one delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// The checkpoint to commit as the delivery's intent and to deliver from, when the
+    /// committed one does not describe where this delivery writes. `None`: deliver from the
+    /// checkpoint given to `prepare`.
+    pub intent: Option<Checkpoint>,
+    /// The place the checkpoint describes changed (moved away, emptied, replaced) while an
+    /// uncommitted write of ours may have been in it: whether those records reached the
+    /// legacy side cannot be known, so they are delivered again (at least once). Counted
+    /// (`ess_drop_ambiguous_total`), never hidden.
+    pub ambiguous: bool,
+}
+
 /// A destination for one connector's records.
 #[async_trait::async_trait]
 pub trait Target: Send {
+    /// Called before [`Target::deliver`] with the checkpoint the delivery would start from
+    /// (the committed one, or the intent of an interrupted attempt). Touches nothing the
+    /// legacy side reads except, at most, creating an empty file to learn its identity.
+    /// The default (targets without a place to describe, like HTTP): no intent.
+    async fn prepare(
+        &mut self,
+        _delivery: &Delivery<'_>,
+        _checkpoint: &[u8],
+    ) -> Result<Prepared, DeliveryError> {
+        Ok(Prepared::default())
+    }
+
     /// Delivers `delivery` exactly once given `checkpoint`, the value the last committed
     /// delivery returned. Returns the checkpoint to commit with the cursor. Must leave the
     /// target so that calling it again with the same `checkpoint` (after a crash, or after
@@ -147,8 +181,8 @@ pub trait Target: Send {
     }
 
     /// Whether a delivery must be re-tried with exactly the same events after a crash (the
-    /// connector then durably pins the range before calling [`Target::deliver`]). Targets
-    /// that name an output after its batch (batch files) need this; appends do not.
+    /// connector then pins the range in the delivery's intent). Targets that name an output
+    /// after its batch (batch files) need this; appends do not.
     fn pins_batches(&self) -> bool {
         false
     }

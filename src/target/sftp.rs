@@ -1,33 +1,24 @@
-//! The `sftp` target: records dropped on a remote SFTP server (russh + russh-sftp), exactly
-//! once across reconnects and crashes.
+//! The `sftp` drop: the drop protocol of [`super::drop`] over [`SftpFolder`], a remote
+//! folder on an SFTP server (russh + russh-sftp). Append and batch behave exactly as the
+//! local file drop does (replay naming, CSV column row, "already there"); this file is only
+//! the adapter: a session, host key pinning, and each folder operation as SFTP requests.
 //!
-//! One SSH session is kept alive (SSH keep-alives) and reused across deliveries; a session
-//! found dead on use is replaced once within the same delivery, and any other failure drops
-//! it so that the next delivery starts from a fresh one. The server's host key must be
-//! pinned in `known_hosts`: an unknown or changed key is refused (a permanent failure whose
-//! message names the key that was offered) before anything is sent.
+//! One SSH session is kept alive (SSH keep-alives) and reused across deliveries; an
+//! operation that finds a kept session dead is tried once more on a fresh one, so a dropped
+//! connection costs no retry delay, and any session failure drops it. The server's host
+//! key must be pinned in `known_hosts`: an unknown or changed key is refused (a permanent
+//! failure whose message names the key that was offered) before anything is sent.
 //!
-//! Exactly once, by mode:
-//! - `batch`: one file per delivery, named from the template with the delivery's first
-//!   `seq` and its first event's time (so a re-delivery after a crash, which the connector
-//!   makes with the same events since [`Target::pins_batches`] is true, produces the *same*
-//!   name), with the map's header/trailer records around the records. The bytes go to a
-//!   hidden temp name, are fsynced (`fsync@openssh.com`) and renamed over the final name
-//!   with `posix-rename@openssh.com`: a reader sees no file or the whole file, and a
-//!   re-delivery replaces the file with the same bytes.
-//! - `append`: the checkpoint holds the remote file and the length the last *committed*
-//!   delivery left it at. Before writing, the remote length is reconciled with it: a longer
-//!   file holds an uncommitted tail of an interrupted delivery, which is cut off
-//!   (SETSTAT size) and written again at the committed offset. A file the checkpoint does
-//!   not know (first delivery, or a new `{{date}}` file) is compared with the records about
-//!   to be written: if it starts with them, it is this delivery's own interrupted attempt
-//!   and is rewritten from 0; otherwise its content is someone else's and is kept. A new
-//!   file is created under a temp name and renamed into place, so it appears whole.
-//!   When the delivery goes to another file than the checkpoint's (a new `{{date}}`), an
-//!   uncommitted tail left in the checkpoint's file is cut first.
+//! Operations: `stat` (size; SFTP has no inode, so a remote file's identity is its name),
+//! `read`, `truncate` (SETSTAT size, made durable by the next write's fsync), `write_at`
+//! (pipelined WRITEs at the offset, `fsync@openssh.com`), `create_new` (OPEN
+//! CREATE|EXCLUDE), `write_new` (OPEN CREATE|TRUNCATE, WRITEs, fsync), `rename_new` (plain
+//! SFTPv3 RENAME, which refuses an existing target; OpenSSH does it with link + unlink),
+//! `remove`, and `sync_names` (the folder opened read-only and `fsync@openssh.com` on that
+//! handle, so new names survive a power cut of the server). A server without the fsync
+//! extension gets no syncs at all: its files and names are as durable as it makes them.
 //!
-//! Architecture invariant: the returned checkpoint describes only bytes that are on the
-//! server and fsynced; nothing is written before the host key is verified.
+//! Architecture invariant: nothing is written before the host key is verified.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,13 +32,10 @@ use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicK
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
-use serde::{Deserialize, Serialize};
 
-use super::{Checkpoint, Delivery, DeliveryError, Target, check_file_template, file_name};
+use super::drop::{DropSpec, DropTarget, Folder, FolderError, LegacyForm, Stat};
 use crate::config::connector::SftpDeliver;
 use crate::config::parse_duration;
-use crate::feed::schema::{decode, encode};
-use crate::map::Mapping;
 
 /// Default for `timeout:` (connect, authenticate, and each SFTP request).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,49 +47,53 @@ const WINDOW: usize = 16;
 /// How often an idle session sends an SSH keep-alive; three unanswered ones close it.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-/// `mode:` of the drop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Append,
-    Batch,
-}
-
-/// What the last committed delivery left on the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct SftpCheckpoint {
-    /// Remote path of the file written last.
-    file: String,
-    /// Its length after that delivery (append mode: the committed offset).
-    len: u64,
-}
-
 /// An SFTP drop (`deliver.kind: sftp`).
-pub struct SftpTarget {
-    connector: String,
+pub type SftpTarget = DropTarget<SftpFolder>;
+
+impl DropTarget<SftpFolder> {
+    /// Validates `spec` (key readable, known_hosts pins this host, names well formed);
+    /// `base_dir` resolves relative `key` / `known_hosts` paths. Does not connect.
+    pub fn new(
+        spec: &SftpDeliver,
+        base_dir: &Path,
+        connector: &str,
+        _tz: chrono_tz::Tz,
+    ) -> Result<SftpTarget, String> {
+        let mut errs = Vec::new();
+        let folder = SftpFolder::open(spec, base_dir)
+            .map_err(|e| errs.extend(e))
+            .ok();
+        let drop = DropSpec::parse(&spec.file, spec.mode.as_deref())
+            .map_err(|e| errs.extend(e.into_iter().map(|m| format!("sftp: {m}"))))
+            .ok();
+        match (folder, drop) {
+            (Some(folder), Some(drop)) if errs.is_empty() => {
+                Ok(DropTarget::over(folder, drop, connector, None))
+            }
+            _ => Err(errs.join("; ")),
+        }
+    }
+}
+
+/// A folder on an SFTP server.
+pub struct SftpFolder {
     host: String,
     port: u16,
     user: String,
     key: Arc<PrivateKey>,
     known_hosts: PathBuf,
     dir: String,
-    file: String,
-    mode: Mode,
     timeout: Duration,
-    /// Gives batch files their header and trailer control records.
-    mapping: Option<Arc<Mapping>>,
     conn: Option<Conn>,
 }
 
-impl std::fmt::Debug for SftpTarget {
+impl std::fmt::Debug for SftpFolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SftpTarget")
-            .field("connector", &self.connector)
+        f.debug_struct("SftpFolder")
             .field("host", &self.host)
             .field("port", &self.port)
             .field("user", &self.user)
             .field("dir", &self.dir)
-            .field("file", &self.file)
-            .field("mode", &self.mode)
             .field("connected", &self.conn.is_some())
             .finish_non_exhaustive()
     }
@@ -111,19 +103,58 @@ impl std::fmt::Debug for SftpTarget {
 struct Conn {
     ssh: client::Handle<HostKeyCheck>,
     sftp: Arc<RawSftpSession>,
-    posix_rename: bool,
     fsync: bool,
 }
 
-impl SftpTarget {
-    /// Validates `spec` (key readable, known_hosts pins this host, names well formed);
-    /// `base_dir` resolves relative `key` / `known_hosts` paths. Does not connect.
-    pub fn new(
-        spec: &SftpDeliver,
-        base_dir: &Path,
-        connector: &str,
-        _tz: chrono_tz::Tz,
-    ) -> Result<SftpTarget, String> {
+/// `dir/name`, or `name` for the login folder.
+fn remote_path(dir: &str, name: &str) -> String {
+    match dir {
+        "." => name.to_string(),
+        "/" => format!("/{name}"),
+        _ => format!("{dir}/{name}"),
+    }
+}
+
+/// The name of `path` if it is directly in `dir`.
+fn name_in_dir(dir: &str, path: &str) -> Option<String> {
+    let name = match dir {
+        "." => path,
+        "/" => path.strip_prefix('/')?,
+        _ => path.strip_prefix(dir)?.strip_prefix('/')?,
+    };
+    (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
+}
+
+/// Runs `$op` (an expression using `$c: &Conn`, returning `Result<_, SftpError>`) on a live
+/// session: a kept session found dead is replaced once; a failing session is dropped.
+macro_rules! on_session {
+    ($self:ident, $what:expr, |$c:ident| $op:expr) => {{
+        let (mut conn, reused) = match $self.conn.take() {
+            Some(c) if !c.ssh.is_closed() => (c, true),
+            _ => ($self.connect().await?, false),
+        };
+        let mut result = {
+            let $c = &conn;
+            $op.await
+        };
+        if reused && result.as_ref().is_err_and(|e| !answered(e)) {
+            tracing::debug!(folder = %$self.location(), "sftp session lost; reconnecting");
+            conn = $self.connect().await?;
+            let $c = &conn;
+            result = $op.await;
+        }
+        // A session that failed (rather than the server refusing a request) is dropped.
+        if result.as_ref().is_ok() || result.as_ref().is_err_and(answered) {
+            $self.conn = Some(conn);
+        }
+        result.map_err(|e| sftp_error(&$self.where_(), &$what, e))
+    }};
+}
+
+impl SftpFolder {
+    /// The folder `spec` names (`dir` on `host`), validated (key readable, known_hosts
+    /// pins the host; every problem, not just the first). Does not connect.
+    pub fn open(spec: &SftpDeliver, base_dir: &Path) -> Result<SftpFolder, Vec<String>> {
         let mut errs = Vec::new();
         if spec.host.trim().is_empty() {
             errs.push("sftp: host is empty".to_string());
@@ -165,23 +196,6 @@ impl SftpTarget {
         if spec.dir.is_empty() {
             errs.push("sftp: dir is empty (use \".\" for the login folder)".to_string());
         }
-        if let Err(e) = check_file_template(&spec.file) {
-            errs.push(format!("sftp: {e}"));
-        }
-        let mode = match spec.mode.as_deref() {
-            None | Some("append") => Mode::Append,
-            Some("batch") => Mode::Batch,
-            Some(other) => {
-                errs.push(format!("sftp: mode {other:?} is not append or batch"));
-                Mode::Append
-            }
-        };
-        if mode == Mode::Batch && !spec.file.contains("{{seq}}") {
-            errs.push(format!(
-                "sftp: mode batch writes one file per batch, so file {:?} must contain {{{{seq}}}} (else a batch would replace the previous one)",
-                spec.file
-            ));
-        }
         let timeout = match spec.timeout.as_deref().map(parse_duration) {
             None => DEFAULT_TIMEOUT,
             Some(Ok(d)) if d >= Duration::from_secs(1) => d,
@@ -195,28 +209,50 @@ impl SftpTarget {
             }
         };
         match key {
-            Some(key) if errs.is_empty() => Ok(SftpTarget {
-                connector: connector.to_string(),
+            Some(key) if errs.is_empty() => Ok(SftpFolder {
                 host: spec.host.clone(),
                 port,
                 user: spec.user.clone(),
                 key,
                 known_hosts,
-                dir: spec.dir.trim_end_matches('/').to_string(),
-                file: spec.file.clone(),
-                mode,
+                dir: match spec.dir.trim_end_matches('/') {
+                    "" => "/".to_string(),
+                    d => d.to_string(),
+                },
                 timeout,
-                mapping: None,
                 conn: None,
             }),
-            _ => Err(errs.join("; ")),
+            _ => Err(errs),
         }
     }
 
-    /// Lets batch files carry the map's `header:` / `trailer:` control records.
-    pub fn with_mapping(mut self, mapping: Arc<Mapping>) -> SftpTarget {
-        self.mapping = Some(mapping);
-        self
+    fn where_(&self) -> String {
+        host_port(&self.host, self.port)
+    }
+
+    fn path(&self, name: &str) -> String {
+        remote_path(&self.dir, name)
+    }
+
+    /// A create that failed with "no such file": its folder is missing on the server.
+    fn folder_missing(&self, e: FolderError, path: &str) -> FolderError {
+        let missing = e
+            .source
+            .get_ref()
+            .and_then(|s| s.downcast_ref::<SftpError>())
+            .is_some_and(|s| is_status(s, StatusCode::NoSuchFile));
+        if !missing {
+            return e;
+        }
+        FolderError {
+            what: format!(
+                "sftp {}: cannot create {path}: the folder {} does not exist on the server",
+                self.where_(),
+                self.dir
+            ),
+            permanent: true,
+            source: e.source,
+        }
     }
 
     /// The client's algorithm preferences, asking for the kinds of host key `known_hosts`
@@ -259,12 +295,12 @@ impl SftpTarget {
 
     /// Connects, verifies the host key, authenticates and opens the SFTP channel, then
     /// hangs up, sending nothing: `ess check --probe`.
-    pub async fn probe(&self) -> Result<(), DeliveryError> {
+    pub async fn probe(&self) -> Result<(), FolderError> {
         self.connect().await.map(drop)
     }
 
     /// Opens a new authenticated session and SFTP channel.
-    async fn connect(&self) -> Result<Conn, DeliveryError> {
+    async fn connect(&self) -> Result<Conn, FolderError> {
         let config = Arc::new(client::Config {
             keepalive_interval: Some(KEEPALIVE),
             keepalive_max: 3,
@@ -280,16 +316,19 @@ impl SftpTarget {
         let connecting = client::connect(config, (self.host.as_str(), self.port), check);
         let mut ssh = match tokio::time::timeout(self.timeout, connecting).await {
             Err(_) => {
-                return Err(DeliveryError::transient(format!(
-                    "sftp {where_}: connect timed out after {:?}",
-                    self.timeout
-                )));
+                return Err(session_error(
+                    &where_,
+                    false,
+                    format!("connect timed out after {:?}", self.timeout),
+                ));
             }
-            Ok(Err(SshError::HostKey(msg))) => return Err(DeliveryError::Permanent(msg)),
+            Ok(Err(SshError::HostKey(msg))) => return Err(session_error(&where_, true, msg)),
             Ok(Err(SshError::Ssh(e))) => {
-                return Err(DeliveryError::transient(format!(
-                    "sftp {where_}: cannot connect: {e}"
-                )));
+                return Err(session_error(
+                    &where_,
+                    false,
+                    format!("cannot connect: {e}"),
+                ));
             }
             Ok(Ok(h)) => h,
         };
@@ -315,18 +354,23 @@ impl SftpTarget {
         };
         let channel = match tokio::time::timeout(self.timeout, session).await {
             Err(_) => {
-                return Err(DeliveryError::transient(format!(
-                    "sftp {where_}: login timed out after {:?}",
-                    self.timeout
-                )));
+                return Err(session_error(
+                    &where_,
+                    false,
+                    format!("login timed out after {:?}", self.timeout),
+                ));
             }
-            Ok(Err(e)) => return Err(DeliveryError::transient(format!("sftp {where_}: {e}"))),
+            Ok(Err(e)) => return Err(session_error(&where_, false, e.to_string())),
             Ok(Ok(None)) => {
-                return Err(DeliveryError::Permanent(format!(
-                    "sftp {where_}: the server refused public key {} for user {:?} (is it in authorized_keys?)",
-                    self.key.public_key().fingerprint(HashAlg::Sha256),
-                    self.user
-                )));
+                return Err(session_error(
+                    &where_,
+                    true,
+                    format!(
+                        "the server refused public key {} for user {:?} (is it in authorized_keys?)",
+                        self.key.public_key().fingerprint(HashAlg::Sha256),
+                        self.user
+                    ),
+                ));
             }
             Ok(Ok(Some(ch))) => ch,
         };
@@ -340,336 +384,231 @@ impl SftpTarget {
         Ok(Conn {
             ssh,
             sftp,
-            posix_rename: has("posix-rename@openssh.com"),
             fsync: has("fsync@openssh.com"),
         })
     }
+}
 
-    /// Runs one delivery on `conn`.
-    async fn put(
-        &self,
-        conn: &Conn,
-        path: &str,
-        bytes: &[u8],
-        ck: Option<&SftpCheckpoint>,
-    ) -> Result<SftpCheckpoint, DeliveryError> {
-        let remote = Remote {
-            conn,
-            where_: host_port(&self.host, self.port),
-        };
-        match self.mode {
-            Mode::Batch => {
-                let tmp = temp_name(path);
-                remote.upload(&tmp, 0, bytes, true).await?;
-                remote.replace(&tmp, path).await?;
-                Ok(SftpCheckpoint {
-                    file: path.to_string(),
-                    len: bytes.len() as u64,
-                })
-            }
-            Mode::Append => {
-                // An interrupted delivery may have left a tail in the file the checkpoint
-                // names while this one goes to a new (dated) file: cut it first.
-                if let Some(c) = ck.filter(|c| c.file != path)
-                    && remote.len(&c.file).await?.is_some_and(|l| l > c.len)
-                {
-                    remote.truncate(&c.file, c.len).await?;
-                }
-                let remote_len = remote.len(path).await?;
-                let Some(remote_len) = remote_len else {
-                    // A new file (or one a consumer took away): it appears whole, or not at all.
-                    let tmp = temp_name(path);
-                    remote.upload(&tmp, 0, bytes, true).await?;
-                    remote.rename_new(&tmp, path).await?;
-                    return Ok(SftpCheckpoint {
-                        file: path.to_string(),
-                        len: bytes.len() as u64,
-                    });
-                };
-                let base = match ck.filter(|c| c.file == path) {
-                    // Equal: nothing uncommitted. Longer: an interrupted delivery's tail, rewritten below.
-                    Some(c) if remote_len >= c.len => c.len,
-                    // Emptied by its consumer.
-                    Some(_) if remote_len == 0 => 0,
-                    Some(c) => {
-                        return Err(DeliveryError::Permanent(format!(
-                            "sftp {}: {path} is {remote_len} bytes but {} were delivered to it: someone else truncated it; move it away to start a new file",
-                            remote.where_, c.len
-                        )));
-                    }
-                    // A file the ledger does not know: our own interrupted first write to it,
-                    // or someone else's content to keep.
-                    None if remote_len == 0 => 0,
-                    None => {
-                        let n = remote_len.min(bytes.len() as u64);
-                        let head = remote.read_head(path, n).await?;
-                        if head == bytes[..n as usize] {
-                            0
-                        } else {
-                            remote_len
-                        }
-                    }
-                };
-                // Cut the uncommitted tail first, so the file never shows stale bytes
-                // after the new ones; then write at the committed offset (never a blind
-                // append: a repeated delivery overwrites the same bytes).
-                if remote_len > base {
-                    remote.truncate(path, base).await?;
-                }
-                remote.upload(path, base, bytes, false).await?;
-                let len = base + bytes.len() as u64;
-                Ok(SftpCheckpoint {
-                    file: path.to_string(),
-                    len,
-                })
-            }
+fn is_status(e: &SftpError, code: StatusCode) -> bool {
+    matches!(e, SftpError::Status(s) if s.status_code == code)
+}
+
+/// The size of `path`, `None` if it does not exist.
+async fn stat_of(c: &Conn, path: &str) -> Result<Option<Stat>, SftpError> {
+    match c.sftp.stat(path).await {
+        Ok(attrs) => Ok(Some(Stat {
+            len: attrs.attrs.size.unwrap_or(0),
+            id: None,
+        })),
+        Err(e) if is_status(&e, StatusCode::NoSuchFile) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Up to `len` bytes of `path` from `offset`.
+async fn read_of(c: &Conn, path: &str, offset: u64, len: u64) -> Result<Vec<u8>, SftpError> {
+    let sftp = &c.sftp;
+    let handle = sftp
+        .open(path, OpenFlags::READ, FileAttributes::empty())
+        .await?
+        .handle;
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(1 << 24));
+    while (out.len() as u64) < len {
+        let want = (len - out.len() as u64).min(CHUNK as u64) as u32;
+        match sftp
+            .read(handle.as_str(), offset + out.len() as u64, want)
+            .await
+        {
+            Ok(data) if !data.data.is_empty() => out.extend_from_slice(&data.data),
+            Ok(_) => break,
+            Err(e) if is_status(&e, StatusCode::Eof) => break,
+            Err(e) => return Err(e),
         }
     }
+    sftp.close(handle).await?;
+    Ok(out)
+}
+
+/// Writes `bytes` at `offset` through `handle` (up to [`WINDOW`] requests in flight, so a
+/// link's latency is paid once per window), fsyncs and closes it.
+async fn write_through(
+    c: &Conn,
+    handle: String,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), SftpError> {
+    let sftp = &c.sftp;
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut at = offset;
+    // Each write names its offset, so their order does not matter.
+    for chunk in bytes.chunks(CHUNK) {
+        if inflight.len() >= WINDOW {
+            joined(inflight.join_next().await)?;
+        }
+        let (sftp, handle, data) = (sftp.clone(), handle.clone(), chunk.to_vec());
+        inflight.spawn(async move { sftp.write(handle, at, data).await.map(|_| ()) });
+        at += chunk.len() as u64;
+    }
+    while let Some(done) = inflight.join_next().await {
+        joined(Some(done))?;
+    }
+    if c.fsync {
+        sftp.fsync(handle.as_str()).await?;
+    }
+    sftp.close(handle).await?;
+    Ok(())
+}
+
+async fn write_at_of(c: &Conn, path: &str, offset: u64, bytes: &[u8]) -> Result<(), SftpError> {
+    let handle = c
+        .sftp
+        .open(path, OpenFlags::WRITE, FileAttributes::empty())
+        .await?
+        .handle;
+    write_through(c, handle, offset, bytes).await
+}
+
+async fn write_new_of(c: &Conn, path: &str, bytes: &[u8]) -> Result<(), SftpError> {
+    let flags = OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE;
+    let handle = c
+        .sftp
+        .open(path, flags, FileAttributes::empty())
+        .await?
+        .handle;
+    write_through(c, handle, 0, bytes).await
+}
+
+/// Creates `path` empty; `false` if it exists (SFTPv3 reports that as a plain failure).
+async fn create_new_of(c: &Conn, path: &str) -> Result<bool, SftpError> {
+    let flags = OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE;
+    match c.sftp.open(path, flags, FileAttributes::empty()).await {
+        Ok(h) => {
+            c.sftp.close(h.handle).await?;
+            Ok(true)
+        }
+        Err(e) if is_status(&e, StatusCode::Failure) && stat_of(c, path).await?.is_some() => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames unless `to` exists: SFTPv3 RENAME refuses an existing target.
+async fn rename_new_of(c: &Conn, from: &str, to: &str) -> Result<bool, SftpError> {
+    match c.sftp.rename(from, to).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, StatusCode::Failure) && stat_of(c, to).await?.is_some() => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn remove_of(c: &Conn, path: &str) -> Result<(), SftpError> {
+    match c.sftp.remove(path).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, StatusCode::NoSuchFile) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn truncate_of(c: &Conn, path: &str, len: u64) -> Result<(), SftpError> {
+    let attrs = FileAttributes {
+        size: Some(len),
+        ..FileAttributes::empty()
+    };
+    c.sftp.setstat(path, attrs).await.map(|_| ())
+}
+
+/// fsyncs the folder itself (opened read-only; OpenSSH's fsync extension works on any
+/// handle it opened), so new and renamed names survive a power cut of the server.
+async fn sync_dir_of(c: &Conn, dir: &str) -> Result<(), SftpError> {
+    if !c.fsync {
+        return Ok(());
+    }
+    let handle = c
+        .sftp
+        .open(dir, OpenFlags::READ, FileAttributes::empty())
+        .await?
+        .handle;
+    let synced = c.sftp.fsync(handle.as_str()).await;
+    c.sftp.close(handle).await?;
+    synced.map(|_| ())
 }
 
 #[async_trait::async_trait]
-impl Target for SftpTarget {
-    async fn deliver(
-        &mut self,
-        delivery: &Delivery<'_>,
-        checkpoint: &[u8],
-    ) -> Result<Checkpoint, DeliveryError> {
-        let ck: Option<SftpCheckpoint> = if checkpoint.is_empty() {
-            None
-        } else {
-            Some(
-                decode(checkpoint)
-                    .map_err(|e| DeliveryError::Permanent(format!("sftp checkpoint: {e}")))?,
-            )
-        };
-        if delivery.items.is_empty() {
-            return Ok(checkpoint.to_vec());
-        }
-        let mut bytes = Vec::new();
-        let name_time = match self.mode {
-            Mode::Append => delivery.now,
-            Mode::Batch => {
-                if let Some(m) = &self.mapping {
-                    let header = m.batch_header(delivery.items, delivery.now);
-                    bytes.extend(
-                        header
-                            .map_err(|e| DeliveryError::Permanent(format!("batch header: {e}")))?,
-                    );
-                }
-                // A batch file's name must not depend on when a retry happens: the time of
-                // its first event names it (the connector re-delivers the same range).
-                let first = delivery.items.first().map(|(e, _)| e.received_at);
-                first.map_or(delivery.now, |t| t.with_timezone(&delivery.now.timezone()))
-            }
-        };
-        bytes.extend(
-            delivery
-                .items
-                .iter()
-                .flat_map(|(_, r)| r.bytes.iter().copied()),
-        );
-        if let (Mode::Batch, Some(m)) = (self.mode, &self.mapping) {
-            let trailer = m.batch_trailer(delivery.items, delivery.now);
-            bytes.extend(
-                trailer.map_err(|e| DeliveryError::Permanent(format!("batch trailer: {e}")))?,
-            );
-        }
-        let name = file_name(
-            &self.file,
-            delivery.connector,
-            delivery.first_seq(),
-            &name_time,
-        );
-        let path = if self.dir == "." {
-            name
-        } else {
-            format!("{}/{name}", self.dir)
-        };
-
-        // A kept session may have died while idle; that shows on first use. Try once more
-        // on a fresh session before giving up, so a dropped connection costs no retry delay.
-        let mut may_retry = self.conn.is_some();
-        loop {
-            let conn = match self.conn.take() {
-                Some(c) if !c.ssh.is_closed() => c,
-                _ => self.connect().await?,
-            };
-            match self.put(&conn, &path, &bytes, ck.as_ref()).await {
-                Ok(new) => {
-                    self.conn = Some(conn);
-                    return Ok(encode(&new));
-                }
-                Err(e @ DeliveryError::Permanent(_)) => {
-                    self.conn = Some(conn);
-                    return Err(e);
-                }
-                Err(e) if may_retry => {
-                    may_retry = false;
-                    tracing::debug!(connector = %self.connector, error = %e, "sftp session lost; reconnecting");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+impl Folder for SftpFolder {
+    fn location(&self) -> String {
+        format!("sftp {} {}", self.where_(), self.dir)
     }
 
-    /// Batch files are named after their first event: a crashed batch must come again
-    /// with the same events.
-    fn pins_batches(&self) -> bool {
-        self.mode == Mode::Batch
-    }
-}
-
-/// The SFTP operations a delivery is made of.
-struct Remote<'a> {
-    conn: &'a Conn,
-    where_: String,
-}
-
-impl Remote<'_> {
-    /// The size of `path`, `None` if it does not exist.
-    async fn len(&self, path: &str) -> Result<Option<u64>, DeliveryError> {
-        match self.conn.sftp.stat(path).await {
-            Ok(attrs) => Ok(Some(attrs.attrs.size.unwrap_or(0))),
-            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => Ok(None),
-            Err(e) => Err(sftp_error(&self.where_, &format!("stat {path}"), e)),
-        }
+    fn name_in(&self, path: &str) -> Option<String> {
+        name_in_dir(&self.dir, path)
     }
 
-    /// The first `n` bytes of `path`.
-    async fn read_head(&self, path: &str, n: u64) -> Result<Vec<u8>, DeliveryError> {
-        let what = format!("read {path}");
-        let sftp = &self.conn.sftp;
-        let handle = sftp
-            .open(path, OpenFlags::READ, FileAttributes::empty())
-            .await
-            .map_err(|e| sftp_error(&self.where_, &what, e))?
-            .handle;
-        let mut out = Vec::with_capacity(n as usize);
-        while (out.len() as u64) < n {
-            let want = (n - out.len() as u64).min(CHUNK as u64) as u32;
-            match sftp.read(handle.as_str(), out.len() as u64, want).await {
-                Ok(data) if !data.data.is_empty() => out.extend_from_slice(&data.data),
-                Ok(_) => break,
-                Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break,
-                Err(e) => return Err(sftp_error(&self.where_, &what, e)),
-            }
-        }
-        sftp.close(handle)
-            .await
-            .map_err(|e| sftp_error(&self.where_, &what, e))?;
-        Ok(out)
+    fn legacy_form(&self) -> LegacyForm {
+        LegacyForm::SftpFile
     }
 
-    /// Writes `bytes` at `offset` of `path` (created and truncated first if `fresh`),
-    /// fsyncs and closes it. Never appends blindly: the offset is the reconciled one.
-    async fn upload(
-        &self,
-        path: &str,
-        offset: u64,
-        bytes: &[u8],
-        fresh: bool,
-    ) -> Result<(), DeliveryError> {
-        let what = format!("write {path}");
-        let err = |e| sftp_error(&self.where_, &what, e);
-        let sftp = &self.conn.sftp;
-        let flags = if fresh {
-            OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE
-        } else {
-            OpenFlags::WRITE
-        };
-        let handle = match sftp.open(path, flags, FileAttributes::empty()).await {
-            Ok(h) => h.handle,
-            Err(SftpError::Status(st)) if st.status_code == StatusCode::NoSuchFile => {
-                let dir = path.rsplit_once('/').map_or(".", |(d, _)| d);
-                return Err(DeliveryError::Permanent(format!(
-                    "sftp {}: cannot create {path}: the folder {dir} does not exist on the server",
-                    self.where_
-                )));
-            }
-            Err(e) => return Err(err(e)),
-        };
-        // Up to WINDOW writes in flight, so a link's latency is paid once per window, not
-        // once per chunk. Each write names its offset, so their order does not matter.
-        let mut inflight = tokio::task::JoinSet::new();
-        let mut at = offset;
-        for chunk in bytes.chunks(CHUNK) {
-            if inflight.len() >= WINDOW {
-                joined(inflight.join_next().await).map_err(err)?;
-            }
-            let (sftp, handle, data) = (sftp.clone(), handle.clone(), chunk.to_vec());
-            inflight.spawn(async move { sftp.write(handle, at, data).await.map(|_| ()) });
-            at += chunk.len() as u64;
-        }
-        while let Some(done) = inflight.join_next().await {
-            joined(Some(done)).map_err(err)?;
-        }
-        if self.conn.fsync {
-            sftp.fsync(handle.as_str()).await.map_err(err)?;
-        }
-        sftp.close(handle).await.map_err(err)?;
-        Ok(())
+    async fn stat(&mut self, name: &str) -> Result<Option<Stat>, FolderError> {
+        let path = self.path(name);
+        on_session!(self, format!("stat {path}"), |c| stat_of(c, &path))
     }
 
-    /// Cuts `path` to `len` bytes.
-    async fn truncate(&self, path: &str, len: u64) -> Result<(), DeliveryError> {
-        let attrs = FileAttributes {
-            size: Some(len),
-            ..FileAttributes::empty()
-        };
-        self.conn
-            .sftp
-            .setstat(path, attrs)
-            .await
-            .map_err(|e| sftp_error(&self.where_, &format!("truncate {path}"), e))?;
-        Ok(())
+    async fn read(&mut self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>, FolderError> {
+        let path = self.path(name);
+        on_session!(self, format!("read {path}"), |c| read_of(
+            c, &path, offset, len
+        ))
     }
 
-    /// Renames `tmp` over `path`, replacing it if it exists.
-    async fn replace(&self, tmp: &str, path: &str) -> Result<(), DeliveryError> {
-        let what = format!("rename {tmp} to {path}");
-        if self.conn.posix_rename {
-            let data = russh_sftp::ser::to_bytes(&PosixRename {
-                oldpath: tmp.to_string(),
-                newpath: path.to_string(),
-            })
-            .map_err(|e| DeliveryError::Permanent(format!("sftp: encode rename: {e}")))?;
-            let reply = self
-                .conn
-                .sftp
-                .extended("posix-rename@openssh.com", data.to_vec())
-                .await
-                .map_err(|e| sftp_error(&self.where_, &what, e))?;
-            return match reply {
-                russh_sftp::protocol::Packet::Status(s) if s.status_code == StatusCode::Ok => {
-                    Ok(())
-                }
-                russh_sftp::protocol::Packet::Status(s) => {
-                    Err(sftp_error(&self.where_, &what, SftpError::Status(s)))
-                }
-                _ => Err(DeliveryError::transient(format!(
-                    "sftp {}: {what}: unexpected reply",
-                    self.where_
-                ))),
-            };
-        }
-        // SFTPv3 RENAME refuses an existing target: remove it first. A crash in between
-        // leaves the temp file; the re-delivery rewrites it and renames again.
-        match self.conn.sftp.remove(path).await {
-            Ok(_) => {}
-            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {}
-            Err(e) => return Err(sftp_error(&self.where_, &what, e)),
-        }
-        self.rename_new(tmp, path).await
+    async fn truncate(&mut self, name: &str, len: u64) -> Result<(), FolderError> {
+        let path = self.path(name);
+        on_session!(self, format!("truncate {path}"), |c| truncate_of(
+            c, &path, len
+        ))
     }
 
-    /// Renames `tmp` to `path`, which must not exist.
-    async fn rename_new(&self, tmp: &str, path: &str) -> Result<(), DeliveryError> {
-        self.conn
-            .sftp
-            .rename(tmp, path)
-            .await
-            .map_err(|e| sftp_error(&self.where_, &format!("rename {tmp} to {path}"), e))?;
-        Ok(())
+    async fn write_at(&mut self, name: &str, offset: u64, bytes: &[u8]) -> Result<(), FolderError> {
+        let path = self.path(name);
+        on_session!(self, format!("write {path}"), |c| write_at_of(
+            c, &path, offset, bytes
+        ))
+    }
+
+    async fn create_new(&mut self, name: &str) -> Result<bool, FolderError> {
+        let path = self.path(name);
+        let r: Result<bool, FolderError> =
+            on_session!(self, format!("create {path}"), |c| create_new_of(c, &path));
+        r.map_err(|e| self.folder_missing(e, &path))
+    }
+
+    async fn write_new(&mut self, name: &str, bytes: &[u8]) -> Result<(), FolderError> {
+        let path = self.path(name);
+        let r: Result<(), FolderError> =
+            on_session!(self, format!("write {path}"), |c| write_new_of(
+                c, &path, bytes
+            ));
+        r.map_err(|e| self.folder_missing(e, &path))
+    }
+
+    async fn rename_new(&mut self, from: &str, to: &str) -> Result<bool, FolderError> {
+        let (from, to) = (self.path(from), self.path(to));
+        on_session!(self, format!("rename {from} to {to}"), |c| rename_new_of(
+            c, &from, &to
+        ))
+    }
+
+    async fn remove(&mut self, name: &str) -> Result<(), FolderError> {
+        let path = self.path(name);
+        on_session!(self, format!("remove {path}"), |c| remove_of(c, &path))
+    }
+
+    async fn sync_names(&mut self) -> Result<(), FolderError> {
+        let dir = self.dir.clone();
+        on_session!(self, format!("fsync folder {dir}"), |c| sync_dir_of(
+            c, &dir
+        ))
     }
 }
 
@@ -681,21 +620,6 @@ fn joined(
         Some(Ok(r)) => r,
         Some(Err(e)) => Err(SftpError::UnexpectedBehavior(format!("write task: {e}"))),
         None => Ok(()),
-    }
-}
-
-/// The request body of `posix-rename@openssh.com`: two SSH strings.
-#[derive(Serialize)]
-struct PosixRename {
-    oldpath: String,
-    newpath: String,
-}
-
-/// The hidden, deterministic temp name next to `path` (a leftover is simply overwritten).
-fn temp_name(path: &str) -> String {
-    match path.rsplit_once('/') {
-        Some((dir, name)) => format!("{dir}/.{name}.part"),
-        None => format!(".{path}.part"),
     }
 }
 
@@ -711,19 +635,33 @@ fn host_port(host: &str, port: u16) -> String {
 /// Classifies an SFTP failure: what the server refused for good (missing folder,
 /// permissions, unsupported) is permanent; timeouts, lost sessions and generic failures
 /// (a full disk, say) are worth retrying.
-fn sftp_error(where_: &str, what: &str, e: SftpError) -> DeliveryError {
-    let message = format!("sftp {where_}: {what}: {e}");
-    match &e {
-        SftpError::Status(s)
-            if matches!(
-                s.status_code,
-                StatusCode::NoSuchFile | StatusCode::PermissionDenied | StatusCode::OpUnsupported
-            ) =>
-        {
-            DeliveryError::Permanent(message)
-        }
-        _ => DeliveryError::transient(message),
+fn sftp_error(where_: &str, what: &str, e: SftpError) -> FolderError {
+    let permanent = matches!(
+        &e,
+        SftpError::Status(s) if matches!(
+            s.status_code,
+            StatusCode::NoSuchFile | StatusCode::PermissionDenied | StatusCode::OpUnsupported
+        )
+    );
+    FolderError {
+        what: format!("sftp {where_}: {what}"),
+        permanent,
+        source: std::io::Error::other(e),
     }
+}
+
+/// A failure to get a session (connect, host key, login).
+fn session_error(where_: &str, permanent: bool, why: String) -> FolderError {
+    FolderError {
+        what: format!("sftp {where_}"),
+        permanent,
+        source: std::io::Error::other(why),
+    }
+}
+
+/// Whether the server answered (the session is fine) rather than the session failing.
+fn answered(e: &SftpError) -> bool {
+    matches!(e, SftpError::Status(_))
 }
 
 /// Why a connection attempt failed.
@@ -794,19 +732,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn temp_names_are_hidden_and_deterministic() {
-        assert_eq!(temp_name("/drop/p_7.txt"), "/drop/.p_7.txt.part");
-        assert_eq!(temp_name("p.txt"), ".p.txt.part");
+    fn host_ports_and_remote_names() {
         assert_eq!(host_port("h", 22), "h");
         assert_eq!(host_port("127.0.0.1", 2222), "[127.0.0.1]:2222");
-    }
-
-    #[test]
-    fn checkpoint_round_trips() {
-        let ck = SftpCheckpoint {
-            file: "/d/f".into(),
-            len: 42,
-        };
-        assert_eq!(decode::<SftpCheckpoint>(&encode(&ck)).unwrap(), ck);
+        assert_eq!(remote_path("/drop", "p.txt"), "/drop/p.txt");
+        assert_eq!(remote_path(".", "p.txt"), "p.txt");
+        assert_eq!(
+            name_in_dir("/drop", "/drop/p.txt").as_deref(),
+            Some("p.txt")
+        );
+        assert_eq!(name_in_dir("/drop", "/other/p.txt"), None);
+        assert_eq!(name_in_dir("/drop", "/drop/sub/p.txt"), None);
+        assert_eq!(name_in_dir(".", "p.txt").as_deref(), Some("p.txt"));
+        assert_eq!(remote_path("/", "p.txt"), "/p.txt");
+        assert_eq!(name_in_dir("/", "/p.txt").as_deref(), Some("p.txt"));
     }
 }

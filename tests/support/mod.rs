@@ -86,15 +86,30 @@ impl Appliance {
 
     /// Starts `ess serve` and waits until it reports its listening address.
     pub fn start(&mut self) -> &mut Self {
+        self.start_wrapped(&[], &[])
+    }
+
+    /// Starts `ess serve` under `wrapper` (e.g. `strace ... --`, empty for none) with the
+    /// extra environment `env` (e.g. libfaketime's), and waits until it listens.
+    pub fn start_wrapped(&mut self, wrapper: &[String], env: &[(&str, String)]) -> &mut Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.stderr_log)
             .unwrap();
-        let mut child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", &self.log_filter)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -143,19 +158,49 @@ impl Appliance {
         .unwrap()
     }
 
-    /// SIGKILL, as a power cut would.
+    /// SIGKILL, as a power cut would (the `ess` process itself when it runs under a
+    /// wrapper such as strace, which would otherwise let it go on detached).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let below = descendants(c.id());
+            for &pid in &below {
+                // SAFETY: plain kill(2) on processes this test started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
             let _ = c.kill();
             let _ = c.wait();
+            // Gone for good (no open file left), not just signalled.
+            wait_until(
+                "the killed processes to exit",
+                Duration::from_secs(30),
+                || {
+                    below.iter().all(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |st| {
+                            st.rsplit_once(')')
+                                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                        })
+                    })
+                },
+            );
         }
     }
 
-    /// SIGTERM and the exit status.
+    /// The pid of the `ess` process itself (below a wrapper such as strace, if any).
+    pub fn ess_pid(&self) -> u32 {
+        let c = self.child.as_ref().expect("running");
+        let bin = std::fs::canonicalize(BIN).unwrap();
+        std::iter::once(c.id())
+            .chain(descendants(c.id()))
+            .find(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == bin))
+            .unwrap_or(c.id())
+    }
+
+    /// SIGTERM to `ess` and the exit status (of its wrapper, if any, which exits with it).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.ess_pid();
         let mut c = self.child.take().expect("running");
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        // SAFETY: plain kill(2) on a process this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(st) = c.try_wait().unwrap() {
@@ -167,9 +212,35 @@ impl Appliance {
     }
 
     pub fn signal(&self, sig: i32) {
-        let c = self.child.as_ref().expect("running");
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(c.id() as i32, sig) };
+        // SAFETY: plain kill(2) on a process this test started.
+        unsafe { libc::kill(self.ess_pid() as i32, sig) };
+    }
+
+    /// Rewrites text in the seed map `maps/permit_map.yml`.
+    pub fn edit_map(&self, from: &str, to: &str) {
+        let map = self.dir.join("maps/permit_map.yml");
+        let text = std::fs::read_to_string(&map).unwrap();
+        assert!(text.contains(from), "map has no {from:?}");
+        std::fs::write(&map, text.replace(from, to)).unwrap();
+    }
+
+    /// Sends permit events with these ids in one request; panics unless it is accepted.
+    pub fn send_ids(&self, ids: &[&str]) {
+        let body =
+            serde_json::Value::Array(ids.iter().map(|id| permit_event(id)).collect()).to_string();
+        let rt = rt();
+        let answer = rt.block_on(self.client().post_events(body, false)).unwrap();
+        assert_eq!(answer.status, 202, "{:?}", answer.body);
+    }
+
+    /// The connector's entry in `/api/status`.
+    pub fn connector_status(&self, name: &str) -> serde_json::Value {
+        let body = http_get(self.status.expect("started"), "/api/status");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status["connectors"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name).cloned())
+            .unwrap_or_default()
     }
 
     pub fn out_path(&self, name: &str) -> PathBuf {
@@ -318,4 +389,89 @@ pub fn post_raw(
     s.write_all(req.as_bytes()).ok()?;
     s.flush().ok()?;
     read_response(s)
+}
+
+/// The body of `GET path` on a plain HTTP server (the status page).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(tcp, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Every process below `pid` (children, grandchildren...), from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = vec![pid];
+    let mut idx = 0;
+    while idx < found.len() {
+        let parent = found[idx];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if ppid == Some(parent) && !found.contains(&p) {
+                found.push(p);
+            }
+        }
+        idx += 1;
+    }
+    found.split_off(1)
+}
+
+/// `strace` arguments that make every `fdatasync`/`fsync` of `paths` block for a minute
+/// (after the bytes were written, before they are synced): a test then kills the process
+/// at exactly "written, not committed". Ends with `--`, ready for the program.
+pub fn stall_syncs_of(paths: &[&Path]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "strace".into(),
+        "-f".into(),
+        "-o".into(),
+        "/dev/null".into(),
+    ];
+    for p in paths {
+        args.push("-P".into());
+        args.push(p.display().to_string());
+    }
+    for a in [
+        "-e",
+        "trace=fdatasync,fsync,link,linkat",
+        "-e",
+        "inject=fdatasync,fsync:delay_enter=60000000",
+        "-e",
+        "inject=link,linkat:delay_exit=60000000",
+        "--",
+    ] {
+        args.push(a.into());
+    }
+    args
+}
+
+/// libfaketime's environment: the clock starts at `at` (`YYYY-MM-DD HH:MM:SS`, UTC) and
+/// runs from there; monotonic time (timers) is left alone.
+pub fn faketime(at: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1".to_string(),
+        ),
+        ("FAKETIME", format!("@{at}")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+        ("TZ", "UTC".to_string()),
+    ]
 }

@@ -2,6 +2,8 @@
 //! host key and user keys (ed25519 and RSA) made by `ssh-keygen` in a temp dir. The
 //! listener and its session processes are SIGKILLed on `kill()` and on drop.
 
+#![allow(dead_code)] // each test file uses a part of it
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,8 @@ pub(crate) struct Sshd {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) port: u16,
     child: Option<Child>,
+    /// A program (and its arguments) sshd runs under, e.g. strace; empty for none.
+    wrapper: Vec<String>,
 }
 
 pub(crate) fn keygen(path: &Path, kind: &str) {
@@ -34,6 +38,12 @@ fn pub_of(key: &Path) -> PathBuf {
     let mut p = key.as_os_str().to_owned();
     p.push(".pub");
     PathBuf::from(p)
+}
+
+/// The user tests log in as (the one running them: the server shares this machine).
+pub(crate) fn user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn free_port() -> u16 {
@@ -61,6 +71,7 @@ impl Sshd {
             dir,
             port: 0,
             child: None,
+            wrapper: Vec::new(),
         };
         // Another process may take the free port before sshd binds it: then try another.
         for attempt in 1..=5 {
@@ -142,6 +153,17 @@ impl Sshd {
         }
     }
 
+    /// Starts sshd under `wrapper` (e.g. strace stalling syncs); later
+    /// `spawn`s run it plainly again.
+    pub(crate) fn spawn_wrapped(&mut self, wrapper: Vec<String>) {
+        self.wrapper = wrapper;
+        let r = self.try_spawn();
+        self.wrapper.clear();
+        if let Err(e) = r {
+            panic!("{e}");
+        }
+    }
+
     /// Starts sshd and waits until *it* says it listens (a greeting on the port could come
     /// from another server that took the port).
     fn try_spawn(&mut self) -> Result<(), String> {
@@ -155,7 +177,15 @@ impl Sshd {
             .append(true)
             .open(self.path("sshd.log"))
             .unwrap();
-        let child = Command::new("/usr/sbin/sshd")
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("/usr/sbin/sshd");
+                c
+            }
+            None => Command::new("/usr/sbin/sshd"),
+        };
+        let child = cmd
             .arg("-D")
             .arg("-e")
             .arg("-f")
