@@ -4,7 +4,13 @@
 //!
 //! Shutdown order keeps the promise: the ingest stops accepting first and answers the
 //! requests under way (their commits finish), connectors finish the delivery under way and
-//! commit it, and only then is the feed's committer stopped.
+//! commit it, the status page, admin socket and retention stop, and only then is the feed's
+//! committer stopped and `ess.redb` closed explicitly ([`crate::feed::Store::close`]), so
+//! the next start needs no repair.
+//!
+//! Everything that reads or writes the database holds the one [`Store`]: when a full disk
+//! makes redb refuse writes, the store reopens the file by itself once space returns (ingest
+//! answers 503 meanwhile), and nobody holds an old handle.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +24,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, Diagnostics};
 use crate::connector::{self, ConnectorSpec, Env, Live, Runner};
 use crate::event::Event;
-use crate::feed::{self, Feed};
+use crate::feed::{self, Feed, Store, StoreOptions};
 use crate::ingest::{self, IngestState, Receipts};
 use crate::ledger::Ledger;
 
@@ -90,15 +96,28 @@ pub struct Bound {
 /// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once both listeners are bound.
 pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let specs = connector::load_all(&cfg.maps_dir, cfg.timezone).map_err(Diagnostics)?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
-    let db = Arc::new(
-        feed::open_database(&cfg.db_path())
-            .with_context(|| format!("cannot open {}", cfg.db_path().display()))?,
-    );
-    let feed = Feed::open(db.clone())
+    create_data_dir(&cfg.data_dir)?;
+    let seal = feed::seal::load_configured(
+        cfg.feed.encryption_key_file.as_deref(),
+        &cfg.feed.encryption_previous_key_files,
+    )
+    .context("feed.encryption_key_file")?;
+    let health = Arc::new(crate::health::Health::new(
+        cfg.data_dir.clone(),
+        cfg.min_free_disk,
+    ));
+    let store = Store::open(
+        &cfg.db_path(),
+        StoreOptions {
+            cache_size: cfg.feed.cache,
+            health: Some(health.clone()),
+            seal,
+        },
+    )
+    .with_context(|| format!("cannot open {}", cfg.db_path().display()))?;
+    let feed = Feed::open(store.clone())
         .with_context(|| format!("cannot open the feed in {}", cfg.db_path().display()))?;
-    let ledger = Ledger::new(db.clone());
+    let ledger = Ledger::new(store.clone());
     let tls = ingest::tls::server_config(&cfg.ingest.cert, &cfg.ingest.key, &cfg.ingest.client_ca)
         .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(cfg.ingest.listen)
@@ -122,10 +141,6 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     let mut generation = start_generation(specs, &env, &connectors)?;
 
     let (stop_ingest, ingest_stop_rx) = watch::channel(false);
-    let health = Arc::new(crate::health::Health::new(
-        cfg.data_dir.clone(),
-        cfg.min_free_disk,
-    ));
     let state = Arc::new(IngestState {
         feed: feed.clone(),
         max_body: cfg.ingest.max_body,
@@ -146,7 +161,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         crate::status::serve(cfg.status_listen, Arc::new(status_source), metrics)
             .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
     let admin_backend =
-        crate::admin::direct::DirectBackend::new(&cfg.maps_dir, &cfg.db_path(), db.clone())
+        crate::admin::direct::DirectBackend::new(&cfg.maps_dir, &cfg.db_path(), store.clone())
             .on_replay(move |_| {
                 wake.send_modify(|n| *n += 1);
             });
@@ -158,7 +173,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
             )
         })?;
     let retention_task = tokio::spawn(retention(
-        db.clone(),
+        store.clone(),
         connectors.clone(),
         cfg.retention_feed,
         ingest_stop_rx.clone(),
@@ -207,7 +222,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     admin.stop();
     status_server.stop();
     feed.close();
-    tracing::info!("stopped");
+    tracing::info!("stopped; ess.redb closed");
     Ok(())
 }
 
@@ -217,7 +232,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// Compacts events every connector has passed and older than `retention.feed`, at start and
 /// then every [`RETENTION_EVERY`], until shutdown.
 async fn retention(
-    db: Arc<redb::Database>,
+    db: Store,
     connectors: Arc<Connectors>,
     keep: Duration,
     mut stop: watch::Receiver<bool>,
@@ -244,6 +259,22 @@ async fn retention(
             _ = tokio::time::sleep(RETENTION_EVERY) => {}
         }
     }
+}
+
+/// Creates `data_dir` if needed; a new folder's parent is fsynced, so its name survives a
+/// power loss (the file inside is fsynced into it when created).
+fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot fsync {}", parent.display()))?;
+    }
+    Ok(())
 }
 
 fn start_generation(

@@ -23,8 +23,8 @@ use super::{
 };
 use crate::config::connector::{map_files, parse};
 use crate::event::Seq;
-use crate::feed::schema::{self, CURSORS, DEAD, EVENTS, KEYS, META, REQUEUE, RETRIES};
-use crate::feed::{Error, StoredEvent};
+use crate::feed::schema::{CURSORS, DEAD, EVENTS, KEYS, META, REQUEUE, RETRIES};
+use crate::feed::{Error, Store, StoredEvent};
 use crate::ledger::{CursorState, DeadLetter, Ledger, RetryState};
 use crate::map::{MapContext, Mapping};
 
@@ -34,7 +34,7 @@ const BACKUP_CHUNK: usize = 50_000;
 const PENDING_SCAN_MAX: usize = 1_000_000;
 
 enum Db {
-    Shared(Arc<Database>),
+    Shared(Store),
     ReadOnly(ReadOnlyDatabase),
 }
 
@@ -97,8 +97,8 @@ fn open_ro<K: redb::Key + 'static, V: redb::Value + 'static>(
 
 impl DirectBackend {
     /// The daemon's backend: shares its open database.
-    pub fn new(maps_dir: &Path, db_path: &Path, db: Arc<Database>) -> DirectBackend {
-        DirectBackend::with(maps_dir, db_path, Db::Shared(db))
+    pub fn new(maps_dir: &Path, db_path: &Path, db: impl Into<Store>) -> DirectBackend {
+        DirectBackend::with(maps_dir, db_path, Db::Shared(db.into()))
     }
 
     fn with(maps_dir: &Path, db_path: &Path, db: Db) -> DirectBackend {
@@ -140,7 +140,7 @@ impl DirectBackend {
                         db_path.display()
                     ))
                 })?;
-                Db::Shared(Arc::new(db))
+                Db::Shared(Store::from(db))
             }
             Err(e) => {
                 return Err(AdminError::Runtime(format!(
@@ -267,23 +267,11 @@ fn unknown_target<'a>(t: &str, known: impl Iterator<Item = &'a String>) -> Admin
 }
 
 fn read_cursor(tx: &ReadTransaction, name: &str) -> Result<Option<CursorState>, AdminError> {
-    let Some(t) = open_ro(tx, CURSORS)? else {
-        return Ok(None);
-    };
-    let v = t.get(name).map_err(runtime)?;
-    v.map(|v| schema::decode(v.value()))
-        .transpose()
-        .map_err(AdminError::Runtime)
+    crate::ledger::cursor_at(tx, name).map_err(runtime)
 }
 
 fn read_retry(tx: &ReadTransaction, name: &str) -> Result<Option<RetryState>, AdminError> {
-    let Some(t) = open_ro(tx, RETRIES)? else {
-        return Ok(None);
-    };
-    let v = t.get(name).map_err(runtime)?;
-    v.map(|v| schema::decode(v.value()))
-        .transpose()
-        .map_err(AdminError::Runtime)
+    crate::ledger::retry_at(tx, name).map_err(runtime)
 }
 
 fn read_event(tx: &ReadTransaction, seq: Seq) -> Result<Option<StoredEvent>, AdminError> {
@@ -291,9 +279,9 @@ fn read_event(tx: &ReadTransaction, seq: Seq) -> Result<Option<StoredEvent>, Adm
         return Ok(None);
     };
     let v = t.get(seq).map_err(runtime)?;
-    v.map(|v| schema::decode(v.value()))
+    v.map(|v| StoredEvent::decode(seq, v.value()))
         .transpose()
-        .map_err(|e| AdminError::Runtime(format!("event {seq}: {e}")))
+        .map_err(runtime)
 }
 
 fn last_seq(tx: &ReadTransaction) -> Result<Seq, AdminError> {
@@ -336,7 +324,8 @@ fn list_dead(
         }
         let (k, v) = row.map_err(runtime)?;
         let seq = k.value().1;
-        let letter: DeadLetter = schema::decode(v.value()).map_err(AdminError::Runtime)?;
+        let letter: DeadLetter =
+            crate::ledger::decode_dead(name, seq, v.value()).map_err(runtime)?;
         let ev = read_event(tx, seq)?;
         let mut e = entry(name, seq, "dead", ev.as_ref());
         e.attempts = Some(letter.attempts);
@@ -390,8 +379,7 @@ fn list_pending(
         }
         let (k, v) = row.map_err(runtime)?;
         let seq = k.value();
-        let ev: StoredEvent = schema::decode(v.value())
-            .map_err(|e| AdminError::Runtime(format!("event {seq}: {e}")))?;
+        let ev = StoredEvent::decode(seq, v.value()).map_err(runtime)?;
         if !info.takes(&ev.event_type) {
             continue;
         }
@@ -429,8 +417,7 @@ fn received_since(tx: &ReadTransaction, since: DateTime<Utc>) -> Result<u64, Adm
         let Some(v) = events.get(seq).map_err(runtime)? else {
             return Ok(None);
         };
-        let ev: StoredEvent = schema::decode(v.value())
-            .map_err(|e| AdminError::Runtime(format!("event {seq}: {e}")))?;
+        let ev = StoredEvent::decode(seq, v.value()).map_err(runtime)?;
         Ok(Some(ev.received_at_micros))
     };
     // The lowest seq in [lo, hi) received at or after `since`; hi = none is.
@@ -469,7 +456,7 @@ fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
     dst: &Database,
     def: TableDefinition<K, V>,
 ) -> Result<u64, Error> {
-    let Some(table) = open_ro(src, def).map_err(|e| Error::Db(e.to_string()))? else {
+    let Some(table) = open_ro(src, def).map_err(|e| Error::Unavailable(e.to_string()))? else {
         let tx = dst.begin_write()?;
         tx.open_table(def)?;
         tx.commit()?;
@@ -518,7 +505,10 @@ fn write_backup(
     // redb's commits are durable already; this covers the file's metadata too.
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
-        .map_err(|e| Error::Db(format!("fsync {}: {e}", path.display())))?;
+        .map_err(|source| Error::Io {
+            what: format!("fsync {}", path.display()),
+            source,
+        })?;
     Ok(tables)
 }
 
@@ -779,15 +769,13 @@ mod tests {
             for seq in 11u64..=110 {
                 let stored = StoredEvent {
                     event_type: "T".into(),
-                    payload: "{}".into(),
+                    payload: b"{}".to_vec(),
                     key: format!("k{seq}"),
                     trace_id: "t".into(),
                     ts_micros: None,
                     received_at_micros: at(1000 + seq as i64).timestamp_micros(),
                 };
-                events
-                    .insert(seq, schema::encode(&stored).as_slice())
-                    .unwrap();
+                events.insert(seq, stored.encode(seq).as_slice()).unwrap();
             }
         }
         tx.commit().unwrap();

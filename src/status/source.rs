@@ -50,7 +50,8 @@ pub fn connector_status<D: ReadableDatabase>(
     };
     let state = match live.map(|l| &l.phase) {
         Some(Phase::Retrying) => ConnectorState::Retrying,
-        Some(Phase::Blocked) => ConnectorState::Blocked,
+        // Shown as blocked (with the damage as its last error) until the page knows the state.
+        Some(Phase::Blocked | Phase::Corrupted { .. }) => ConnectorState::Blocked,
         Some(Phase::OutsideSchedule) => ConnectorState::OutsideSchedule {
             next_open: live.and_then(|l| l.next_open).map(rfc3339),
         },
