@@ -64,6 +64,12 @@ pub enum Command {
     Stats(crate::admin::StatsArgs),
     /// Write a consistent copy of the database while the daemon runs.
     Backup(crate::admin::BackupArgs),
+    /// Check the whole database (redb's pages and every value's checksum); list damaged seqs.
+    Verify {
+        /// The appliance config.
+        #[arg(long, default_value = "/etc/ess/ess.yml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(a) => crate::admin::run_stats(&a),
         Command::Backup(a) => crate::admin::run_backup(&a),
         Command::Check { config } => check(&config),
+        Command::Verify { config } => verify(&config),
         Command::Map(MapCommand::Preview { map, config, event }) => {
             let tz = match config {
                 Some(c) => Config::load(&c)?.timezone,
@@ -222,6 +229,14 @@ fn check(config: &Path) -> anyhow::Result<()> {
             );
         }
     };
+    if let Err(e) = check_feed_keys(&cfg) {
+        println!("{}: {e}", cfg.file.display());
+        return Err(UsageError(format!(
+            "the feed's encryption keys do not fit {}",
+            cfg.db_path().display()
+        ))
+        .into());
+    }
     match crate::connector::load_all(&cfg.maps_dir, cfg.timezone) {
         Ok(specs) => {
             println!(
@@ -247,6 +262,46 @@ fn check(config: &Path) -> anyhow::Result<()> {
             ))
             .into())
         }
+    }
+}
+
+/// The configured encryption keys load, and open what `ess.redb` was sealed with.
+fn check_feed_keys(cfg: &Config) -> anyhow::Result<()> {
+    let current = crate::feed::seal::load_configured(
+        cfg.feed.encryption_key_file.as_deref(),
+        &cfg.feed.encryption_previous_key_files,
+    )?;
+    crate::feed::check_seal_keys(&cfg.db_path(), current.as_deref())?;
+    Ok(())
+}
+
+/// `ess verify`: prints the report; damage found is a runtime failure (exit 1).
+fn verify(config: &Path) -> anyhow::Result<()> {
+    let cfg = Config::load(config)?;
+    // The keys let verify open sealed payloads too (their tags are checksums of their own).
+    crate::feed::seal::load_configured(
+        cfg.feed.encryption_key_file.as_deref(),
+        &cfg.feed.encryption_previous_key_files,
+    )?;
+    let db = cfg.db_path();
+    if !db.exists() {
+        return Err(UsageError(format!(
+            "no database at {} (has `ess serve` run with this config?)",
+            db.display()
+        ))
+        .into());
+    }
+    let report = crate::feed::verify::verify(&db)
+        .with_context(|| format!("cannot verify {}", db.display()))?;
+    print!("{report}");
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "{} is damaged: {} value(s)",
+            db.display(),
+            report.damaged.len().max(1)
+        ))
     }
 }
 

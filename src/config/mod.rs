@@ -337,10 +337,10 @@ impl Config {
                 .iter()
                 .chain(&f.encryption_previous_key_files);
             for spec in all {
-                let p = key_path(spec);
-                if p.starts_with("credential:") {
+                if spec.value.starts_with("credential:") {
                     continue;
                 }
+                let p = key_path(spec);
                 if let Err(e) = crate::feed::seal::load_key_file(&p) {
                     errs.push(Diagnostic::at(path, spec, e.to_string()));
                 }

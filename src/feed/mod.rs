@@ -362,6 +362,36 @@ pub fn open_database_read_only(path: &std::path::Path) -> Result<redb::ReadOnlyD
     Ok(store::builder(store::DEFAULT_CACHE).open_read_only(path)?)
 }
 
+/// Whether the keys registered in this process ([`seal::load_configured`]) open what the
+/// database at `path` was last sealed with; `current` is the key new values would be sealed
+/// with. A missing file is fine (nothing sealed yet).
+pub fn check_seal_keys(path: &std::path::Path, current: Option<&seal::Key>) -> Result<(), Error> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let db = match open_database_read_only(path) {
+        Ok(db) => db,
+        // Left unclean by a crash: only a writer may repair it; `ess serve` checks then.
+        Err(Error::Db(redb::Error::RepairAborted)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let recorded = guarded("meta", || {
+        let tx = db.begin_read()?;
+        let meta = match tx.open_table(schema::META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(meta
+            .get("seal_key_id")?
+            .and_then(|v| u32::try_from(v.value()).ok()))
+    })?;
+    seal::check_recorded(recorded, current.map(seal::Key::id)).map_err(|source| Error::Seal {
+        what: path.display().to_string(),
+        source,
+    })
+}
+
 impl Feed {
     /// Opens the feed on `store` (migrating an older file, checking the format), starting
     /// the committer thread.
