@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,16 +13,6 @@ use support::*;
 /// redb's god byte is byte 9 of the file; bit 2 means "run recovery at the next open".
 fn needs_recovery(db: &Path) -> bool {
     std::fs::read(db).unwrap()[9] & 2 != 0
-}
-
-/// A plain HTTP GET on the status listener, the body.
-fn status_get(app: &Appliance, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(app.status.unwrap()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 /// Starts the appliance, delivers a few events, and uses every reader of the database
@@ -40,7 +29,7 @@ fn run_a_while(app: &mut Appliance, ids: &[&str]) {
     wait_until("delivered", Duration::from_secs(60), || {
         app.read_out("permit.txt").ends_with(&want)
     });
-    assert!(status_get(app, "/api/status").contains("city_hall_cobol"));
+    assert!(status_get(app, "/api/status").1.contains("city_hall_cobol"));
     let config = app.config.to_str().unwrap().to_string();
     let (code, out, err) = ess(&["stats", "--config", &config], None);
     assert_eq!(code, 0, "{out}{err}");

@@ -74,7 +74,7 @@ impl std::fmt::Debug for StoreOptions {
 
 /// A redb builder as every handle of ESS uses it: single writer (so CLI commands can read
 /// the live file) and a bounded page cache.
-pub(crate) fn builder(cache_size: usize) -> redb::Builder {
+pub fn builder(cache_size: usize) -> redb::Builder {
     let mut b = Database::builder();
     b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
     b.set_cache_size(if cache_size == 0 {
