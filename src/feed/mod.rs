@@ -351,15 +351,18 @@ pub struct Feed {
 }
 
 /// Opens (or creates) `ess.redb` so that a CLI process can read it while the daemon writes.
+/// A panic inside redb while it opens a damaged file is contained like any other.
 pub fn open_database(path: &std::path::Path) -> Result<Database, Error> {
-    store::builder(store::DEFAULT_CACHE)
-        .create(path)
-        .map_err(Error::from)
+    guarded("file", || {
+        Ok(store::builder(store::DEFAULT_CACHE).create(path)?)
+    })
 }
 
 /// Opens the database read-only, for CLI commands when a daemon may be running.
 pub fn open_database_read_only(path: &std::path::Path) -> Result<redb::ReadOnlyDatabase, Error> {
-    Ok(store::builder(store::DEFAULT_CACHE).open_read_only(path)?)
+    guarded("file", || {
+        Ok(store::builder(store::DEFAULT_CACHE).open_read_only(path)?)
+    })
 }
 
 /// Whether the keys registered in this process ([`seal::load_configured`]) open what the

@@ -197,7 +197,8 @@ fn open_file(path: &Path, cache_size: usize) -> Result<(Database, Option<Duratio
     let mut b = builder(cache_size);
     b.set_repair_callback(move |_| flag.store(true, Ordering::SeqCst));
     let started = Instant::now();
-    let db = b.create(path)?;
+    // A damaged file can make redb panic while it opens (its allocator state, say).
+    let db = guarded("file", || Ok(b.create(path)?))?;
     let repair = repaired.load(Ordering::SeqCst).then(|| started.elapsed());
     if let Some(took) = repair {
         tracing::warn!(
