@@ -28,6 +28,13 @@ fn replay_of_a_range_appends_exactly_that_range_and_stats_and_backup_answer() {
     wait_until("four lines", Duration::from_secs(30), || {
         app.read_out("permit.txt") == lines(&["R1", "R2", "R3", "R4"])
     });
+    // The records are in the file before the cursor commit that follows them: a replay
+    // asked in between would find nothing behind the cursor yet.
+    wait_until("the cursor at 4", Duration::from_secs(30), || {
+        let (_, out, _) = ess(&["stats", "--config", &cfg, "--json"], None);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|s| s["connectors"][0]["cursor"] == 4)
+    });
 
     let (code, out, err) = ess(
         &[

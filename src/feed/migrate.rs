@@ -5,7 +5,7 @@
 //! The migration runs in one write transaction before anything else uses the file: every
 //! event is rewritten in the new layout (its payload, JSON text the first release
 //! re-serialised, kept as it is, and sealed if encryption is configured), the `keys` index
-//! becomes `key_digests`, every cursor, retry state and dead letter gets its checksum (the
+//! becomes `key_index`, every cursor, retry state and dead letter gets its checksum (the
 //! target checkpoints inside cursors are re-wrapped the same way), and `meta.format_version`
 //! becomes 2. A crash before the commit leaves the version 1 file untouched, and the next
 //! open migrates again; after it, the file is version 2 throughout. Tables the migration
@@ -16,7 +16,7 @@ use redb::{Database, ReadableTable, WriteTransaction};
 use serde::Deserialize;
 
 use super::schema::{self, CURSORS, DEAD, EVENTS, KEYS, KEYS_V1, META, RETRIES};
-use super::{Error, codec, guarded, key_digest, seal};
+use super::{Error, IndexKey, codec, guarded, seal};
 use crate::event::Seq;
 use crate::ledger::{self, CursorState, DeadLetter, RetryState};
 
@@ -225,7 +225,7 @@ fn migrate_keys(tx: &WriteTransaction) -> Result<u64, Error> {
         let mut keys = tx.open_table(KEYS)?;
         for row in old.iter()? {
             let (k, v) = row?;
-            keys.insert(key_digest(k.value()), v.value())?;
+            keys.insert(IndexKey::of(k.value()).as_bytes(), v.value())?;
             n += 1;
         }
     }

@@ -3,7 +3,7 @@
 //! ## On disk
 //! See [`schema`] (tables, ledger value codec, version log) and [`codec`] (one event's
 //! bytes): `events` (seq -> the event, payload as received, checksummed and bound to its
-//! seq), `key_digests` (16-byte digest of the idempotency key -> seq) and `meta`
+//! seq), `key_index` (the idempotency key, or its prefix and digest when long -> seq) and `meta`
 //! (`format_version`, `last_seq`, `last_seq_check`).
 //!
 //! ## Group commit
@@ -21,7 +21,7 @@
 //! A transaction is all or nothing (redb's commit is atomic: a crash before the commit's
 //! fsync leaves the previous state). Seqs are assigned inside the transaction from
 //! `meta.last_seq`, so a crash can never leave a gap or a reused seq, and a request is never
-//! acknowledged for events that are not in the committed state. Idempotency key digests are
+//! acknowledged for events that are not in the committed state. Idempotency key entries are
 //! written in the same transaction as their event, so dedupe survives restarts exactly.
 //!
 //! ## Integrity
@@ -202,17 +202,54 @@ pub struct Batch {
 #[derive(Debug, Clone, Copy)]
 struct BatchItem {
     slot: codec::Slot,
-    digest: [u8; 16],
+    index: IndexKey,
 }
 
-/// The dedupe digest of an idempotency key: the first 16 bytes of its SHA-256 (a collision,
-/// which would make a new event look like a duplicate, takes about 2^64 tries to find).
-pub fn key_digest(key: &str) -> [u8; 16] {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(key.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d[..16]);
-    out
+/// Longest idempotency key the dedupe index holds as it is.
+const INDEX_WHOLE_MAX: usize = 32;
+
+/// An idempotency key's entry in the dedupe index (`key_index`): the key itself when it is at
+/// most 32 bytes, else its first 16 bytes followed by the first 17 bytes of its SHA-256 (33
+/// bytes, a length no whole key has, so the two forms never meet). Bounded in size, exact
+/// for short keys, and a collision of long ones takes about 2^68 tries to find. Unlike a
+/// plain digest it keeps the order of keys a producer numbers or stamps in sequence
+/// (`c3-1041`, UUIDv7), so a group of inserts lands in a few index pages instead of one page
+/// per event.
+#[derive(Clone, Copy)]
+pub struct IndexKey {
+    len: u8,
+    bytes: [u8; INDEX_WHOLE_MAX + 1],
+}
+
+impl IndexKey {
+    pub fn of(key: &str) -> IndexKey {
+        use sha2::{Digest, Sha256};
+        let k = key.as_bytes();
+        let mut bytes = [0u8; INDEX_WHOLE_MAX + 1];
+        if k.len() <= INDEX_WHOLE_MAX {
+            bytes[..k.len()].copy_from_slice(k);
+            return IndexKey {
+                len: k.len() as u8,
+                bytes,
+            };
+        }
+        bytes[..16].copy_from_slice(&k[..16]);
+        bytes[16..].copy_from_slice(&Sha256::digest(k)[..INDEX_WHOLE_MAX + 1 - 16]);
+        IndexKey {
+            len: (INDEX_WHOLE_MAX + 1) as u8,
+            bytes,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 impl Batch {
@@ -242,7 +279,7 @@ impl Batch {
         );
         self.items.push(BatchItem {
             slot,
-            digest: key_digest(key),
+            index: IndexKey::of(key),
         });
     }
 
@@ -374,8 +411,11 @@ pub fn check_seal_keys(path: &std::path::Path, current: Option<&seal::Key>) -> R
     }
     let db = match open_database_read_only(path) {
         Ok(db) => db,
-        // Left unclean by a crash: only a writer may repair it; `ess serve` checks then.
-        Err(Error::Db(redb::Error::RepairAborted)) => return Ok(()),
+        // Left unclean by a crash (only a writer may repair it), or held by the running
+        // daemon: `ess serve` checks the keys when it opens the file.
+        Err(Error::Db(redb::Error::RepairAborted | redb::Error::DatabaseAlreadyOpen)) => {
+            return Ok(());
+        }
         Err(e) => return Err(e),
     };
     let recorded = guarded("meta", || {
@@ -532,21 +572,21 @@ pub fn read_event<D: ReadableDatabase>(db: &D, seq: Seq) -> Result<Option<Event>
 
 /// The event stored under idempotency key `key`, if any, through any redb handle.
 pub fn get_by_key<D: ReadableDatabase>(db: &D, key: &str) -> Result<Option<Event>, Error> {
-    guarded("key_digests", || {
+    guarded("key_index", || {
         let tx = db.begin_read()?;
         let Some(seq) = tx
             .open_table(KEYS)?
-            .get(key_digest(key))?
+            .get(IndexKey::of(key).as_bytes())?
             .map(|v| v.value())
         else {
             return Ok(None);
         };
         let events = tx.open_table(EVENTS)?;
         let Some(bytes) = events.get(seq)? else {
-            // The event was compacted while its digest stayed (never written so), or the
-            // digest row points nowhere.
+            // The event was compacted while its index row stayed (never written so), or
+            // the row points nowhere.
             return Err(Error::corrupt(
-                "key_digests",
+                "key_index",
                 Some(seq),
                 Some(key),
                 "points at a seq that is not in the feed",
@@ -555,7 +595,7 @@ pub fn get_by_key<D: ReadableDatabase>(db: &D, key: &str) -> Result<Option<Event
         let event = to_event(seq, bytes.value())?;
         if event.key != key {
             return Err(Error::corrupt(
-                "key_digests",
+                "key_index",
                 Some(seq),
                 Some(key),
                 "points at an event with another key",

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::schema::{DEAD, EVENTS, KEYS, REQUEUE};
-use super::{Error, EventView, Store, guarded, key_digest};
+use super::{Error, EventView, IndexKey, Store, guarded};
 use crate::event::Seq;
 
 /// Most events deleted in one write transaction.
@@ -81,7 +81,7 @@ pub fn compact(
         let (n, last, done) = db.write(|tx| {
             let mut events = tx.open_table(EVENTS)?;
             let mut keys = tx.open_table(KEYS)?;
-            let mut victims: Vec<(Seq, [u8; 16])> = Vec::new();
+            let mut victims: Vec<(Seq, IndexKey)> = Vec::new();
             let mut done = false;
             for row in events.range(..=bound)? {
                 if victims.len() >= COMPACT_BATCH {
@@ -95,17 +95,20 @@ pub fn compact(
                     done = true;
                     break;
                 }
-                victims.push((seq, key_digest(ev.key)));
+                victims.push((seq, IndexKey::of(ev.key)));
             }
             if victims.len() < COMPACT_BATCH {
                 done = true;
             }
-            for (seq, digest) in &victims {
+            for (seq, index) in &victims {
                 events.remove(*seq)?;
-                // The digest row points at this seq unless something is badly wrong; only
+                // The index row points at this seq unless something is badly wrong; only
                 // remove it if it does.
-                if keys.get(digest)?.is_some_and(|v| v.value() == *seq) {
-                    keys.remove(digest)?;
+                if keys
+                    .get(index.as_bytes())?
+                    .is_some_and(|v| v.value() == *seq)
+                {
+                    keys.remove(index.as_bytes())?;
                 }
             }
             Ok((victims.len() as u64, victims.last().map(|v| v.0), done))

@@ -24,7 +24,7 @@
 //!   structs with the payload re-serialised; `keys` held whole idempotency keys.
 //! - 2: checksums on every value (bound to table and key where the ledger writes), events in
 //!   their own layout holding the payload bytes as received (optionally sealed), and the
-//!   dedupe index `key_digests` holding a 16-byte digest of each key. A version 1 file is
+//!   dedupe index `key_index` holding each key bounded to 33 bytes ([`super::IndexKey`]). A version 1 file is
 //!   migrated in place, in one transaction, on the first writable open
 //!   ([`super::migrate`]).
 
@@ -32,8 +32,9 @@ use redb::TableDefinition;
 
 /// seq -> event ([`super::codec`]). Append-only but for compaction.
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// SHA-256(idempotency key)[..16] -> seq. Written in the same transaction as the event.
-pub const KEYS: TableDefinition<[u8; 16], u64> = TableDefinition::new("key_digests");
+/// [`super::IndexKey`] of the idempotency key -> seq. Written in the same transaction as the
+/// event.
+pub const KEYS: TableDefinition<&[u8], u64> = TableDefinition::new("key_index");
 /// The version 1 dedupe index (whole key -> seq); only the migration reads it, then deletes it.
 pub(crate) const KEYS_V1: TableDefinition<&str, u64> = TableDefinition::new("keys");
 /// Database-wide numbers: `format_version`, `last_seq` (survives compaction of the tail) and

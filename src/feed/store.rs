@@ -49,6 +49,16 @@ use crate::health::Health;
 
 /// redb page cache when nothing else is configured (`feed.cache`).
 pub const DEFAULT_CACHE: usize = 32 << 20;
+/// How processes share `ess.redb`: the daemon writes alone, and no other process opens the
+/// file while it runs (the CLI asks the daemon through its admin socket instead). The shared
+/// modes would let a CLI read the live file, but they commit in two phases (two fsyncs per
+/// commit instead of one), which halves the rate at which acknowledged events can be made
+/// durable; see ARCHITECTURE.md, "Commit points".
+const MODE: redb::ConcurrencyMode = redb::ConcurrencyMode::ExclusiveWriter;
+/// How long an open waits for another process (a CLI command reading the file while no
+/// daemon ran) to let go of `ess.redb`.
+const OPEN_WAIT: Duration = Duration::from_secs(10);
+
 /// How often a broken store tries to reopen the database.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -72,11 +82,11 @@ impl std::fmt::Debug for StoreOptions {
     }
 }
 
-/// A redb builder as every handle of ESS uses it: single writer (so CLI commands can read
-/// the live file) and a bounded page cache.
+/// A redb builder as every handle of ESS uses it: one process at a time ([`MODE`]) and a
+/// bounded page cache.
 pub fn builder(cache_size: usize) -> redb::Builder {
     let mut b = Database::builder();
-    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b.set_concurrency_mode(MODE);
     b.set_cache_size(if cache_size == 0 {
         DEFAULT_CACHE
     } else {
@@ -197,8 +207,15 @@ fn open_file(path: &Path, cache_size: usize) -> Result<(Database, Option<Duratio
     let mut b = builder(cache_size);
     b.set_repair_callback(move |_| flag.store(true, Ordering::SeqCst));
     let started = Instant::now();
-    // A damaged file can make redb panic while it opens (its allocator state, say).
-    let db = guarded("file", || Ok(b.create(path)?))?;
+    let db = loop {
+        // A damaged file can make redb panic while it opens (its allocator state, say).
+        match guarded("file", || Ok(b.create(path)?)) {
+            Err(Error::Db(redb::Error::DatabaseAlreadyOpen)) if started.elapsed() < OPEN_WAIT => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other?,
+        }
+    };
     let repair = repaired.load(Ordering::SeqCst).then(|| started.elapsed());
     if let Some(took) = repair {
         tracing::warn!(
@@ -532,8 +549,9 @@ impl Shared {
             }
             Err(e) => {
                 if is_broken_by(&e) {
-                    answer_all(group, &e);
+                    // Broken first: whoever gets the 503 finds /healthz saying so.
                     self.mark_broken(w, &e);
+                    answer_all(group, &e);
                 } else if ledger_failed {
                     // Nothing was committed: the appends wait for the next transaction.
                     self.requeue_front(group);
@@ -653,9 +671,9 @@ fn insert_group(
             let seq = last_seq + 1;
             // One lookup for both the dedupe and the index: a key seen before gets its old
             // seq back.
-            let prev = keys.insert(item.digest, seq)?.map(|g| g.value());
+            let prev = keys.insert(item.index.as_bytes(), seq)?.map(|g| g.value());
             if let Some(prev) = prev {
-                keys.insert(item.digest, prev)?;
+                keys.insert(item.index.as_bytes(), prev)?;
                 out.duplicates += 1;
                 continue;
             }

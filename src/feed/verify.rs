@@ -7,14 +7,14 @@
 //! is taken only when the file's header did not change while it was copied (a running
 //! daemon commits now and then; a copy taken between two commits is consistent, because
 //! redb never overwrites the pages of the committed state). Our checksums are read through
-//! a read-only handle, which works while the daemon runs.
+//! a read-only handle when no daemon holds the file, else from the same copy.
 
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::schema::{self, CURSORS, DEAD, EVENTS, KEYS, META, REQUEUE, RETRIES};
-use super::{Error, EventView, guarded, key_digest};
+use super::{Error, EventView, IndexKey, guarded};
 use crate::event::Seq;
 
 /// One damaged value (or region) found.
@@ -114,16 +114,19 @@ pub fn verify(path: &Path) -> Result<Report, Error> {
     };
     match super::open_database_read_only(path) {
         Ok(db) => scan(&db, &mut report),
-        // Left unclean by a crash and no daemon runs: read the copy, repaired by redb.
-        Err(Error::Db(redb::Error::RepairAborted)) => match &copy {
-            Ok(c) => scan(&super::open_database(&c.path)?, &mut report),
-            Err(why) => {
-                return Err(Error::Unavailable(format!(
-                    "{} needs recovery and no copy could be taken to read it: {why}",
-                    path.display()
-                )));
+        // Left unclean by a crash (no daemon runs), or held by the daemon: read the copy (a
+        // consistent one; redb repairs it if it must).
+        Err(Error::Db(redb::Error::RepairAborted | redb::Error::DatabaseAlreadyOpen)) => {
+            match &copy {
+                Ok(c) => scan(&super::open_database(&c.path)?, &mut report),
+                Err(why) => {
+                    return Err(Error::Unavailable(format!(
+                        "{} needs recovery and no copy could be taken to read it: {why}",
+                        path.display()
+                    )));
+                }
             }
-        },
+        }
         Err(e) => return Err(e),
     }
     report.pages = match &copy {
@@ -233,7 +236,7 @@ fn scan<D: ReadableDatabase>(db: &D, report: &mut Report) {
     if let Err(e) = check_meta(db, max_seq) {
         damage(report, e);
     }
-    scan_digests(db, report);
+    scan_index(db, report);
     scan_connector_table(db, CURSORS, "cursors", report, |name, v| {
         schema::decode_bound::<crate::ledger::CursorState>(
             &schema::connector_binding("cursors", name),
@@ -362,38 +365,34 @@ fn walk_table(
     n
 }
 
-/// Every digest row points at an event whose key has that digest.
-fn scan_digests<D: ReadableDatabase>(db: &D, report: &mut Report) {
-    walk_table(report, "key_digests", |found, _| {
+/// Every index row points at an event whose key has that entry.
+fn scan_index<D: ReadableDatabase>(db: &D, report: &mut Report) {
+    walk_table(report, "key_index", |found, _| {
         let tx = db.begin_read()?;
         let keys = tx.open_table(KEYS)?;
         let events = tx.open_table(EVENTS)?;
         for row in keys.iter()? {
             let (k, v) = row?;
-            let (digest, seq) = (k.value(), v.value());
+            let (entry, seq) = (k.value(), v.value());
             let ok = match events.get(seq)? {
-                // Compaction removes an event and its digest together.
+                // Compaction removes an event and its index row together.
                 None => false,
                 Some(ev) => EventView::decode(seq, ev.value())
-                    .map(|view| key_digest(view.key) == digest)
+                    .map(|view| IndexKey::of(view.key).as_bytes() == entry)
                     // A damaged event is reported by the events scan.
                     .unwrap_or(true),
             };
             if !ok {
                 found.push(Error::corrupt(
-                    "key_digests",
+                    "key_index",
                     Some(seq),
-                    Some(&hex(&digest)),
-                    "the digest does not belong to the event it points at",
+                    Some(&String::from_utf8_lossy(entry)),
+                    "the index row does not belong to the event it points at",
                 ));
             }
         }
         Ok(())
     });
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn scan_connector_table<D: ReadableDatabase>(
