@@ -327,3 +327,38 @@ async fn a_lingering_batch_waits_to_fill_up_and_goes_when_full() {
         "one batch of three, not a batch of two then one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_event_stops_the_connector_in_corrupted_before_it_is_delivered() {
+    let rig = rig("{base: 1ms, max_delay: 2ms}");
+    append(&rig.env, &["a", "b", "c"], "P").await;
+    // Flip one bit of seq 2's stored bytes, as a failing disk would.
+    let store = rig.env.feed.db().clone();
+    let tx = store.begin_write().unwrap();
+    {
+        use redb::ReadableTable;
+        let mut events = tx.open_table(crate::feed::schema::EVENTS).unwrap();
+        let mut bytes = events.get(2).unwrap().unwrap().value().to_vec();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        events.insert(2, bytes.as_slice()).unwrap();
+    }
+    tx.commit().unwrap();
+    let target = Recorder::default();
+    let got = target.got.clone();
+    let (stop, live, task) = spawn(&rig, target);
+    eventually("the connector to stop at the damage", || {
+        live.lock().unwrap().phase == Phase::Corrupted { seq: Some(2) }
+    })
+    .await;
+    assert!(
+        got.lock().unwrap().iter().all(|id| id == "a"),
+        "nothing from seq 2 on is delivered: {:?}",
+        got.lock().unwrap()
+    );
+    let why = live.lock().unwrap().last_error.clone().unwrap();
+    assert!(why.contains("seq 2") && why.contains("checksum"), "{why}");
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert!(rig.env.ledger.cursor("t").unwrap().unwrap().seq < 2);
+}

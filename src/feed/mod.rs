@@ -558,6 +558,64 @@ pub fn visit_after<D: ReadableDatabase>(
     })
 }
 
+/// How much of the file one table takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableSize {
+    pub table: &'static str,
+    pub rows: u64,
+    pub leaf_pages: u64,
+    pub branch_pages: u64,
+    /// Bytes of keys and values in the leaves.
+    pub stored_bytes: u64,
+    /// Bytes of the pages that hold neither (free space inside pages).
+    pub fragmented_bytes: u64,
+}
+
+/// The size of each of the feed's and ledger's tables, through any handle.
+pub fn table_sizes<D: ReadableDatabase>(db: &D) -> Result<Vec<TableSize>, Error> {
+    use redb::ReadableTableMetadata;
+    guarded("meta", || {
+        let tx = db.begin_read()?;
+        let mut out = Vec::new();
+        macro_rules! size {
+            ($name:literal, $def:expr) => {
+                if let Ok(t) = tx.open_table($def) {
+                    let st = t.stats()?;
+                    out.push(TableSize {
+                        table: $name,
+                        rows: t.len()?,
+                        leaf_pages: st.leaf_pages(),
+                        branch_pages: st.branch_pages(),
+                        stored_bytes: st.stored_bytes(),
+                        fragmented_bytes: st.fragmented_bytes(),
+                    });
+                }
+            };
+        }
+        size!("events", EVENTS);
+        size!("key_index", KEYS);
+        size!("meta", schema::META);
+        size!("cursors", schema::CURSORS);
+        size!("retries", schema::RETRIES);
+        size!("dead", schema::DEAD);
+        size!("requeue", schema::REQUEUE);
+        Ok(out)
+    })
+}
+
+/// The highest seq ever committed (`meta.last_seq`; 0 for an empty feed), through any handle.
+pub fn read_last_seq<D: ReadableDatabase>(db: &D) -> Result<Seq, Error> {
+    guarded("meta", || {
+        let tx = db.begin_read()?;
+        let meta = match tx.open_table(schema::META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(meta.get("last_seq")?.map_or(0, |v| v.value()))
+    })
+}
+
 /// The event with this seq, if it is (still) in the feed.
 pub fn read_event<D: ReadableDatabase>(db: &D, seq: Seq) -> Result<Option<Event>, Error> {
     guarded("events", || {

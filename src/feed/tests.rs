@@ -99,3 +99,73 @@ fn a_newer_format_version_is_refused_with_a_clear_message() {
     let err = Feed::open(db).err().unwrap().to_string();
     assert!(err.contains("format version 99"), "{err}");
 }
+
+/// A ledger write takes the queued appends into its own transaction: one commit, one sync,
+/// where separate commits would pay one each.
+#[tokio::test]
+async fn a_ledger_write_carries_the_queued_appends_in_one_commit() {
+    use crate::fault::PowerCut;
+    let disk = PowerCut::new();
+    let db = store::builder(0)
+        .create_with_backend(disk.backend())
+        .unwrap();
+    let store = Store::from_database(db, StoreOptions::default());
+    store.prepare().unwrap();
+    let ledger = crate::ledger::Ledger::new(store.clone());
+    // Separate commits: an append (written by a ledger-less round), then a ledger write;
+    // ten times. (The file's growth adds a sync now and then, hence rounds.)
+    let before = disk.n_syncs();
+    for i in 0..10 {
+        let answer = store
+            .enqueue(Batch::from(vec![new_event(&format!("s{i}"))]))
+            .unwrap();
+        store.write(|_| Ok(())).unwrap();
+        answer.await.unwrap().unwrap();
+        ledger.ensure_cursor(&format!("s{i}"), 0).unwrap();
+    }
+    let separate = disk.n_syncs() - before;
+    // Together: the append waits in the queue, the ledger write commits both.
+    let before = disk.n_syncs();
+    for i in 0..10 {
+        let answer = store
+            .enqueue(Batch::from(vec![new_event(&format!("t{i}"))]))
+            .unwrap();
+        ledger.ensure_cursor(&format!("t{i}"), 0).unwrap();
+        let out = answer.await.unwrap().unwrap();
+        assert_eq!(out.first_seq, Some(11 + i));
+    }
+    let together = disk.n_syncs() - before;
+    assert!(
+        together * 3 < separate * 2,
+        "one commit instead of two: {together} vs {separate} syncs"
+    );
+    // A ledger closure that fails commits nothing and leaves the appends queued, unanswered.
+    let mut answer = store.enqueue(Batch::from(vec![new_event("c")])).unwrap();
+    let err = store
+        .write(|_| -> Result<(), Error> { Err(Error::Unavailable("no".into())) })
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)));
+    assert!(answer.try_recv().is_err(), "not answered yet");
+    store.write(|_| Ok(())).unwrap();
+    assert_eq!(answer.await.unwrap().unwrap().first_seq, Some(21));
+    assert_eq!(read_after(&store, 0, 100).unwrap().len(), 21);
+}
+
+#[test]
+fn a_damaged_last_seq_is_refused_at_open_instead_of_reusing_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ess.redb");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let feed = open(dir.path());
+    rt.block_on(feed.append(vec![new_event("a"), new_event("b")]))
+        .unwrap();
+    feed.close();
+    let db = open_database(&path).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(META).unwrap().insert("last_seq", 1).unwrap();
+    tx.commit().unwrap();
+    let err = Feed::open(db).err().unwrap().to_string();
+    assert!(err.contains("last_seq"), "{err}");
+}
