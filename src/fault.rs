@@ -244,8 +244,8 @@ impl redb::StorageBackend for PowerCutBackend {
     }
 
     // One process holds the simulated disk, so every byte-range lock is granted: that lets
-    // the daemon's own concurrency mode (single writer, which locks ranges) run on it, with
-    // the commits it makes in production (two-phase).
+    // every concurrency mode run on it (the shared ones lock byte ranges), with the commits
+    // each makes.
     fn try_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, redb::BackendError> {
         Ok(true)
     }

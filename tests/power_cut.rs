@@ -1,5 +1,5 @@
 //! Power loss, not just kill -9 (issue 10.4, the feed's side): with `ess::fault::PowerCut`
-//! as redb's storage, in the daemon's own mode (single writer, two-phase commits), the power
+//! as redb's storage, opened as the daemon opens it (`feed::store::builder`), the power
 //! is cut at random points while concurrent requests are being group-committed and a
 //! connector commits its cursor through the same write slot. After each cut the surviving
 //! image is opened again and checked: every acknowledged event is there exactly once, at the
