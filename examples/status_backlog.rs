@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use ess::feed::{Feed, NewEvent, open_database};
-use ess::state::{ConnectorInfo, Store, feed_status};
+use ess::state::{ConnectorInfo, Reader, feed_status};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let spec =
         ess::connector::load_one(&map, chrono_tz::UTC).map_err(|d| anyhow::anyhow!("{d:?}"))?;
     let info = ConnectorInfo::of_spec(&spec, Some(ess::connector::Live::default()));
-    let store = Store::shared(db.clone(), &path);
+    let store = Reader::shared(db.clone(), &path);
     let status = feed_status(&store, Some(feed.last_seq()), Utc::now())?;
 
     let t = Instant::now();

@@ -46,6 +46,7 @@ pub fn check(config: &Path, probe: bool, now: DateTime<Utc>) -> Findings {
     };
     tls(&cfg, now, &mut f);
     folders(&cfg, &mut f);
+    feed_keys(&cfg, &mut f);
     let specs = match crate::connector::load_all(&cfg.maps_dir, cfg.timezone) {
         Ok(specs) => specs,
         Err(errs) => {
@@ -84,6 +85,35 @@ pub fn check(config: &Path, probe: bool, now: DateTime<Utc>) -> Findings {
         );
     }
     f
+}
+
+/// The configured encryption keys load, and open what `ess.redb` was sealed with (skipped
+/// while a running daemon holds the file: it checked them when it opened it).
+fn feed_keys(cfg: &Config, f: &mut Findings) {
+    let current = match crate::feed::seal::load_configured(
+        cfg.feed.encryption_key_file.as_deref(),
+        &cfg.feed.encryption_previous_key_files,
+    ) {
+        Ok(k) => k,
+        Err(e) => {
+            f.problems.push(at(&cfg.file, e));
+            return;
+        }
+    };
+    match crate::feed::check_seal_keys(&cfg.db_path(), current.as_deref()) {
+        Ok(()) if current.is_some() => f.ok.push(format!(
+            "the encryption key opens {}",
+            cfg.db_path().display()
+        )),
+        Ok(()) => {}
+        Err(e) => f.problems.push(at(
+            &cfg.file,
+            format!(
+                "the feed's encryption keys do not fit {}: {e}",
+                cfg.db_path().display()
+            ),
+        )),
+    }
 }
 
 fn at(file: &Path, message: impl std::fmt::Display) -> String {

@@ -118,6 +118,11 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Check the whole database (redb's pages and every value's checksum); list damaged seqs.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Print the manual page (roff).
     Man,
 }
@@ -260,6 +265,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pause(a) => out(&admin::act::pause_output(&a)?),
         Command::Resume(a) => out(&admin::act::resume_output(&a)?),
         Command::Skip(a) => out(&admin::act::skip_output(&a)?),
+        Command::Verify { config } => verify(&config),
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "ess", &mut buf);
@@ -284,6 +290,36 @@ fn serve(config: &ConfigArg) -> anyhow::Result<()> {
             b.ingest, b.status
         ));
     }))
+}
+
+/// `ess verify`: prints the report; damage found is a runtime failure (exit 1).
+fn verify(config: &ConfigArg) -> anyhow::Result<()> {
+    let cfg = config.load()?;
+    // The keys let verify open sealed payloads too (their tags are checksums of their own).
+    crate::feed::seal::load_configured(
+        cfg.feed.encryption_key_file.as_deref(),
+        &cfg.feed.encryption_previous_key_files,
+    )?;
+    let db = cfg.db_path();
+    if !db.exists() {
+        return Err(UsageError(format!(
+            "no database at {} (has `ess serve` run with this config?)",
+            db.display()
+        ))
+        .into());
+    }
+    let report = crate::feed::verify::verify(&db)
+        .with_context(|| format!("cannot verify {}", db.display()))?;
+    out(&report.to_string())?;
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "{} is damaged: {} value(s)",
+            db.display(),
+            report.damaged.len().max(1)
+        ))
+    }
 }
 
 fn map(m: MapCommand) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::io;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::rngs::StdRng;
@@ -240,6 +241,37 @@ impl redb::StorageBackend for PowerCutBackend {
         apply(&mut d.volatile, &op);
         d.pending.push(op);
         Ok(())
+    }
+
+    // One process holds the simulated disk, so every byte-range lock is granted: that lets
+    // every concurrency mode run on it (the shared ones lock byte ranges), with the commits
+    // each makes.
+    fn try_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, redb::BackendError> {
+        Ok(true)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        _: Bound<u64>,
+        _: Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        Ok(true)
+    }
+
+    fn lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), redb::BackendError> {
+        Ok(())
+    }
+
+    fn lock_shared_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), redb::BackendError> {
+        Ok(())
+    }
+
+    fn unlock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), redb::BackendError> {
+        Ok(())
+    }
+
+    fn query_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, redb::BackendError> {
+        Ok(false)
     }
 }
 

@@ -5,7 +5,13 @@
 //!
 //! Shutdown order keeps the promise: the ingest stops accepting first and answers the
 //! requests under way (their commits finish), connectors finish the delivery under way and
-//! commit it, and only then is the feed's committer stopped.
+//! commit it, the status page, admin socket and retention stop, and only then is the feed's
+//! committer stopped and `ess.redb` closed explicitly ([`crate::feed::Store::close`]), so
+//! the next start needs no repair.
+//!
+//! Everything that reads or writes the database holds the one [`Store`]: when a full disk
+//! makes redb refuse writes, the store reopens the file by itself once space returns (ingest
+//! answers 503 meanwhile), and nobody holds an old handle.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +23,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, Diagnostics};
 use crate::connector::{self, ConnectorSpec, Env, Runner};
-use crate::feed::{self, Feed};
+use crate::feed::{self, Feed, Store, StoreOptions};
 use crate::ingest::{self, IngestState};
 use crate::ledger::Ledger;
-use crate::state::{Connectors, Running, Store};
+use crate::state::{Connectors, Reader, Running};
 
 /// How long shutdown waits for connectors to finish the delivery under way.
 const CONNECTOR_DRAIN: Duration = Duration::from_secs(20);
@@ -41,15 +47,28 @@ pub struct Bound {
 /// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once both listeners are bound.
 pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let specs = connector::load_all(&cfg.maps_dir, cfg.timezone).map_err(Diagnostics)?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
-    let db = Arc::new(
-        feed::open_database(&cfg.db_path())
-            .with_context(|| format!("cannot open {}", cfg.db_path().display()))?,
-    );
-    let feed = Feed::open(db.clone())
+    create_data_dir(&cfg.data_dir)?;
+    let seal = feed::seal::load_configured(
+        cfg.feed.encryption_key_file.as_deref(),
+        &cfg.feed.encryption_previous_key_files,
+    )
+    .context("feed.encryption_key_file")?;
+    let health = Arc::new(crate::health::Health::new(
+        cfg.data_dir.clone(),
+        cfg.min_free_disk,
+    ));
+    let store = Store::open(
+        &cfg.db_path(),
+        StoreOptions {
+            cache_size: cfg.feed.cache,
+            health: Some(health.clone()),
+            seal,
+        },
+    )
+    .with_context(|| format!("cannot open {}", cfg.db_path().display()))?;
+    let feed = Feed::open(store.clone())
         .with_context(|| format!("cannot open the feed in {}", cfg.db_path().display()))?;
-    let ledger = Ledger::new(db.clone());
+    let ledger = Ledger::new(store.clone());
     let tls = ingest::tls::Tls::load(
         &cfg.ingest.cert,
         &cfg.ingest.key,
@@ -71,15 +90,11 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         hooks: Arc::new(metrics.clone()),
         wake: wake_rx,
     };
-    let store = Arc::new(Store::shared(db.clone(), &cfg.db_path()));
-    let connectors = Arc::new(Connectors::new(store));
+    let reader = Arc::new(Reader::shared(store.clone(), &cfg.db_path()));
+    let connectors = Arc::new(Connectors::new(reader));
     let mut generation = start_generation(specs, &env, &connectors)?;
 
     let (stop_ingest, ingest_stop_rx) = watch::channel(false);
-    let health = Arc::new(crate::health::Health::new(
-        cfg.data_dir.clone(),
-        cfg.min_free_disk,
-    ));
     let state = Arc::new(IngestState {
         feed: feed.clone(),
         limits: ingest::Limits::new(cfg.ingest.max_body, cfg.ingest.max_inflight_bytes),
@@ -113,7 +128,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
             )
         })?;
     let retention_task = tokio::spawn(retention(
-        db.clone(),
+        store.clone(),
         connectors.clone(),
         cfg.retention_feed,
         ingest_stop_rx.clone(),
@@ -162,7 +177,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     admin.stop();
     status_server.stop();
     feed.close();
-    tracing::info!("stopped");
+    tracing::info!("stopped; ess.redb closed");
     Ok(())
 }
 
@@ -172,7 +187,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// Compacts events every connector has passed and older than `retention.feed`, at start and
 /// then every [`RETENTION_EVERY`], until shutdown.
 async fn retention(
-    db: Arc<redb::Database>,
+    db: Store,
     connectors: Arc<Connectors>,
     keep: Duration,
     mut stop: watch::Receiver<bool>,
@@ -199,6 +214,22 @@ async fn retention(
             _ = tokio::time::sleep(RETENTION_EVERY) => {}
         }
     }
+}
+
+/// Creates `data_dir` if needed; a new folder's parent is fsynced, so its name survives a
+/// power loss (the file inside is fsynced into it when created).
+fn create_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot fsync {}", parent.display()))?;
+    }
+    Ok(())
 }
 
 fn start_generation(

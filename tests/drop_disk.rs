@@ -374,10 +374,13 @@ fn the_common_append_costs_no_intent_and_no_folder_sync() {
     let mut app = Appliance::init();
     let common = syncs_per_delivery(&mut app, &ids, |_| "permit.txt".into());
     assert_eq!(common.len(), ids.len() - 1, "{common:?}");
+    // The ledger syncs between two deliveries: the previous delivery's commit and the next
+    // event's ingest commit. One window may also hold a commit of the daemon's own (the
+    // retention pass at start), so the common count is the least seen, seen in all others.
+    let base = common.iter().map(|&(r, _)| r).min().unwrap_or_default();
+    assert!(common.iter().all(|&(_, folder)| !folder), "{common:?}");
     assert!(
-        common
-            .iter()
-            .all(|&(r, folder)| r == common[0].0 && !folder),
+        common.iter().filter(|&&(r, _)| r == base).count() >= common.len() - 1,
         "{common:?}"
     );
 
@@ -389,9 +392,7 @@ fn the_common_append_costs_no_intent_and_no_folder_sync() {
         "(ledger syncs, folder synced) per delivery: same file {common:?}; a new file each time {every_new:?}"
     );
     assert!(
-        every_new
-            .iter()
-            .all(|&(r, folder)| r > common[0].0 && folder),
+        every_new.iter().all(|&(r, folder)| r > base && folder),
         "an intent shows: {every_new:?} vs {common:?}"
     );
 }

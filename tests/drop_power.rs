@@ -195,7 +195,7 @@ async fn boot<D: DropUnderTest>(
     let db = {
         // (No SingleWriter mode: it needs file locks, which a simulated disk has not.)
         match redb::Database::builder().create_with_backend(PoweredBackend::new(disk, power)) {
-            Ok(db) => Arc::new(db),
+            Ok(db) => ess::feed::Store::from(db),
             Err(e) => {
                 assert!(
                     power.fired(),

@@ -113,7 +113,7 @@ fn check_outcome(body: &[u8], ndjson: bool, events: Option<&[Value]>) {
             if let Some(n) = n_events {
                 assert_eq!(taken.len(), n);
             }
-            for e in &taken {
+            for e in &taken.to_events().expect("an accepted batch reads back") {
                 let t = &e.event_type;
                 assert!(
                     !t.is_empty()

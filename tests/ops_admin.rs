@@ -340,7 +340,7 @@ impl AdminBackend for Counting {
 /// tasks not started: the admin socket answers from their specs and the ledger).
 fn daemon_admin(
     a: &Appliance,
-    db: Arc<redb::Database>,
+    db: ess::feed::Store,
     wake: impl Fn(&str) + Send + Sync + 'static,
 ) -> Admin {
     let feed = Feed::open(db.clone()).unwrap();
@@ -352,7 +352,7 @@ fn daemon_admin(
         hooks: Arc::new(ess::status::Metrics::new()),
         wake: tokio::sync::watch::channel(0).1,
     };
-    let store = Arc::new(ess::state::Store::shared(db, &a.cfg.db_path()));
+    let store = Arc::new(ess::state::Reader::shared(db, &a.cfg.db_path()));
     let connectors = Arc::new(ess::state::Connectors::new(store));
     let running = ess::connector::load_all(&a.cfg.maps_dir, chrono_tz::UTC)
         .unwrap()
@@ -407,7 +407,7 @@ impl AdminBackend for Nothing {
 async fn commands_go_through_the_socket_of_a_running_daemon() {
     let a = appliance().await;
     // The "daemon" holds the database open for writing, as `ess serve` does.
-    let db = Arc::new(open_database(&a.cfg.db_path()).unwrap());
+    let db = ess::feed::Store::from(open_database(&a.cfg.db_path()).unwrap());
     let woken = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let w = woken.clone();
     let backend = Arc::new(Counting {
@@ -574,7 +574,7 @@ impl AdminBackend for SlowBackup {
 #[tokio::test]
 async fn a_running_backup_does_not_block_other_commands_and_runs_alone() {
     let a = appliance().await;
-    let db = Arc::new(open_database(&a.cfg.db_path()).unwrap());
+    let db = ess::feed::Store::from(open_database(&a.cfg.db_path()).unwrap());
     let (started_tx, started) = std::sync::mpsc::channel();
     let (release, release_rx) = std::sync::mpsc::channel();
     let backend = Arc::new(SlowBackup {

@@ -11,7 +11,7 @@ use ess::event::{Event, Record};
 use ess::feed::{self, Feed, NewEvent};
 use ess::ingest::IngestHooks;
 use ess::ledger::{DeadLetter, Ledger, RetryState};
-use ess::state::{Connectors, Running, Store};
+use ess::state::{Connectors, Reader, Running};
 use ess::status::{ConnectorState, DaemonStatus, Metrics, StatusSource};
 
 const MAP: &str = "\
@@ -52,7 +52,7 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
         ));
     }
     let db_path = dir.path().join("ess.redb");
-    let db = Arc::new(feed::open_database(&db_path).unwrap());
+    let db = feed::Store::from(feed::open_database(&db_path).unwrap());
     let feed = Feed::open(db.clone()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -109,7 +109,7 @@ fn snapshot_reflects_feed_ledger_and_live_state() {
             handle: runner.handle(),
         });
     }
-    let store = Arc::new(Store::shared(db.clone(), &db_path));
+    let store = Arc::new(Reader::shared(db.clone(), &db_path));
     let connectors = Arc::new(Connectors::new(store.clone()));
     connectors.set(running);
     connectors.reloaded(false, 2, &["maps/x.yml:1:1: broken".to_owned()]);

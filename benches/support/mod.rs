@@ -2,8 +2,58 @@
 //! folder made by `ess init`, on loopback port 0, with fresh certificates.
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+/// The `ess` binary the benches run: this build, or `$ESS_BIN` (another build, to compare
+/// two releases on the same machine in the same minutes).
+pub fn bin() -> String {
+    std::env::var("ESS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ess").into())
+}
+
+/// `ess init` into `dir` with loopback port 0 listeners.
+pub fn init(dir: &Path) {
+    let st = Command::new(bin())
+        .args(["init", "--dir"])
+        .arg(dir)
+        .args(["--ingest", "127.0.0.1:0", "--status", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("ess init");
+    assert!(st.success());
+}
+
+/// Starts `ess serve` on the appliance in `dir` with `RUST_LOG=log_filter` (stderr to `log`,
+/// if given, else inherited) and waits for its listening line; the child and the ingest URL.
+pub fn serve(dir: &Path, log_filter: &str, log: Option<&Path>) -> (Child, String) {
+    let stderr = match log {
+        Some(p) => Stdio::from(std::fs::File::create(p).expect("log")),
+        None => Stdio::inherit(),
+    };
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(dir.join("ess.yml"))
+        .env("RUST_LOG", log_filter)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("ess serve");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("listening line");
+    // "ess listening: ingest=https://ADDR status=http://ADDR"
+    let ingest = line
+        .trim()
+        .trim_start_matches("ess listening: ingest=https://")
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (child, format!("https://{ingest}"))
+}
 
 pub struct Daemon {
     _tmp: tempfile::TempDir,
@@ -16,8 +66,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// `ess init`, without the permit map unless `with_connector`, `ess.yml` passed through
-    /// `edit_config`, then `ess serve` until it prints its listening line. `ESS_BIN` runs
-    /// another build instead of this one (to compare two releases on the same machine).
+    /// `edit_config`, then `ess serve` until it prints its listening line (see [`bin`]).
     pub fn start(
         with_connector: bool,
         log: &str,
@@ -25,42 +74,14 @@ impl Daemon {
     ) -> Daemon {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().join("app");
-        let bin = std::env::var("ESS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ess").into());
-        let st = Command::new(&bin)
-            .args(["init", "--dir"])
-            .arg(&dir)
-            .args(["--ingest", "127.0.0.1:0", "--status", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("ess init");
-        assert!(st.success());
+        init(&dir);
         if !with_connector {
             std::fs::remove_file(dir.join("maps/permit_map.yml")).expect("remove map");
         }
         let cfg = dir.join("ess.yml");
         let text = std::fs::read_to_string(&cfg).expect("config");
         std::fs::write(&cfg, edit_config(text)).expect("config");
-        let mut child = Command::new(&bin)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", log)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("ess serve");
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-            &mut line,
-        )
-        .expect("listening line");
-        // "ess listening: ingest=https://ADDR status=http://ADDR"
-        let ingest = line
-            .trim()
-            .trim_start_matches("ess listening: ingest=https://")
-            .split_whitespace()
-            .next()
-            .unwrap_or_default();
-        let url = format!("https://{ingest}");
+        let (child, url) = serve(&dir, log, None);
         Daemon {
             _tmp: tmp,
             dir,

@@ -17,7 +17,7 @@ use crate::connector::command::Action;
 use crate::event::Seq;
 use crate::ledger::Ledger;
 use crate::ledger::actions::Actor;
-use crate::state::{ConnectorInfo, Connectors, HealthStatus, Store};
+use crate::state::{ConnectorInfo, Connectors, HealthStatus, Reader};
 use crate::status::StatusSource;
 
 /// How long an action waits for its connector to finish the round under way.
@@ -42,7 +42,7 @@ enum Mode {
 
 /// Answers admin requests from the state module.
 pub struct Admin {
-    store: Arc<Store>,
+    store: Arc<Reader>,
     mode: Mode,
 }
 
@@ -70,7 +70,21 @@ impl Admin {
     /// files (a file that does not load is left out with a warning; `ess check` shows why)
     /// and from the ledger.
     pub fn offline(cfg: &Config) -> Result<Admin, AdminError> {
-        let store = Store::open_read_only(&cfg.db_path())?;
+        Admin::offline_with(cfg, Reader::open_read_only(&cfg.db_path())?)
+    }
+
+    /// [`Admin::offline`] on the file opened for writing (`ess replay` without a daemon):
+    /// one handle reads and writes, since only one may hold the file.
+    pub fn offline_writable(cfg: &Config) -> Result<Admin, AdminError> {
+        let reader = Reader::open_writable(&cfg.db_path()).map_err(|e| {
+            AdminError::BadRequest(format!(
+                "{e} (a daemon holds it but its admin socket does not answer?)"
+            ))
+        })?;
+        Admin::offline_with(cfg, reader)
+    }
+
+    fn offline_with(cfg: &Config, store: Reader) -> Result<Admin, AdminError> {
         let mut infos = Vec::new();
         let files = crate::config::connector::map_files(&cfg.maps_dir).map_err(|e| {
             AdminError::BadRequest(format!(
@@ -129,15 +143,13 @@ impl Admin {
     fn writable_ledger(&self) -> Result<Ledger, AdminError> {
         match &self.mode {
             Mode::Daemon { ledger, .. } => Ok(ledger.clone()),
-            Mode::Offline { cfg, .. } => {
-                let db = crate::feed::open_database(&cfg.db_path()).map_err(|e| {
-                    AdminError::BadRequest(format!(
-                        "cannot open {} for writing: {e} (a daemon holds it but its admin socket does not answer?)",
-                        cfg.db_path().display()
-                    ))
-                })?;
-                Ok(Ledger::new(Arc::new(db)))
-            }
+            Mode::Offline { cfg, .. } => match self.store.writable() {
+                Some(store) => Ok(Ledger::new(store.clone())),
+                None => Err(AdminError::BadRequest(format!(
+                    "{} was opened read-only; nothing can be written through it",
+                    cfg.db_path().display()
+                ))),
+            },
         }
     }
 }

@@ -356,7 +356,7 @@ pub fn replay_output(args: &ReplayArgs) -> anyhow::Result<String> {
         request,
     };
     let resp: ReplayResponse = ask(&cfg, "/v1/replay", &call_body, ANSWER_TIMEOUT, |cfg| {
-        Admin::offline(cfg)?.replay(&call_body.request, &call_body.by)
+        Admin::offline_writable(cfg)?.replay(&call_body.request, &call_body.by)
     })?;
     if args.json {
         return json(&resp);

@@ -106,7 +106,20 @@ struct RawConfig {
     #[serde(default)]
     retention: Option<RawRetention>,
     #[serde(default)]
+    feed: Option<RawFeed>,
+    #[serde(default)]
     log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    #[serde(default)]
+    cache: Option<Spanned<String>>,
+    #[serde(default)]
+    encryption_key_file: Option<Spanned<String>>,
+    #[serde(default)]
+    encryption_previous_key_files: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,8 +192,34 @@ pub struct Config {
     pub admin_socket: PathBuf,
     pub retention_feed: std::time::Duration,
     pub min_free_disk: u64,
+    pub feed: FeedConfig,
     pub log_format: LogFormat,
 }
+
+/// `feed:` — the redb page cache and encryption at rest.
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// redb page cache in bytes.
+    pub cache: usize,
+    /// The key new payloads are sealed with: a path, or `credential:NAME` (a systemd
+    /// credential). `None`: payloads are stored in clear.
+    pub encryption_key_file: Option<PathBuf>,
+    /// Keys of earlier rotations, still needed to open what they sealed.
+    pub encryption_previous_key_files: Vec<PathBuf>,
+}
+
+impl Default for FeedConfig {
+    fn default() -> FeedConfig {
+        FeedConfig {
+            cache: crate::feed::store::DEFAULT_CACHE,
+            encryption_key_file: None,
+            encryption_previous_key_files: Vec::new(),
+        }
+    }
+}
+
+/// Smallest `feed.cache` accepted: redb needs room for a few pages per table.
+const MIN_FEED_CACHE: u64 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -321,6 +360,52 @@ impl Config {
                 0
             }),
         };
+        let mut feed = FeedConfig::default();
+        if let Some(f) = &raw.feed {
+            if let Some(c) = &f.cache {
+                match parse_size(&c.value) {
+                    Ok(n) if n >= MIN_FEED_CACHE => {
+                        feed.cache = usize::try_from(n).unwrap_or(usize::MAX);
+                    }
+                    Ok(_) => errs.push(Diagnostic::at(path, c, "feed.cache must be at least 1MiB")),
+                    Err(e) => errs.push(Diagnostic::at(path, c, format!("feed.cache: {e}"))),
+                }
+            }
+            // `credential:NAME` is a systemd credential, found at run time.
+            let key_path = |s: &Spanned<String>| {
+                if s.value.starts_with("credential:") {
+                    PathBuf::from(&s.value)
+                } else {
+                    resolve_path(&base, &s.value)
+                }
+            };
+            feed.encryption_key_file = f.encryption_key_file.as_ref().map(key_path);
+            feed.encryption_previous_key_files = f
+                .encryption_previous_key_files
+                .iter()
+                .map(key_path)
+                .collect();
+            let all = f
+                .encryption_key_file
+                .iter()
+                .chain(&f.encryption_previous_key_files);
+            for spec in all {
+                if spec.value.starts_with("credential:") {
+                    continue;
+                }
+                let p = key_path(spec);
+                if let Err(e) = crate::feed::seal::load_key_file(&p) {
+                    errs.push(Diagnostic::at(path, spec, e.to_string()));
+                }
+            }
+            if f.encryption_key_file.is_none() && !f.encryption_previous_key_files.is_empty() {
+                errs.push(Diagnostic::at(
+                    path,
+                    &f.encryption_previous_key_files[0],
+                    "feed.encryption_previous_key_files needs feed.encryption_key_file (the key new values are sealed with)",
+                ));
+            }
+        }
         let log_format = match raw.log.as_ref().map(|l| &l.format) {
             None => LogFormat::Text,
             Some(f) if f.value == "text" => LogFormat::Text,
@@ -365,6 +450,7 @@ impl Config {
             admin_socket,
             retention_feed,
             min_free_disk,
+            feed,
             log_format,
         })
     }
@@ -458,6 +544,35 @@ mod tests {
             err.contains("ess.yml:8:23: ingest.max_inflight_bytes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn feed_cache_and_encryption_keys_are_checked_where_they_are_written() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path(), 0o600);
+        let cfg = Config::parse(&dir.path().join("ess.yml"), MINIMAL).unwrap();
+        assert_eq!(cfg.feed.cache, crate::feed::store::DEFAULT_CACHE);
+        assert!(cfg.feed.encryption_key_file.is_none());
+        let key = dir.path().join("feed.key");
+        std::fs::write(&key, [5u8; 32]).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!("{MINIMAL}feed:\n  cache: 16MiB\n  encryption_key_file: feed.key\n");
+        let cfg = Config::parse(&dir.path().join("ess.yml"), &text).unwrap();
+        assert_eq!(cfg.feed.cache, 16 << 20);
+        assert_eq!(cfg.feed.encryption_key_file.as_deref(), Some(key.as_path()));
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = Config::parse(&dir.path().join("ess.yml"), &text).unwrap_err();
+        assert!(
+            err.to_string().contains("ess.yml:10:24: encryption key"),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}feed:\n  cache: 10KiB\n  colour: 1\n");
+        let err = Config::parse(&dir.path().join("ess.yml"), &text).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let text = format!("{MINIMAL}feed:\n  cache: 10KiB\n");
+        let err = Config::parse(&dir.path().join("ess.yml"), &text).unwrap_err();
+        assert!(err.to_string().contains("at least 1MiB"), "{err}");
     }
 
     #[test]

@@ -245,9 +245,11 @@ pub enum Phase {
     OutsideSchedule,
     /// Held by `ess pause` until `ess resume`.
     Paused,
-    /// A stored value failed its checksum: the connector stopped at `seq`.
+    /// A stored value this connector needs (its next event, its cursor...) failed its
+    /// checksum: nothing more is delivered until an operator acts (`ess verify`, restore).
+    /// `seq` is the damaged event's, when the damage is in an event.
     Corrupted {
-        seq: Seq,
+        seq: Option<Seq>,
     },
 }
 
@@ -423,12 +425,15 @@ impl Runner {
         };
         let started = blocking(|| {
             self.env.ledger.ensure_cursor(&name, start_seq)?;
-            crate::ledger::view::View::open(&**self.env.feed.db())?.pause(&name)
+            crate::ledger::view::View::open(self.env.feed.db())?.pause(&name)
         });
         match started {
             Ok(pause) => self.paused = pause.is_some(),
             Err(e) => {
                 tracing::error!(connector = %name, error = %e, "cannot read the ledger; connector not started");
+                if e.is_corrupt() {
+                    stop_corrupted(&name, &self.live, &e, shutdown).await;
+                }
                 return;
             }
         }
@@ -449,6 +454,10 @@ impl Runner {
                 match self.round().await {
                     Ok(Some(wait)) => wait,
                     Ok(None) => continue,
+                    Err(e) if e.is_corrupt() => {
+                        stop_corrupted(&name, &self.live, &e, shutdown).await;
+                        return;
+                    }
                     Err(e) => {
                         tracing::error!(connector = %name, error = %e, "connector round failed; retrying in 1s");
                         Wait::For(Duration::from_secs(1))
@@ -888,6 +897,29 @@ impl Runner {
         });
         Ok(Wait::For(delay))
     }
+}
+
+/// A damaged stored value: the connector delivers nothing more (a damaged value is never
+/// delivered, and skipping it would break order) and shows why until shutdown.
+async fn stop_corrupted(
+    name: &str,
+    live: &Mutex<Live>,
+    e: &crate::feed::Error,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let seq = e.corrupt_seq();
+    tracing::error!(connector = %name, ?seq, error = %e, "damaged stored value; the connector stops (run `ess verify`)");
+    if let Ok(mut l) = live.lock() {
+        l.set_phase(Phase::Corrupted { seq }, Utc::now());
+        l.last_error = Some(e.to_string());
+        l.next_attempt = None;
+    }
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    tracing::info!(connector = %name, "connector stopped");
 }
 
 /// The events one round took, before selecting and mapping.

@@ -70,7 +70,7 @@ fn rig(retry: &str) -> Rig {
     )
     .unwrap();
     let spec = Arc::new(load_one(&map, chrono_tz::UTC).unwrap_or_else(|e| panic!("{e:?}")));
-    let db = Arc::new(open_database(&dir.path().join("ess.redb")).unwrap());
+    let db = crate::feed::Store::from(open_database(&dir.path().join("ess.redb")).unwrap());
     let feed = Feed::open(db.clone()).unwrap();
     let env = Env {
         feed,
@@ -610,4 +610,39 @@ async fn parking_after_a_failed_attempt_commits_the_intent_as_the_checkpoint() {
         b"intent-1-1"
     );
     assert_eq!(rig.env.ledger.intent("t").unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_event_stops_the_connector_in_corrupted_before_it_is_delivered() {
+    let rig = rig("{base: 1ms, max_delay: 2ms}");
+    append(&rig.env, &["a", "b", "c"], "P").await;
+    // Flip one bit of seq 2's stored bytes, as a failing disk would.
+    let store = rig.env.feed.db().clone();
+    let tx = store.begin_write().unwrap();
+    {
+        use redb::ReadableTable;
+        let mut events = tx.open_table(crate::feed::schema::EVENTS).unwrap();
+        let mut bytes = events.get(2).unwrap().unwrap().value().to_vec();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        events.insert(2, bytes.as_slice()).unwrap();
+    }
+    tx.commit().unwrap();
+    let target = Recorder::default();
+    let got = target.got.clone();
+    let (stop, live, task) = spawn(&rig, target);
+    eventually("the connector to stop at the damage", || {
+        live.lock().unwrap().phase == Phase::Corrupted { seq: Some(2) }
+    })
+    .await;
+    assert!(
+        got.lock().unwrap().iter().all(|id| id == "a"),
+        "nothing from seq 2 on is delivered: {:?}",
+        got.lock().unwrap()
+    );
+    let why = live.lock().unwrap().last_error.clone().unwrap();
+    assert!(why.contains("seq 2") && why.contains("checksum"), "{why}");
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert!(rig.env.ledger.cursor("t").unwrap().unwrap().seq < 2);
 }

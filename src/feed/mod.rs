@@ -1,62 +1,147 @@
 //! The feed: an append-only, gap-free log of events in redb (`ess.redb`), with group commit.
 //!
 //! ## On disk
-//! See [`schema`]: `events` (seq -> versioned postcard [`StoredEvent`]), `keys`
-//! (idempotency key -> seq) and `meta` (`format_version`, `last_seq`).
+//! See [`schema`] (tables, ledger value codec, version log) and [`codec`] (one event's
+//! bytes): `events` (seq -> the event, payload as received, checksummed and bound to its
+//! seq), `key_index` (the idempotency key, or its prefix and digest when long -> seq) and `meta`
+//! (`format_version`, `last_seq`, `last_seq_check`).
 //!
 //! ## Group commit
-//! Every append goes through one committer thread. It takes the first waiting request, then
-//! every request that queued up meanwhile (up to [`GROUP_MAX_EVENTS`]), and writes them all
-//! in one redb write transaction with `Durability::Immediate`. Only when `commit()` has
-//! returned, that is after redb's fsync, does it answer each request. So N concurrent
-//! requests cost one fsync, not N, and none is answered before its events are durable.
+//! Every write to `ess.redb` goes through one write slot ([`store::Store::write`]): ingest
+//! appends wait in a queue, a committer thread takes the first waiting request and every
+//! request that queued up meanwhile (up to [`GROUP_MAX_EVENTS`]), and writes them all in one
+//! redb write transaction, durable (redb fsyncs before `commit()` returns). A ledger write
+//! (a connector's delivery commit) takes the same slot and carries whatever appends are
+//! queued at that moment in its own transaction: one fsync serves both. Only when `commit()`
+//! has returned does anybody get an answer. Events are encoded in the request's own task
+//! before they queue ([`Batch`]), so the committer only assigns seqs, dedupes, checksums
+//! (and seals) and inserts while the next group is being encoded.
 //!
 //! ## Crash argument
 //! A transaction is all or nothing (redb's commit is atomic: a crash before the commit's
 //! fsync leaves the previous state). Seqs are assigned inside the transaction from
 //! `meta.last_seq`, so a crash can never leave a gap or a reused seq, and a request is never
-//! acknowledged for events that are not in the committed state. Idempotency keys are
+//! acknowledged for events that are not in the committed state. Idempotency key entries are
 //! written in the same transaction as their event, so dedupe survives restarts exactly.
+//!
+//! ## Integrity
+//! Every value read is verified ([`codec::EventView::decode`], [`schema::decode`]); a
+//! mismatch is [`Error::Corrupt`] naming table and seq or key, and is never handed out. A
+//! panic inside redb on a damaged page is caught where redb is called (every read and write
+//! of this module and of the ledger) and becomes the same error.
 
+pub mod codec;
+pub mod migrate;
 pub mod retention;
 pub mod schema;
+pub mod seal;
+pub mod store;
+pub mod verify;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
-use chrono::{DateTime, TimeZone, Utc};
-use redb::{Database, ReadableDatabase, ReadableTable};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableDatabase};
+use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::{oneshot, watch};
 
 use crate::event::{Event, Seq};
-use schema::{EVENTS, KEYS, META};
+pub use codec::{EventView, StoredPayload};
+use schema::{EVENTS, KEYS};
+pub use store::{Store, StoreOptions};
 
 /// Most events written in one group transaction; the rest wait for the next one.
 pub const GROUP_MAX_EVENTS: usize = 20_000;
 
-/// Failures of the feed.
+/// Failures of the feed (and the ledger, which shares its file).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database: {0}")]
-    Db(String),
+    Db(#[source] redb::Error),
+    /// A commit failed; every request of its group gets this (hence shared).
+    #[error("commit failed: {0}")]
+    Commit(#[source] Arc<redb::Error>),
     #[error("the feed is shut down")]
     Closed,
-    #[error("{0}")]
-    Format(String),
+    /// The database cannot be written now (a full disk made redb fail, and it is being
+    /// reopened); nothing was stored. Retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value failed its check: it is never handed out.
+    #[error("{}: damaged value refused: {why} (run `ess verify`)", corrupt_place(table, *seq, key.as_deref()))]
+    Corrupt {
+        table: &'static str,
+        seq: Option<Seq>,
+        key: Option<String>,
+        why: String,
+    },
+    /// A sealed payload or dead letter cannot be opened with the configured keys.
+    #[error("{what}: {source}")]
+    Seal {
+        what: String,
+        #[source]
+        source: seal::SealError,
+    },
+    #[error(
+        "ess.redb has feed format version {found}; this build reads versions 1 and {} (keep the older binary, or upgrade to a release that reads it)",
+        schema::FORMAT_VERSION
+    )]
+    FormatVersion { found: u64 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn corrupt_place(table: &str, seq: Option<Seq>, key: Option<&str>) -> String {
+    match (seq, key) {
+        (Some(s), Some(k)) => format!("table {table}, {k:?} seq {s}"),
+        (Some(s), None) => format!("table {table}, seq {s}"),
+        (None, Some(k)) => format!("table {table}, key {k:?}"),
+        (None, None) => format!("table {table}"),
+    }
+}
+
+impl Error {
+    /// Whether a stored value is damaged (as opposed to the database being unavailable).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+
+    /// The seq a corruption names, if any.
+    pub fn corrupt_seq(&self) -> Option<Seq> {
+        match self {
+            Error::Corrupt { seq, .. } => *seq,
+            _ => None,
+        }
+    }
+
+    pub(crate) fn corrupt(
+        table: &'static str,
+        seq: Option<Seq>,
+        key: Option<&str>,
+        why: impl std::fmt::Display,
+    ) -> Error {
+        Error::Corrupt {
+            table,
+            seq,
+            key: key.map(str::to_string),
+            why: why.to_string(),
+        }
+    }
 }
 
 macro_rules! db_err {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
-            fn from(e: $t) -> Self { Error::Db(e.to_string()) }
+            fn from(e: $t) -> Self { Error::Db(e.into()) }
         }
     )*};
 }
 db_err!(
-    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -65,7 +150,38 @@ db_err!(
     redb::SetDurabilityError
 );
 
-/// A validated event, not yet in the feed.
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Error::Db(e)
+    }
+}
+
+/// Runs redb work, turning a panic inside redb (a damaged page) into [`Error::Corrupt`].
+pub(crate) fn guarded<T>(
+    table: &'static str,
+    f: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(table, panic = %msg, "redb panicked reading or writing a damaged page; contained");
+            Err(Error::corrupt(
+                table,
+                None,
+                None,
+                format!("redb panicked on a damaged page: {msg}"),
+            ))
+        }
+    }
+}
+
+/// A validated event, not yet in the feed (the form tests and tools build; the ingest
+/// encodes straight into a [`Batch`]).
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_type: String,
@@ -73,6 +189,140 @@ pub struct NewEvent {
     pub key: String,
     pub trace_id: String,
     pub ts: Option<DateTime<Utc>>,
+}
+
+/// Events of one request, encoded and ready for the committer: one buffer, no per-event
+/// allocation.
+#[derive(Debug, Default)]
+pub struct Batch {
+    buf: Vec<u8>,
+    items: Vec<BatchItem>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BatchItem {
+    slot: codec::Slot,
+    index: IndexKey,
+}
+
+/// Longest idempotency key the dedupe index holds as it is.
+const INDEX_WHOLE_MAX: usize = 32;
+
+/// An idempotency key's entry in the dedupe index (`key_index`): the key itself when it is at
+/// most 32 bytes, else its first 16 bytes followed by the first 17 bytes of its SHA-256 (33
+/// bytes, a length no whole key has, so the two forms never meet). Bounded in size, exact
+/// for short keys, and a collision of long ones takes about 2^68 tries to find. Unlike a
+/// plain digest it keeps the order of keys a producer numbers or stamps in sequence
+/// (`c3-1041`, UUIDv7), so a group of inserts lands in a few index pages instead of one page
+/// per event.
+#[derive(Clone, Copy)]
+pub struct IndexKey {
+    len: u8,
+    bytes: [u8; INDEX_WHOLE_MAX + 1],
+}
+
+impl IndexKey {
+    pub fn of(key: &str) -> IndexKey {
+        use sha2::{Digest, Sha256};
+        let k = key.as_bytes();
+        let mut bytes = [0u8; INDEX_WHOLE_MAX + 1];
+        if k.len() <= INDEX_WHOLE_MAX {
+            bytes[..k.len()].copy_from_slice(k);
+            return IndexKey {
+                len: k.len() as u8,
+                bytes,
+            };
+        }
+        bytes[..16].copy_from_slice(&k[..16]);
+        bytes[16..].copy_from_slice(&Sha256::digest(k)[..INDEX_WHOLE_MAX + 1 - 16]);
+        IndexKey {
+            len: (INDEX_WHOLE_MAX + 1) as u8,
+            bytes,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl Batch {
+    pub fn with_capacity(n_events: usize, n_bytes: usize) -> Batch {
+        Batch {
+            buf: Vec::with_capacity(n_bytes),
+            items: Vec::with_capacity(n_events),
+        }
+    }
+
+    /// Adds one validated event; `payload` is the JSON object's bytes as received.
+    pub fn push(
+        &mut self,
+        event_type: &str,
+        key: &str,
+        trace_id: &str,
+        ts: Option<DateTime<Utc>>,
+        payload: &[u8],
+    ) {
+        let slot = codec::encode_into(
+            &mut self.buf,
+            event_type,
+            key,
+            trace_id,
+            ts.map(|t| t.timestamp_micros()),
+            payload,
+        );
+        self.items.push(BatchItem {
+            slot,
+            index: IndexKey::of(key),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The payload bytes of event `i` as they will be stored (unsealed).
+    pub fn payload_bytes(&self, i: usize) -> &[u8] {
+        let slot = self.items[i].slot;
+        &self.buf[slot.start + slot.payload_start..slot.end - 4]
+    }
+
+    /// The events as they would read back from the feed (seqs 1, 2, ... in order, received
+    /// now), for tests and previews.
+    pub fn to_events(&self) -> Result<Vec<Event>, Error> {
+        let now = Utc::now().timestamp_micros();
+        let mut out = Vec::with_capacity(self.items.len());
+        for (i, item) in self.items.iter().enumerate() {
+            let seq = i as Seq + 1;
+            let mut value = self.buf[item.slot.start..item.slot.end].to_vec();
+            codec::finish(&mut value, seq, now);
+            out.push(to_event(seq, &value)?);
+        }
+        Ok(out)
+    }
+}
+
+impl From<Vec<NewEvent>> for Batch {
+    fn from(events: Vec<NewEvent>) -> Batch {
+        let mut b = Batch::with_capacity(events.len(), events.len() * 160);
+        for ev in &events {
+            // A map with string keys always serializes.
+            let payload =
+                serde_json::to_vec(&ev.payload).expect("a JSON object with string keys serializes");
+            b.push(&ev.event_type, &ev.key, &ev.trace_id, ev.ts, &payload);
+        }
+        b
+    }
 }
 
 /// What one append did.
@@ -84,177 +334,172 @@ pub struct AppendOutcome {
     pub last_seq: Option<Seq>,
 }
 
-/// An event as stored (see [`schema::encode`]): the payload as its JSON text, so numbers
-/// keep their exact digits and postcard never has to describe arbitrary JSON.
-#[derive(Debug, Serialize, Deserialize)]
+/// An event as stored, owned (for tools that copy or list events). The payload is the
+/// stored form: the JSON text as received, or sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     pub event_type: String,
-    pub payload: String,
+    pub payload: Vec<u8>,
     pub key: String,
     pub trace_id: String,
     pub ts_micros: Option<i64>,
     pub received_at_micros: i64,
 }
 
-/// [`StoredEvent`] borrowed from a [`NewEvent`] for writing: the same fields in the same
-/// order, so postcard writes the same bytes without copying the strings.
-#[derive(Serialize)]
-struct StoredEventRef<'a> {
-    event_type: &'a str,
-    payload: String,
-    key: &'a str,
-    trace_id: &'a str,
-    ts_micros: Option<i64>,
-    received_at_micros: i64,
-}
-
 impl StoredEvent {
-    fn into_event(self, seq: Seq) -> Result<Event, Error> {
-        let payload = serde_json::from_str(&self.payload)
-            .map_err(|e| Error::Format(format!("event {seq}: stored payload is not JSON: {e}")))?;
-        Ok(Event {
-            seq,
-            event_type: self.event_type,
-            payload,
-            key: self.key,
-            trace_id: self.trace_id,
-            ts: self
-                .ts_micros
-                .and_then(|t| Utc.timestamp_micros(t).single()),
-            received_at: Utc
-                .timestamp_micros(self.received_at_micros)
-                .single()
-                .unwrap_or_default(),
+    /// Verifies and decodes the event stored under `seq` (payload left as stored).
+    pub fn decode(seq: Seq, bytes: &[u8]) -> Result<StoredEvent, Error> {
+        let v = EventView::decode(seq, bytes)
+            .map_err(|e| Error::corrupt("events", Some(seq), None, e))?;
+        Ok(StoredEvent {
+            event_type: v.event_type.to_string(),
+            payload: match v.stored_payload {
+                StoredPayload::Clear(p) | StoredPayload::Sealed(p) => p.to_vec(),
+            },
+            key: v.key.to_string(),
+            trace_id: v.trace_id().into_owned(),
+            ts_micros: v.ts_micros,
+            received_at_micros: v.received_at_micros,
         })
     }
-}
 
-struct AppendRequest {
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<AppendOutcome, Error>>,
+    /// The stored bytes of this event under `seq`, payload in clear.
+    pub fn encode(&self, seq: Seq) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let slot = codec::encode_into(
+            &mut buf,
+            &self.event_type,
+            &self.key,
+            &self.trace_id,
+            self.ts_micros,
+            &self.payload,
+        );
+        codec::finish(&mut buf[slot.start..slot.end], seq, self.received_at_micros);
+        buf
+    }
 }
 
 /// Handle to the feed; cheap to clone. Appends go to the committer thread, reads open their
 /// own read transactions.
 #[derive(Clone)]
 pub struct Feed {
-    db: Arc<Database>,
-    requests: mpsc::Sender<AppendRequest>,
-    last_seq: watch::Receiver<Seq>,
-    committer: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    store: Store,
+    committer: Arc<store::Committer>,
 }
 
 /// Opens (or creates) `ess.redb` so that a CLI process can read it while the daemon writes.
+/// A panic inside redb while it opens a damaged file is contained like any other.
 pub fn open_database(path: &std::path::Path) -> Result<Database, Error> {
-    let mut b = Database::builder();
-    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
-    Ok(b.create(path)?)
+    guarded("file", || {
+        Ok(store::builder(store::DEFAULT_CACHE).create(path)?)
+    })
 }
 
 /// Opens the database read-only, for CLI commands when a daemon may be running.
 pub fn open_database_read_only(path: &std::path::Path) -> Result<redb::ReadOnlyDatabase, Error> {
-    let mut b = Database::builder();
-    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
-    Ok(b.open_read_only(path)?)
+    guarded("file", || {
+        Ok(store::builder(store::DEFAULT_CACHE).open_read_only(path)?)
+    })
 }
 
-/// Creates the tables if needed and checks the format version.
-fn prepare(db: &Database) -> Result<Seq, Error> {
-    let tx = db.begin_write()?;
-    let last_seq;
-    {
-        let mut meta = tx.open_table(META)?;
-        let version = meta.get("format_version")?.map(|v| v.value());
-        match version {
-            None => {
-                meta.insert("format_version", schema::FORMAT_VERSION)?;
-            }
-            Some(v) if v == schema::FORMAT_VERSION => {}
-            Some(v) => {
-                return Err(Error::Format(format!(
-                    "ess.redb has feed format version {v}; this build reads version {} \
-                     (keep the older binary, or upgrade to a release that reads it)",
-                    schema::FORMAT_VERSION
-                )));
-            }
-        }
-        last_seq = meta.get("last_seq")?.map_or(0, |v| v.value());
-        tx.open_table(EVENTS)?;
-        tx.open_table(KEYS)?;
-        tx.open_table(schema::CURSORS)?;
-        tx.open_table(schema::RETRIES)?;
-        tx.open_table(schema::DEAD)?;
-        tx.open_table(schema::REQUEUE)?;
+/// Whether the keys registered in this process ([`seal::load_configured`]) open what the
+/// database at `path` was last sealed with; `current` is the key new values would be sealed
+/// with. A missing file is fine (nothing sealed yet).
+pub fn check_seal_keys(path: &std::path::Path, current: Option<&seal::Key>) -> Result<(), Error> {
+    if !path.exists() {
+        return Ok(());
     }
-    tx.commit()?;
-    Ok(last_seq)
+    let db = match open_database_read_only(path) {
+        Ok(db) => db,
+        // Left unclean by a crash (only a writer may repair it), or held by the running
+        // daemon: `ess serve` checks the keys when it opens the file.
+        Err(Error::Db(redb::Error::RepairAborted | redb::Error::DatabaseAlreadyOpen)) => {
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let recorded = guarded("meta", || {
+        let tx = db.begin_read()?;
+        let meta = match tx.open_table(schema::META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(meta
+            .get("seal_key_id")?
+            .and_then(|v| u32::try_from(v.value()).ok()))
+    })?;
+    seal::check_recorded(recorded, current.map(seal::Key::id)).map_err(|source| Error::Seal {
+        what: path.display().to_string(),
+        source,
+    })
 }
 
 impl Feed {
-    /// Opens the feed on `db`, starting the committer thread.
-    pub fn open(db: Arc<Database>) -> Result<Feed, Error> {
-        let last_seq = prepare(&db)?;
-        let (requests, rx) = mpsc::channel::<AppendRequest>();
-        let (seq_tx, seq_rx) = watch::channel(last_seq);
-        let db2 = db.clone();
-        let handle = std::thread::Builder::new()
-            .name("feed-committer".into())
-            .spawn(move || committer(&db2, &rx, &seq_tx, last_seq))
-            .map_err(|e| Error::Db(format!("cannot start committer thread: {e}")))?;
+    /// Opens the feed on `store` (migrating an older file, checking the format), starting
+    /// the committer thread.
+    pub fn open(store: impl Into<Store>) -> Result<Feed, Error> {
+        let store = store.into();
+        store.prepare()?;
+        let committer = store::Committer::start(store.clone())?;
         Ok(Feed {
-            db,
-            requests,
-            last_seq: seq_rx,
-            committer: Arc::new(std::sync::Mutex::new(Some(handle))),
+            store,
+            committer: Arc::new(committer),
         })
     }
 
     /// The database feed and ledger share.
-    pub fn db(&self) -> &Arc<Database> {
-        &self.db
+    pub fn db(&self) -> &Store {
+        &self.store
     }
 
     /// Appends `events` atomically; returns only after they are durable.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<AppendOutcome, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(AppendRequest { events, reply })
-            .map_err(|_| Error::Closed)?;
+        self.append_batch(Batch::from(events)).await
+    }
+
+    /// Appends an encoded batch (what the ingest validated) atomically; returns only after
+    /// it is durable.
+    pub async fn append_batch(&self, batch: Batch) -> Result<AppendOutcome, Error> {
+        let answer = self.store.enqueue(batch)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
     /// The highest committed seq (0 when empty).
     pub fn last_seq(&self) -> Seq {
-        *self.last_seq.borrow()
+        self.store.last_seq()
     }
 
     /// A receiver that changes whenever new events are committed.
-    pub fn subscribe(&self) -> watch::Receiver<Seq> {
-        self.last_seq.clone()
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Seq> {
+        self.store.subscribe()
     }
 
     /// Up to `limit` events with seq > `after`, in order.
     pub fn read_after(&self, after: Seq, limit: usize) -> Result<Vec<Event>, Error> {
-        read_after(&*self.db, after, limit)
+        read_after(&self.store, after, limit)
     }
 
     /// The event stored under idempotency key `key`, if any.
     pub fn get_by_key(&self, key: &str) -> Result<Option<Event>, Error> {
-        get_by_key(&*self.db, key)
+        get_by_key(&self.store, key)
     }
 
-    /// Stops the committer after the requests already queued are committed. Appends after
-    /// this fail with [`Error::Closed`].
+    /// Stops the committer after the requests already queued are committed, then closes the
+    /// database (every handle sharing it sees [`Error::Closed`] afterwards), so the file is
+    /// left clean and can be opened again. Appends after this fail with [`Error::Closed`].
     pub fn close(self) {
-        let handle = self.committer.lock().ok().and_then(|mut h| h.take());
-        drop(self.requests);
-        if let Some(h) = handle {
-            // Other clones may still hold a sender; the thread then ends when they drop.
-            if Arc::strong_count(&self.committer) == 1 {
-                let _ = h.join();
-            }
+        self.committer.stop();
+        if let Err(e) = self.store.close() {
+            tracing::warn!(error = %e, "closing ess.redb");
         }
     }
+}
+
+fn to_event(seq: Seq, bytes: &[u8]) -> Result<Event, Error> {
+    let view =
+        EventView::decode(seq, bytes).map_err(|e| Error::corrupt("events", Some(seq), None, e))?;
+    to_event_view(&view)
 }
 
 /// Reads up to `limit` events after `after` from any redb handle (daemon or read-only CLI).
@@ -263,225 +508,160 @@ pub fn read_after<D: ReadableDatabase>(
     after: Seq,
     limit: usize,
 ) -> Result<Vec<Event>, Error> {
-    let tx = db.begin_read()?;
-    let table = tx.open_table(EVENTS)?;
-    let mut out = Vec::new();
-    for row in table.range(after.saturating_add(1)..)?.take(limit) {
-        let (k, v) = row?;
-        let stored: StoredEvent = schema::decode(v.value())
-            .map_err(|e| Error::Format(format!("event {}: {e}", k.value())))?;
-        out.push(stored.into_event(k.value())?);
-    }
+    let mut out = Vec::with_capacity(limit.min(4096));
+    visit_after(db, after, limit, |view| {
+        out.push(to_event_view(&view)?);
+        Ok(std::ops::ControlFlow::Continue(()))
+    })?;
     Ok(out)
 }
 
-/// The newest committed seq (0 when empty), from any redb handle.
+fn to_event_view(view: &EventView<'_>) -> Result<Event, Error> {
+    let seq = view.seq;
+    view.to_event().map_err(|e| match e {
+        codec::ToEventError::Seal(source) => Error::Seal {
+            what: format!("event {seq}"),
+            source,
+        },
+        codec::ToEventError::Json(e) => Error::corrupt("events", Some(seq), None, e),
+    })
+}
+
+/// Hands each verified stored event after `after` (up to `limit`) to `visit`, borrowed from
+/// the page: no copy, no JSON parse unless `visit` asks ([`EventView::payload`]). Returns
+/// how many were visited. A damaged event stops the walk with [`Error::Corrupt`].
+pub fn visit_after<D: ReadableDatabase>(
+    db: &D,
+    after: Seq,
+    limit: usize,
+    mut visit: impl FnMut(EventView<'_>) -> Result<std::ops::ControlFlow<()>, Error>,
+) -> Result<usize, Error> {
+    guarded("events", || {
+        let tx = db.begin_read()?;
+        let table = match tx.open_table(EVENTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut n = 0;
+        for row in table.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            let seq = k.value();
+            let view = EventView::decode(seq, v.value())
+                .map_err(|e| Error::corrupt("events", Some(seq), None, e))?;
+            n += 1;
+            if visit(view)?.is_break() {
+                break;
+            }
+        }
+        Ok(n)
+    })
+}
+
+/// How much of the file one table takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableSize {
+    pub table: &'static str,
+    pub rows: u64,
+    pub leaf_pages: u64,
+    pub branch_pages: u64,
+    /// Bytes of keys and values in the leaves.
+    pub stored_bytes: u64,
+    /// Bytes of the pages that hold neither (free space inside pages).
+    pub fragmented_bytes: u64,
+}
+
+/// The size of each of the feed's and ledger's tables, through any handle.
+pub fn table_sizes<D: ReadableDatabase>(db: &D) -> Result<Vec<TableSize>, Error> {
+    use redb::ReadableTableMetadata;
+    guarded("meta", || {
+        let tx = db.begin_read()?;
+        let mut out = Vec::new();
+        macro_rules! size {
+            ($name:literal, $def:expr) => {
+                if let Ok(t) = tx.open_table($def) {
+                    let st = t.stats()?;
+                    out.push(TableSize {
+                        table: $name,
+                        rows: t.len()?,
+                        leaf_pages: st.leaf_pages(),
+                        branch_pages: st.branch_pages(),
+                        stored_bytes: st.stored_bytes(),
+                        fragmented_bytes: st.fragmented_bytes(),
+                    });
+                }
+            };
+        }
+        size!("events", EVENTS);
+        size!("key_index", KEYS);
+        size!("meta", schema::META);
+        size!("cursors", schema::CURSORS);
+        size!("retries", schema::RETRIES);
+        size!("dead", schema::DEAD);
+        size!("requeue", schema::REQUEUE);
+        Ok(out)
+    })
+}
+
+/// The highest seq ever committed (`meta.last_seq`; 0 for an empty feed), through any handle.
 pub fn read_last_seq<D: ReadableDatabase>(db: &D) -> Result<Seq, Error> {
-    let tx = db.begin_read()?;
-    let meta = match tx.open_table(META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(meta.get("last_seq")?.map_or(0, |v| v.value()))
+    guarded("meta", || {
+        let tx = db.begin_read()?;
+        let meta = match tx.open_table(schema::META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(meta.get("last_seq")?.map_or(0, |v| v.value()))
+    })
 }
 
-/// The event stored under idempotency key `key`, from any redb handle.
+/// The event with this seq, if it is (still) in the feed.
+pub fn read_event<D: ReadableDatabase>(db: &D, seq: Seq) -> Result<Option<Event>, Error> {
+    guarded("events", || {
+        let tx = db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        let Some(v) = table.get(seq)? else {
+            return Ok(None);
+        };
+        to_event(seq, v.value()).map(Some)
+    })
+}
+
+/// The event stored under idempotency key `key`, if any, through any redb handle.
 pub fn get_by_key<D: ReadableDatabase>(db: &D, key: &str) -> Result<Option<Event>, Error> {
-    let tx = db.begin_read()?;
-    let Some(seq) = tx.open_table(KEYS)?.get(key)?.map(|v| v.value()) else {
-        return Ok(None);
-    };
-    let events = tx.open_table(EVENTS)?;
-    let Some(bytes) = events.get(seq)? else {
-        return Ok(None);
-    };
-    let stored: StoredEvent = schema::decode(bytes.value()).map_err(Error::Format)?;
-    Ok(Some(stored.into_event(seq)?))
-}
-
-fn committer(
-    db: &Database,
-    rx: &mpsc::Receiver<AppendRequest>,
-    seq_tx: &watch::Sender<Seq>,
-    mut last_seq: Seq,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        let mut n_events = group[0].events.len();
-        while n_events < GROUP_MAX_EVENTS {
-            match rx.try_recv() {
-                Ok(r) => {
-                    n_events += r.events.len();
-                    group.push(r);
-                }
-                Err(_) => break,
-            }
+    guarded("key_index", || {
+        let tx = db.begin_read()?;
+        let Some(seq) = tx
+            .open_table(KEYS)?
+            .get(IndexKey::of(key).as_bytes())?
+            .map(|v| v.value())
+        else {
+            return Ok(None);
+        };
+        let events = tx.open_table(EVENTS)?;
+        let Some(bytes) = events.get(seq)? else {
+            // The event was compacted while its index row stayed (never written so), or
+            // the row points nowhere.
+            return Err(Error::corrupt(
+                "key_index",
+                Some(seq),
+                Some(key),
+                "points at a seq that is not in the feed",
+            ));
+        };
+        let event = to_event(seq, bytes.value())?;
+        if event.key != key {
+            return Err(Error::corrupt(
+                "key_index",
+                Some(seq),
+                Some(key),
+                "points at an event with another key",
+            ));
         }
-        let now = Utc::now();
-        match write_group(db, &group, last_seq, now) {
-            Ok((outcomes, new_last)) => {
-                last_seq = new_last;
-                seq_tx.send_replace(last_seq);
-                for (req, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = req.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, n_requests = group.len(), "feed commit failed; nothing of these requests was stored");
-                for req in group {
-                    let _ = req.reply.send(Err(Error::Db(e.to_string())));
-                }
-            }
-        }
-    }
-}
-
-/// Writes one group in one durable transaction. Nothing is visible, and nothing answered,
-/// unless the whole group commits.
-fn write_group(
-    db: &Database,
-    group: &[AppendRequest],
-    mut last_seq: Seq,
-    now: DateTime<Utc>,
-) -> Result<(Vec<AppendOutcome>, Seq), Error> {
-    let mut tx = db.begin_write()?;
-    tx.set_durability(redb::Durability::Immediate)?;
-    let mut outcomes = Vec::with_capacity(group.len());
-    {
-        let mut events = tx.open_table(EVENTS)?;
-        let mut keys = tx.open_table(KEYS)?;
-        let received_at_micros = now.timestamp_micros();
-        for req in group {
-            let mut out = AppendOutcome::default();
-            for ev in &req.events {
-                if keys.get(ev.key.as_str())?.is_some() {
-                    out.duplicates += 1;
-                    continue;
-                }
-                last_seq += 1;
-                let stored = StoredEventRef {
-                    event_type: &ev.event_type,
-                    // A map with string keys always serializes.
-                    payload: serde_json::to_string(&ev.payload)
-                        .expect("a JSON object with string keys serializes"),
-                    key: &ev.key,
-                    trace_id: &ev.trace_id,
-                    ts_micros: ev.ts.map(|t| t.timestamp_micros()),
-                    received_at_micros,
-                };
-                events.insert(last_seq, schema::encode(&stored).as_slice())?;
-                keys.insert(ev.key.as_str(), last_seq)?;
-                out.accepted += 1;
-                out.first_seq.get_or_insert(last_seq);
-                out.last_seq = Some(last_seq);
-            }
-            outcomes.push(out);
-        }
-        tx.open_table(META)?.insert("last_seq", last_seq)?;
-    }
-    tx.commit()?;
-    Ok((outcomes, last_seq))
+        Ok(Some(event))
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_event(key: &str) -> NewEvent {
-        let payload = serde_json::json!({"id": key, "amount": 19.99})
-            .as_object()
-            .unwrap()
-            .clone();
-        NewEvent {
-            event_type: "T".into(),
-            payload,
-            key: key.into(),
-            trace_id: "t".into(),
-            ts: None,
-        }
-    }
-
-    fn open(dir: &std::path::Path) -> Feed {
-        Feed::open(Arc::new(open_database(&dir.join("ess.redb")).unwrap())).unwrap()
-    }
-
-    #[tokio::test]
-    async fn seqs_are_gap_free_and_keys_dedupe_across_restarts() {
-        let dir = tempfile::tempdir().unwrap();
-        let feed = open(dir.path());
-        let out = feed
-            .append(vec![new_event("a"), new_event("b"), new_event("a")])
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
-            AppendOutcome {
-                accepted: 2,
-                duplicates: 1,
-                first_seq: Some(1),
-                last_seq: Some(2)
-            }
-        );
-        feed.close();
-
-        let feed = open(dir.path());
-        assert_eq!(feed.last_seq(), 2);
-        let out = feed
-            .append(vec![new_event("b"), new_event("c")])
-            .await
-            .unwrap();
-        assert_eq!(
-            out,
-            AppendOutcome {
-                accepted: 1,
-                duplicates: 1,
-                first_seq: Some(3),
-                last_seq: Some(3)
-            }
-        );
-        let all = feed.read_after(0, 10).unwrap();
-        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        assert_eq!(all[2].key, "c");
-        assert_eq!(all[0].payload["amount"].to_string(), "19.99");
-        assert_eq!(feed.get_by_key("b").unwrap().unwrap().seq, 2);
-        assert!(feed.get_by_key("zz").unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn concurrent_appends_share_commits_and_stay_gap_free() {
-        let dir = tempfile::tempdir().unwrap();
-        let feed = open(dir.path());
-        let mut tasks = Vec::new();
-        for t in 0..16 {
-            let feed = feed.clone();
-            tasks.push(tokio::spawn(async move {
-                for i in 0..20 {
-                    feed.append(vec![new_event(&format!("{t}-{i}"))])
-                        .await
-                        .unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let all = feed.read_after(0, 1000).unwrap();
-        assert_eq!(all.len(), 320);
-        assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
-    }
-
-    #[test]
-    fn a_newer_format_version_is_refused_with_a_clear_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_database(&dir.path().join("ess.redb")).unwrap();
-        let tx = db.begin_write().unwrap();
-        tx.open_table(META)
-            .unwrap()
-            .insert("format_version", 99)
-            .unwrap();
-        tx.commit().unwrap();
-        let err = Feed::open(Arc::new(db)).err().unwrap().to_string();
-        assert!(err.contains("format version 99"), "{err}");
-    }
-}
+mod tests;

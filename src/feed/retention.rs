@@ -17,10 +17,10 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 
-use super::schema::{self, DEAD, EVENTS, KEYS, REQUEUE};
-use super::{Error, StoredEvent};
+use super::schema::{DEAD, EVENTS, KEYS, REQUEUE};
+use super::{Error, EventView, IndexKey, Store, guarded};
 use crate::event::Seq;
 
 /// Most events deleted in one write transaction.
@@ -39,19 +39,24 @@ pub struct CompactStats {
     pub effective_bound: Seq,
 }
 
-/// The lowest seq any connector still needs as a dead letter or a queued replay.
-fn lowest_held(db: &Database) -> Result<Option<Seq>, Error> {
-    let tx = db.begin_read()?;
-    let mut low: Option<Seq> = None;
-    for row in tx.open_table(DEAD)?.iter()? {
-        let seq = row?.0.value().1;
-        low = Some(low.map_or(seq, |l| l.min(seq)));
-    }
-    for row in tx.open_table(REQUEUE)?.iter()? {
-        let seq = row?.0.value().1;
-        low = Some(low.map_or(seq, |l| l.min(seq)));
-    }
-    Ok(low)
+/// The lowest seq any connector still needs as a dead letter or a queued replay. Dead
+/// letters are verified: a damaged key must not let the event it held be compacted.
+fn lowest_held<D: ReadableDatabase>(db: &D) -> Result<Option<Seq>, Error> {
+    guarded("dead", || {
+        let tx = db.begin_read()?;
+        let mut low: Option<Seq> = None;
+        for row in tx.open_table(DEAD)?.iter()? {
+            let (k, v) = row?;
+            let (connector, seq) = k.value();
+            crate::ledger::decode_dead(connector, seq, v.value())?;
+            low = Some(low.map_or(seq, |l| l.min(seq)));
+        }
+        for row in tx.open_table(REQUEUE)?.iter()? {
+            let seq = row?.0.value().1;
+            low = Some(low.map_or(seq, |l| l.min(seq)));
+        }
+        Ok(low)
+    })
 }
 
 /// Deletes events with seq <= `keep_after_seq` received before `older_than` (see the
@@ -59,7 +64,7 @@ fn lowest_held(db: &Database) -> Result<Option<Seq>, Error> {
 /// first event too young: `received_at` grows with seq (the committer stamps each group),
 /// so a clock stepped backwards can only delay compaction, never remove a young event.
 pub fn compact(
-    db: &Database,
+    db: &Store,
     keep_after_seq: u64,
     older_than: DateTime<Utc>,
 ) -> Result<CompactStats, Error> {
@@ -73,48 +78,47 @@ pub fn compact(
         ..CompactStats::default()
     };
     loop {
-        let tx = db.begin_write()?;
-        let mut n = 0;
-        let mut done = false;
-        {
+        let (n, last, done) = db.write(|tx| {
             let mut events = tx.open_table(EVENTS)?;
             let mut keys = tx.open_table(KEYS)?;
-            let mut victims: Vec<(Seq, String)> = Vec::new();
+            let mut victims: Vec<(Seq, IndexKey)> = Vec::new();
+            let mut done = false;
             for row in events.range(..=bound)? {
                 if victims.len() >= COMPACT_BATCH {
                     break;
                 }
                 let (k, v) = row?;
                 let seq = k.value();
-                let stored: StoredEvent = schema::decode(v.value())
-                    .map_err(|e| Error::Format(format!("event {seq}: {e}")))?;
-                if stored.received_at_micros >= cutoff {
+                let ev = EventView::decode(seq, v.value())
+                    .map_err(|e| Error::corrupt("events", Some(seq), None, e))?;
+                if ev.received_at_micros >= cutoff {
                     done = true;
                     break;
                 }
-                victims.push((seq, stored.key));
+                victims.push((seq, IndexKey::of(ev.key)));
             }
             if victims.len() < COMPACT_BATCH {
                 done = true;
             }
-            for (seq, key) in &victims {
+            for (seq, index) in &victims {
                 events.remove(*seq)?;
-                // The key row points at this seq unless something is badly wrong; only
+                // The index row points at this seq unless something is badly wrong; only
                 // remove it if it does.
-                if keys.get(key.as_str())?.is_some_and(|v| v.value() == *seq) {
-                    keys.remove(key.as_str())?;
+                if keys
+                    .get(index.as_bytes())?
+                    .is_some_and(|v| v.value() == *seq)
+                {
+                    keys.remove(index.as_bytes())?;
                 }
-                n += 1;
-                stats.last_deleted = Some(*seq);
             }
-        }
+            Ok((victims.len() as u64, victims.last().map(|v| v.0), done))
+        })?;
         if n == 0 {
-            tx.abort()?;
             break;
         }
-        tx.commit()?;
         stats.deleted += n;
         stats.transactions += 1;
+        stats.last_deleted = last;
         if done {
             break;
         }
@@ -126,7 +130,7 @@ pub fn compact(
 /// whose maps are loaded). A connector without a cursor yet holds everything (0).
 /// Connectors the ledger knows but that are not named here (their map was removed) hold
 /// nothing.
-pub fn lowest_cursor(db: &Database, connectors: &[&str]) -> Result<Seq, Error> {
+pub fn lowest_cursor<D: ReadableDatabase>(db: &D, connectors: &[&str]) -> Result<Seq, Error> {
     let mut low = u64::MAX;
     for name in connectors {
         let seq = crate::ledger::read_cursor(db, name)?.map_or(0, |c| c.seq);
@@ -139,7 +143,7 @@ pub fn lowest_cursor(db: &Database, connectors: &[&str]) -> Result<Seq, Error> {
 /// One retention pass as the daemon runs it: events every connector in `connectors` has
 /// passed and received more than `retention` before `now` are compacted.
 pub fn compact_passed(
-    db: &Database,
+    db: &Store,
     connectors: &[&str],
     retention: std::time::Duration,
     now: DateTime<Utc>,

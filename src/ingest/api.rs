@@ -279,7 +279,7 @@ async fn post_events(req: Request<Incoming>, door: &Door) -> Resp {
         }
     };
     let n_events = events.len();
-    match state.feed.append(events).await {
+    match state.feed.append_batch(events).await {
         Ok(out) => {
             state.hooks.accepted(
                 out.accepted as u64,

@@ -1,15 +1,26 @@
-//! Request bodies -> validated [`NewEvent`]s, all or nothing (SPEC §5).
+//! Request bodies -> validated events encoded for the feed ([`Batch`]), all or nothing
+//! (SPEC §5).
 //!
 //! A body is one JSON object, a JSON array of them, or NDJSON. The first invalid event
 //! rejects the whole request with its `index` and `field`; nothing of it is committed.
+//!
+//! Validation is a borrowed parse: each event's fields are spans of the body
+//! ([`RawValue`]), the payload is walked once to prove it is JSON the feed's readers accept
+//! (the same parser, the same limits) without building a tree, and its bytes go into the
+//! feed exactly as they were sent. Only an event without an idempotency key builds its
+//! payload as a tree, for the canonical JSON of its content key.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::event::MAX_KEY_LEN;
-use crate::feed::NewEvent;
+use crate::feed::Batch;
 
 /// Why a request was refused, as sent back in the 400 body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,7 +40,8 @@ fn reject(index: Option<usize>, field: Option<&str>, error: impl Into<String>) -
     }
 }
 
-const KNOWN_FIELDS: [&str; 5] = ["type", "payload", "idempotency_key", "trace_id", "ts"];
+/// Longest `trace_id` accepted, in characters.
+const MAX_TRACE_LEN: usize = 256;
 
 /// Parses and validates a body. `ndjson`: one event per non-empty line. `trace_from_header`
 /// is the trace id of the request's `traceparent`, used for events without one.
@@ -37,26 +49,34 @@ pub fn parse_body(
     body: &[u8],
     ndjson: bool,
     trace_from_header: Option<&str>,
-) -> Result<Vec<NewEvent>, Rejection> {
-    let values: Vec<Value> = if ndjson {
+) -> Result<Batch, Rejection> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        reject(
+            None,
+            None,
+            format!("body is not JSON: it is not UTF-8 ({e})"),
+        )
+    })?;
+    let items: Vec<&RawValue> = if ndjson {
         let mut out = Vec::new();
-        for (i, line) in body
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        for (i, line) in text
+            .split('\n')
+            .filter(|l| !l.bytes().all(|b| b.is_ascii_whitespace()))
             .enumerate()
         {
             out.push(
-                serde_json::from_slice(line)
+                serde_json::from_str::<&RawValue>(line)
                     .map_err(|e| reject(Some(i), None, format!("line is not JSON: {e}")))?,
             );
         }
         out
     } else {
-        match serde_json::from_slice(body)
-            .map_err(|e| reject(None, None, format!("body is not JSON: {e}")))?
-        {
-            Value::Array(items) => items,
-            v @ Value::Object(_) => vec![v],
+        let top: &RawValue = serde_json::from_str(text)
+            .map_err(|e| reject(None, None, format!("body is not JSON: {e}")))?;
+        match top.get().as_bytes().first() {
+            Some(b'[') => serde_json::from_str(top.get())
+                .map_err(|e| reject(None, None, format!("body is not JSON: {e}")))?,
+            Some(b'{') => vec![top],
             _ => {
                 return Err(reject(
                     None,
@@ -66,26 +86,146 @@ pub fn parse_body(
             }
         }
     };
-    if values.is_empty() {
+    if items.is_empty() {
         return Err(reject(None, None, "no events in body"));
     }
-    values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| validate_event(i, v, trace_from_header))
-        .collect()
+    let mut batch = Batch::with_capacity(items.len(), body.len() + items.len() * 32);
+    for (i, raw) in items.into_iter().enumerate() {
+        validate_event(i, raw, trace_from_header, &mut batch)?;
+    }
+    Ok(batch)
+}
+
+/// A string from the body, borrowed unless it holds escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The fields of one event object, as spans of the body.
+#[derive(Default)]
+struct Fields<'a> {
+    event_type: Option<&'a RawValue>,
+    payload: Option<&'a RawValue>,
+    idempotency_key: Option<&'a RawValue>,
+    trace_id: Option<&'a RawValue>,
+    ts: Option<&'a RawValue>,
+    unknown: Option<Cow<'a, str>>,
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut f = Fields::default();
+                // A repeated field: the last one counts, as in any JSON object reader.
+                while let Some(Text(k)) = map.next_key::<Text<'de>>()? {
+                    let slot = match k.as_ref() {
+                        "type" => &mut f.event_type,
+                        "payload" => &mut f.payload,
+                        "idempotency_key" => &mut f.idempotency_key,
+                        "trace_id" => &mut f.trace_id,
+                        "ts" => &mut f.ts,
+                        _ => {
+                            f.unknown.get_or_insert(k);
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Proves a value is JSON the feed's readers parse (escapes, surrogates, nesting limit),
+/// building nothing.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_none<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Checked, D::Error> {
+                Checked::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_key::<Checked>()?.is_some() {
+                    map.next_value::<Checked>()?;
+                }
+                Ok(Checked)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn validate_event(
     index: usize,
-    value: Value,
+    raw: &RawValue,
     trace_from_header: Option<&str>,
-) -> Result<NewEvent, Rejection> {
+    batch: &mut Batch,
+) -> Result<(), Rejection> {
     let err = |field: &str, msg: String| reject(Some(index), Some(field), msg);
-    let Value::Object(mut obj) = value else {
+    if !raw.get().starts_with('{') {
         return Err(reject(Some(index), None, "event must be a JSON object"));
-    };
-    if let Some(unknown) = obj.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+    }
+    let fields: Fields<'_> = serde_json::from_str(raw.get())
+        .map_err(|e| reject(Some(index), None, format!("event is not valid JSON: {e}")))?;
+    if let Some(unknown) = &fields.unknown {
         return Err(err(
             unknown,
             format!(
@@ -93,10 +233,13 @@ fn validate_event(
             ),
         ));
     }
-    let event_type = match obj.remove("type") {
-        Some(Value::String(t)) => t,
-        Some(_) => return Err(err("type", "type must be a string".into())),
+    let event_type = match fields.event_type {
         None => return Err(err("type", "type is required".into())),
+        Some(t) => {
+            serde_json::from_str::<Text<'_>>(t.get())
+                .map_err(|_| err("type", "type must be a string".into()))?
+                .0
+        }
     };
     if event_type.is_empty()
         || event_type.len() > 128
@@ -109,20 +252,26 @@ fn validate_event(
             "type must be 1-128 characters of A-Z a-z 0-9 _ . -".into(),
         ));
     }
-    let payload: Map<String, Value> = match obj.remove("payload") {
-        Some(Value::Object(p)) => p,
-        Some(_) => return Err(err("payload", "payload must be a JSON object".into())),
+    let payload = match fields.payload {
         None => return Err(err("payload", "payload is required".into())),
+        Some(p) if !p.get().starts_with('{') => {
+            return Err(err("payload", "payload must be a JSON object".into()));
+        }
+        Some(p) => p,
     };
+    serde_json::from_str::<Checked>(payload.get())
+        .map_err(|e| err("payload", format!("payload is not valid JSON: {e}")))?;
     let opt_string =
-        |obj: &mut Map<String, Value>, field: &str| -> Result<Option<String>, Rejection> {
-            match obj.remove(field) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s)),
-                Some(_) => Err(err(field, format!("{field} must be a string"))),
+        |raw: Option<&'_ RawValue>, field: &str| -> Result<Option<String>, Rejection> {
+            match raw {
+                None => Ok(None),
+                Some(r) if r.get() == "null" => Ok(None),
+                Some(r) => serde_json::from_str::<Text<'_>>(r.get())
+                    .map(|t| Some(t.0.into_owned()))
+                    .map_err(|_| err(field, format!("{field} must be a string"))),
             }
         };
-    let ts_text = opt_string(&mut obj, "ts")?;
+    let ts_text = opt_string(fields.ts, "ts")?;
     let ts = match &ts_text {
         None => None,
         Some(t) => Some(
@@ -136,30 +285,32 @@ fn validate_event(
                 .with_timezone(&Utc),
         ),
     };
-    let key = match opt_string(&mut obj, "idempotency_key")? {
-        Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
+    let key = match opt_string(fields.idempotency_key, "idempotency_key")? {
+        Some(k) if k.is_empty() || k.chars().count() > MAX_KEY_LEN => {
             return Err(err(
                 "idempotency_key",
                 format!("idempotency_key must be 1-{MAX_KEY_LEN} characters"),
             ));
         }
         Some(k) => k,
-        None => content_key(&event_type, &payload, ts_text.as_deref()),
+        None => {
+            let tree: Map<String, Value> = serde_json::from_str(payload.get())
+                .map_err(|e| err("payload", format!("payload is not valid JSON: {e}")))?;
+            content_key(&event_type, &tree, ts_text.as_deref())
+        }
     };
-    let trace_id = match opt_string(&mut obj, "trace_id")? {
-        Some(t) if t.is_empty() || t.len() > 256 => {
-            return Err(err("trace_id", "trace_id must be 1-256 characters".into()));
+    let trace_id = match opt_string(fields.trace_id, "trace_id")? {
+        Some(t) if t.is_empty() || t.chars().count() > MAX_TRACE_LEN => {
+            return Err(err(
+                "trace_id",
+                format!("trace_id must be 1-{MAX_TRACE_LEN} characters"),
+            ));
         }
         Some(t) => t,
         None => trace_from_header.map_or_else(new_trace_id, str::to_string),
     };
-    Ok(NewEvent {
-        event_type,
-        payload,
-        key,
-        trace_id,
-        ts,
-    })
+    batch.push(&event_type, &key, &trace_id, ts, payload.get().as_bytes());
+    Ok(())
 }
 
 /// The idempotency key of an event without one: SHA-256 (hex) of the canonical JSON of
@@ -231,8 +382,8 @@ pub fn new_trace_id() -> String {
 mod tests {
     use super::*;
 
-    fn one(body: &str) -> Result<Vec<NewEvent>, Rejection> {
-        parse_body(body.as_bytes(), false, None)
+    fn one(body: &str) -> Result<Vec<crate::event::Event>, Rejection> {
+        parse_body(body.as_bytes(), false, None).map(|b| b.to_events().unwrap())
     }
 
     #[test]
@@ -314,10 +465,72 @@ mod tests {
             false,
             tp.as_deref(),
         )
+        .unwrap()
+        .to_events()
         .unwrap();
         assert_eq!(evs[0].trace_id, "mine");
         assert_eq!(evs[1].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         let generated = one(r#"{"type":"A","payload":{}}"#).unwrap();
         assert_eq!(generated[0].trace_id.len(), 32);
+    }
+
+    #[test]
+    fn idempotency_key_limit_counts_characters_not_bytes() {
+        let key = |k: &str| format!(r#"{{"type":"A","payload":{{}},"idempotency_key":"{k}"}}"#);
+        let accented = "é".repeat(256);
+        assert_eq!(one(&key(&accented)).unwrap()[0].key, accented);
+        let err = one(&key(&"é".repeat(257))).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("idempotency_key"));
+        let trace = format!(
+            r#"{{"type":"A","payload":{{}},"trace_id":"{}"}}"#,
+            "ü".repeat(256)
+        );
+        assert_eq!(one(&trace).unwrap()[0].trace_id, "ü".repeat(256));
+    }
+
+    #[test]
+    fn the_payload_is_stored_as_sent_and_validated_as_strictly_as_it_is_read() {
+        let body = r#"{"type":"A","idempotency_key":"k","payload": {"fee" : 1E2, "amt": 19.990, "n":"a\u00e9b"}}"#;
+        let batch = parse_body(body.as_bytes(), false, None).unwrap();
+        let ev = &batch.to_events().unwrap()[0];
+        assert_eq!(ev.payload["amt"].to_string(), "19.990");
+        assert_eq!(ev.payload["n"], "aéb");
+        assert_eq!(
+            batch.payload_bytes(0),
+            br#"{"fee" : 1E2, "amt": 19.990, "n":"a\u00e9b"}"#
+        );
+        // A lone surrogate passes a span-only parse but not a reader: refused up front, or
+        // the event would be stored and then never read back.
+        let r = one(r#"{"type":"A","payload":{"x":"\ud800"}}"#).unwrap_err();
+        assert_eq!(
+            (r.index, r.field.as_deref()),
+            (Some(0), Some("payload")),
+            "{r:?}"
+        );
+        for bad in [
+            r#"{"type":"A","payload":{"x":[1,}}"#,
+            r#"{"type":"A","payload":{"x":"\q"}}"#,
+        ] {
+            assert!(one(bad).is_err(), "{bad}");
+        }
+        let deep = format!(
+            r#"{{"type":"A","payload":{}1{}}}"#,
+            r#"{"a":"#.repeat(200),
+            "}".repeat(200)
+        );
+        assert!(
+            one(&deep).is_err(),
+            "nesting beyond the reader's limit is refused"
+        );
+    }
+
+    #[test]
+    fn escaped_names_and_repeated_fields_read_as_any_json_reader_would() {
+        let evs =
+            one(r#"{"\u0074ype":"A","payload":{},"payload":{"x":1},"idempotency_key":"k\n"}"#)
+                .unwrap();
+        assert_eq!(evs[0].event_type, "A");
+        assert_eq!(evs[0].payload["x"], 1);
+        assert_eq!(evs[0].key, "k\n");
     }
 }

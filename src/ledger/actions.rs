@@ -5,7 +5,9 @@
 //! `pauses` (connector -> [`Pause`]), `settled` ((connector, seq) -> [`Settled`]),
 //! `actions` (id -> [`ActionRecord`], ids 1, 2, ... in commit order, the newest
 //! [`KEEP_ACTIONS`] kept) and `errors` (connector -> [`ErrorNote`]); values are versioned
-//! postcard ([`schema::encode`]), tables declared in [`crate::feed::schema`].
+//! postcard with a checksum bound to their table and key ([`super::encode_named`],
+//! [`super::encode_keyed`]), tables declared in [`crate::feed::schema`]. A settled dead
+//! letter keeps the dead letter's own stored bytes (sealed, when sealing is on).
 //!
 //! Architecture invariant: every action is one durable transaction through
 //! `Ledger::write` that makes the change *and* appends its [`ActionRecord`], so the log
@@ -17,12 +19,13 @@ use chrono::{DateTime, Utc};
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
-use super::{CursorState, DeadLetter, Ledger, RetryState, decoded};
+use super::{
+    CursorState, DeadLetter, Ledger, RetryState, connector_value, cursor_in, decode_dead,
+    decode_keyed, encode_cursor, encode_dead, encode_keyed, encode_named, encode_retry,
+};
 use crate::event::Seq;
 use crate::feed::Error;
-use crate::feed::schema::{
-    self, ACTIONS, CURSORS, DEAD, ERRORS, PAUSES, REQUEUE, RETRIES, SETTLED,
-};
+use crate::feed::schema::{ACTIONS, CURSORS, DEAD, ERRORS, PAUSES, REQUEUE, RETRIES, SETTLED};
 
 /// How many action records are kept (older ones are dropped as new ones come).
 pub const KEEP_ACTIONS: u64 = 10_000;
@@ -63,6 +66,32 @@ pub struct Settled {
     pub by: String,
     pub at_micros: i64,
 }
+
+/// [`Settled`] as stored: the dead letter as it was stored in `dead` (checksummed, its
+/// message sealed when sealing is on), and the settlement.
+#[derive(Serialize, Deserialize)]
+struct StoredSettled {
+    letter: Vec<u8>,
+    how: Settle,
+    reason: String,
+    by: String,
+    at_micros: i64,
+}
+
+/// Verifies and decodes a settled dead letter stored under (`connector`, `seq`).
+pub(crate) fn decode_settled(connector: &str, seq: Seq, bytes: &[u8]) -> Result<Settled, Error> {
+    let stored: StoredSettled = decode_keyed("settled", connector, seq, bytes)?;
+    Ok(Settled {
+        letter: decode_dead(connector, seq, &stored.letter)?,
+        how: stored.how,
+        reason: stored.reason,
+        by: stored.by,
+        at_micros: stored.at_micros,
+    })
+}
+
+/// The binding of an action record's checksum: its table and id.
+pub(crate) const ACTIONS_TABLE: &str = "actions";
 
 /// One operator action, as the page and `ess show` list it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +138,7 @@ fn log(
         action: action.to_owned(),
         detail,
     };
-    t.insert(id, schema::encode(&record).as_slice())?;
+    t.insert(id, encode_keyed(ACTIONS_TABLE, "", id, &record).as_slice())?;
     if id > KEEP_ACTIONS {
         t.remove(id - KEEP_ACTIONS)?;
     }
@@ -129,7 +158,10 @@ impl Ledger {
                 by: who.by.to_owned(),
                 reason: reason.to_owned(),
             };
-            t.insert(connector, schema::encode(&pause).as_slice())?;
+            t.insert(
+                connector,
+                encode_named("pauses", connector, &pause).as_slice(),
+            )?;
             log(tx, connector, "pause", reason.to_owned(), who)?;
             Ok(true)
         })
@@ -151,11 +183,12 @@ impl Ledger {
     pub fn retry_now(&self, connector: &str, who: &Actor<'_>) -> Result<Option<RetryState>, Error> {
         self.write(|tx| {
             let mut t = tx.open_table(RETRIES)?;
-            let Some(mut retry): Option<RetryState> = decoded(&t, connector)? else {
+            let Some(mut retry): Option<RetryState> = connector_value(&t, "retries", connector)?
+            else {
                 return Ok(None);
             };
             retry.next_at_micros = who.at.timestamp_micros();
-            t.insert(connector, schema::encode(&retry).as_slice())?;
+            t.insert(connector, encode_retry(connector, &retry).as_slice())?;
             let detail = format!("seq {} after {} attempt(s)", retry.seq, retry.attempts);
             log(tx, connector, "retry", detail, who)?;
             Ok(Some(retry))
@@ -175,14 +208,15 @@ impl Ledger {
         who: &Actor<'_>,
     ) -> Result<(), Error> {
         self.write(|tx| {
-            let retry: Option<RetryState> = decoded(&tx.open_table(RETRIES)?, connector)?;
+            let retry: Option<RetryState> =
+                connector_value(&tx.open_table(RETRIES)?, "retries", connector)?;
             if queued {
                 tx.open_table(REQUEUE)?.remove((connector, seq))?;
             } else {
                 let mut cursors = tx.open_table(CURSORS)?;
-                let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
+                let mut state: CursorState = cursor_in(&cursors, connector)?.unwrap_or_default();
                 state.seq = state.seq.max(seq);
-                cursors.insert(connector, schema::encode(&state).as_slice())?;
+                cursors.insert(connector, encode_cursor(connector, &state).as_slice())?;
             }
             let letter = DeadLetter {
                 reason: "skipped".into(),
@@ -197,8 +231,10 @@ impl Ledger {
                     .filter(|r| r.seq == seq)
                     .map_or(0, |r| r.attempts),
             };
+            let sealer = self.store.sealing_key();
+            let bytes = encode_dead(connector, seq, &letter, sealer.as_deref());
             tx.open_table(DEAD)?
-                .insert((connector, seq), schema::encode(&letter).as_slice())?;
+                .insert((connector, seq), bytes.as_slice())?;
             tx.open_table(RETRIES)?.remove(connector)?;
             let detail = if reason.is_empty() {
                 format!("seq {seq}")
@@ -229,8 +265,10 @@ impl Ledger {
             let mut letters = Vec::new();
             for row in dead.range(range)? {
                 let (k, v) = row?;
-                let letter: DeadLetter = schema::decode(v.value()).map_err(Error::Format)?;
-                letters.push((k.value().1, letter));
+                let s = k.value().1;
+                // Verified before it moves: a damaged letter is not settled blindly.
+                decode_dead(connector, s, v.value())?;
+                letters.push((s, v.value().to_vec()));
             }
             if letters.is_empty() {
                 return Ok(Vec::new());
@@ -239,14 +277,15 @@ impl Ledger {
             let mut seqs = Vec::with_capacity(letters.len());
             for (s, letter) in letters {
                 dead.remove((connector, s))?;
-                let entry = Settled {
+                let entry = StoredSettled {
                     letter,
                     how,
                     reason: reason.to_owned(),
                     by: who.by.to_owned(),
                     at_micros: who.at.timestamp_micros(),
                 };
-                settled.insert((connector, s), schema::encode(&entry).as_slice())?;
+                let bytes = encode_keyed("settled", connector, s, &entry);
+                settled.insert((connector, s), bytes.as_slice())?;
                 seqs.push(s);
             }
             let detail = format!("{} {}: {reason}", seqs.len(), seq_list(&seqs));
@@ -291,8 +330,10 @@ impl Ledger {
     /// Keeps the connector's last delivery error (and when), for the page and `ess stats`.
     pub fn note_error(&self, connector: &str, note: &ErrorNote) -> Result<(), Error> {
         self.write(|tx| {
-            tx.open_table(ERRORS)?
-                .insert(connector, schema::encode(note).as_slice())?;
+            tx.open_table(ERRORS)?.insert(
+                connector,
+                encode_named("errors", connector, note).as_slice(),
+            )?;
             Ok(())
         })
     }
@@ -358,7 +399,7 @@ mod tests {
             .settle_dead("c", None, Settle::Discard, "obsolete", &who(11))
             .unwrap();
         assert_eq!(all, [5]);
-        let view = View::open(&*l.db).unwrap();
+        let view = View::open(&l.store).unwrap();
         assert!(view.dead_letter("c", 2).unwrap().is_none());
         let s = view.settled("c", 2).unwrap().unwrap();
         assert_eq!(
@@ -377,7 +418,7 @@ mod tests {
         let (_d, l) = ledger();
         assert!(l.pause("c", "legacy maintenance", &who(1)).unwrap());
         assert!(!l.pause("c", "again", &who(2)).unwrap());
-        let view = View::open(&*l.db).unwrap();
+        let view = View::open(&l.store).unwrap();
         assert_eq!(
             view.pause("c").unwrap().unwrap().reason,
             "legacy maintenance"
@@ -395,7 +436,7 @@ mod tests {
         l.record_failure("c", &retry).unwrap();
         let now = l.retry_now("c", &who(6)).unwrap().unwrap();
         assert_eq!(now.next_at_micros, 6_000_000);
-        let view = View::open(&*l.db).unwrap();
+        let view = View::open(&l.store).unwrap();
         assert!(view.pause("c").unwrap().is_none());
         let names: Vec<String> = view
             .actions(Some("c"), 10)
@@ -419,7 +460,7 @@ mod tests {
         };
         l.record_failure("c", &retry).unwrap();
         l.skip("c", 5, false, "poison record", &who(9)).unwrap();
-        let view = View::open(&*l.db).unwrap();
+        let view = View::open(&l.store).unwrap();
         let cursor = view.cursor("c").unwrap().unwrap();
         assert_eq!(
             (cursor.seq, cursor.checkpoint.as_slice()),
@@ -443,7 +484,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        let view = View::open(&*l.db).unwrap();
+        let view = View::open(&l.store).unwrap();
         assert_eq!(
             view.actions(None, usize::MAX).unwrap().len() as u64,
             KEEP_ACTIONS
@@ -475,7 +516,7 @@ mod tests {
             disk.cut(CutMode::Scramble(seed));
             let disk = PowerCut::from_image(disk.image());
             let l = open(&disk);
-            let view = View::open(&*l.db).unwrap();
+            let view = View::open(&l.store).unwrap();
             assert!(
                 view.pause("c").unwrap().is_some(),
                 "the committed pause survives"
@@ -506,7 +547,7 @@ mod tests {
         })
         .unwrap();
         l.resume("c", &who(3)).unwrap();
-        let view = View::open(&*l.db).unwrap();
+        let view = View::open(&l.store).unwrap();
         let log = view.actions(None, 10).unwrap();
         let names: Vec<&str> = log.iter().map(|(_, a)| a.action.as_str()).collect();
         assert_eq!(names, ["resume", "damaged", "pause"]);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::Ledger;
 use crate::event::Seq;
 use crate::feed::Error;
-use crate::feed::schema::{self, INTENTS};
+use crate::feed::schema::INTENTS;
 
 /// One connector's delivery under way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,21 +34,25 @@ pub struct Intent {
 impl Ledger {
     /// The connector's intent, if a delivery was under way when it last stopped or failed.
     pub fn intent(&self, connector: &str) -> Result<Option<Intent>, Error> {
-        let tx = self.db.begin_read()?;
-        let table = match tx.open_table(INTENTS) {
-            Ok(t) => t,
-            // A database from before intents: none is under way.
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        super::decoded(&table, connector)
+        crate::feed::guarded("intents", || {
+            let tx = self.store.begin_read()?;
+            let table = match tx.open_table(INTENTS) {
+                Ok(t) => t,
+                // A database from before intents: none is under way.
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            super::connector_value(&table, "intents", connector)
+        })
     }
 
     /// Durably records the connector's intent (replacing an older one).
     pub fn set_intent(&self, connector: &str, intent: &Intent) -> Result<(), Error> {
         self.write(|tx| {
-            tx.open_table(INTENTS)?
-                .insert(connector, schema::encode(intent).as_slice())?;
+            tx.open_table(INTENTS)?.insert(
+                connector,
+                super::encode_named("intents", connector, intent).as_slice(),
+            )?;
             Ok(())
         })
     }

@@ -3,8 +3,15 @@
 //!
 //! ## On disk
 //! `cursors` (connector -> [`CursorState`]), `retries` (connector -> [`RetryState`]),
-//! `dead` ((connector, seq) -> [`DeadLetter`]); values are versioned postcard
-//! ([`crate::feed::schema::encode`]).
+//! `dead` ((connector, seq) -> [`DeadLetter`], its message sealed when encryption at rest is
+//! on); values are [`crate::feed::schema::encode_bound`], their checksums bound to table and
+//! key, so a value under a damaged key is refused ([`Error::Corrupt`]) instead of read as
+//! another connector's or another seq's.
+//!
+//! ## Writes
+//! Every write goes through [`Ledger::write`], which runs in the store's one write slot
+//! ([`crate::feed::Store::write`]): the appends queued at that moment commit in the same
+//! transaction, at the same fsync.
 //!
 //! ## Commit points
 //! A delivery is committed by [`Ledger::commit_progress`]: one durable transaction moves the
@@ -21,15 +28,13 @@ pub mod intent;
 pub mod replay;
 pub mod view;
 
-use std::sync::Arc;
-
 use chrono::{DateTime, TimeZone, Utc};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::event::Seq;
-use crate::feed::Error;
 use crate::feed::schema::{self, CURSORS, DEAD, RETRIES};
+use crate::feed::{Error, Store, guarded, seal};
 
 /// How far one connector got.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,50 +97,68 @@ pub struct DeadLetter {
 /// Handle to the ledger tables.
 #[derive(Clone)]
 pub struct Ledger {
-    db: Arc<Database>,
+    store: Store,
 }
 
 impl Ledger {
-    pub fn new(db: Arc<Database>) -> Ledger {
-        Ledger { db }
+    /// The ledger in `db` (the daemon passes the feed's [`Store`], so ledger writes share
+    /// its write slot; a bare database works too, for tools and tests).
+    pub fn new(db: impl Into<Store>) -> Ledger {
+        Ledger { store: db.into() }
+    }
+
+    /// The store this ledger writes to.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Runs `f` in one durable write transaction and commits it. Every ledger write goes
-    /// through here, so how ledger commits reach the disk is decided in one place.
+    /// through here, so how ledger commits reach the disk is decided in one place: the
+    /// store's write slot, together with the appends queued meanwhile. A panic inside redb
+    /// (a damaged page) is contained and becomes [`Error::Corrupt`].
     pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let tx = self.db.begin_write()?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        self.store.write(f)
     }
 
     /// The connector's cursor; `None` if it never ran.
     pub fn cursor(&self, connector: &str) -> Result<Option<CursorState>, Error> {
-        read_cursor(&*self.db, connector)
+        read_cursor(&self.store, connector)
     }
 
     /// Creates the connector's cursor at `seq` if it has none (a new connector's `start:`).
+    ///
+    /// A connector without a cursor first checks every other cursor row: one whose key was
+    /// damaged would otherwise look like a connector that never ran, and start it over.
     pub fn ensure_cursor(&self, connector: &str, seq: Seq) -> Result<CursorState, Error> {
         self.write(|tx| {
             let mut t = tx.open_table(CURSORS)?;
-            if let Some(s) = decoded(&t, connector)? {
+            if let Some(s) = cursor_in(&t, connector)? {
                 return Ok(s);
+            }
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let name = k.value();
+                schema::decode_bound::<CursorState>(
+                    &schema::connector_binding("cursors", name),
+                    v.value(),
+                )
+                .map_err(|e| Error::corrupt("cursors", None, Some(name), e))?;
             }
             let s = CursorState {
                 seq,
                 ..CursorState::default()
             };
-            t.insert(connector, schema::encode(&s).as_slice())?;
+            t.insert(connector, encode_cursor(connector, &s).as_slice())?;
             Ok(s)
         })
     }
 
     /// The retry state of the connector's head, if its last attempt failed.
     pub fn retry_state(&self, connector: &str) -> Result<Option<RetryState>, Error> {
-        read_retry(&*self.db, connector)
+        read_retry(&self.store, connector)
     }
 
     /// Durably moves the cursor to `new_seq` with `checkpoint`, counting `n_delivered`
@@ -178,13 +201,13 @@ impl Ledger {
     ) -> Result<CursorState, Error> {
         self.write(|tx| {
             let mut cursors = tx.open_table(CURSORS)?;
-            let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
+            let mut state: CursorState = cursor_in(&cursors, connector)?.unwrap_or_default();
             if let Some(seq) = new_seq {
                 state.seq = state.seq.max(seq);
                 state.pinned = None;
             }
             state.record_delivery(checkpoint, n_delivered, now);
-            cursors.insert(connector, schema::encode(&state).as_slice())?;
+            cursors.insert(connector, encode_cursor(connector, &state).as_slice())?;
             let mut dead = tx.open_table(DEAD)?;
             if !requeued.is_empty() {
                 let mut requeue = tx.open_table(schema::REQUEUE)?;
@@ -193,8 +216,10 @@ impl Ledger {
                     dead.remove((connector, seq))?;
                 }
             }
+            let sealer = self.store.sealing_key();
             for (seq, letter) in parked {
-                dead.insert((connector, *seq), schema::encode(letter).as_slice())?;
+                let bytes = encode_dead(connector, *seq, letter, sealer.as_deref());
+                dead.insert((connector, *seq), bytes.as_slice())?;
             }
             tx.open_table(RETRIES)?.remove(connector)?;
             tx.open_table(schema::INTENTS)?.remove(connector)?;
@@ -206,9 +231,9 @@ impl Ledger {
     pub fn pin(&self, connector: &str, last: Seq) -> Result<(), Error> {
         self.write(|tx| {
             let mut cursors = tx.open_table(CURSORS)?;
-            let mut state: CursorState = decoded(&cursors, connector)?.unwrap_or_default();
+            let mut state: CursorState = cursor_in(&cursors, connector)?.unwrap_or_default();
             state.pinned = Some(last);
-            cursors.insert(connector, schema::encode(&state).as_slice())?;
+            cursors.insert(connector, encode_cursor(connector, &state).as_slice())?;
             Ok(())
         })
     }
@@ -217,27 +242,183 @@ impl Ledger {
     pub fn record_failure(&self, connector: &str, retry: &RetryState) -> Result<(), Error> {
         self.write(|tx| {
             tx.open_table(RETRIES)?
-                .insert(connector, schema::encode(retry).as_slice())?;
+                .insert(connector, encode_retry(connector, retry).as_slice())?;
             Ok(())
         })
     }
 
     /// The connector's dead letters, in seq order.
     pub fn dead_letters(&self, connector: &str) -> Result<Vec<(Seq, DeadLetter)>, Error> {
-        read_dead_letters(&*self.db, connector)
+        read_dead_letters(&self.store, connector)
     }
 }
 
-/// The versioned value stored under `connector` in a connector-keyed table, decoded.
-pub(crate) fn decoded<T: serde::de::DeserializeOwned>(
+/// A cursor as stored under `connector`.
+pub(crate) fn encode_cursor(connector: &str, state: &CursorState) -> Vec<u8> {
+    schema::encode_bound(&schema::connector_binding("cursors", connector), state)
+}
+
+/// A retry state as stored under `connector`.
+pub(crate) fn encode_retry(connector: &str, state: &RetryState) -> Vec<u8> {
+    schema::encode_bound(&schema::connector_binding("retries", connector), state)
+}
+
+/// A dead letter as stored: its message sealed under `seal`, if given.
+#[derive(Serialize, Deserialize)]
+struct StoredDeadLetter {
+    reason: String,
+    /// The message, or its sealed form.
+    message: Vec<u8>,
+    sealed: bool,
+    at_micros: i64,
+    attempts: u32,
+}
+
+fn dead_aad(connector: &str, seq: Seq) -> Vec<u8> {
+    schema::connector_seq_binding("ess-dead", connector, seq)
+}
+
+/// A dead letter as stored under (`connector`, `seq`).
+pub(crate) fn encode_dead(
+    connector: &str,
+    seq: Seq,
+    letter: &DeadLetter,
+    seal: Option<&seal::Key>,
+) -> Vec<u8> {
+    let (message, sealed) = match seal {
+        None => (letter.message.as_bytes().to_vec(), false),
+        Some(key) => {
+            let mut out = Vec::new();
+            key.seal_into(
+                &dead_aad(connector, seq),
+                letter.message.as_bytes(),
+                &mut out,
+            );
+            (out, true)
+        }
+    };
+    let stored = StoredDeadLetter {
+        reason: letter.reason.clone(),
+        message,
+        sealed,
+        at_micros: letter.at_micros,
+        attempts: letter.attempts,
+    };
+    schema::encode_bound(
+        &schema::connector_seq_binding("dead", connector, seq),
+        &stored,
+    )
+}
+
+/// Verifies and decodes a dead letter stored under (`connector`, `seq`).
+pub fn decode_dead(connector: &str, seq: Seq, bytes: &[u8]) -> Result<DeadLetter, Error> {
+    let stored: StoredDeadLetter = schema::decode_bound(
+        &schema::connector_seq_binding("dead", connector, seq),
+        bytes,
+    )
+    .map_err(|e| Error::corrupt("dead", Some(seq), Some(connector), e))?;
+    let message = if stored.sealed {
+        seal::open(&dead_aad(connector, seq), &stored.message).map_err(|source| Error::Seal {
+            what: format!("dead letter {connector} {seq}"),
+            source,
+        })?
+    } else {
+        stored.message
+    };
+    Ok(DeadLetter {
+        reason: stored.reason,
+        message: String::from_utf8(message)
+            .map_err(|e| Error::corrupt("dead", Some(seq), Some(connector), e))?,
+        at_micros: stored.at_micros,
+        attempts: stored.attempts,
+    })
+}
+
+/// The cursor stored under `connector` in an open `cursors` table, verified.
+pub(crate) fn cursor_in(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
+    connector: &str,
+) -> Result<Option<CursorState>, Error> {
+    connector_value(table, "cursors", connector)
+}
+
+/// A value stored under `connector` in table `table`, checksummed and bound to both (so a
+/// value moved to another row or table by a damaged page fails its check).
+pub(crate) fn encode_named<T: Serialize>(table: &str, connector: &str, value: &T) -> Vec<u8> {
+    schema::encode_bound(&schema::connector_binding(table, connector), value)
+}
+
+/// A value stored under (`connector`, `seq`) in table `table`, bound to all three.
+pub(crate) fn encode_keyed<T: Serialize>(
+    table: &str,
+    connector: &str,
+    seq: Seq,
+    value: &T,
+) -> Vec<u8> {
+    schema::encode_bound(&schema::connector_seq_binding(table, connector, seq), value)
+}
+
+/// Inverse of [`encode_keyed`]; a mismatch is [`Error::Corrupt`].
+pub(crate) fn decode_keyed<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    connector: &str,
+    seq: Seq,
+    bytes: &[u8],
+) -> Result<T, Error> {
+    schema::decode_bound(&schema::connector_seq_binding(table, connector, seq), bytes)
+        .map_err(|e| Error::corrupt(table, Some(seq), Some(connector), e))
+}
+
+/// Inverse of [`encode_named`] for the row `connector` of an open table named `name`.
+pub(crate) fn connector_value<T: serde::de::DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
     connector: &str,
 ) -> Result<Option<T>, Error> {
     table
         .get(connector)?
-        .map(|v| schema::decode(v.value()))
+        .map(|v| schema::decode_bound(&schema::connector_binding(name, connector), v.value()))
         .transpose()
-        .map_err(Error::Format)
+        .map_err(|e| Error::corrupt(name, None, Some(connector), e))
+}
+
+/// Reads a cursor inside a read transaction (consistent with other reads of the same one).
+pub fn cursor_at(tx: &ReadTransaction, connector: &str) -> Result<Option<CursorState>, Error> {
+    guarded("cursors", || match tx.open_table(CURSORS) {
+        Ok(t) => cursor_in(&t, connector),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    })
+}
+
+/// Reads a retry state inside a read transaction.
+pub fn retry_at(tx: &ReadTransaction, connector: &str) -> Result<Option<RetryState>, Error> {
+    guarded("retries", || match tx.open_table(RETRIES) {
+        Ok(t) => connector_value(&t, "retries", connector),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    })
+}
+
+/// Reads a connector's dead letters inside a read transaction, in seq order.
+pub fn dead_letters_at(
+    tx: &ReadTransaction,
+    connector: &str,
+) -> Result<Vec<(Seq, DeadLetter)>, Error> {
+    guarded("dead", || {
+        let t = match tx.open_table(DEAD) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in t.range((connector, 0)..=(connector, u64::MAX))? {
+            let (k, v) = row?;
+            let seq = k.value().1;
+            out.push((seq, decode_dead(connector, seq, v.value())?));
+        }
+        Ok(out)
+    })
 }
 
 /// Reads a cursor through any redb handle (daemon or read-only CLI).
@@ -245,8 +426,7 @@ pub fn read_cursor<D: ReadableDatabase>(
     db: &D,
     connector: &str,
 ) -> Result<Option<CursorState>, Error> {
-    let tx = db.begin_read()?;
-    decoded(&tx.open_table(CURSORS)?, connector)
+    cursor_at(&db.begin_read()?, connector)
 }
 
 /// Reads a retry state through any redb handle.
@@ -254,8 +434,7 @@ pub fn read_retry<D: ReadableDatabase>(
     db: &D,
     connector: &str,
 ) -> Result<Option<RetryState>, Error> {
-    let tx = db.begin_read()?;
-    decoded(&tx.open_table(RETRIES)?, connector)
+    retry_at(&db.begin_read()?, connector)
 }
 
 /// Reads a connector's dead letters through any redb handle.
@@ -263,15 +442,5 @@ pub fn read_dead_letters<D: ReadableDatabase>(
     db: &D,
     connector: &str,
 ) -> Result<Vec<(Seq, DeadLetter)>, Error> {
-    let tx = db.begin_read()?;
-    let t = tx.open_table(DEAD)?;
-    let mut out = Vec::new();
-    for row in t.range((connector, 0)..=(connector, u64::MAX))? {
-        let (k, v) = row?;
-        out.push((
-            k.value().1,
-            schema::decode(v.value()).map_err(Error::Format)?,
-        ));
-    }
-    Ok(out)
+    dead_letters_at(&db.begin_read()?, connector)
 }

@@ -49,7 +49,7 @@ impl Ledger {
             while j < seqs.len() && seqs[j] == seqs[j - 1] + 1 {
                 j += 1;
             }
-            let run = crate::feed::read_after(&*self.db, seqs[i].saturating_sub(1), j - i)?;
+            let run = crate::feed::read_after(&self.store, seqs[i].saturating_sub(1), j - i)?;
             let mut found = run.into_iter().filter(|e| e.seq <= seqs[j - 1]).peekable();
             for &seq in &seqs[i..j] {
                 match found.next_if(|e| e.seq == seq) {
@@ -80,7 +80,7 @@ impl Ledger {
 
     /// Up to `limit` of the connector's queued seqs, lowest first.
     pub fn requeued(&self, connector: &str, limit: usize) -> Result<Vec<Seq>, Error> {
-        read_requeued(&*self.db, connector, limit)
+        read_requeued(&self.store, connector, limit)
     }
 }
 
@@ -93,7 +93,7 @@ pub(crate) fn requeue_range_in(
     to: Seq,
 ) -> Result<u64, Error> {
     let mut n = 0;
-    let cursor: Option<CursorState> = super::decoded(&tx.open_table(CURSORS)?, connector)?;
+    let cursor: Option<CursorState> = super::cursor_in(&tx.open_table(CURSORS)?, connector)?;
     let to = to.min(cursor.map_or(0, |c| c.seq));
     if from <= to {
         let events = tx.open_table(EVENTS)?;
@@ -113,11 +113,15 @@ pub(crate) fn requeue_dead_in(tx: &redb::WriteTransaction, connector: &str) -> R
     let mut n = 0;
     let mut dead = tx.open_table(DEAD)?;
     let mut requeue = tx.open_table(REQUEUE)?;
-    let seqs: Vec<Seq> = dead
+    // Every letter is verified before it moves: a damaged key would queue the wrong seq.
+    let rows: Vec<(Seq, Vec<u8>)> = dead
         .range((connector, 0)..=(connector, u64::MAX))?
-        .map(|row| row.map(|(k, _)| k.value().1))
+        .map(|row| row.map(|(k, v)| (k.value().1, v.value().to_vec())))
         .collect::<Result<_, _>>()?;
-    for seq in seqs {
+    for (seq, bytes) in &rows {
+        super::decode_dead(connector, *seq, bytes)?;
+    }
+    for (seq, _) in rows {
         dead.remove((connector, seq))?;
         requeue.insert((connector, seq), ())?;
         n += 1;
@@ -131,13 +135,19 @@ pub fn read_requeued<D: redb::ReadableDatabase>(
     connector: &str,
     limit: usize,
 ) -> Result<Vec<Seq>, Error> {
-    let tx = db.begin_read()?;
-    let t = tx.open_table(REQUEUE)?;
-    let mut out = Vec::new();
-    for row in t.range((connector, 0)..=(connector, u64::MAX))?.take(limit) {
-        out.push(row?.0.value().1);
-    }
-    Ok(out)
+    crate::feed::guarded("requeue", || {
+        let tx = db.begin_read()?;
+        let t = match tx.open_table(REQUEUE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in t.range((connector, 0)..=(connector, u64::MAX))?.take(limit) {
+            out.push(row?.0.value().1);
+        }
+        Ok(out)
+    })
 }
 
 /// Removes delivered seqs from the requeue inside the caller's write transaction (the one

@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 
 use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::actions::{ActionRecord, ErrorNote, Pause, Settled};
-use super::{CursorState, DeadLetter, RetryState};
+use super::actions::{ACTIONS_TABLE, ActionRecord, ErrorNote, Pause, Settled, decode_settled};
+use super::{CursorState, DeadLetter, RetryState, decode_dead, decode_keyed};
 use crate::event::Seq;
 use crate::feed::Error;
 use crate::feed::schema::{
-    self, ACTIONS, CURSORS, DEAD, ERRORS, PAUSES, REQUEUE, RETRIES, SETTLED,
+    ACTIONS, CURSORS, DEAD, ERRORS, INTENTS, PAUSES, REQUEUE, RETRIES, SETTLED,
 };
 
 /// One read transaction over the ledger tables.
@@ -43,10 +43,6 @@ fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
     }
 }
 
-fn value<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    schema::decode(bytes).map_err(Error::Format)
-}
-
 impl View {
     pub fn open<D: ReadableDatabase>(db: &D) -> Result<View, Error> {
         Ok(View {
@@ -54,29 +50,18 @@ impl View {
         })
     }
 
+    /// The row `connector` of a connector-keyed table, verified against its binding
+    /// (the table's name and the connector).
     fn by_name<T: serde::de::DeserializeOwned>(
         &self,
         def: TableDefinition<&'static str, &'static [u8]>,
+        name: &'static str,
         connector: &str,
     ) -> Result<Option<T>, Error> {
         let Some(t) = open(&self.tx, def)? else {
             return Ok(None);
         };
-        t.get(connector)?.map(|v| value(v.value())).transpose()
-    }
-
-    fn by_seq<T: serde::de::DeserializeOwned>(
-        &self,
-        def: TableDefinition<(&'static str, u64), &'static [u8]>,
-        connector: &str,
-        seq: Seq,
-    ) -> Result<Option<T>, Error> {
-        let Some(t) = open(&self.tx, def)? else {
-            return Ok(None);
-        };
-        t.get((connector, seq))?
-            .map(|v| value(v.value()))
-            .transpose()
+        super::connector_value(&t, name, connector)
     }
 
     /// Every connector the ledger knows (it has a cursor), by name.
@@ -92,32 +77,42 @@ impl View {
     }
 
     pub fn cursor(&self, connector: &str) -> Result<Option<CursorState>, Error> {
-        self.by_name(CURSORS, connector)
+        self.by_name(CURSORS, "cursors", connector)
     }
 
     pub fn retry(&self, connector: &str) -> Result<Option<RetryState>, Error> {
-        self.by_name(RETRIES, connector)
+        self.by_name(RETRIES, "retries", connector)
     }
 
     /// The delivery under way (committed before its first byte), if any.
     pub fn intent(&self, connector: &str) -> Result<Option<super::intent::Intent>, Error> {
-        self.by_name(crate::feed::schema::INTENTS, connector)
+        self.by_name(INTENTS, "intents", connector)
     }
 
     pub fn pause(&self, connector: &str) -> Result<Option<Pause>, Error> {
-        self.by_name(PAUSES, connector)
+        self.by_name(PAUSES, "pauses", connector)
     }
 
     pub fn last_error(&self, connector: &str) -> Result<Option<ErrorNote>, Error> {
-        self.by_name(ERRORS, connector)
+        self.by_name(ERRORS, "errors", connector)
     }
 
     pub fn dead_letter(&self, connector: &str, seq: Seq) -> Result<Option<DeadLetter>, Error> {
-        self.by_seq(DEAD, connector, seq)
+        let Some(t) = open(&self.tx, DEAD)? else {
+            return Ok(None);
+        };
+        t.get((connector, seq))?
+            .map(|v| decode_dead(connector, seq, v.value()))
+            .transpose()
     }
 
     pub fn settled(&self, connector: &str, seq: Seq) -> Result<Option<Settled>, Error> {
-        self.by_seq(SETTLED, connector, seq)
+        let Some(t) = open(&self.tx, SETTLED)? else {
+            return Ok(None);
+        };
+        t.get((connector, seq))?
+            .map(|v| decode_settled(connector, seq, v.value()))
+            .transpose()
     }
 
     /// Up to `limit` dead letters with seq > `after`, in seq order.
@@ -134,7 +129,8 @@ impl View {
         let from = (connector, after.saturating_add(1));
         for row in t.range(from..=(connector, u64::MAX))?.take(limit) {
             let (k, v) = row?;
-            out.push((k.value().1, value(v.value())?));
+            let seq = k.value().1;
+            out.push((seq, decode_dead(connector, seq, v.value())?));
         }
         Ok(out)
     }
@@ -147,7 +143,7 @@ impl View {
         };
         for row in t.range((connector, 0)..=(connector, u64::MAX))? {
             let (k, v) = row?;
-            let letter: DeadLetter = value(v.value())?;
+            let letter = decode_dead(connector, k.value().1, v.value())?;
             summary.count += 1;
             *summary.by_reason.entry(letter.reason.clone()).or_default() += 1;
             let newer = summary
@@ -202,7 +198,9 @@ impl View {
             let (k, v) = row?;
             // A damaged record is shown as such rather than hiding the whole log (or the
             // status page that lists it); the others still read.
-            let record: ActionRecord = value(v.value()).unwrap_or_else(|e| ActionRecord {
+            let id = k.value();
+            let decoded = decode_keyed::<ActionRecord>(ACTIONS_TABLE, "", id, v.value());
+            let record = decoded.unwrap_or_else(|e| ActionRecord {
                 at_micros: 0,
                 by: "?".into(),
                 connector: "?".into(),

@@ -13,8 +13,8 @@ use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
 };
 
-use super::Store;
-use super::store::BackupSource;
+use super::Reader;
+use super::reader::BackupSource;
 use crate::feed::schema::{
     ACTIONS, CURSORS, DEAD, ERRORS, EVENTS, INTENTS, KEYS, META, PAUSES, REQUEUE, RETRIES, SETTLED,
 };
@@ -75,13 +75,7 @@ pub struct BackupReport {
     pub bytes: u64,
 }
 
-/// Every table this build knows, by name (see `feed::schema`).
-const KNOWN: [&str; 12] = [
-    "events", "keys", "meta", "cursors", "retries", "dead", "requeue", "pauses", "settled",
-    "actions", "errors", "intents",
-];
-
-impl Store {
+impl Reader {
     /// Writes a consistent copy of the database to the new file `path` (absolute).
     pub fn backup(&self, path: &Path) -> Result<BackupReport, BackupError> {
         if !path.is_absolute() {
@@ -147,7 +141,7 @@ fn write(
     };
     let present = src.list_tables().map_err(|e| db_err(e.into()))?;
     for t in present {
-        if !KNOWN.contains(&t.name()) {
+        if !crate::feed::schema::TABLES.contains(&t.name()) {
             return Err(BackupError::UnknownTable(t.name().to_owned()));
         }
     }
@@ -156,22 +150,24 @@ fn write(
         .create_with_backend(backend)
         .map_err(|e| db_err(e.into()))?;
     let mut tables = BTreeMap::new();
-    let mut copy = |name: &str, n: Result<u64, crate::feed::Error>| -> Result<(), BackupError> {
-        tables.insert(name.to_owned(), n.map_err(db_err)?);
-        Ok(())
-    };
-    copy("events", copy_table(src, &dst, EVENTS))?;
-    copy("keys", copy_table(src, &dst, KEYS))?;
-    copy("meta", copy_table(src, &dst, META))?;
-    copy("cursors", copy_table(src, &dst, CURSORS))?;
-    copy("retries", copy_table(src, &dst, RETRIES))?;
-    copy("dead", copy_table(src, &dst, DEAD))?;
-    copy("requeue", copy_table(src, &dst, REQUEUE))?;
-    copy("pauses", copy_table(src, &dst, PAUSES))?;
-    copy("settled", copy_table(src, &dst, SETTLED))?;
-    copy("actions", copy_table(src, &dst, ACTIONS))?;
-    copy("errors", copy_table(src, &dst, ERRORS))?;
-    copy("intents", copy_table(src, &dst, INTENTS))?;
+    let mut copy =
+        |def: &dyn TableHandle, n: Result<u64, crate::feed::Error>| -> Result<(), BackupError> {
+            tables.insert(def.name().to_owned(), n.map_err(db_err)?);
+            Ok(())
+        };
+    // One line per table of `schema::TABLES` (a test checks the two lists agree).
+    copy(&EVENTS, copy_table(src, &dst, EVENTS))?;
+    copy(&KEYS, copy_table(src, &dst, KEYS))?;
+    copy(&META, copy_table(src, &dst, META))?;
+    copy(&CURSORS, copy_table(src, &dst, CURSORS))?;
+    copy(&RETRIES, copy_table(src, &dst, RETRIES))?;
+    copy(&DEAD, copy_table(src, &dst, DEAD))?;
+    copy(&REQUEUE, copy_table(src, &dst, REQUEUE))?;
+    copy(&PAUSES, copy_table(src, &dst, PAUSES))?;
+    copy(&SETTLED, copy_table(src, &dst, SETTLED))?;
+    copy(&ACTIONS, copy_table(src, &dst, ACTIONS))?;
+    copy(&ERRORS, copy_table(src, &dst, ERRORS))?;
+    copy(&INTENTS, copy_table(src, &dst, INTENTS))?;
     drop(dst);
     // redb's commits are durable already; this covers the file's metadata too.
     std::fs::File::open(partial)

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Error, Store};
+use super::{Error, Reader};
 use crate::event::{Event, Seq};
 
 /// Seqs per block.
@@ -35,7 +35,7 @@ impl LagIndex {
     /// Selected events with `after < seq <= upto`, and the first of them.
     pub(super) fn pending(
         &mut self,
-        store: &Store,
+        store: &Reader,
         selects: &dyn Fn(&str) -> bool,
         after: Seq,
         upto: Seq,
@@ -99,7 +99,7 @@ fn selected(counts: &BTreeMap<String, u32>, selects: &dyn Fn(&str) -> bool) -> u
 }
 
 /// The events with `after < seq <= upto`.
-fn read(store: &Store, after: Seq, upto: Seq) -> Result<Vec<Event>, Error> {
+fn read(store: &Reader, after: Seq, upto: Seq) -> Result<Vec<Event>, Error> {
     let n = usize::try_from(upto - after).unwrap_or(usize::MAX);
     let mut events = store.read_after(after, n)?;
     events.retain(|e| e.seq <= upto);
@@ -108,7 +108,7 @@ fn read(store: &Store, after: Seq, upto: Seq) -> Result<Vec<Event>, Error> {
 
 /// Counts and finds the first selected event of `(after, upto]` by reading it.
 fn scan(
-    store: &Store,
+    store: &Reader,
     after: Seq,
     upto: Seq,
     selects: &dyn Fn(&str) -> bool,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConnectorInfo, DeliveryState, Error, Store, delivery_state, rfc3339, rfc3339_micros};
+use super::{ConnectorInfo, DeliveryState, Error, Reader, delivery_state, rfc3339, rfc3339_micros};
 use crate::event::{Event, Seq};
 use crate::ledger::view::View;
 use crate::map::encoding::Encoding;
@@ -83,9 +83,19 @@ impl Page {
     }
 }
 
-impl Store {
+impl Reader {
     /// Up to `limit` entries of `kind` per connector; `true` if some connector had more.
     pub fn list(
+        &self,
+        infos: &[ConnectorInfo],
+        kind: ListKind,
+        limit: usize,
+    ) -> Result<(Vec<ListEntry>, bool), Error> {
+        // redb may panic on a damaged page: contained as a damage report.
+        crate::feed::guarded("ledger", || self.list_unguarded(infos, kind, limit))
+    }
+
+    fn list_unguarded(
         &self,
         infos: &[ConnectorInfo],
         kind: ListKind,
@@ -212,6 +222,10 @@ impl Store {
 
     /// `ess show`: everything about `event`, from one read transaction.
     pub fn show(&self, infos: &[ConnectorInfo], event: &Event) -> Result<EventReport, Error> {
+        crate::feed::guarded("ledger", || self.show_unguarded(infos, event))
+    }
+
+    fn show_unguarded(&self, infos: &[ConnectorInfo], event: &Event) -> Result<EventReport, Error> {
         let view = self.view()?;
         let mut targets = Vec::new();
         for info in infos {

@@ -6,7 +6,7 @@
 //! this module, so they can never disagree.
 //!
 //! The reads go through the ledger's [`View`] (one read transaction) and the feed's read
-//! functions ([`crate::feed::read_after`], [`crate::feed::get_by_key`]) on a [`Store`]: the
+//! functions ([`crate::feed::read_after`], [`crate::feed::get_by_key`]) on a [`Reader`]: the
 //! daemon's open database, or the file opened read-only by the CLI when no daemon runs.
 //! What only the running daemon knows (a connector's live phase, its map generation) comes
 //! in as [`ConnectorInfo`].
@@ -17,9 +17,9 @@
 pub mod backup;
 mod lag;
 pub mod list;
+mod reader;
 mod report;
 mod running;
-mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,9 +32,9 @@ use crate::event::{Event, Seq};
 use crate::ledger::view::View;
 use crate::map::Mapping;
 
+pub use reader::{OpenError, Reader};
 pub use report::feed_status;
 pub use running::{Connectors, Running};
-pub use store::{OpenError, Store};
 
 /// Failures of a read: the database could not be read, or holds what this build cannot
 /// decode.
@@ -84,8 +84,9 @@ pub enum ConnectorState {
     OutsideSchedule { next_open: Option<String> },
     /// Held by `ess pause` until `ess resume`.
     Paused,
-    /// A stored value failed its checksum; the connector stopped at that seq.
-    Corrupted { corrupted_seq: Seq },
+    /// A stored value failed its checksum; the connector stopped (at that seq, when the
+    /// damage is in an event; else in one of its ledger rows).
+    Corrupted { corrupted_seq: Option<Seq> },
     /// No task runs it: no daemon answers, or no map file names it any more.
     NotRunning,
 }
@@ -339,7 +340,7 @@ pub fn delivery_state(
 
 /// `connector -> state` for a receipt, every connector from one read transaction.
 pub fn receipt(
-    store: &Store,
+    store: &Reader,
     infos: &[ConnectorInfo],
     event: &Event,
 ) -> Result<BTreeMap<String, DeliveryState>, Error> {

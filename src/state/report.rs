@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ActionReport, Condition, ConnectorInfo, ConnectorReport, ConnectorState, Error, ErrorReport,
-    FeedStatus, PauseReport, RetryReport, Store, rfc3339, rfc3339_micros,
+    FeedStatus, PauseReport, Reader, RetryReport, rfc3339, rfc3339_micros,
 };
 use crate::config::connector::DeliverSpec;
 use crate::connector::{ConnectorSpec, Phase};
 use crate::event::Seq;
+use crate::feed::guarded;
 use crate::ledger::view::View;
 
 /// Where a connector delivers, in words: `file /srv/out/permit.txt (append)`,
@@ -73,7 +74,7 @@ fn seconds_since(earlier: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
     ((now - earlier).num_milliseconds() as f64 / 1000.0).max(0.0)
 }
 
-impl Store {
+impl Reader {
     /// Reports for `infos`, all from one read transaction, as of `now`.
     pub fn reports(
         &self,
@@ -84,7 +85,14 @@ impl Store {
         let view = self.view()?;
         let reports = infos
             .iter()
-            .map(|i| self.report(&view, i, feed, now))
+            .map(
+                |i| match guarded("ledger", || self.report(&view, i, feed, now)) {
+                    // A damaged value this connector's row needs: the row says so, and the
+                    // page, `/api/status` and the other connectors' rows still answer.
+                    Err(e) if e.is_corrupt() => Ok(damaged_report(i, &e, now)),
+                    other => other,
+                },
+            )
             .collect::<Result<Vec<_>, _>>()?;
         let lowest = reports
             .iter()
@@ -164,9 +172,8 @@ impl Store {
 
     /// The newest `limit` operator actions, newest first.
     pub fn recent_actions(&self, limit: usize) -> Result<Vec<ActionReport>, Error> {
-        Ok(self
-            .view()?
-            .actions(None, limit)?
+        let actions = guarded("actions", || self.view()?.actions(None, limit));
+        Ok(actions?
             .into_iter()
             .map(|(id, a)| ActionReport {
                 id,
@@ -186,7 +193,13 @@ impl Store {
         let (mut lo, mut hi) = (first, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.get(mid)?.is_some_and(|e| e.received_at >= since) {
+            // A damaged event counts as older: the figure is an estimate, the page answers.
+            let recent = match self.get(mid) {
+                Ok(e) => e.is_some_and(|e| e.received_at >= since),
+                Err(e) if e.is_corrupt() => false,
+                Err(e) => return Err(e),
+            };
+            if recent {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -203,6 +216,36 @@ impl Store {
         let last = self.last_seq()?;
         let n = self.received_since(first, last, at)?;
         Ok((n > 0).then(|| last + 1 - n))
+    }
+}
+
+/// The row of a connector whose stored state could not be read because a value failed its
+/// checksum: what is known (its name, where it delivers) and the damage as its last error.
+fn damaged_report(info: &ConnectorInfo, e: &Error, now: DateTime<Utc>) -> ConnectorReport {
+    let state = ConnectorState::Corrupted {
+        corrupted_seq: e.corrupt_seq(),
+    };
+    ConnectorReport {
+        name: info.name.clone(),
+        destination: info.destination.clone(),
+        condition: condition(&state, 0),
+        state,
+        since: info.live.as_ref().and_then(|l| l.since).map(rfc3339),
+        cursor: 0,
+        lag_events: 0,
+        requeued: 0,
+        oldest_pending_secs: None,
+        delivered: 0,
+        retry: None,
+        last_success: None,
+        last_error: Some(ErrorReport {
+            message: e.to_string(),
+            at: Some(rfc3339(now)),
+            seq: e.corrupt_seq(),
+        }),
+        dead_letters: 0,
+        dead_by_reason: Default::default(),
+        paused: None,
     }
 }
 
@@ -248,11 +291,25 @@ fn last_error(
 
 /// The feed's figures; `last_seq` is the feed's own (daemon) or read from the events (CLI).
 pub fn feed_status(
-    store: &Store,
+    store: &Reader,
     last_seq: Option<Seq>,
     now: DateTime<Utc>,
 ) -> Result<FeedStatus, Error> {
-    let first_seq = store.read_after(0, 1)?.first().map(|e| e.seq);
+    // redb may panic on a damaged page: contained here as a damage report.
+    guarded("events", || feed_status_unguarded(store, last_seq, now))
+}
+
+fn feed_status_unguarded(
+    store: &Reader,
+    last_seq: Option<Seq>,
+    now: DateTime<Utc>,
+) -> Result<FeedStatus, Error> {
+    // A damaged first event still tells its seq; the feed's figures stay readable.
+    let first_seq = match store.read_after(0, 1) {
+        Ok(events) => events.first().map(|e| e.seq),
+        Err(e) if e.is_corrupt() && e.corrupt_seq().is_some() => e.corrupt_seq(),
+        Err(e) => return Err(e),
+    };
     let last_seq = match last_seq {
         Some(s) => s,
         None => store.last_seq()?,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::Utc;
 
-use super::{ConnectorInfo, Error, ReloadReport, Store};
+use super::{ConnectorInfo, Error, Reader, ReloadReport};
 use crate::connector::command::Handle;
 use crate::connector::{ConnectorSpec, Live};
 use crate::event::Event;
@@ -25,11 +25,11 @@ pub struct Running {
 pub struct Connectors {
     running: RwLock<Vec<Running>>,
     last_reload: Mutex<Option<ReloadReport>>,
-    store: Arc<Store>,
+    store: Arc<Reader>,
 }
 
 impl Connectors {
-    pub fn new(store: Arc<Store>) -> Connectors {
+    pub fn new(store: Arc<Reader>) -> Connectors {
         Connectors {
             running: RwLock::new(Vec::new()),
             last_reload: Mutex::new(None),
@@ -38,7 +38,7 @@ impl Connectors {
     }
 
     /// The state module's reads, on the daemon's database.
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<Reader> {
         &self.store
     }
 
@@ -75,7 +75,18 @@ impl Connectors {
     /// by name.
     pub fn infos_with_ledger(&self) -> Result<Vec<ConnectorInfo>, Error> {
         let mut infos = self.infos();
-        for name in self.store.view()?.connectors()? {
+        let known = crate::feed::guarded("cursors", || self.store.view()?.connectors());
+        let names = match known {
+            Ok(names) => names,
+            // The cursors table itself is damaged: the running connectors still show (each
+            // row then says what it cannot read).
+            Err(e) if e.is_corrupt() => {
+                tracing::error!(error = %e, "cannot list the ledger's connectors");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        for name in names {
             if !infos.iter().any(|i| i.name == name) {
                 infos.push(ConnectorInfo::ledger_only(&name));
             }
@@ -105,7 +116,9 @@ impl Connectors {
 
 impl crate::ingest::Receipts for Connectors {
     fn targets(&self, event: &Event) -> Result<BTreeMap<String, String>, crate::feed::Error> {
-        let states = super::receipt(&self.store, &self.infos(), event)?;
+        let states = crate::feed::guarded("ledger", || {
+            super::receipt(&self.store, &self.infos(), event)
+        })?;
         Ok(states
             .into_iter()
             .map(|(name, s)| (name, s.as_str().to_owned()))

@@ -1,8 +1,6 @@
 //! The state module against a real feed and ledger: every kind of event state, the lag of
 //! a filtering connector, last errors and their times, list kinds, and backup.
 
-use std::sync::Arc;
-
 use chrono::{TimeZone, Utc};
 
 use super::list::ListKind;
@@ -16,7 +14,7 @@ struct Rig {
     dir: tempfile::TempDir,
     feed: Feed,
     ledger: Ledger,
-    store: Store,
+    store: Reader,
     city: ConnectorInfo,
     all: ConnectorInfo,
 }
@@ -49,7 +47,7 @@ fn info(dir: &std::path::Path, name: &str, events: &str) -> ConnectorInfo {
 fn rig() -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("ess.redb");
-    let db = Arc::new(open_database(&db_path).unwrap());
+    let db = crate::feed::Store::from(open_database(&db_path).unwrap());
     let feed = Feed::open(db.clone()).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -61,7 +59,7 @@ fn rig() -> Rig {
     let city = info(dir.path(), "city", "events: [PERMIT]\n");
     let all = info(dir.path(), "all", "");
     Rig {
-        store: Store::shared(db.clone(), &db_path),
+        store: Reader::shared(db.clone(), &db_path),
         ledger: Ledger::new(db),
         feed,
         dir,
@@ -218,11 +216,13 @@ fn states_from_the_live_phase_and_the_headline() {
         Condition::Blocked
     );
     assert_eq!(with(Phase::Paused, &mut city).state, ConnectorState::Paused);
-    let c = with(Phase::Corrupted { seq: 7 }, &mut city);
+    let c = with(Phase::Corrupted { seq: Some(7) }, &mut city);
     assert_eq!(
         (c.state, c.condition),
         (
-            ConnectorState::Corrupted { corrupted_seq: 7 },
+            ConnectorState::Corrupted {
+                corrupted_seq: Some(7)
+            },
             Condition::Corrupted
         )
     );
@@ -287,9 +287,17 @@ fn a_backup_copies_every_table_and_never_overwrites() {
     let path = r.dir.path().join("b.redb");
     let report = r.store.backup(&path).unwrap();
     assert_eq!(report.tables["events"], 3000);
+    assert_eq!(report.tables["key_index"], 3000);
     assert_eq!(report.tables["pauses"], 1);
     assert_eq!(report.tables["actions"], 1);
-    let copy = Store::open_read_only(&path).unwrap();
+    let copied: Vec<&str> = report.tables.keys().map(String::as_str).collect();
+    let mut every: Vec<&str> = crate::feed::schema::TABLES.to_vec();
+    every.sort_unstable();
+    assert_eq!(
+        copied, every,
+        "a backup copies every table the schema names"
+    );
+    let copy = Reader::open_read_only(&path).unwrap();
     assert!(copy.view().unwrap().pause("city").unwrap().is_some());
     let again = r.store.backup(&path).unwrap_err();
     assert!(

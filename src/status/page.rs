@@ -213,7 +213,9 @@ fn state_rows(c: &ConnectorReport, now: DateTime<Utc>) -> Markup {
             },
             ConnectorState::Paused => dd.error { "paused" (since) },
             ConnectorState::Corrupted { corrupted_seq } => dd.error {
-                "stopped at seq " (corrupted_seq) ": a stored value failed its checksum"
+                @if let Some(seq) = corrupted_seq { "stopped at seq " (seq) }
+                @else { "stopped" }
+                ": a stored value failed its checksum (run ess verify)"
             },
             ConnectorState::NotRunning => dd.error {
                 @if c.destination.is_none() { "not running: no map file names it any more" }

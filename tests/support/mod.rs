@@ -475,3 +475,19 @@ pub fn faketime(at: &str) -> Vec<(&'static str, String)> {
         ("TZ", "UTC".to_string()),
     ]
 }
+
+/// A plain HTTP/1.0 GET on the appliance's status listener: (status code, whole response).
+pub fn status_get(app: &Appliance, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(app.status.expect("started")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: ess\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}

@@ -411,6 +411,12 @@ async fn deliver_without_a_describing_checkpoint_refuses_instead_of_guessing() {
 /// must not identify the file) and an SFTP `{file, len}` are read as committed marks.
 #[tokio::test]
 async fn checkpoints_of_the_previous_release_are_read_after_an_upgrade() {
+    // What the previous release's `schema::encode` wrote: format byte 1, then postcard.
+    fn legacy<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = vec![1u8];
+        out.extend(postcard::to_stdvec(value).unwrap());
+        out
+    }
     #[derive(Serialize)]
     struct OldFileMark {
         path: std::path::PathBuf,
@@ -426,7 +432,7 @@ async fn checkpoints_of_the_previous_release_are_read_after_an_upgrade() {
     std::fs::write(out.join("permit.txt"), recs(1..=3)).unwrap();
     let ino =
         std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(out.join("permit.txt")).unwrap());
-    let old = crate::feed::schema::encode(&OldFileMark {
+    let old = legacy(&OldFileMark {
         path: out.join("permit.txt"),
         dev: 12345,
         ino,
@@ -452,7 +458,7 @@ async fn checkpoints_of_the_previous_release_are_read_after_an_upgrade() {
     }
     let mem = MemFolder::new();
     mem.put("permit.txt", recs(1..=3).as_bytes());
-    let old = crate::feed::schema::encode(&OldSftp {
+    let old = legacy(&OldSftp {
         file: "permit.txt".into(),
         len: recs(1..=2).len() as u64,
     });

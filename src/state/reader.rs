@@ -2,9 +2,9 @@
 //! a CLI command while no daemon runs (read-only, which works beside a live daemon too).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use redb::{Database, ReadOnlyDatabase};
+use redb::ReadOnlyDatabase;
 
 use super::Error;
 use super::lag::LagIndex;
@@ -12,12 +12,12 @@ use crate::event::{Event, Seq};
 use crate::ledger::view::View;
 
 enum Db {
-    Shared(Arc<Database>),
+    Shared(crate::feed::Store),
     ReadOnly(ReadOnlyDatabase),
 }
 
 /// Read access to feed and ledger, plus the lag index kept between reads.
-pub struct Store {
+pub struct Reader {
     db: Db,
     path: PathBuf,
     pub(super) lag: Mutex<LagIndex>,
@@ -36,14 +36,14 @@ pub enum OpenError {
     },
 }
 
-impl Store {
+impl Reader {
     /// The daemon's database; `path` is its file (for its size).
-    pub fn shared(db: Arc<Database>, path: &Path) -> Store {
-        Store::with(Db::Shared(db), path)
+    pub fn shared(db: impl Into<crate::feed::Store>, path: &Path) -> Reader {
+        Reader::with(Db::Shared(db.into()), path)
     }
 
-    fn with(db: Db, path: &Path) -> Store {
-        Store {
+    fn with(db: Db, path: &Path) -> Reader {
+        Reader {
             db,
             path: path.to_path_buf(),
             lag: Mutex::new(LagIndex::default()),
@@ -54,7 +54,7 @@ impl Store {
     /// daemon that died (kill -9, power loss) while none runs now cannot be opened by a
     /// reader; it is opened for writing instead, which repairs it exactly as the next
     /// `ess serve` would (committed data only; redb's recovery is atomic).
-    pub fn open_read_only(path: &Path) -> Result<Store, OpenError> {
+    pub fn open_read_only(path: &Path) -> Result<Reader, OpenError> {
         if !path.exists() {
             return Err(OpenError::Missing(path.to_path_buf()));
         }
@@ -65,11 +65,32 @@ impl Store {
         let db = match crate::feed::open_database_read_only(path) {
             Ok(db) => Db::ReadOnly(db),
             Err(_) if needs_repair(path) => {
-                Db::Shared(Arc::new(crate::feed::open_database(path).map_err(open)?))
+                Db::Shared(crate::feed::open_database(path).map_err(open)?.into())
             }
             Err(e) => return Err(open(e)),
         };
-        Ok(Store::with(db, path))
+        Ok(Reader::with(db, path))
+    }
+
+    /// Opens `path` for reading and writing (only while no daemon holds it).
+    pub fn open_writable(path: &Path) -> Result<Reader, OpenError> {
+        if !path.exists() {
+            return Err(OpenError::Missing(path.to_path_buf()));
+        }
+        let db = crate::feed::open_database(path).map_err(|source| OpenError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Reader::with(Db::Shared(db.into()), path))
+    }
+
+    /// The handle to write through, when this reader was opened for writing (or is the
+    /// daemon's).
+    pub fn writable(&self) -> Option<&crate::feed::Store> {
+        match &self.db {
+            Db::Shared(store) => Some(store),
+            Db::ReadOnly(_) => None,
+        }
     }
 
     /// The database file.
@@ -80,7 +101,7 @@ impl Store {
     /// A consistent read of the ledger.
     pub fn view(&self) -> Result<View, Error> {
         match &self.db {
-            Db::Shared(db) => View::open(&**db),
+            Db::Shared(db) => View::open(db),
             Db::ReadOnly(db) => View::open(db),
         }
     }
@@ -88,7 +109,7 @@ impl Store {
     /// Up to `limit` events with seq > `after`.
     pub fn read_after(&self, after: Seq, limit: usize) -> Result<Vec<Event>, Error> {
         match &self.db {
-            Db::Shared(db) => crate::feed::read_after(&**db, after, limit),
+            Db::Shared(db) => crate::feed::read_after(db, after, limit),
             Db::ReadOnly(db) => crate::feed::read_after(db, after, limit),
         }
     }
@@ -96,7 +117,7 @@ impl Store {
     /// The event stored under idempotency key `key`.
     pub fn get_by_key(&self, key: &str) -> Result<Option<Event>, Error> {
         match &self.db {
-            Db::Shared(db) => crate::feed::get_by_key(&**db, key),
+            Db::Shared(db) => crate::feed::get_by_key(db, key),
             Db::ReadOnly(db) => crate::feed::get_by_key(db, key),
         }
     }
@@ -104,7 +125,7 @@ impl Store {
     /// The newest committed seq (0 when empty).
     pub fn last_seq(&self) -> Result<Seq, Error> {
         match &self.db {
-            Db::Shared(db) => crate::feed::read_last_seq(&**db),
+            Db::Shared(db) => crate::feed::read_last_seq(db),
             Db::ReadOnly(db) => crate::feed::read_last_seq(db),
         }
     }
@@ -127,17 +148,15 @@ impl Store {
 }
 
 pub(super) enum BackupSource<'a> {
-    Shared(&'a Database),
+    Shared(&'a crate::feed::Store),
     ReadOnly(&'a ReadOnlyDatabase),
 }
 
 /// Whether redb refused a read-only open because the file needs its recovery (so that
 /// opening it for writing, with no daemon running, repairs it).
 fn needs_repair(path: &Path) -> bool {
-    let mut b = Database::builder();
-    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
     matches!(
-        b.open_read_only(path),
+        crate::feed::store::builder(0).open_read_only(path),
         Err(redb::DatabaseError::RepairAborted)
     )
 }

@@ -1,0 +1,171 @@
+//! Feed tests: group commit, dedupe, format checks.
+
+use super::*;
+use schema::META;
+
+fn new_event(key: &str) -> NewEvent {
+    let payload = serde_json::json!({"id": key, "amount": 19.99})
+        .as_object()
+        .unwrap()
+        .clone();
+    NewEvent {
+        event_type: "T".into(),
+        payload,
+        key: key.into(),
+        trace_id: "t".into(),
+        ts: None,
+    }
+}
+
+fn open(dir: &std::path::Path) -> Feed {
+    Feed::open(Arc::new(open_database(&dir.join("ess.redb")).unwrap())).unwrap()
+}
+
+#[tokio::test]
+async fn seqs_are_gap_free_and_keys_dedupe_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = open(dir.path());
+    let out = feed
+        .append(vec![new_event("a"), new_event("b"), new_event("a")])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        AppendOutcome {
+            accepted: 2,
+            duplicates: 1,
+            first_seq: Some(1),
+            last_seq: Some(2)
+        }
+    );
+    feed.close();
+
+    let feed = open(dir.path());
+    assert_eq!(feed.last_seq(), 2);
+    let out = feed
+        .append(vec![new_event("b"), new_event("c")])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        AppendOutcome {
+            accepted: 1,
+            duplicates: 1,
+            first_seq: Some(3),
+            last_seq: Some(3)
+        }
+    );
+    let all = feed.read_after(0, 10).unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(all[2].key, "c");
+    assert_eq!(all[0].payload["amount"].to_string(), "19.99");
+    assert_eq!(feed.get_by_key("b").unwrap().unwrap().seq, 2);
+    assert!(feed.get_by_key("zz").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_commits_and_stay_gap_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = open(dir.path());
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let feed = feed.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                feed.append(vec![new_event(&format!("{t}-{i}"))])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = feed.read_after(0, 1000).unwrap();
+    assert_eq!(all.len(), 320);
+    assert!(all.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
+}
+
+#[test]
+fn a_newer_format_version_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_database(&dir.path().join("ess.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(META)
+        .unwrap()
+        .insert("format_version", 99)
+        .unwrap();
+    tx.commit().unwrap();
+    let err = Feed::open(db).err().unwrap().to_string();
+    assert!(err.contains("format version 99"), "{err}");
+}
+
+/// A ledger write takes the queued appends into its own transaction: one commit, one sync,
+/// where separate commits would pay one each.
+#[tokio::test]
+async fn a_ledger_write_carries_the_queued_appends_in_one_commit() {
+    use crate::fault::PowerCut;
+    let disk = PowerCut::new();
+    let db = store::builder(0)
+        .create_with_backend(disk.backend())
+        .unwrap();
+    let store = Store::from_database(db, StoreOptions::default());
+    store.prepare().unwrap();
+    let ledger = crate::ledger::Ledger::new(store.clone());
+    // Separate commits: an append (written by a ledger-less round), then a ledger write;
+    // ten times. (The file's growth adds a sync now and then, hence rounds.)
+    let before = disk.n_syncs();
+    for i in 0..10 {
+        let answer = store
+            .enqueue(Batch::from(vec![new_event(&format!("s{i}"))]))
+            .unwrap();
+        store.write(|_| Ok(())).unwrap();
+        answer.await.unwrap().unwrap();
+        ledger.ensure_cursor(&format!("s{i}"), 0).unwrap();
+    }
+    let separate = disk.n_syncs() - before;
+    // Together: the append waits in the queue, the ledger write commits both.
+    let before = disk.n_syncs();
+    for i in 0..10 {
+        let answer = store
+            .enqueue(Batch::from(vec![new_event(&format!("t{i}"))]))
+            .unwrap();
+        ledger.ensure_cursor(&format!("t{i}"), 0).unwrap();
+        let out = answer.await.unwrap().unwrap();
+        assert_eq!(out.first_seq, Some(11 + i));
+    }
+    let together = disk.n_syncs() - before;
+    assert!(
+        together * 3 < separate * 2,
+        "one commit instead of two: {together} vs {separate} syncs"
+    );
+    // A ledger closure that fails commits nothing and leaves the appends queued, unanswered.
+    let mut answer = store.enqueue(Batch::from(vec![new_event("c")])).unwrap();
+    let err = store
+        .write(|_| -> Result<(), Error> { Err(Error::Unavailable("no".into())) })
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)));
+    assert!(answer.try_recv().is_err(), "not answered yet");
+    store.write(|_| Ok(())).unwrap();
+    assert_eq!(answer.await.unwrap().unwrap().first_seq, Some(21));
+    assert_eq!(read_after(&store, 0, 100).unwrap().len(), 21);
+}
+
+#[test]
+fn a_damaged_last_seq_is_refused_at_open_instead_of_reusing_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ess.redb");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let feed = open(dir.path());
+    rt.block_on(feed.append(vec![new_event("a"), new_event("b")]))
+        .unwrap();
+    feed.close();
+    let db = open_database(&path).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(META).unwrap().insert("last_seq", 1).unwrap();
+    tx.commit().unwrap();
+    let err = Feed::open(db).err().unwrap().to_string();
+    assert!(err.contains("last_seq"), "{err}");
+}

@@ -1,0 +1,94 @@
+//! Clean close (issue 10.3): SIGTERM and SIGINT finish what is under way, drop every
+//! database handle (status page, admin socket, retention, connectors) and leave `ess.redb`
+//! closed, so the next open runs no repair; an unclean stop's repair is logged with its
+//! duration.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::*;
+
+/// redb's god byte is byte 9 of the file; bit 2 means "run recovery at the next open".
+fn needs_recovery(db: &Path) -> bool {
+    std::fs::read(db).unwrap()[9] & 2 != 0
+}
+
+/// Starts the appliance, delivers a few events, and uses every reader of the database
+/// (status page, admin socket, receipts) so each holds or held a handle.
+fn run_a_while(app: &mut Appliance, ids: &[&str]) {
+    app.start();
+    let rt = rt();
+    let body = serde_json::Value::Array(ids.iter().map(|id| permit_event(id)).collect());
+    let a = rt
+        .block_on(app.client().post_events(body.to_string(), false))
+        .unwrap();
+    assert_eq!(a.status, 202);
+    let want: String = ids.iter().map(|id| permit_line(id)).collect();
+    wait_until("delivered", Duration::from_secs(60), || {
+        app.read_out("permit.txt").ends_with(&want)
+    });
+    assert!(status_get(app, "/api/status").1.contains("city_hall_cobol"));
+    let config = app.config.to_str().unwrap().to_string();
+    let (code, out, err) = ess(&["stats", "--config", &config], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let r = rt
+        .block_on(app.client().receipt(&format!("key-{}", ids[0])))
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn sigterm_and_sigint_leave_ess_redb_closed_so_the_next_start_runs_no_repair() {
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let mut app = Appliance::init();
+        let db = app.dir.join("data/ess.redb");
+        run_a_while(&mut app, &["A1", "A2"]);
+        app.signal(sig);
+        let mut child = app.child.take().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{name}");
+        assert!(
+            !needs_recovery(&db),
+            "{name} left ess.redb needing recovery"
+        );
+        assert!(app.stderr().contains("ess.redb closed"), "{name}");
+
+        // The next start opens without a repair and goes on where it stopped.
+        run_a_while(&mut app, &["B1"]);
+        assert_eq!(app.terminate().code(), Some(0));
+        assert!(
+            !app.stderr().contains("repaired it"),
+            "{name}: {}",
+            app.stderr()
+        );
+        assert_eq!(
+            app.read_out("permit.txt"),
+            [permit_line("A1"), permit_line("A2"), permit_line("B1")].concat()
+        );
+        assert!(!needs_recovery(&db));
+    }
+}
+
+#[test]
+fn an_unclean_stop_is_repaired_at_the_next_start_and_the_repair_time_is_logged() {
+    let mut app = Appliance::init();
+    let db = app.dir.join("data/ess.redb");
+    run_a_while(&mut app, &["K1"]);
+    app.kill9();
+    assert!(needs_recovery(&db), "a killed daemon leaves the flag set");
+    run_a_while(&mut app, &["K2"]);
+    let log = app.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("not closed cleanly; redb repaired it"))
+        .unwrap_or_else(|| panic!("no repair line in {log}"));
+    assert!(line.contains("duration_ms="), "{line}");
+    assert_eq!(app.terminate().code(), Some(0));
+    assert!(!needs_recovery(&db));
+    assert_eq!(
+        app.read_out("permit.txt"),
+        [permit_line("K1"), permit_line("K2")].concat()
+    );
+}
