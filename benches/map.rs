@@ -76,11 +76,14 @@ fn bench(c: &mut Criterion) {
             Kind::Text { width, .. } => Value::String(
                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[..width.unwrap_or(1).min(26) / 2 + 1].into(),
             ),
+            Kind::National { .. } | Kind::Float(_) => Value::from(1),
             Kind::Zoned { pic, .. } | Kind::Packed { pic } | Kind::Binary { pic, .. } => {
                 let int = "1234567"
-                    .get(..pic.int_digits.min(7) as usize)
+                    .get(..pic.int_digits().min(7) as usize)
                     .unwrap_or("1");
-                let frac = "5678".get(..pic.frac_digits.min(4) as usize).unwrap_or("");
+                let frac = "5678"
+                    .get(..pic.frac_digits().min(4) as usize)
+                    .unwrap_or("");
                 let text = if frac.is_empty() {
                     int.to_string()
                 } else {

@@ -102,6 +102,20 @@ pub enum MapCommand {
     },
     /// Print a map skeleton whose fields, widths and types come from a COBOL copybook.
     FromCopybook { copybook: PathBuf },
+    /// Print the JSON event of each record of a legacy file, as a pickup source would read it.
+    Decode {
+        #[arg(long)]
+        map: PathBuf,
+        /// The appliance config, for its timezone (default UTC).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print each record's index, offset, record type and fields by copybook name
+        /// instead of the event.
+        #[arg(long)]
+        fields: bool,
+        /// The file of records (`-` = stdin).
+        file: PathBuf,
+    },
 }
 
 /// A usage or validation problem: exit code 2.
@@ -186,6 +200,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::map::cli::preview(&map, &text, tz)?);
             Ok(())
         }
+        Command::Map(MapCommand::Decode {
+            map,
+            config,
+            fields,
+            file,
+        }) => map_decode(&map, config.as_deref(), fields, &file),
         Command::Map(MapCommand::FromCopybook { copybook }) => {
             let text = read_input(&copybook)?;
             // The file's real name becomes `layout:` (PERMIT.CPY stays PERMIT.CPY).
@@ -197,6 +217,40 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `ess map decode`: records as JSON lines on stdout, bad records on stderr (exit 2).
+fn map_decode(map: &Path, config: Option<&Path>, fields: bool, file: &Path) -> anyhow::Result<()> {
+    let tz = match config {
+        Some(c) => Config::load(c)?.timezone,
+        None => chrono_tz::UTC,
+    };
+    let bytes = if file == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("cannot read stdin")?;
+        b
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let view = if fields {
+        crate::map::View::Fields
+    } else {
+        crate::map::View::Event
+    };
+    let d = crate::map::cli::decode(map, &bytes, tz, view)?;
+    print!("{}", d.lines);
+    for e in &d.errors {
+        eprintln!("{}: {e}", file.display());
+    }
+    if !d.errors.is_empty() {
+        return Err(UsageError(format!(
+            "{} record(s) of {} could not be decoded",
+            d.errors.len(),
+            file.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn read_input(path: &Path) -> anyhow::Result<String> {

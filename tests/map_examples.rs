@@ -181,12 +181,13 @@ fn payroll_copybook_has_forty_fields() {
 
 #[test]
 fn from_copybook_refuses_what_it_cannot_lay_out() {
-    let e = cli::from_copybook(
-        "01 R.\n 05 A PIC X(2).\n 05 B REDEFINES A PIC 99.\n",
-        "R.cpy",
-    )
-    .unwrap_err();
-    assert!(e.to_string().starts_with("R.cpy:3: B REDEFINES A"), "{e}");
+    let e = cli::from_copybook("01 R.\n 05 A PIC X(2).\n 66 B RENAMES A.\n", "R.cpy").unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "R.cpy:3:2: 66 B RENAMES: level 66 is not supported; map the renamed fields themselves"
+        ),
+        "{e}"
+    );
 }
 
 #[test]

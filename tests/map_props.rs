@@ -264,11 +264,10 @@ proptest! {
         let d = Decimal { mantissa: i128::from(m), scale };
         let parsed = Decimal::parse(&d.to_string()).unwrap();
         prop_assert_eq!(parsed.checked_add(Decimal::ZERO), d.checked_add(Decimal::ZERO));
-        if let Ok(digits) = d.to_digits(int, frac, false) {
-            prop_assert_eq!(digits.len(), (int + frac) as usize);
-            // Reading the digits back with the implied point gives the same value.
-            let (i, f) = digits.split_at(int as usize);
-            let back = Decimal::parse(&format!("{}{i}.{f}0", if m < 0 { "-" } else { "" })).unwrap();
+        if let Ok(stored) = d.to_stored(int + frac, frac as i32, false) {
+            prop_assert!(stored < 10u128.pow(int + frac));
+            // Reading the stored integer back with the picture's scale gives the same value.
+            let back = Decimal::from_stored(m < 0, stored, frac as i32).unwrap();
             prop_assert_eq!(back.checked_add(Decimal { mantissa: -d.mantissa, scale: d.scale }).map(|z| z.mantissa), Some(0));
         }
     }
