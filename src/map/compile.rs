@@ -449,7 +449,7 @@ impl Compiler<'_> {
     ) -> Vec<Field> {
         let entries = match (&conn.file.fields, layout) {
             (Some(Fields(entries)), _) => entries.as_slice(),
-            (None, Some(l)) if self.layout_only => return self.identity_fields(&l.cb, s),
+            (None, Some(l)) if self.layout_only => return self.identity_fields(l, s),
             (None, _) => {
                 self.at(&conn.file.target, "the map has no `fields:`; list the record's fields, e.g. `PERMIT_ID: id | width:10`");
                 return Vec::new();
@@ -527,20 +527,16 @@ impl Compiler<'_> {
     }
 
     /// Every copybook field read under its own name.
-    fn identity_fields(&mut self, cb: &Copybook, s: &RecordSettings) -> Vec<Field> {
-        cb.fields
+    fn identity_fields(&mut self, l: &Layout, s: &RecordSettings) -> Vec<Field> {
+        l.cb.fields
             .iter()
             .map(|cf| {
-                let kind = record_kind(&cf.kind, s);
-                let mut f = Field::plain(
-                    &cf.name,
-                    Source::Path(vec![spec::PathSeg::Key(cf.name.clone())]),
-                    kind,
-                );
                 if cf.filler {
-                    f.source = Source::Blank;
+                    return self.unmapped(cf, s, l);
                 }
-                f
+                let kind = record_kind(&cf.kind, s);
+                let path = vec![spec::PathSeg::Key(cf.name.clone())];
+                Field::plain(&cf.name, Source::Path(path), kind)
             })
             .collect()
     }
