@@ -60,6 +60,8 @@ enum Node {
 #[derive(Debug, Clone)]
 pub struct Template {
     root: Node,
+    /// The event view: its `payload` is written even when empty.
+    event: bool,
 }
 
 fn quote(s: &str) -> String {
@@ -83,6 +85,7 @@ impl Template {
             .collect();
         Template {
             root: Node::Obj(members),
+            event: false,
         }
     }
 
@@ -130,6 +133,7 @@ impl Template {
         }
         Template {
             root: Node::Obj(members),
+            event: true,
         }
     }
 
@@ -142,9 +146,29 @@ impl Template {
         out: &mut String,
     ) -> Result<(), (usize, String)> {
         let w = Writer { fields, slots, tz };
-        if !w.write(&self.root, out)? {
-            out.push_str("{}");
+        let Node::Obj(members) = &self.root else {
+            w.write(&self.root, out)?;
+            return Ok(());
+        };
+        // The top level is always an object; an event always has its payload, if empty.
+        out.push('{');
+        let mut first = true;
+        for (k, c) in members {
+            let payload = self.event && k == "\"payload\"";
+            if !payload && !w.present(c) {
+                continue;
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            out.push_str(k);
+            out.push(':');
+            if !w.write(c, out)? {
+                out.push_str("{}");
+            }
         }
+        out.push('}');
         Ok(())
     }
 }
