@@ -141,6 +141,9 @@ fn shipped_payroll_map_balances_its_batches() {
 
 fn layout_dump(cb: &Copybook) -> String {
     let mut s = format!("record {:?}, {} bytes\n", cb.record_name, cb.len);
+    if cb.min_len != cb.len {
+        s.push_str(&format!("shortest record {} bytes\n", cb.min_len));
+    }
     for f in &cb.fields {
         s.push_str(&format!(
             "{:>5} {:>3}  {:<22} {}\n",
@@ -150,13 +153,35 @@ fn layout_dump(cb: &Copybook) -> String {
             f.pic
         ));
     }
+    for set in &cb.sets {
+        let alts: Vec<String> = set
+            .alts
+            .iter()
+            .map(|a| format!("{} ({} bytes)", a.name, a.len))
+            .collect();
+        s.push_str(&format!(
+            "redefines, line {}: {}\n",
+            set.line,
+            alts.join(" | ")
+        ));
+    }
+    for t in &cb.tables {
+        s.push_str(&format!(
+            "table {}: OCCURS {} TO {} DEPENDING ON {}, {} bytes each\n",
+            t.name, t.min, t.max, cb.fields[t.object].name, t.elem_len
+        ));
+    }
     s
 }
 
 #[test]
 fn golden_copybooks() {
     // PERMIT.cpy is the one shipped next to maps/permit_status_ebcdic.yml.
-    for (name, dir) in [("PAYROLL", "tests/fixtures/copybooks"), ("PERMIT", "maps")] {
+    for (name, dir) in [
+        ("PAYROLL", "tests/fixtures/copybooks"),
+        ("RESULTS", "tests/fixtures/copybooks"),
+        ("PERMIT", "maps"),
+    ] {
         let text = std::fs::read_to_string(root().join(format!("{dir}/{name}.cpy"))).unwrap();
         let cb = Copybook::parse(&text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         golden(&format!("{name}.layout"), &layout_dump(&cb));
@@ -167,7 +192,7 @@ fn golden_copybooks() {
         std::fs::write(dir.path().join(format!("{name}.cpy")), &text).unwrap();
         std::fs::write(dir.path().join("m.yml"), &skeleton).unwrap();
         let m = load(&dir.path().join("m.yml"));
-        assert_eq!(m.record_len(), Some(cb.len));
+        assert_eq!(m.max_record_len(), Some(cb.len));
     }
 }
 

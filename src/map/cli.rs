@@ -321,10 +321,12 @@ pub fn from_copybook(copybook_text: &str, name: &str) -> anyhow::Result<String> 
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("copybook");
-    let record = cb
-        .record_name
-        .clone()
-        .unwrap_or_else(|| stem.to_ascii_uppercase());
+    // Several record types are one file: it goes by the copybook's name then.
+    let several = cb.sets.iter().any(|s| s.records);
+    let record = match (&cb.record_name, several) {
+        (Some(r), false) => r.clone(),
+        _ => stem.to_ascii_uppercase(),
+    };
     let target = snake(&record);
     let rules = guess_rules(&cb);
     // Fields of alternatives no rule can pick are left commented out.
@@ -491,19 +493,22 @@ pub fn from_copybook(copybook_text: &str, name: &str) -> anyhow::Result<String> 
         let at = if f.fixed_offset {
             format!("offset {:>5}, {w} bytes", f.offset)
         } else {
-            format!("after a table, {w} bytes")
+            format!("offset varies, {w} bytes")
+        };
+        // Floats have no picture: their usage is the whole description.
+        let pic = if matches!(f.kind, Kind::Float(_)) {
+            f.pic.clone()
+        } else {
+            format!("PIC {}", f.pic)
         };
         let (entry, note) = match (entry, &f.value) {
-            (Some(e), _) if usable(f) => (e.clone(), format!("PIC {}", f.pic)),
-            (Some(e), _) => (
-                format!("# {e}"),
-                format!("PIC {}, another record type", f.pic),
-            ),
+            (Some(e), _) if usable(f) => (e.clone(), pic),
+            (Some(e), _) => (format!("# {e}"), format!("{pic}, another record type")),
             (None, Some(v)) => (
                 "# FILLER".to_string(),
-                format!("PIC {}, sent as VALUE {}", f.pic, literal_text(v)),
+                format!("{pic}, sent as VALUE {}", literal_text(v)),
             ),
-            (None, None) => ("# FILLER".to_string(), format!("PIC {}, sent blank", f.pic)),
+            (None, None) => ("# FILLER".to_string(), format!("{pic}, sent blank")),
         };
         writeln!(y, "  {entry:<pad$}  # {note:<28} {at}")?;
         if !f.conditions.is_empty() && usable(f) {

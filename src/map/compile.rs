@@ -201,6 +201,7 @@ impl Compiler<'_> {
             events: f.events.clone(),
             format,
             fields_view: Template::fields(&fields),
+            field_keys: super::decode::FieldsJson::keys(&fields),
             event_view: Template::event(&fields, event_type),
             fields,
             plan,

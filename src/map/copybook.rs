@@ -920,11 +920,32 @@ impl Layout<'_> {
             .or_else(|| inh.usage.map(|u| format!("{u:?}").to_ascii_uppercase()))
             .unwrap_or_default();
         let pic = item.pic.as_ref();
+        // The picture and the clauses that change the bytes, as a reader of the copybook
+        // would name them.
+        let clauses = {
+            let mut c = String::new();
+            match item.sign.or(inh.sign) {
+                Some(SignMode::LeadingOverpunch) => c.push_str(" SIGN LEADING"),
+                Some(SignMode::LeadingSeparate) => c.push_str(" SIGN LEADING SEPARATE"),
+                Some(SignMode::TrailingSeparate) => c.push_str(" SIGN TRAILING SEPARATE"),
+                Some(SignMode::TrailingOverpunch) | None => {}
+            }
+            if item.blank_zero {
+                c.push_str(" BLANK WHEN ZERO");
+            }
+            if item.justified {
+                c.push_str(" JUSTIFIED RIGHT");
+            }
+            if inh.sync {
+                c.push_str(" SYNC");
+            }
+            c
+        };
         let shown = |p: &str| {
             if usage_text.is_empty() || usage == Some(Usage::Display) {
-                p.to_string()
+                format!("{p}{clauses}")
             } else {
-                format!("{p} {usage_text}")
+                format!("{p} {usage_text}{clauses}")
             }
         };
         let kind = match (pic, usage.unwrap_or(Usage::Display)) {
@@ -935,7 +956,8 @@ impl Layout<'_> {
                     ieee: false,
                     little: false,
                 });
-                return Some((k, usage_text));
+                let sync = if inh.sync { " SYNC" } else { "" };
+                return Some((k, format!("{usage_text}{sync}")));
             }
             (Some((_, p)), Usage::Comp1 | Usage::Comp2) => {
                 self.err(

@@ -17,8 +17,9 @@ use chrono::format::{Item, Parsed};
 use chrono::{NaiveDate, TimeZone};
 use chrono_tz::Tz;
 
-use super::field::{Field, Kind};
-use super::layout::Slots;
+use super::encoding::Encoding;
+use super::field::{BadBytes, Field, Kind};
+use super::layout::{Sink, Slots};
 use super::spec::{PathSeg, Source};
 
 /// Why a record could not be decoded: which record, field and byte, and what is wrong.
@@ -54,6 +55,61 @@ enum Node {
     /// Fields writing the same place (one per REDEFINES alternative, say): the first that
     /// the record holds is written.
     Leaf(Vec<Leaf>),
+}
+
+/// The fields view of a fixed-width record written as it is read: `"NAME":value` per field
+/// the record holds, in record order, straight into the output (no intermediate values).
+pub struct FieldsJson<'a> {
+    /// Per field, `"NAME":` quoted, or `None` for fields the view leaves out.
+    pub keys: &'a [Option<String>],
+    pub out: &'a mut String,
+    pub first: bool,
+}
+
+impl FieldsJson<'_> {
+    /// The keys of the fields view: every field that holds data.
+    pub fn keys(fields: &[Field]) -> Vec<Option<String>> {
+        fields
+            .iter()
+            .map(|f| {
+                (f.fill.is_none()
+                    && !matches!(f.source, Source::Const(_))
+                    && !f.name.eq_ignore_ascii_case("FILLER"))
+                .then(|| format!("{}:", quote(&f.name)))
+            })
+            .collect()
+    }
+}
+
+impl Sink for FieldsJson<'_> {
+    fn field(&mut self, i: usize, f: &Field, bytes: &[u8], enc: Encoding) -> Result<(), BadBytes> {
+        let Some(key) = &self.keys[i] else {
+            return Ok(());
+        };
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push_str(key);
+        if f.kind.is_numeric() {
+            return f.kind.decode(bytes, enc, self.out);
+        }
+        self.out.push('"');
+        let at = self.out.len();
+        f.kind.decode(bytes, enc, self.out)?;
+        // Text needing escapes is rare: escape it after the fact.
+        if self.out[at..]
+            .bytes()
+            .any(|b| b < 0x20 || b == b'"' || b == b'\\')
+        {
+            let raw = self.out.split_off(at);
+            self.out.pop(); // the opening quote: `push_str` writes its own
+            push_str(self.out, &raw);
+            return Ok(());
+        }
+        self.out.push('"');
+        Ok(())
+    }
 }
 
 /// A compiled view: where each field's value goes in the JSON.
@@ -154,18 +210,19 @@ impl Template {
         out.push('{');
         let mut first = true;
         for (k, c) in members {
-            let payload = self.event && k == "\"payload\"";
-            if !payload && !w.present(c) {
-                continue;
-            }
+            let mark = out.len();
             if !first {
                 out.push(',');
             }
-            first = false;
             out.push_str(k);
             out.push(':');
-            if !w.write(c, out)? {
+            if w.write(c, out)? {
+                first = false;
+            } else if self.event && k == "\"payload\"" {
                 out.push_str("{}");
+                first = false;
+            } else {
+                out.truncate(mark);
             }
         }
         out.push('}');
@@ -252,22 +309,29 @@ impl Writer<'_> {
         }
     }
 
-    /// Writes `n` if anything of it is present; returns whether it wrote.
+    /// Writes `n` if anything of it is present; returns whether it wrote (nothing is left
+    /// in `out` when it did not).
     fn write(&self, n: &Node, out: &mut String) -> Result<bool, (usize, String)> {
         match n {
             Node::Obj(members) => {
-                let mut first = true;
+                let start = out.len();
+                out.push('{');
+                let mut any = false;
                 for (k, c) in members {
-                    if !self.present(c) {
-                        continue;
+                    let mark = out.len();
+                    if any {
+                        out.push(',');
                     }
-                    out.push(if first { '{' } else { ',' });
-                    first = false;
                     out.push_str(k);
                     out.push(':');
-                    self.write(c, out)?;
+                    if self.write(c, out)? {
+                        any = true;
+                    } else {
+                        out.truncate(mark);
+                    }
                 }
-                if first {
+                if !any {
+                    out.truncate(start);
                     return Ok(false);
                 }
                 out.push('}');
@@ -284,19 +348,24 @@ impl Writer<'_> {
                     if i > 0 {
                         out.push(',');
                     }
-                    match c {
-                        Some(c) if self.present(c) => {
-                            self.write(c, out)?;
-                        }
-                        _ => out.push_str("null"),
+                    let wrote = match c {
+                        Some(c) => self.write(c, out)?,
+                        None => false,
+                    };
+                    if !wrote {
+                        out.push_str("null");
                     }
                 }
                 out.push(']');
             }
-            Node::Leaf(ls) => match ls.iter().find(|l| self.leaf_present(l)) {
-                Some(l) => return self.leaf(l, out),
-                None => return Ok(false),
-            },
+            Node::Leaf(ls) => {
+                for l in ls {
+                    if self.leaf(l, out)? {
+                        return Ok(true);
+                    }
+                }
+                return Ok(false);
+            }
         }
         Ok(true)
     }

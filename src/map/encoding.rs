@@ -154,16 +154,10 @@ impl Encoding {
                 out.extend_from_slice(text.as_bytes());
             }
             Encoding::Ebcdic(p) if text.is_ascii() => {
+                // Every page ESS knows has every ASCII character (a test checks), so ASCII
+                // text is one table lookup a byte, no check.
                 let inv = &INVERSE[usize::from(p.0)].latin1;
-                // Every ASCII character exists on every EBCDIC page ESS knows except where a
-                // national page moved it (checked per byte).
-                for &b in text.as_bytes() {
-                    let e = inv[usize::from(b)];
-                    if e == NONE {
-                        return Err(char::from(b));
-                    }
-                    out.push(e as u8);
-                }
+                out.extend(text.bytes().map(|b| inv[usize::from(b)] as u8));
             }
             _ => {
                 for c in text.chars() {
@@ -295,6 +289,9 @@ mod tests {
             e.decode_into(&(0..=255u8).collect::<Vec<_>>(), &mut back)
                 .unwrap();
             assert_eq!(back, all);
+            // The ASCII fast path of `encode_into` relies on this.
+            let inv = &INVERSE[usize::from(p.0)].latin1;
+            assert!((0..128).all(|a| inv[a] != NONE), "{}", e.name());
             assert!(
                 INVERSE[usize::from(p.0)]
                     .extra

@@ -185,6 +185,19 @@ impl Field {
         }
     }
 
+    /// Whether a present payload value goes to the layout as its text (a payload path with
+    /// no modifier before the layout): the render fast path.
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        matches!(self.source, Source::Path(_))
+            && !self.count
+            && !self.trim
+            && self.map.is_none()
+            && self.date.is_none()
+            && self.case.is_none()
+            && self.fill.is_none()
+    }
+
     /// Whether the value goes out untouched (JSON keeps its type then).
     pub fn is_passthrough(&self) -> bool {
         !self.count
@@ -589,6 +602,9 @@ impl Field {
         let Some(t) = text else {
             return Ok((false, 0));
         };
+        if let Some(fast) = stored_fast(t, pic) {
+            return Ok(fast);
+        }
         let d = Decimal::parse(t)?;
         let v = d.to_stored(pic.digits, pic.scale, self.truncate)?;
         let minus = t.trim_start().starts_with('-');
@@ -597,6 +613,60 @@ impl Field {
         }
         Ok((minus && pic.signed, v))
     }
+}
+
+/// Powers of ten that fit a u64.
+const POW10: [u64; 20] = {
+    let mut p = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        p[i] = p[i - 1] * 10;
+        i += 1;
+    }
+    p
+};
+
+/// [`Field::stored`] for the common value: `[-]digits[.digits]`, at most 19 digits, that
+/// fits the picture as it is. Anything else (and every error) takes the general path, which
+/// says what is wrong.
+#[inline]
+fn stored_fast(t: &str, pic: NumPic) -> Option<(bool, u128)> {
+    let b = t.as_bytes();
+    let (neg, digits) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        _ => (false, b),
+    };
+    let (int, fraction) = match digits.iter().position(|&c| c == b'.') {
+        Some(p) => (&digits[..p], &digits[p + 1..]),
+        None => (digits, &[][..]),
+    };
+    let n = int.len() + fraction.len();
+    if n == 0 || n > 19 || pic.scale < 0 || pic.scale > 19 || pic.digits > 19 {
+        return None;
+    }
+    let mut m = 0u64;
+    for &c in int.iter().chain(fraction) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        m = m * 10 + u64::from(d);
+    }
+    // At most 19 digits, checked above.
+    let frac = fraction.len() as i32;
+    let m = if frac > pic.scale {
+        let div = POW10[(frac - pic.scale) as usize];
+        if m % div != 0 {
+            return None;
+        }
+        m / div
+    } else {
+        m.checked_mul(POW10[(pic.scale - frac) as usize])?
+    };
+    if m >= POW10[pic.digits as usize] || (neg && m != 0 && !pic.signed) {
+        return None;
+    }
+    Some((neg && pic.signed, u128::from(m)))
 }
 
 const NEGATIVE_UNSIGNED: &str =
@@ -630,10 +700,15 @@ fn overpunch(d: u8, neg: bool, enc: Encoding) -> u8 {
 fn fill_digits(mut v: u128, buf: &mut [u8], digit: impl Fn(u8) -> u8) {
     let mut i = buf.len();
     if let Ok(mut small) = u64::try_from(v) {
-        while i > 0 {
-            i -= 1;
-            buf[i] = digit((small % 10) as u8);
-            small /= 10;
+        while i >= 2 {
+            let pair = (small % 100) as u8;
+            small /= 100;
+            buf[i - 1] = digit(pair % 10);
+            buf[i - 2] = digit(pair / 10);
+            i -= 2;
+        }
+        if i == 1 {
+            buf[0] = digit((small % 10) as u8);
         }
         return;
     }
@@ -671,6 +746,17 @@ fn write_zoned(v: u128, neg: bool, pic: NumPic, sign: SignMode, enc: Encoding, o
     }
 }
 
+/// 0..=99 as a packed-decimal byte (two digit nibbles).
+const BCD: [u8; 100] = {
+    let mut t = [0u8; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = (((i / 10) << 4) | (i % 10)) as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Packed decimal: an odd number of digit nibbles plus the sign nibble (C +, D -, F unsigned).
 fn write_packed(v: u128, neg: bool, pic: NumPic, out: &mut Vec<u8>) {
     let sign = match (pic.signed, neg) {
@@ -678,22 +764,33 @@ fn write_packed(v: u128, neg: bool, pic: NumPic, out: &mut Vec<u8>) {
         (true, false) => 0xC,
         (true, true) => 0xD,
     };
+    // 2w - 1 digit nibbles (a leading 0 pads an even digit count), then the sign: from the
+    // right, the last digit with the sign, then two digits a byte.
     let w = pic.digits as usize / 2 + 1;
-    // 2w - 1 digit nibbles (a leading 0 pads an even digit count), then the sign.
-    let n = 2 * w - 1;
-    let mut digits = [0u8; 40];
-    fill_digits(v, &mut digits[..n], |d| d);
     let start = out.len();
     out.resize(start + w, 0);
     let buf = &mut out[start..];
-    for (i, byte) in buf.iter_mut().enumerate() {
-        let hi = digits[2 * i];
-        let lo = if 2 * i + 1 < n {
-            digits[2 * i + 1]
-        } else {
-            sign
-        };
-        *byte = (hi << 4) | lo;
+    // u64 arithmetic where the value allows (every picture up to 19 digits): u128
+    // division is a library call.
+    match u64::try_from(v) {
+        Ok(x) => packed_digits(x, sign, buf),
+        Err(_) => packed_digits(v, sign, buf),
+    }
+}
+
+fn packed_digits<T>(mut x: T, sign: u8, buf: &mut [u8])
+where
+    T: Copy + From<u8> + std::ops::Rem<Output = T> + std::ops::Div<Output = T> + TryInto<u8>,
+{
+    let (ten, hundred) = (T::from(10), T::from(100));
+    let w = buf.len();
+    // Remainders below 100 always fit a u8.
+    let low = |x: T, m: T| (x % m).try_into().unwrap_or(0);
+    buf[w - 1] = (low(x, ten) << 4) | sign;
+    x = x / ten;
+    for byte in buf[..w - 1].iter_mut().rev() {
+        *byte = BCD[usize::from(low(x, hundred))];
+        x = x / hundred;
     }
 }
 
@@ -824,39 +921,79 @@ fn strip_pad(out: &mut String, start: usize, pad: char, align: Align) {
 pub fn push_number(out: &mut String, neg: bool, v: u128, scale: i32) {
     let mut buf = [0u8; 40];
     let mut i = buf.len();
-    let mut x = v;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (x % 10) as u8;
-        x /= 10;
-        if x == 0 {
-            break;
+    // u64 arithmetic where the value allows (every picture up to 19 digits): u128
+    // division is a library call.
+    match u64::try_from(v) {
+        Ok(mut x) => {
+            while x >= 100 {
+                let d = (x % 100) as usize * 2;
+                x /= 100;
+                i -= 2;
+                buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+            }
+            if x >= 10 {
+                let d = x as usize * 2;
+                i -= 2;
+                buf[i..i + 2].copy_from_slice(&PAIRS[d..d + 2]);
+            } else {
+                i -= 1;
+                buf[i] = b'0' + x as u8;
+            }
+        }
+        Err(_) => {
+            let mut x = v;
+            while x != 0 {
+                i -= 1;
+                buf[i] = b'0' + (x % 10) as u8;
+                x /= 10;
+            }
         }
     }
-    let digits = &buf[i..];
+    // Sign, integer digits, point and decimals assembled on the stack, appended once.
+    let n = buf.len() - i;
+    let mut text = [0u8; 84];
+    let mut t = 0;
     if neg {
-        out.push('-');
+        text[0] = b'-';
+        t = 1;
     }
-    // Only ASCII digits are in `buf`.
-    let text = std::str::from_utf8(digits).unwrap_or("0");
     if scale <= 0 {
-        out.push_str(text);
+        text[t..t + n].copy_from_slice(&buf[i..]);
+        t += n;
         if v != 0 {
-            (0..-scale).for_each(|_| out.push('0'));
+            let zeros = (-scale) as usize;
+            text[t..t + zeros].fill(b'0');
+            t += zeros;
         }
-        return;
-    }
-    let scale = scale as usize;
-    if text.len() > scale {
-        out.push_str(&text[..text.len() - scale]);
-        out.push('.');
-        out.push_str(&text[text.len() - scale..]);
     } else {
-        out.push_str("0.");
-        (0..scale - text.len()).for_each(|_| out.push('0'));
-        out.push_str(text);
+        let scale = scale as usize;
+        let int = n.saturating_sub(scale);
+        if int == 0 {
+            text[t] = b'0';
+            t += 1;
+        } else {
+            text[t..t + int].copy_from_slice(&buf[i..i + int]);
+            t += int;
+        }
+        text[t] = b'.';
+        t += 1;
+        let lead = scale.saturating_sub(n);
+        text[t..t + lead].fill(b'0');
+        t += lead;
+        text[t..t + scale - lead].copy_from_slice(&buf[buf.len() - (scale - lead)..]);
+        t += scale - lead;
     }
+    // Only ASCII digits, '-' and '.' were written.
+    out.push_str(std::str::from_utf8(&text[..t]).unwrap_or("0"));
 }
+
+/// "00" to "99".
+const PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 /// A zoned decimal's sign and stored digits. Accepts the preferred signs ESS writes and the
 /// others COBOL accepts: zones C/A/E/F positive and D/B negative in EBCDIC; `{A-I` / `}J-R`
@@ -1000,42 +1137,72 @@ fn read_packed(bytes: &[u8], pic: NumPic) -> Result<(bool, u128), BadBytes> {
     Ok((false, v))
 }
 
-/// Every payload value `fields` read, in one pass: `out[i]` is field `i`'s value (`None`
-/// when missing or not a payload path). With a payload much larger than the map reads, one
+/// Every payload value `fields` read, in one pass: `out[i]` (`out` is as long as `fields`)
+/// is field `i`'s value (`None` when missing or not a payload path). With a payload much larger than the map reads, one
 /// lookup per field is cheaper, and that is what is done.
 pub fn lookup_all<'a>(
     payload: &'a Map<String, Value>,
     fields: &[Field],
-    order: &[(usize, &str)],
-    out: &mut Vec<Option<&'a Value>>,
+    order: &[(usize, String)],
+    out: &mut [Option<&'a Value>],
 ) {
-    out.clear();
-    out.resize(fields.len(), None);
+    out.fill(None);
     let path_of = |i: usize| match &fields[i].source {
         Source::Path(p) => Some(p.as_slice()),
         _ => None,
     };
     if !map_is_sorted() || payload.len() > 8 * order.len().max(1) {
-        for &(i, _) in order {
-            if let Some(p) = path_of(i) {
-                out[i] = lookup(payload, p);
+        for (i, _) in order {
+            if let Some(p) = path_of(*i) {
+                out[*i] = lookup(payload, p);
             }
         }
         return;
     }
     // `order` is sorted by first key, as the payload's keys iterate.
-    let mut entries = payload.iter().peekable();
-    for &(i, key) in order {
-        while entries.peek().is_some_and(|(k, _)| k.as_str() < key) {
-            entries.next();
-        }
-        let Some((k, v)) = entries.peek() else { break };
-        if k.as_str() == key {
-            if let Some(p) = path_of(i) {
-                out[i] = lookup_in(v, &p[1..]);
+    // One comparison per step: the payload's key against the next wanted one.
+    let mut entries = payload.iter();
+    let mut entry = entries.next();
+    for (i, key) in order {
+        while let Some((k, v)) = entry {
+            match cmp_key(k.as_bytes(), key.as_bytes()) {
+                std::cmp::Ordering::Less => entry = entries.next(),
+                std::cmp::Ordering::Equal => {
+                    if let Some(p) = path_of(*i) {
+                        out[*i] = lookup_in(v, &p[1..]);
+                    }
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
             }
         }
+        if entry.is_none() {
+            break;
+        }
     }
+}
+
+/// `a.cmp(b)` inline: payload keys are short, and a call to `memcmp` costs more than
+/// comparing them here.
+#[inline]
+fn cmp_key(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    // Eight bytes at a time while both have them (read big-endian, a u64 orders like the
+    // bytes), then byte by byte. Keys of one payload often share long prefixes.
+    let (mut a, mut b) = (a, b);
+    while let (Some((x, ra)), Some((y, rb))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        if x != y {
+            return u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y));
+        }
+        (a, b) = (ra, rb);
+    }
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// Whether `serde_json::Map` iterates in key order (a BTreeMap; not with serde_json's
@@ -1111,6 +1278,38 @@ pub fn parse_time(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
     }
 }
 
+/// `%Y %m %d %H %M %S` and plain ASCII, written directly (the patterns legacy records use;
+/// chrono's formatter is several times slower). `None` for anything else.
+fn format_digits(t: &DateTime<Tz>, pattern: &str) -> Option<String> {
+    use chrono::{Datelike, Timelike};
+    let l = t.naive_local();
+    let mut out = String::with_capacity(pattern.len() + 4);
+    let mut it = pattern.bytes();
+    while let Some(b) = it.next() {
+        if b != b'%' {
+            if !b.is_ascii() {
+                return None;
+            }
+            out.push(char::from(b));
+            continue;
+        }
+        let (v, w) = match it.next()? {
+            b'Y' => (l.year(), 4),
+            b'm' => (l.month() as i32, 2),
+            b'd' => (l.day() as i32, 2),
+            b'H' => (l.hour() as i32, 2),
+            b'M' => (l.minute() as i32, 2),
+            b'S' => (l.second() as i32, 2),
+            _ => return None,
+        };
+        if !(0..=9999).contains(&v) {
+            return None;
+        }
+        let _ = write!(out, "{v:0w$}");
+    }
+    Some(out)
+}
+
 /// For a pattern without a date (`%H%M%S`): also a bare `HH:MM:SS` (what decoding such a
 /// field gives back), read as that time of 2000-01-01 in `tz`.
 fn parse_time_of_day(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
@@ -1124,6 +1323,9 @@ fn parse_time_of_day(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
 }
 
 fn format_time(t: &DateTime<Tz>, items: &[Item<'static>], pattern: &str) -> Result<String, String> {
+    if let Some(s) = format_digits(t, pattern) {
+        return Ok(s);
+    }
     let mut s = String::new();
     // A pattern that needs something the value lacks makes Display fail; report, never panic.
     write!(s, "{}", t.format_with_items(items.iter()))

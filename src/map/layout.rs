@@ -10,7 +10,7 @@
 use super::copybook::Node;
 use super::decimal::Decimal;
 use super::encoding::Encoding;
-use super::field::{Field, Kind};
+use super::field::{BadBytes, Field, Kind};
 
 /// The compiled layout of one record.
 #[derive(Debug, Clone)]
@@ -83,21 +83,48 @@ pub struct Misfit {
     pub message: String,
 }
 
-/// The decoded values of one record: per field, its text in `text` (absent fields: `None`).
+/// Where the decoded values of a record go, field by field in record order.
+pub trait Sink {
+    /// Field `i` holds `bytes` (exactly its width).
+    fn field(&mut self, i: usize, f: &Field, bytes: &[u8], enc: Encoding) -> Result<(), BadBytes>;
+}
+
+/// The path one record took through its plan.
 #[derive(Debug, Default, Clone)]
-pub struct Slots {
-    pub text: String,
-    pub spans: Vec<Option<(u32, u32)>>,
+pub struct Walk {
     /// Where each field the record holds starts in it.
     pub offsets: Vec<Option<u32>>,
     /// The alternatives the record took, as (set, alternative).
     pub chosen: Vec<(usize, usize)>,
 }
 
+/// The decoded values of one record: per field, its text in `text` (absent fields: `None`).
+#[derive(Debug, Default, Clone)]
+pub struct Slots {
+    pub text: String,
+    pub spans: Vec<Option<(u32, u32)>>,
+}
+
 impl Slots {
     pub fn get(&self, field: usize) -> Option<&str> {
         let (a, b) = self.spans.get(field).copied().flatten()?;
         self.text.get(a as usize..b as usize)
+    }
+
+    pub fn clear(&mut self, n_fields: usize) {
+        self.text.clear();
+        self.spans.clear();
+        self.spans.resize(n_fields, None);
+    }
+}
+
+impl Sink for Slots {
+    fn field(&mut self, i: usize, f: &Field, bytes: &[u8], enc: Encoding) -> Result<(), BadBytes> {
+        let a = self.text.len();
+        f.kind.decode(bytes, enc, &mut self.text)?;
+        // Records are far shorter than 4 GiB of text.
+        self.spans[i] = Some((a as u32, self.text.len() as u32));
+        Ok(())
     }
 }
 
@@ -242,24 +269,31 @@ impl Plan {
         }
     }
 
-    /// Reads one record (without framing) into `slots`. With `exact`, bytes left over after
-    /// the layout are an error (variable-length framing); fixed-length records may be padded.
+    /// Reads one record (without framing), giving each field it holds to `sink`. With
+    /// `exact`, bytes left over after the layout are an error (variable-length framing);
+    /// fixed-length records may be padded.
     pub fn decode(
         &self,
         fields: &[Field],
         enc: Encoding,
         rec: &[u8],
         exact: bool,
-        slots: &mut Slots,
+        walk: &mut Walk,
+        sink: &mut dyn Sink,
     ) -> Result<(), Misfit> {
-        slots.text.clear();
-        slots.spans.clear();
-        slots.spans.resize(fields.len(), None);
-        slots.offsets.clear();
-        slots.offsets.resize(fields.len(), None);
-        slots.chosen.clear();
+        walk.offsets.clear();
+        walk.offsets.resize(fields.len(), None);
+        walk.chosen.clear();
         let mut pos = 0;
-        self.decode_nodes(&self.nodes, fields, enc, rec, &mut pos, slots)?;
+        let mut r = Reader {
+            plan: self,
+            fields,
+            enc,
+            rec,
+            walk,
+            sink,
+        };
+        r.nodes(&self.nodes, &mut pos)?;
         if exact && pos < rec.len() {
             return Err(Misfit {
                 field: "(record)".into(),
@@ -272,16 +306,21 @@ impl Plan {
         }
         Ok(())
     }
+}
 
-    fn decode_nodes(
-        &self,
-        nodes: &[Node],
-        fields: &[Field],
-        enc: Encoding,
-        rec: &[u8],
-        pos: &mut usize,
-        slots: &mut Slots,
-    ) -> Result<(), Misfit> {
+/// One record being read.
+struct Reader<'a> {
+    plan: &'a Plan,
+    fields: &'a [Field],
+    enc: Encoding,
+    rec: &'a [u8],
+    walk: &'a mut Walk,
+    sink: &'a mut dyn Sink,
+}
+
+impl Reader<'_> {
+    fn nodes(&mut self, nodes: &[Node], pos: &mut usize) -> Result<(), Misfit> {
+        let (fields, enc, rec) = (self.fields, self.enc, self.rec);
         for node in nodes {
             match node {
                 Node::Field(i) => {
@@ -301,23 +340,19 @@ impl Plan {
                         });
                     };
                     // Records are far shorter than 4 GiB.
-                    slots.offsets[*i] = Some(*pos as u32);
+                    self.walk.offsets[*i] = Some(*pos as u32);
                     if f.fill.is_none() {
-                        let a = slots.text.len();
-                        f.kind
-                            .decode(bytes, enc, &mut slots.text)
-                            .map_err(|b| Misfit {
-                                field: f.name.clone(),
-                                offset: *pos + b.at,
-                                message: b.message,
-                            })?;
-                        slots.spans[*i] = Some((a as u32, slots.text.len() as u32));
+                        self.sink.field(*i, f, bytes, enc).map_err(|b| Misfit {
+                            field: f.name.clone(),
+                            offset: *pos + b.at,
+                            message: b.message,
+                        })?;
                     }
                     *pos += w;
                 }
                 Node::Slack(n) => *pos += n,
                 Node::Choice(s) => {
-                    let set = &self.sets[*s];
+                    let set = &self.plan.sets[*s];
                     let start = *pos;
                     let a = match set.fixed {
                         Some(a) => a,
@@ -332,22 +367,26 @@ impl Plan {
                                             .is_some_and(|b| t.holds(b, &fields[t.field].kind, enc))
                                     })
                             })
-                            .ok_or_else(|| self.no_rule(set, fields, start))?,
+                            .ok_or_else(|| self.plan.no_rule(set, fields, start))?,
                     };
-                    slots.chosen.push((*s, a));
-                    self.decode_nodes(&set.alts[a].nodes, fields, enc, rec, pos, slots)?;
+                    self.walk.chosen.push((*s, a));
+                    self.nodes(&set.alts[a].nodes, pos)?;
                     if !set.records {
                         *pos = start + set.width;
                     }
                 }
                 Node::Table(t) => {
-                    let table = &self.tables[*t];
-                    let n = slots
-                        .get(table.object)
-                        .and_then(|c| c.parse::<usize>().ok())
+                    let table = &self.plan.tables[*t];
+                    let obj = &fields[table.object];
+                    let n = self.walk.offsets[table.object]
+                        .and_then(|at| {
+                            let w = obj.kind.width().unwrap_or(0);
+                            rec.get(at as usize..at as usize + w)
+                        })
+                        .and_then(|b| count_of(&obj.kind, b, enc))
                         .filter(|n| (table.min..=table.max).contains(n))
                         .ok_or_else(|| Misfit {
-                            field: fields[table.object].name.clone(),
+                            field: obj.name.clone(),
                             offset: *pos,
                             message: format!(
                                 "the count of table {} is outside OCCURS {} TO {}",
@@ -355,7 +394,7 @@ impl Plan {
                             ),
                         })?;
                     for el in &table.elems[..n] {
-                        self.decode_nodes(el, fields, enc, rec, pos, slots)?;
+                        self.nodes(el, pos)?;
                     }
                 }
             }

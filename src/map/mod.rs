@@ -40,6 +40,7 @@ use std::borrow::Cow;
 
 use chrono::DateTime;
 use chrono_tz::Tz;
+use serde_json::Value;
 
 use crate::config::Diagnostic;
 use crate::config::connector::LoadedConnector;
@@ -49,7 +50,7 @@ use decode::{DecodeError, Template};
 use encoding::Encoding;
 use field::{Batch, Field, Raw};
 use frame::Framing;
-use layout::{Misfit, Plan, Slots};
+use layout::{Misfit, Plan, Slots, Walk};
 use transform::Transforms;
 
 /// What compiling needs beyond the file itself.
@@ -113,6 +114,8 @@ pub struct Mapping {
     lookups: Vec<(usize, String)>,
     /// The decoded record by field name, and as the event it came from.
     fields_view: Template,
+    /// The fields view's `"NAME":` keys (written as fixed-width records are read).
+    field_keys: Vec<Option<String>>,
     event_view: Template,
 }
 
@@ -145,6 +148,7 @@ pub enum View {
 /// Scratch space reused from record to record when decoding many.
 #[derive(Debug, Default)]
 pub struct DecodeScratch {
+    walk: Walk,
     slots: Slots,
     line: String,
 }
@@ -219,26 +223,75 @@ impl Mapping {
             .apply(&event.payload)
             .map_err(MapError::Compliance)?;
         let json = self.format == Format::Json;
-        let order: Vec<(usize, &str)> =
-            self.lookups.iter().map(|(i, k)| (*i, k.as_str())).collect();
-        let mut found = Vec::new();
-        field::lookup_all(&payload, &self.fields, &order, &mut found);
+        // The payload values, on the stack for records of up to 64 fields.
+        let (mut stack, mut heap) = ([None; 64], Vec::new());
+        let found: &mut [Option<&Value>] = if self.fields.len() <= 64 {
+            &mut stack[..self.fields.len()]
+        } else {
+            heap.resize(self.fields.len(), None);
+            &mut heap
+        };
+        field::lookup_all(&payload, &self.fields, &self.lookups, found);
+        let found = &*found;
         let mut out = Vec::with_capacity(self.plan.len + 8);
-        self.write_record(&self.fields, Some(&self.plan), &mut out, |i, f| {
-            let raw = f.resolve_found(event, found[i])?;
-            if json && f.is_passthrough() {
-                match &raw {
-                    Raw::Json(v) => return Ok(Out::Json(v.to_string())),
-                    Raw::Int(n) => return Ok(Out::Json(n.to_string())),
-                    _ => {}
-                }
-            }
-            f.text(&raw, self.timezone).map(Out::Text)
-        })?;
+        let value = |i: usize, f| self.value(f, event, found[i], json);
+        if self.format != Format::Fixed {
+            self.write_record(&self.fields, None, &mut out, value)?;
+        } else {
+            let enc = self.encoding;
+            let field_err = |f: &Field, message: String| MapError::Field {
+                field: f.name.clone(),
+                message,
+            };
+            self.framed(&mut out, |out| {
+                let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
+                    let f = &self.fields[i];
+                    // The common field (a payload path, no modifier before the layout):
+                    // its text as sent, straight into the record.
+                    let text = match found[i] {
+                        Some(Value::String(s)) if f.is_plain() => Cow::Borrowed(s.as_str()),
+                        Some(Value::Number(n)) if f.is_plain() => Cow::Borrowed(n.as_str()),
+                        _ => match value(i, f).map_err(|m| field_err(f, m))? {
+                            Out::Text(Some(t)) => t,
+                            Out::Text(None) => {
+                                return f.write(None, enc, out).map_err(|m| field_err(f, m));
+                            }
+                            Out::Json(_) => unreachable_json(),
+                        },
+                    };
+                    f.write(Some(&text), enc, out).map_err(|m| field_err(f, m))
+                };
+                let misfit = |m: Misfit| MapError::Field {
+                    field: m.field,
+                    message: m.message,
+                };
+                self.plan
+                    .encode(&self.fields, enc, out, &mut render, &misfit)
+            })?;
+        }
         Ok(Record {
             seq: event.seq,
             bytes: out,
         })
+    }
+
+    /// One field's value for `event` through its pipeline (`found`: its payload value).
+    fn value<'a>(
+        &'a self,
+        f: &'a Field,
+        event: &'a Event,
+        found: Option<&'a Value>,
+        json: bool,
+    ) -> Result<Out<'a>, String> {
+        let raw = f.resolve_found(event, found)?;
+        if json && f.is_passthrough() {
+            match &raw {
+                Raw::Json(v) => return Ok(Out::Json(v.to_string())),
+                Raw::Int(n) => return Ok(Out::Json(n.to_string())),
+                _ => {}
+            }
+        }
+        f.text(&raw, self.timezone).map(Out::Text)
     }
 
     /// Decodes one record (its data, framing removed: a [`frame::Frame`]'s bytes) into the
@@ -272,17 +325,47 @@ impl Mapping {
         match self.format {
             Format::Fixed => {
                 let exact = !matches!(self.framing, Framing::Fixed(_));
+                let misfit = |m: Misfit| err(m.field, m.offset, m.message);
+                if view == View::Fields {
+                    // Written as it is read: no intermediate values.
+                    let start = out.len();
+                    out.push('{');
+                    let mut sink = decode::FieldsJson {
+                        keys: &self.field_keys,
+                        out,
+                        first: true,
+                    };
+                    let r = self.plan.decode(
+                        &self.fields,
+                        self.encoding,
+                        record,
+                        exact,
+                        &mut scratch.walk,
+                        &mut sink,
+                    );
+                    if let Err(m) = r {
+                        out.truncate(start);
+                        return Err(misfit(m));
+                    }
+                    out.push('}');
+                    return Ok(self.plan.record_type(&scratch.walk.chosen));
+                }
+                scratch.slots.clear(self.fields.len());
                 self.plan
                     .decode(
                         &self.fields,
                         self.encoding,
                         record,
                         exact,
+                        &mut scratch.walk,
                         &mut scratch.slots,
                     )
-                    .map_err(|m: Misfit| err(m.field, m.offset, m.message))?;
+                    .map_err(misfit)?;
             }
-            Format::Csv => self.split_csv(record, index, scratch)?,
+            Format::Csv => {
+                scratch.walk.chosen.clear();
+                self.split_csv(record, index, scratch)?;
+            }
             Format::Json | Format::Soap => {
                 return Err(err(
                     "(record)".into(),
@@ -304,7 +387,7 @@ impl Mapping {
         };
         view.write(&self.fields, &scratch.slots, self.timezone, out)
             .map_err(|(i, m)| err(self.fields[i].name.clone(), 0, m))?;
-        Ok(self.plan.record_type(&scratch.slots.chosen))
+        Ok(self.plan.record_type(&scratch.walk.chosen))
     }
 
     /// Where each field of a fixed-width record's data sits: (field index, offset), in
@@ -313,11 +396,19 @@ impl Mapping {
         if self.format != Format::Fixed {
             return None;
         }
-        let mut slots = Slots::default();
+        let (mut walk, mut slots) = (Walk::default(), Slots::default());
+        slots.clear(self.fields.len());
         self.plan
-            .decode(&self.fields, self.encoding, data, false, &mut slots)
+            .decode(
+                &self.fields,
+                self.encoding,
+                data,
+                false,
+                &mut walk,
+                &mut slots,
+            )
             .ok()?;
-        let mut out: Vec<(usize, usize)> = slots
+        let mut out: Vec<(usize, usize)> = walk
             .offsets
             .iter()
             .enumerate()
@@ -364,11 +455,7 @@ impl Mapping {
             .read_record(&mut row)
             .map_err(|e| err("(record)", 0, format!("not a CSV record: {e}")))?;
         let slots = &mut scratch.slots;
-        slots.text.clear();
-        slots.spans.clear();
-        slots.spans.resize(self.fields.len(), None);
-        slots.offsets.clear();
-        slots.chosen.clear();
+        slots.clear(self.fields.len());
         if !ok {
             return Err(err("(record)", 0, "the record is empty".into()));
         }
@@ -513,6 +600,30 @@ impl Mapping {
         Ok(out)
     }
 
+    /// Writes one fixed-width record with `write` in place, then frames it (descriptor words
+    /// filled in, or the line end added; a record shorter than fixed-length framing's
+    /// length is filled with spaces): no copy of the record.
+    fn framed(
+        &self,
+        out: &mut Vec<u8>,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), MapError>,
+    ) -> Result<(), MapError> {
+        let start = out.len();
+        out.resize(start + self.framing.prefix_len(), 0);
+        write(out)?;
+        if let Framing::Fixed(len) = &self.framing {
+            if out.len() - start < *len {
+                out.resize(start + len, self.encoding.space());
+            }
+        }
+        self.framing
+            .finish(out, start)
+            .map_err(|message| MapError::Field {
+                field: "(record)".into(),
+                message,
+            })
+    }
+
     /// Frames `data` (already encoded) as one record.
     fn frame(&self, data: &[u8], out: &mut Vec<u8>) -> Result<(), MapError> {
         self.framing
@@ -538,37 +649,15 @@ impl Mapping {
             message,
         };
         if self.format == Format::Fixed {
-            // The data is written in place, then framed around: no copy of the record.
-            let prefix = self.framing.prefix_len();
-            let start = out.len();
-            out.resize(start + prefix, 0);
-            let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
-                let f = &fields[i];
-                let v = value(i, f).map_err(|m| field_err(f, m))?;
-                let Out::Text(t) = v else { unreachable_json() };
-                f.write(t.as_deref(), enc, out).map_err(|m| field_err(f, m))
-            };
-            let misfit = |m: Misfit| MapError::Field {
-                field: m.field,
-                message: m.message,
-            };
-            match plan {
-                Some(p) => p.encode(fields, enc, out, &mut render, &misfit)?,
-                None => (0..fields.len()).try_for_each(|i| render(i, out))?,
-            }
-            if let (Framing::Fixed(len), Some(_)) = (&self.framing, plan) {
-                // Shorter record types and tables below their maximum fill the fixed length.
-                if out.len() - start < *len {
-                    out.resize(start + len, enc.space());
-                }
-            }
-            return self
-                .framing
-                .finish(out, start)
-                .map_err(|message| MapError::Field {
-                    field: "(record)".into(),
-                    message,
-                });
+            // Control records: their fields in order, framed like the records.
+            let _ = plan;
+            return self.framed(out, |out| {
+                fields.iter().enumerate().try_for_each(|(i, f)| {
+                    let v = value(i, f).map_err(|m| field_err(f, m))?;
+                    let Out::Text(t) = v else { unreachable_json() };
+                    f.write(t.as_deref(), enc, out).map_err(|m| field_err(f, m))
+                })
+            });
         }
         let mut line = String::new();
         let mut data = Vec::new();
