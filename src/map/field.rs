@@ -398,34 +398,14 @@ impl Field {
             out.extend_from_slice(fill);
             return Ok(());
         }
+        // A small dispatcher over one function per kind: the hot kinds (text, zoned,
+        // packed) stay cheap to call.
         match &self.kind {
             Kind::Text {
                 width: Some(w),
                 align,
                 pad,
-            } => {
-                // Encode the value and the padding straight into the record (hot path).
-                let text = text.unwrap_or("");
-                let n = if text.is_ascii() {
-                    text.len()
-                } else {
-                    text.chars().count()
-                };
-                if n > *w {
-                    let laid = self.layout_text(Some(text))?;
-                    return enc.encode_into(&laid, out).map_err(|c| unmappable(c, enc));
-                }
-                let pad_byte = enc.byte(*pad).ok_or_else(|| unmappable(*pad, enc))?;
-                let fill = *w - n;
-                if *align == Align::Right {
-                    out.resize(out.len() + fill, pad_byte);
-                }
-                enc.encode_into(text, out).map_err(|c| unmappable(c, enc))?;
-                if *align == Align::Left {
-                    out.resize(out.len() + fill, pad_byte);
-                }
-                Ok(())
-            }
+            } => self.write_text(text.unwrap_or(""), *w, *align, *pad, enc, out),
             Kind::Text { width: None, .. } => enc
                 .encode_into(text.unwrap_or(""), out)
                 .map_err(|c| unmappable(c, enc)),
@@ -456,48 +436,92 @@ impl Field {
                 bytes,
                 native,
                 little,
-            } => {
-                let (neg, v) = if *native {
-                    // COMP-5 holds what its storage holds, whatever the picture's digits.
-                    let d = match text {
-                        None => Decimal::ZERO,
-                        Some(t) => Decimal::parse(t)?,
-                    };
-                    let v = d.to_stored(38, pic.scale, false)?;
-                    let neg = d.is_negative() && v != 0;
-                    if neg && !pic.signed {
-                        return Err(NEGATIVE_UNSIGNED.into());
-                    }
-                    (neg, v)
-                } else {
-                    self.stored(text, *pic)?
-                };
-                let bits = 8 * *bytes as u32;
-                let fits = if pic.signed {
-                    let lim = 1u128 << (bits - 1);
-                    if neg { v <= lim } else { v < lim }
-                } else {
-                    v < (1u128 << bits)
-                };
-                if !fits {
-                    return Err(format!(
-                        "value does not fit in {bytes} bytes of {}",
-                        if *native { "COMP-5" } else { "binary" }
-                    ));
-                }
-                // |v| < 2^64 here (at most 8 bytes), so the i128 arithmetic is exact.
-                let signed = if neg { -(v as i128) } else { v as i128 };
-                let be = signed.to_be_bytes();
-                let tail = &be[16 - bytes..];
-                if *little {
-                    out.extend(tail.iter().rev());
-                } else {
-                    out.extend_from_slice(tail);
-                }
-                Ok(())
-            }
+            } => self.write_binary(text, *pic, *bytes, *native, *little, out),
             Kind::Float(f) => f.encode(text.unwrap_or("0"), out),
         }
+    }
+
+    /// Text padded to `w` characters, encoded straight into the record (the hot path).
+    #[inline(never)]
+    fn write_text(
+        &self,
+        text: &str,
+        w: usize,
+        align: Align,
+        pad: char,
+        enc: Encoding,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let n = if text.is_ascii() {
+            text.len()
+        } else {
+            text.chars().count()
+        };
+        if n > w {
+            let laid = self.layout_text(Some(text))?;
+            return enc.encode_into(&laid, out).map_err(|c| unmappable(c, enc));
+        }
+        let pad_byte = enc.byte(pad).ok_or_else(|| unmappable(pad, enc))?;
+        let fill = w - n;
+        if align == Align::Right {
+            out.resize(out.len() + fill, pad_byte);
+        }
+        enc.encode_into(text, out).map_err(|c| unmappable(c, enc))?;
+        if align == Align::Left {
+            out.resize(out.len() + fill, pad_byte);
+        }
+        Ok(())
+    }
+
+    /// COMP / COMP-5: two's complement of `bytes` bytes.
+    #[inline(never)]
+    fn write_binary(
+        &self,
+        text: Option<&str>,
+        pic: NumPic,
+        bytes: usize,
+        native: bool,
+        little: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let (neg, v) = if native {
+            // COMP-5 holds what its storage holds, whatever the picture's digits.
+            let d = match text {
+                None => Decimal::ZERO,
+                Some(t) => Decimal::parse(t)?,
+            };
+            let v = d.to_stored(38, pic.scale, false)?;
+            let neg = d.is_negative() && v != 0;
+            if neg && !pic.signed {
+                return Err(NEGATIVE_UNSIGNED.into());
+            }
+            (neg, v)
+        } else {
+            self.stored(text, pic)?
+        };
+        let bits = 8 * bytes as u32;
+        let fits = if pic.signed {
+            let lim = 1u128 << (bits - 1);
+            if neg { v <= lim } else { v < lim }
+        } else {
+            v < (1u128 << bits)
+        };
+        if !fits {
+            return Err(format!(
+                "value does not fit in {bytes} bytes of {}",
+                if native { "COMP-5" } else { "binary" }
+            ));
+        }
+        // |v| < 2^64 here (at most 8 bytes), so the i128 arithmetic is exact.
+        let signed = if neg { -(v as i128) } else { v as i128 };
+        let be = signed.to_be_bytes();
+        let tail = &be[16 - bytes..];
+        if little {
+            out.extend(tail.iter().rev());
+        } else {
+            out.extend_from_slice(tail);
+        }
+        Ok(())
     }
 
     fn write_national(
@@ -636,24 +660,36 @@ fn stored_fast(t: &str, pic: NumPic) -> Option<(bool, u128)> {
         b'-' => (true, &b[1..]),
         _ => (false, b),
     };
-    let (int, fraction) = match digits.iter().position(|&c| c == b'.') {
-        Some(p) => (&digits[..p], &digits[p + 1..]),
-        None => (digits, &[][..]),
-    };
-    let n = int.len() + fraction.len();
-    if n == 0 || n > 19 || pic.scale < 0 || pic.scale > 19 || pic.digits > 19 {
+    if digits.is_empty() || digits.len() > 20 || pic.scale < 0 || pic.scale > 19 || pic.digits > 19
+    {
         return None;
     }
-    let mut m = 0u64;
-    for &c in int.iter().chain(fraction) {
+    // 20 characters are 19 digits only with a point (no more fit a u64 exactly).
+    if digits.len() == 20 && !digits.contains(&b'.') {
+        return None;
+    }
+    // One pass: digits into `m`, the point's position remembered.
+    let (mut m, mut point) = (0u64, usize::MAX);
+    for (k, &c) in digits.iter().enumerate() {
         let d = c.wrapping_sub(b'0');
-        if d > 9 {
+        if d < 10 {
+            m = m * 10 + u64::from(d);
+        } else if c == b'.' && point == usize::MAX {
+            point = k;
+        } else {
             return None;
         }
-        m = m * 10 + u64::from(d);
+    }
+    let n = digits.len() - usize::from(point != usize::MAX);
+    if n == 0 || n > 19 {
+        return None;
     }
     // At most 19 digits, checked above.
-    let frac = fraction.len() as i32;
+    let frac = if point == usize::MAX {
+        0
+    } else {
+        (digits.len() - point - 1) as i32
+    };
     let m = if frac > pic.scale {
         let div = POW10[(frac - pic.scale) as usize];
         if m % div != 0 {
@@ -1256,6 +1292,9 @@ pub fn lookup<'a>(payload: &'a Map<String, Value>, path: &[PathSeg]) -> Option<&
 /// RFC 3339, or a local `YYYY-MM-DDTHH:MM:SS` / `YYYY-MM-DD` read in `tz`.
 pub fn parse_time(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
     let t = text.trim();
+    if let Some(d) = rfc3339_seconds(t) {
+        return Ok(d.with_timezone(&tz));
+    }
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Ok(d.with_timezone(&tz));
     }
@@ -1305,9 +1344,49 @@ fn format_digits(t: &DateTime<Tz>, pattern: &str) -> Option<String> {
         if !(0..=9999).contains(&v) {
             return None;
         }
-        let _ = write!(out, "{v:0w$}");
+        // 0..=9999 in `w` (2 or 4) digits.
+        let v = v as u32;
+        if w == 4 {
+            out.push(char::from(b'0' + (v / 1000) as u8));
+            out.push(char::from(b'0' + (v / 100 % 10) as u8));
+        }
+        out.push(char::from(b'0' + (v / 10 % 10) as u8));
+        out.push(char::from(b'0' + (v % 10) as u8));
     }
     Some(out)
+}
+
+/// The common RFC 3339 form, `YYYY-MM-DDTHH:MM:SSZ` (or `±HH:MM`), read directly; anything
+/// else (fractions, lower-case, odd spacing) goes to chrono's parser.
+fn rfc3339_seconds(t: &str) -> Option<DateTime<Utc>> {
+    let b = t.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |a, &c| {
+            c.is_ascii_digit().then(|| a * 10 + u32::from(c - b'0'))
+        })
+    };
+    let offset_secs: i32 = match &b[19..] {
+        [b'Z'] => 0,
+        [s @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let d = |x: &u8| x.is_ascii_digit().then(|| i32::from(x - b'0'));
+            let v = (d(h1)? * 10 + d(h2)?) * 3600 + (d(m1)? * 10 + d(m2)?) * 60;
+            if *s == b'-' { -v } else { v }
+        }
+        _ => return None,
+    };
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let local = date.and_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
+    let utc = local.checked_sub_signed(chrono::TimeDelta::seconds(i64::from(offset_secs)))?;
+    Some(Utc.from_utc_datetime(&utc))
 }
 
 /// For a pattern without a date (`%H%M%S`): also a bare `HH:MM:SS` (what decoding such a
@@ -1538,6 +1617,61 @@ mod tests {
             align: Align::Left,
         };
         assert!(nat.decode(&[0xD8, 0x00], Encoding::Ascii, &mut s).is_err());
+    }
+
+    #[test]
+    fn the_fast_number_path_agrees_with_the_general_one() {
+        let texts = [
+            "0",
+            "-0",
+            "-0.00",
+            "5",
+            "5.",
+            ".5",
+            "19.99",
+            "-19.990",
+            "1234567.5678",
+            "00012",
+            "9999999999999999999",
+            "99999999999999999999",
+            "1.000000000000000000",
+            "12345678901234567890",
+            "-",
+            ".",
+            "1..2",
+            "1e3",
+            " 1",
+            "+1",
+            "1,0",
+            "0.001234",
+            "123000",
+        ];
+        let pics = [
+            NumPic::new(true, 7, 2),
+            NumPic::new(false, 3, 0),
+            NumPic::new(true, 18, 1),
+            NumPic::new(false, 19, 0),
+            NumPic {
+                signed: true,
+                digits: 3,
+                scale: 6,
+            },
+            NumPic {
+                signed: false,
+                digits: 3,
+                scale: -3,
+            },
+        ];
+        for t in texts {
+            for pic in pics {
+                let general =
+                    Decimal::parse(t).and_then(|d| d.to_stored(pic.digits, pic.scale, false));
+                if let Some((neg, v)) = stored_fast(t, pic) {
+                    assert_eq!(general, Ok(v), "{t} {pic:?}");
+                    assert_eq!(neg, pic.signed && t.starts_with('-'), "{t} {pic:?}");
+                }
+            }
+        }
     }
 
     #[test]

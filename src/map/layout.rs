@@ -71,9 +71,6 @@ pub struct PlanTable {
     pub elems: Vec<Vec<Node>>,
 }
 
-/// Writes field `i` of a record (`render(i, out)`), for [`Plan::encode`].
-pub type RenderField<'a, E> = dyn FnMut(usize, &mut Vec<u8>) -> Result<(), E> + 'a;
-
 /// A record that does not fit its layout: which field, where in the record, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Misfit {
@@ -157,26 +154,32 @@ impl Plan {
     }
 
     /// Writes one record (without framing): `render(i, out)` writes field `i`.
-    pub fn encode<E>(
+    pub fn encode<E, R>(
         &self,
         fields: &[Field],
         enc: Encoding,
         out: &mut Vec<u8>,
-        render: &mut RenderField<'_, E>,
+        render: &mut R,
         misfit: &dyn Fn(Misfit) -> E,
-    ) -> Result<(), E> {
+    ) -> Result<(), E>
+    where
+        R: FnMut(usize, &mut Vec<u8>) -> Result<(), E>,
+    {
         self.encode_nodes(&self.nodes, fields, enc, out, render, misfit)
     }
 
-    fn encode_nodes<E>(
+    fn encode_nodes<E, R>(
         &self,
         nodes: &[Node],
         fields: &[Field],
         enc: Encoding,
         out: &mut Vec<u8>,
-        render: &mut RenderField<'_, E>,
+        render: &mut R,
         misfit: &dyn Fn(Misfit) -> E,
-    ) -> Result<(), E> {
+    ) -> Result<(), E>
+    where
+        R: FnMut(usize, &mut Vec<u8>) -> Result<(), E>,
+    {
         for node in nodes {
             match node {
                 Node::Field(i) => render(*i, out)?,
