@@ -955,11 +955,13 @@ fn strip_pad(out: &mut String, start: usize, pad: char, align: Align) {
 
 /// Appends `±v × 10^-scale` with exactly the picture's decimals (`-0.00` kept).
 pub fn push_number(out: &mut String, neg: bool, v: u128, scale: i32) {
-    let mut buf = [0u8; 40];
-    let mut i = buf.len();
-    // u64 arithmetic where the value allows (every picture up to 19 digits): u128
-    // division is a library call.
+    // The digits right-aligned in a buffer of zeros (so leading zeros of a fraction are
+    // already there), then the point and the sign put in place: one append.
+    const END: usize = 48;
+    let mut buf = [b'0'; END];
+    let mut i = END;
     match u64::try_from(v) {
+        // u64 arithmetic where the value allows: u128 division is a library call.
         Ok(mut x) => {
             while x >= 100 {
                 let d = (x % 100) as usize * 2;
@@ -985,42 +987,25 @@ pub fn push_number(out: &mut String, neg: bool, v: u128, scale: i32) {
             }
         }
     }
-    // Sign, integer digits, point and decimals assembled on the stack, appended once.
-    let n = buf.len() - i;
-    let mut text = [0u8; 84];
-    let mut t = 0;
-    if neg {
-        text[0] = b'-';
-        t = 1;
-    }
-    if scale <= 0 {
-        text[t..t + n].copy_from_slice(&buf[i..]);
-        t += n;
-        if v != 0 {
-            let zeros = (-scale) as usize;
-            text[t..t + zeros].fill(b'0');
-            t += zeros;
-        }
-    } else {
+    let mut start = i;
+    if scale > 0 {
+        // Pictures have at most 31 decimals, values at most 38 digits: it all fits.
         let scale = scale as usize;
-        let int = n.saturating_sub(scale);
-        if int == 0 {
-            text[t] = b'0';
-            t += 1;
-        } else {
-            text[t..t + int].copy_from_slice(&buf[i..i + int]);
-            t += int;
-        }
-        text[t] = b'.';
-        t += 1;
-        let lead = scale.saturating_sub(n);
-        text[t..t + lead].fill(b'0');
-        t += lead;
-        text[t..t + scale - lead].copy_from_slice(&buf[buf.len() - (scale - lead)..]);
-        t += scale - lead;
+        start = start.min(END - scale - 1);
+        let point = END - scale;
+        buf.copy_within(start..point, start - 1);
+        start -= 1;
+        buf[point - 1] = b'.';
     }
-    // Only ASCII digits, '-' and '.' were written.
-    out.push_str(std::str::from_utf8(&text[..t]).unwrap_or("0"));
+    if neg {
+        start -= 1;
+        buf[start] = b'-';
+    }
+    // Only ASCII digits, '-' and '.' are in `buf`.
+    out.push_str(std::str::from_utf8(&buf[start..]).unwrap_or("0"));
+    if scale < 0 && v != 0 {
+        (0..-scale).for_each(|_| out.push('0'));
+    }
 }
 
 /// "00" to "99".
@@ -1173,40 +1158,41 @@ fn read_packed(bytes: &[u8], pic: NumPic) -> Result<(bool, u128), BadBytes> {
     Ok((false, v))
 }
 
-/// Every payload value `fields` read, in one pass: `out[i]` (`out` is as long as `fields`)
-/// is field `i`'s value (`None` when missing or not a payload path). With a payload much larger than the map reads, one
-/// lookup per field is cheaper, and that is what is done.
+/// One payload path a record reads, for [`lookup_all`]: its field, its first key and the
+/// rest of the path (kept apart from the fields so that looking up touches only these).
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub field: usize,
+    pub key: String,
+    pub rest: Vec<PathSeg>,
+}
+
+/// Every payload value a record reads, in one pass: `out[i]` (`out` is as long as the
+/// fields) is field `i`'s value (`None` when missing or not a payload path). `order` is
+/// [`lookup_order`]'s. With a payload much larger than the map reads, one lookup per field
+/// is cheaper, and that is what is done.
 pub fn lookup_all<'a>(
     payload: &'a Map<String, Value>,
-    fields: &[Field],
-    order: &[(usize, String)],
+    order: &[Lookup],
     out: &mut [Option<&'a Value>],
 ) {
     out.fill(None);
-    let path_of = |i: usize| match &fields[i].source {
-        Source::Path(p) => Some(p.as_slice()),
-        _ => None,
-    };
     if !map_is_sorted() || payload.len() > 8 * order.len().max(1) {
-        for (i, _) in order {
-            if let Some(p) = path_of(*i) {
-                out[*i] = lookup(payload, p);
-            }
+        for l in order {
+            out[l.field] = payload.get(&l.key).and_then(|v| lookup_in(v, &l.rest));
         }
         return;
     }
-    // `order` is sorted by first key, as the payload's keys iterate.
-    // One comparison per step: the payload's key against the next wanted one.
+    // `order` is sorted by first key, as the payload's keys iterate. One comparison per
+    // step: the payload's key against the next wanted one.
     let mut entries = payload.iter();
     let mut entry = entries.next();
-    for (i, key) in order {
+    for l in order {
         while let Some((k, v)) = entry {
-            match cmp_key(k.as_bytes(), key.as_bytes()) {
+            match cmp_key(k.as_bytes(), l.key.as_bytes()) {
                 std::cmp::Ordering::Less => entry = entries.next(),
                 std::cmp::Ordering::Equal => {
-                    if let Some(p) = path_of(*i) {
-                        out[*i] = lookup_in(v, &p[1..]);
-                    }
+                    out[l.field] = lookup_in(v, &l.rest);
                     break;
                 }
                 std::cmp::Ordering::Greater => break,
@@ -1253,20 +1239,24 @@ fn map_is_sorted() -> bool {
     })
 }
 
-/// The payload paths of `fields` as (field index, first key), sorted by key.
-pub fn lookup_order(fields: &[Field]) -> Vec<(usize, String)> {
-    let mut out: Vec<(usize, String)> = fields
+/// The payload paths of `fields`, sorted by first key (then field), for [`lookup_all`].
+pub fn lookup_order(fields: &[Field]) -> Vec<Lookup> {
+    let mut out: Vec<Lookup> = fields
         .iter()
         .enumerate()
         .filter_map(|(i, f)| match &f.source {
-            Source::Path(p) => match p.first() {
-                Some(PathSeg::Key(k)) => Some((i, k.clone())),
+            Source::Path(p) => match p.split_first() {
+                Some((PathSeg::Key(k), rest)) => Some(Lookup {
+                    field: i,
+                    key: k.clone(),
+                    rest: rest.to_vec(),
+                }),
                 _ => None,
             },
             _ => None,
         })
         .collect();
-    out.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    out.sort_by(|a, b| a.key.cmp(&b.key).then(a.field.cmp(&b.field)));
     out
 }
 

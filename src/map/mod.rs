@@ -111,7 +111,7 @@ pub struct Mapping {
     /// `$sum:FIELD` of header/trailer: (FIELD, index into `fields`).
     sums: Vec<(String, usize)>,
     /// The payload paths the fields read, sorted by first key (see [`field::lookup_all`]).
-    lookups: Vec<(usize, String)>,
+    lookups: Vec<field::Lookup>,
     /// The decoded record by field name, and as the event it came from.
     fields_view: Template,
     /// The fields view's `"NAME":` keys (written as fixed-width records are read).
@@ -231,7 +231,7 @@ impl Mapping {
             heap.resize(self.fields.len(), None);
             &mut heap
         };
-        field::lookup_all(&payload, &self.fields, &self.lookups, found);
+        field::lookup_all(&payload, &self.lookups, found);
         let found = &*found;
         let mut out = Vec::with_capacity(self.plan.len + 8);
         let value = |i: usize, f| self.value(f, event, found[i], json);
