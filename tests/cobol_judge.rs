@@ -1,5 +1,5 @@
 //! GnuCOBOL as the judge (issue 13): COBOL programs compiled here write the results file of
-//! `tests/fixtures/copybooks/RESULTS.cpy` — header, detail and trailer records in one file,
+//! `maps/RESULTS.cpy` — header, detail and trailer records in one file,
 //! variable-length (RDW) and fixed-length — and ESS decodes it to the JSON the programs
 //! meant; ESS writes the file from events and a COBOL program reads it back and prints
 //! every field, compared here field by field.
@@ -48,11 +48,7 @@ fn cobc(dir: &Path, name: &str) -> PathBuf {
 
 /// The results layout as a decode/encode-only map (every copybook field by its own name).
 fn results_map(dir: &Path, framing: &str) -> Mapping {
-    std::fs::copy(
-        root().join("tests/fixtures/copybooks/RESULTS.cpy"),
-        dir.join("RESULTS.cpy"),
-    )
-    .unwrap();
+    std::fs::copy(root().join("maps/RESULTS.cpy"), dir.join("RESULTS.cpy")).unwrap();
     let text = format!(
         "target: results\nlayout: RESULTS.cpy\n\
          record: {{encoding: ascii, framing: {framing}, floats: ieee, byte_order: little}}\n\

@@ -1136,6 +1136,48 @@ fn control_records_count_hash_total_and_date() {
     assert!(plain.batch_trailer(&items, now).unwrap().is_empty());
 }
 
+/// A header/detail/trailer file written by ESS: the batch's header and trailer laid out by
+/// the copybook's HDR-REC and TRL-REC, the events as DTL-REC.
+#[test]
+fn control_records_laid_out_by_the_copybooks_record_types() {
+    let dir = tempfile::tempdir().unwrap();
+    write_copybooks(dir.path());
+    let m = compile_in(
+        dir.path(),
+        "layout: batch.cpy\nrecord: {framing: rdw}\n\
+         fields: {DTL-TYPE: '$88:IS-DTL', DTL-ID: id, DTL-AMT: amt}\n\
+         header: {HDR-TYPE: '$88:IS-HDR', HDR-DATE: '$date | format:%Y%m%d'}\n\
+         trailer: {TRL-TYPE: '\"T\"', TRL-COUNT: $count}\n",
+        "UTC",
+    )
+    .unwrap();
+    let items = batch_of(&m, &[r#"{"id":"A1","amt":1.5}"#, r#"{"id":"B2","amt":-2}"#]);
+    let now = chrono_tz::UTC
+        .with_ymd_and_hms(2025, 4, 12, 8, 0, 0)
+        .unwrap();
+    let mut file = m.batch_header(&items, now).unwrap();
+    for (_, r) in &items {
+        file.extend(&r.bytes);
+    }
+    file.extend(m.batch_trailer(&items, now).unwrap());
+    assert_eq!(
+        hex(&file),
+        "00 0D 00 00 48 32 30 32 35 30 34 31 32 \
+         00 0F 00 00 44 41 31 20 20 20 20 00 00 15 0C \
+         00 0F 00 00 44 42 32 20 20 20 20 00 00 20 0D \
+         00 0A 00 00 54 30 30 30 30 32"
+    );
+    // The same file decodes record type by record type with the rules of a pickup.
+    let text = "layout: batch.cpy\nrecord: {framing: rdw}\nlayout_when: {HDR-REC: IS-HDR, DTL-REC: IS-DTL, TRL-REC: IS-TRL}\n";
+    let d = compile_in(dir.path(), text, "UTC").map(|_| ()).unwrap_err();
+    assert!(d.contains("the map has no `fields:`"), "{d}");
+    check(
+        "layout: batch.cpy\nrecord: {framing: rdw}\nfields: {DTL-ID: id}\nheader: {HDR-DATE: '$count', DTL-ID: '\"X\"'}",
+        "{}",
+        "compile:a control record is one record type; its fields are in HDR-REC and DTL-REC",
+    );
+}
+
 #[test]
 fn control_record_mistakes_are_compile_errors() {
     check(

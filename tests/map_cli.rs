@@ -18,7 +18,7 @@ fn root() -> PathBuf {
 
 const COPYBOOKS: [&str; 3] = [
     "tests/fixtures/copybooks/PAYROLL.cpy",
-    "tests/fixtures/copybooks/RESULTS.cpy",
+    "maps/RESULTS.cpy",
     "maps/PERMIT.cpy",
 ];
 
@@ -67,19 +67,12 @@ fn a_bad_copybook_is_refused_with_its_own_errors() {
 
 /// The RESULTS skeleton next to its copybook, and a file of three records it wrote.
 fn results(dir: &Path) -> (PathBuf, PathBuf) {
-    std::fs::copy(
-        root().join("tests/fixtures/copybooks/RESULTS.cpy"),
-        dir.join("RESULTS.cpy"),
-    )
-    .unwrap();
+    std::fs::copy(root().join("maps/RESULTS.cpy"), dir.join("RESULTS.cpy")).unwrap();
     let (_, skeleton, _) = ess(
         &[
             "map",
             "from-copybook",
-            root()
-                .join("tests/fixtures/copybooks/RESULTS.cpy")
-                .to_str()
-                .unwrap(),
+            root().join("maps/RESULTS.cpy").to_str().unwrap(),
         ],
         None,
     );

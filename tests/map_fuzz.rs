@@ -244,7 +244,7 @@ proptest! {
     fn decoding_any_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300), framing in 0u8..4) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/copybooks/RESULTS.cpy"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("maps/RESULTS.cpy"),
             dir.path().join("RESULTS.cpy"),
         ).unwrap();
         let framing = ["rdw", "rdw, bdw: true", "fixed", "rdw, floats: ieee, byte_order: little"][usize::from(framing)];

@@ -84,6 +84,16 @@ enum Frame {
     Lines,
 }
 
+/// What compiling `header:` / `trailer:` needs from the record.
+struct ControlCtx<'a> {
+    format: Format,
+    overflow: Overflow,
+    record: &'a [Field],
+    layout: Option<&'a Layout>,
+    plan: &'a Plan,
+    settings: &'a RecordSettings,
+}
+
 /// A loaded copybook and where it came from.
 struct Layout {
     cb: Copybook,
@@ -181,8 +191,16 @@ impl Compiler<'_> {
         }
 
         let mut sums = Vec::new();
-        let header = self.control_fields(f.header.as_ref(), format, overflow, &fields, &mut sums);
-        let trailer = self.control_fields(f.trailer.as_ref(), format, overflow, &fields, &mut sums);
+        let cc = ControlCtx {
+            format,
+            overflow,
+            record: &fields,
+            layout: layout.as_ref(),
+            plan: &plan,
+            settings: &settings,
+        };
+        let (header, header_plan) = self.control(f.header.as_ref(), &cc, &mut sums);
+        let (trailer, trailer_plan) = self.control(f.trailer.as_ref(), &cc, &mut sums);
         let transforms = self.transforms(conn);
         self.check_constants(
             fields.iter().chain(&header).chain(&trailer),
@@ -207,6 +225,8 @@ impl Compiler<'_> {
             plan,
             header,
             trailer,
+            header_plan,
+            trailer_plan,
             encoding: settings.encoding,
             line_end: settings.line_end,
             framing,
@@ -798,6 +818,8 @@ impl Compiler<'_> {
                 fixed: None,
             })
             .collect();
+        // Fields that could not be built were reported; rules over them would only repeat it.
+        let when = when.filter(|_| fields.len() == cb.fields.len());
         if let Some(w) = when {
             if cb.sets.is_empty() {
                 self.at(w, "the copybook has no REDEFINES and one 01 record: there is nothing for `layout_when:` to choose; remove it");
@@ -996,6 +1018,122 @@ impl Compiler<'_> {
         out
     }
 
+    /// `header:` / `trailer:`. When a copybook lays the records out and the control fields
+    /// are copybook fields, the control record is laid out by the record type they belong
+    /// to (the header record of a header/detail/trailer copybook); else its fields are
+    /// laid out in order, each with its own width.
+    fn control(
+        &mut self,
+        fields: Option<&Fields>,
+        ctx: &ControlCtx<'_>,
+        sums: &mut Vec<(String, usize)>,
+    ) -> (Vec<Field>, Option<Plan>) {
+        let (format, overflow, record, layout, plan, s) = (
+            ctx.format,
+            ctx.overflow,
+            ctx.record,
+            ctx.layout,
+            ctx.plan,
+            ctx.settings,
+        );
+        let (Some(l), Some(Fields(entries))) = (layout, fields) else {
+            return (
+                self.control_fields(fields, format, overflow, record, sums),
+                None,
+            );
+        };
+        let cb = &l.cb;
+        let idx: Vec<Option<usize>> = entries.iter().map(|(n, _)| cb.field(&n.value)).collect();
+        if idx.iter().all(Option::is_none) {
+            return (
+                self.control_fields(fields, format, overflow, record, sums),
+                None,
+            );
+        }
+        let mut mapped = HashMap::new();
+        for ((name, spec), i) in entries.iter().zip(&idx) {
+            let Some(i) = *i else {
+                let hint = cb
+                    .suggest(&name.value)
+                    .map(|s| format!(" (did you mean {s}?)"))
+                    .unwrap_or_default();
+                self.at(name, format!("{} is not a field of the copybook{hint}; a control record laid out by the copybook names copybook fields only", name.value));
+                continue;
+            };
+            let Some(def) = self.def(spec) else { continue };
+            if !self.control_source(&def, spec, record, sums) {
+                continue;
+            }
+            if let Some(f) = self.build(name, spec, def, format, overflow, Some((&cb.fields[i], s)))
+            {
+                mapped.insert(i, f);
+            }
+        }
+        // The alternatives the control fields sit in fix every set they touch.
+        let mut plan = plan.clone();
+        for (si, set) in plan.sets.iter_mut().enumerate() {
+            let used: Vec<usize> = (0..set.alts.len())
+                .filter(|&a| mapped.keys().any(|&i| cb.fields[i].alts.contains(&(si, a))))
+                .collect();
+            if used.len() > 1 {
+                let names: Vec<&str> = used.iter().map(|&a| set.alts[a].name.as_str()).collect();
+                let (line, col) = (
+                    entries[0].0.referenced.line(),
+                    entries[0].0.referenced.column(),
+                );
+                self.errs.push(Diagnostic::new(
+                    self.file,
+                    line,
+                    col,
+                    format!(
+                        "a control record is one record type; its fields are in {}",
+                        names.join(" and ")
+                    ),
+                ));
+            }
+            set.fixed = Some(used.first().copied().unwrap_or(0));
+        }
+        let fields = cb
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, cf)| mapped.remove(&i).unwrap_or_else(|| self.unmapped(cf, s, l)))
+            .collect();
+        (fields, Some(plan))
+    }
+
+    /// Whether a control field's source is one a control record can have (reported if not).
+    fn control_source(
+        &mut self,
+        def: &FieldDef,
+        spec: &Spanned<FieldSpec>,
+        record: &[Field],
+        sums: &mut Vec<(String, usize)>,
+    ) -> bool {
+        match &def.source {
+            Some(Source::Sum(target)) => match record.iter().position(|f| &f.name == target) {
+                Some(i) => {
+                    if !sums.iter().any(|(n, _)| n == target) {
+                        sums.push((target.clone(), i));
+                    }
+                    true
+                }
+                None => {
+                    self.at(
+                        spec,
+                        format!("$sum:{target}: {target} is not a field of this map"),
+                    );
+                    false
+                }
+            },
+            Some(s) if !s.is_control() && !matches!(s, Source::Const(_) | Source::Cond(_)) => {
+                self.at(spec, "header/trailer fields take quoted constants and $count, $sum:FIELD, $date, $first_seq, $last_seq");
+                false
+            }
+            _ => true,
+        }
+    }
+
     fn control_fields(
         &mut self,
         fields: Option<&Fields>,
@@ -1010,23 +1148,8 @@ impl Compiler<'_> {
         let mut out = Vec::new();
         for (name, spec) in entries {
             let Some(def) = self.def(spec) else { continue };
-            match &def.source {
-                Some(Source::Sum(target)) => match record.iter().position(|f| &f.name == target) {
-                    Some(i) => {
-                        if !sums.iter().any(|(n, _)| n == target) {
-                            sums.push((target.clone(), i));
-                        }
-                    }
-                    None => self.at(
-                        spec,
-                        format!("$sum:{target}: {target} is not a field of this map"),
-                    ),
-                },
-                Some(s) if !s.is_control() && !matches!(s, Source::Const(_)) => {
-                    self.at(spec, "header/trailer fields take quoted constants and $count, $sum:FIELD, $date, $first_seq, $last_seq");
-                    continue;
-                }
-                _ => {}
+            if !self.control_source(&def, spec, record, sums) {
+                continue;
             }
             if let Some(f) = self.build(name, spec, def, format, overflow, None) {
                 out.push(f);

@@ -101,6 +101,10 @@ pub struct Mapping {
     plan: Plan,
     header: Vec<Field>,
     trailer: Vec<Field>,
+    /// For control records laid out by one of the copybook's record types: its plan (the
+    /// header's / trailer's fields are then the copybook's, the others blank or VALUE).
+    header_plan: Option<Plan>,
+    trailer_plan: Option<Plan>,
     encoding: Encoding,
     line_end: String,
     framing: Framing,
@@ -539,7 +543,7 @@ impl Mapping {
         now: DateTime<Tz>,
     ) -> Result<Vec<u8>, MapError> {
         let mut out = self.csv_header_row()?;
-        out.extend(self.control(&self.header, items, now)?);
+        out.extend(self.control(&self.header, self.header_plan.as_ref(), items, now)?);
         Ok(out)
     }
 
@@ -550,12 +554,13 @@ impl Mapping {
         items: &[(Event, Record)],
         now: DateTime<Tz>,
     ) -> Result<Vec<u8>, MapError> {
-        self.control(&self.trailer, items, now)
+        self.control(&self.trailer, self.trailer_plan.as_ref(), items, now)
     }
 
     fn control(
         &self,
         fields: &[Field],
+        plan: Option<&Plan>,
         items: &[(Event, Record)],
         now: DateTime<Tz>,
     ) -> Result<Vec<u8>, MapError> {
@@ -593,7 +598,7 @@ impl Mapping {
             }
             batch.sums.push((name.clone(), total));
         }
-        self.write_record(fields, None, &mut out, |_, f| {
+        self.write_record(fields, plan, &mut out, |_, f| {
             f.text(&f.resolve_control(&batch)?, self.timezone)
                 .map(Out::Text)
         })?;
@@ -649,14 +654,23 @@ impl Mapping {
             message,
         };
         if self.format == Format::Fixed {
-            // Control records: their fields in order, framed like the records.
-            let _ = plan;
-            return self.framed(out, |out| {
-                fields.iter().enumerate().try_for_each(|(i, f)| {
-                    let v = value(i, f).map_err(|m| field_err(f, m))?;
-                    let Out::Text(t) = v else { unreachable_json() };
-                    f.write(t.as_deref(), enc, out).map_err(|m| field_err(f, m))
-                })
+            // Control records: laid out by their record type's plan, or their fields in
+            // order; framed like the records.
+            let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
+                let f = &fields[i];
+                let v = value(i, f).map_err(|m| field_err(f, m))?;
+                let Out::Text(t) = v else { unreachable_json() };
+                f.write(t.as_deref(), enc, out).map_err(|m| field_err(f, m))
+            };
+            return self.framed(out, |out| match plan {
+                Some(p) => {
+                    let misfit = |m: Misfit| MapError::Field {
+                        field: m.field,
+                        message: m.message,
+                    };
+                    p.encode(fields, enc, out, &mut render, &misfit)
+                }
+                None => (0..fields.len()).try_for_each(|i| render(i, out)),
             });
         }
         let mut line = String::new();
