@@ -198,6 +198,43 @@ impl Field {
             && self.fill.is_none()
     }
 
+    /// Whether the field only formats a payload date (`path | format:...`): the render fast
+    /// path for dates, see [`Field::date_into`].
+    #[inline]
+    pub fn is_plain_date(&self) -> bool {
+        matches!(self.source, Source::Path(_))
+            && self.date.is_some()
+            && !self.count
+            && !self.trim
+            && self.map.is_none()
+            && self.case.is_none()
+            && self.fill.is_none()
+    }
+
+    /// A plain date field's text for the payload string `s`, formatted into `buf` without
+    /// an allocation; `None` when the pattern needs chrono's formatter (then the general
+    /// pipeline runs).
+    pub fn date_into<'b>(
+        &self,
+        s: &str,
+        tz: Tz,
+        buf: &'b mut [u8; 32],
+    ) -> Option<Result<&'b str, String>> {
+        let (items, pattern) = self.date.as_ref()?;
+        let t = if super::decode::pattern_has_date(items) {
+            parse_time(s, tz)
+        } else {
+            parse_time_of_day(s, tz)
+        };
+        let t = match t {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let n = digits_into(&t, pattern, buf)?;
+        // Only ASCII was written.
+        Some(Ok(std::str::from_utf8(&buf[..n]).unwrap_or_default()))
+    }
+
     /// Whether the value goes out untouched (JSON keeps its type then).
     pub fn is_passthrough(&self) -> bool {
         !self.count
@@ -1310,16 +1347,29 @@ pub fn parse_time(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
 /// `%Y %m %d %H %M %S` and plain ASCII, written directly (the patterns legacy records use;
 /// chrono's formatter is several times slower). `None` for anything else.
 fn format_digits(t: &DateTime<Tz>, pattern: &str) -> Option<String> {
+    let mut buf = [0u8; 32];
+    let n = digits_into(t, pattern, &mut buf)?;
+    // Only ASCII was written.
+    std::str::from_utf8(&buf[..n]).ok().map(str::to_string)
+}
+
+/// [`format_digits`] into a buffer: its length, or `None` (another pattern, or too long).
+fn digits_into(t: &DateTime<Tz>, pattern: &str, buf: &mut [u8; 32]) -> Option<usize> {
     use chrono::{Datelike, Timelike};
     let l = t.naive_local();
-    let mut out = String::with_capacity(pattern.len() + 4);
+    let mut n = 0;
+    let mut put = |b: u8| -> Option<()> {
+        *buf.get_mut(n)? = b;
+        n += 1;
+        Some(())
+    };
     let mut it = pattern.bytes();
     while let Some(b) = it.next() {
         if b != b'%' {
             if !b.is_ascii() {
                 return None;
             }
-            out.push(char::from(b));
+            put(b)?;
             continue;
         }
         let (v, w) = match it.next()? {
@@ -1337,13 +1387,13 @@ fn format_digits(t: &DateTime<Tz>, pattern: &str) -> Option<String> {
         // 0..=9999 in `w` (2 or 4) digits.
         let v = v as u32;
         if w == 4 {
-            out.push(char::from(b'0' + (v / 1000) as u8));
-            out.push(char::from(b'0' + (v / 100 % 10) as u8));
+            put(b'0' + (v / 1000) as u8)?;
+            put(b'0' + (v / 100 % 10) as u8)?;
         }
-        out.push(char::from(b'0' + (v / 10 % 10) as u8));
-        out.push(char::from(b'0' + (v % 10) as u8));
+        put(b'0' + (v / 10 % 10) as u8)?;
+        put(b'0' + (v % 10) as u8)?;
     }
-    Some(out)
+    Some(n)
 }
 
 /// The common RFC 3339 form, `YYYY-MM-DDTHH:MM:SSZ` (or `±HH:MM`), read directly; anything

@@ -250,6 +250,14 @@ impl Mapping {
             self.framed(&mut out, |out| {
                 let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
                     let f = &self.fields[i];
+                    // A payload date only formatted: into a buffer, no allocation.
+                    if let (Some(Value::String(s)), true) = (found[i], f.is_plain_date()) {
+                        let mut buf = [0u8; 32];
+                        if let Some(t) = f.date_into(s, self.timezone, &mut buf) {
+                            let t = t.map_err(|m| field_err(f, m))?;
+                            return f.write(Some(t), enc, out).map_err(|m| field_err(f, m));
+                        }
+                    }
                     // The common field (a payload path, no modifier before the layout):
                     // its text as sent, straight into the record.
                     let text = match found[i] {
