@@ -1,7 +1,10 @@
-//! Rendering throughput of the map engine: the seed's permit map (fixed-width, a date
-//! format) and a 40-field EBCDIC copybook map (zoned, packed and binary fields).
+//! Throughput of the map engine, both ways: the seed's permit map (fixed-width, a date
+//! format) and the 40-field EBCDIC payroll copybook (zoned, packed and binary fields, two
+//! dates), encoded from an event and decoded from its 238-byte record into JSON (the
+//! fields view a pickup source reads, and the event view `ess map decode` prints).
 //!
-//! Run: `cargo bench --bench map`. Records/s = 1 / (time per iteration).
+//! Run: `cargo bench --bench map`. Records/s = 1 / (time per iteration); the payroll
+//! groups also show bytes/s of records (238 bytes each). One thread: per core.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -11,7 +14,7 @@ use ess::config::connector;
 use ess::event::Event;
 use ess::map::copybook::Copybook;
 use ess::map::field::Kind;
-use ess::map::{MapContext, Mapping, cli};
+use ess::map::{DecodeScratch, MapContext, Mapping, View, cli};
 use serde_json::{Map, Value};
 
 fn compile(path: &Path) -> Mapping {
@@ -76,11 +79,14 @@ fn bench(c: &mut Criterion) {
             Kind::Text { width, .. } => Value::String(
                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[..width.unwrap_or(1).min(26) / 2 + 1].into(),
             ),
+            Kind::National { .. } | Kind::Float(_) => Value::from(1),
             Kind::Zoned { pic, .. } | Kind::Packed { pic } | Kind::Binary { pic, .. } => {
                 let int = "1234567"
-                    .get(..pic.int_digits.min(7) as usize)
+                    .get(..pic.int_digits().min(7) as usize)
                     .unwrap_or("1");
-                let frac = "5678".get(..pic.frac_digits.min(4) as usize).unwrap_or("");
+                let frac = "5678"
+                    .get(..pic.frac_digits().min(4) as usize)
+                    .unwrap_or("");
                 let text = if frac.is_empty() {
                     int.to_string()
                 } else {
@@ -106,9 +112,38 @@ fn bench(c: &mut Criterion) {
     let e40 = event(payload);
     let r = payroll.render(&e40).unwrap();
     assert_eq!(r.bytes.len(), cb.len);
-    g.bench_function("payroll_copybook_40_fields", |b| {
+    g.finish();
+
+    let mut g = c.benchmark_group("payroll_40_fields");
+    g.throughput(Throughput::Bytes(cb.len as u64));
+    g.bench_function("encode", |b| {
         b.iter(|| payroll.render(black_box(&e40)).unwrap())
     });
+    let record = r.bytes;
+    let mut scratch = DecodeScratch::default();
+    let mut json = String::new();
+    for (name, view) in [
+        ("decode_fields", View::Fields),
+        ("decode_event", View::Event),
+    ] {
+        // The event view gives the payload back (dates as dates).
+        json.clear();
+        payroll
+            .decode_into(&record, 0, view, &mut scratch, &mut json)
+            .unwrap();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        if view == View::Event {
+            assert_eq!(v["payload"]["pr_emp_id"], e40.payload["pr_emp_id"]);
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                json.clear();
+                payroll
+                    .decode_into(black_box(&record), 0, view, &mut scratch, &mut json)
+                    .unwrap();
+            })
+        });
+    }
     g.finish();
 }
 

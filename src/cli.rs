@@ -181,6 +181,21 @@ pub enum MapCommand {
         /// The copybook (`-` = stdin).
         copybook: PathBuf,
     },
+    /// Print the JSON event of each record of a legacy file, as a pickup source would read it.
+    Decode {
+        /// The map file whose layout (copybook, framing, encoding) reads the records.
+        #[arg(long)]
+        map: PathBuf,
+        /// The appliance config, for its timezone (default UTC).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print each record's index, offset, record type and fields by copybook name
+        /// instead of the event.
+        #[arg(long)]
+        fields: bool,
+        /// The file of records (`-` = stdin).
+        file: PathBuf,
+    },
 }
 
 /// A usage or validation problem: exit code 2.
@@ -334,6 +349,12 @@ fn map(m: MapCommand) -> anyhow::Result<()> {
                 .map_err(|e| UsageError(format!("{e:#}")))?;
             out(&shown)
         }
+        MapCommand::Decode {
+            map,
+            config,
+            fields,
+            file,
+        } => map_decode(&map, config.as_deref(), fields, &file),
         MapCommand::FromCopybook { copybook } => {
             let text = read_input(&copybook)?;
             // The file's real name becomes `layout:` (PERMIT.CPY stays PERMIT.CPY).
@@ -347,6 +368,40 @@ fn map(m: MapCommand) -> anyhow::Result<()> {
             out(&skeleton)
         }
     }
+}
+
+/// `ess map decode`: records as JSON lines on stdout, bad records on stderr (exit 2).
+fn map_decode(map: &Path, config: Option<&Path>, fields: bool, file: &Path) -> anyhow::Result<()> {
+    let tz = match config {
+        Some(c) => Config::load(c)?.timezone,
+        None => chrono_tz::UTC,
+    };
+    let bytes = if file == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("cannot read stdin")?;
+        b
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let view = if fields {
+        crate::map::View::Fields
+    } else {
+        crate::map::View::Event
+    };
+    let d = crate::map::cli::decode(map, &bytes, tz, view)?;
+    out(&d.lines)?;
+    for e in &d.errors {
+        eprintln!("{}: {e}", file.display());
+    }
+    if !d.errors.is_empty() {
+        return Err(UsageError(format!(
+            "{} record(s) of {} could not be decoded",
+            d.errors.len(),
+            file.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn read_input(path: &Path) -> anyhow::Result<String> {

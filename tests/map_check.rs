@@ -11,7 +11,7 @@ use std::path::Path;
 use chrono::{DateTime, TimeZone, Utc};
 use ess::config::connector;
 use ess::event::Event;
-use ess::map::{MapContext, Mapping};
+use ess::map::{MapContext, Mapping, View};
 
 fn compile_in(dir: &Path, yaml: &str, tz: &str) -> Result<Mapping, String> {
     let mut text = String::new();
@@ -69,20 +69,33 @@ fn hex(b: &[u8]) -> String {
         .join(" ")
 }
 
+/// The copybooks the cases below name in `layout:`.
+fn write_copybooks(dir: &Path) {
+    for (name, text) in [
+        ("permit.cpy", PERMIT_CPY),
+        ("clauses.cpy", CLAUSES_CPY),
+        ("batch.cpy", BATCH_CPY),
+        ("types.cpy", TYPES_CPY),
+        (
+            "redefines.cpy",
+            "01 R.\n 05 A PIC X(4).\n 05 B REDEFINES A PIC 9(4).\n",
+        ),
+        (
+            "odo.cpy",
+            "01 R.\n 05 N PIC 99.\n 05 T OCCURS 1 TO 9 DEPENDING ON N PIC X.\n 05 Z PIC X.\n",
+        ),
+        (
+            "bad.cpy",
+            "01 R.\n 05 A PIC ZZ9.\n 05 B PIC X.\n 05 C PIC X.\n",
+        ),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
 fn check_tz(map: &str, ev: &str, expected: &str, tz: &str) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("permit.cpy"), PERMIT_CPY).unwrap();
-    std::fs::write(dir.path().join("clauses.cpy"), CLAUSES_CPY).unwrap();
-    std::fs::write(
-        dir.path().join("redefines.cpy"),
-        "01 R.\n 05 A PIC X(4).\n 05 B REDEFINES A PIC 9(4).\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("odo.cpy"),
-        "01 R.\n 05 N PIC 99.\n 05 T OCCURS 1 TO 9 DEPENDING ON N PIC X.\n",
-    )
-    .unwrap();
+    write_copybooks(dir.path());
     let m = match compile_in(dir.path(), map, tz) {
         Ok(m) => m,
         Err(e) => {
@@ -132,6 +145,72 @@ fn check(map: &str, ev: &str, expected: &str) {
     check_tz(map, ev, expected, "UTC");
 }
 
+fn unhex(h: &str) -> Vec<u8> {
+    h.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect()
+}
+
+/// Decodes `file` (hex) with the map, record by record, into the event view: the JSON
+/// lines joined by `\n`, or `error:..` (a decode or framing error containing the rest).
+fn decode_check(map: &str, file: &str, expected: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    write_copybooks(dir.path());
+    let m = compile_in(dir.path(), map, "UTC").unwrap_or_else(|e| panic!("map refused: {e}"));
+    let bytes = unhex(file);
+    let mut lines = Vec::new();
+    for frame in m.framing().split(&bytes) {
+        let got = frame.map_err(|e| e.to_string()).and_then(|f| {
+            m.decode(f.bytes, f.index, View::Event)
+                .map_err(|e| e.to_string())
+        });
+        match got {
+            Ok(d) => lines.push(d.json),
+            Err(e) => {
+                let want = expected
+                    .strip_prefix("error:")
+                    .unwrap_or_else(|| panic!("decoding failed: {e}; map: {map}"));
+                assert!(
+                    e.contains(want.trim()),
+                    "error {e:?} does not contain {want:?}"
+                );
+                return;
+            }
+        }
+    }
+    assert!(
+        !expected.starts_with("error:"),
+        "decoded {lines:?} but {expected:?} was expected"
+    );
+    // Compared as JSON values: the decoder writes members in layout order.
+    let parse = |t: &str| -> Vec<serde_json::Value> {
+        t.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        parse(&lines.join("\n")),
+        parse(expected),
+        "decoded {lines:?}; map: {map}"
+    );
+}
+
+/// Both ways: the event renders to `hex`, and `hex` decodes to the event (`type` and
+/// `payload` as given; any other member of `ev` is left out of the comparison).
+fn both(map: &str, ev: &str, hex: &str) {
+    check(map, ev, &format!("hex:{hex}"));
+    let v: serde_json::Value = serde_json::from_str(ev).unwrap();
+    let (ty, payload) = match v.get("payload") {
+        Some(p) => (
+            v["type"].as_str().unwrap_or("RECORD").to_string(),
+            p.clone(),
+        ),
+        None => ("RECORD".to_string(), v.clone()),
+    };
+    let want = serde_json::json!({"type": ty, "payload": payload}).to_string();
+    decode_check(map, hex, &want);
+}
+
 const PERMIT: &str = r#"{"type":"PERMIT_STATUS","payload":{"id":"BP-802","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z"}}"#;
 
 const PERMIT_CPY: &str = "\
@@ -160,6 +239,41 @@ const CLAUSES_CPY: &str = "\
       10 CELL     PIC X OCCURS 2 TIMES.
    05 STATUS-X    PIC X VALUE 'A'.
       88 ACTIVE   VALUE 'A'.
+";
+
+/// Header, detail and trailer records in one file (three 01 records sharing the bytes).
+const BATCH_CPY: &str = "\
+       01  HDR-REC.
+           05  HDR-TYPE           PIC X.
+               88  IS-HDR         VALUE 'H'.
+           05  HDR-DATE           PIC 9(8).
+       01  DTL-REC.
+           05  DTL-TYPE           PIC X.
+               88  IS-DTL         VALUE 'D'.
+           05  DTL-ID             PIC X(6).
+           05  DTL-AMT            PIC S9(5)V99 COMP-3.
+       01  TRL-REC.
+           05  TRL-TYPE           PIC X.
+               88  IS-TRL         VALUE 'T'.
+           05  TRL-COUNT          PIC 9(5).
+";
+
+/// Every other clause, one field each.
+const TYPES_CPY: &str = "\
+01 TYPES-REC.
+   05 F1          COMP-1.
+   05 F2          COMP-2.
+   05 C5          PIC S9(4) COMP-5.
+   05 TAG         PIC X.
+   05 HW          PIC S9(4) COMP SYNC.
+   05 BWZ         PIC 9(3) BLANK WHEN ZERO.
+   05 THOUSANDS   PIC 9(3)PPP.
+   05 MILLIONTHS  PIC SVPPP9(3).
+   05 FILLER      PIC X(3) VALUE 'EOR'.
+   05 NM          PIC N(3).
+   05 FLAG        PIC X.
+      88 FLAG-ON  VALUE 'Y'.
+      88 FLAG-OFF VALUE 'N'.
 ";
 
 const SEED_FIELDS: &str = "fields:\n  PERMIT_ID: id | width:10\n  STATUS   : status | width:10\n  TS       : updated_at | format:%Y%m%d%H%M%S | width:14\n";
@@ -857,17 +971,17 @@ fn copybook_clauses() {
     check(
         &format!("{m}{{NAME: nm}}"),
         r#"{"nm":"ab"}"#,
-        "hex:20 20 20 20 61 62 2B 30 30 30 30 7B 30 30 30 30 2B 00 00 00 00 00 00 00 00 00 00 00 00 20 20 20 20 20",
+        "hex:20 20 20 20 61 62 2B 30 30 30 30 7B 30 30 30 30 2B 00 00 00 00 00 00 00 00 00 00 00 00 20 20 20 20 41",
     );
     check(
         &format!("{m}{{ADJ: a, LEAD: l, TRAIL-SEP: t}}"),
         r#"{"a":-12.5,"l":-123,"t":7}"#,
-        "hex:20 20 20 20 20 20 2D 30 31 32 35 4A 32 33 30 37 2B 00 00 00 00 00 00 00 00 00 00 00 00 20 20 20 20 20",
+        "hex:20 20 20 20 20 20 2D 30 31 32 35 4A 32 33 30 37 2B 00 00 00 00 00 00 00 00 00 00 00 00 20 20 20 20 41",
     );
     check(
         &format!("{m}{{CNT(1): 'c[0]', CNT(2): 'c[1]', BIG: b}}"),
         r#"{"c":[1,-2],"b":-1}"#,
-        "hex:20 20 20 20 20 20 2B 30 30 30 30 7B 30 30 30 30 2B 00 01 FF FE FF FF FF FF FF FF FF FF 20 20 20 20 20",
+        "hex:20 20 20 20 20 20 2B 30 30 30 30 7B 30 30 30 30 2B 00 01 FF FE FF FF FF FF FF FF FF FF 20 20 20 20 41",
     );
     check(
         &format!("{m}{{\"CELL(1,2)\": g, \"CELL(2,1)\": h, STATUS-X: s}}"),
@@ -878,16 +992,6 @@ fn copybook_clauses() {
         &format!("{m}{{BIG: b}}"),
         r#"{"b":1234567890123}"#,
         "error: does not fit in 12 integer digits",
-    );
-    check(
-        "layout: redefines.cpy\nfields: {A: id}",
-        "{}",
-        "compile:redefines.cpy:3:1: B REDEFINES A: two layouts over the same bytes are not supported",
-    );
-    check(
-        "layout: odo.cpy\nfields: {N: id}",
-        "{}",
-        "compile:OCCURS ... DEPENDING ON makes the record's length vary",
     );
 }
 
@@ -1032,6 +1136,48 @@ fn control_records_count_hash_total_and_date() {
     assert!(plain.batch_trailer(&items, now).unwrap().is_empty());
 }
 
+/// A header/detail/trailer file written by ESS: the batch's header and trailer laid out by
+/// the copybook's HDR-REC and TRL-REC, the events as DTL-REC.
+#[test]
+fn control_records_laid_out_by_the_copybooks_record_types() {
+    let dir = tempfile::tempdir().unwrap();
+    write_copybooks(dir.path());
+    let m = compile_in(
+        dir.path(),
+        "layout: batch.cpy\nrecord: {framing: rdw}\n\
+         fields: {DTL-TYPE: '$88:IS-DTL', DTL-ID: id, DTL-AMT: amt}\n\
+         header: {HDR-TYPE: '$88:IS-HDR', HDR-DATE: '$date | format:%Y%m%d'}\n\
+         trailer: {TRL-TYPE: '\"T\"', TRL-COUNT: $count}\n",
+        "UTC",
+    )
+    .unwrap();
+    let items = batch_of(&m, &[r#"{"id":"A1","amt":1.5}"#, r#"{"id":"B2","amt":-2}"#]);
+    let now = chrono_tz::UTC
+        .with_ymd_and_hms(2025, 4, 12, 8, 0, 0)
+        .unwrap();
+    let mut file = m.batch_header(&items, now).unwrap();
+    for (_, r) in &items {
+        file.extend(&r.bytes);
+    }
+    file.extend(m.batch_trailer(&items, now).unwrap());
+    assert_eq!(
+        hex(&file),
+        "00 0D 00 00 48 32 30 32 35 30 34 31 32 \
+         00 0F 00 00 44 41 31 20 20 20 20 00 00 15 0C \
+         00 0F 00 00 44 42 32 20 20 20 20 00 00 20 0D \
+         00 0A 00 00 54 30 30 30 30 32"
+    );
+    // The same file decodes record type by record type with the rules of a pickup.
+    let text = "layout: batch.cpy\nrecord: {framing: rdw}\nlayout_when: {HDR-REC: IS-HDR, DTL-REC: IS-DTL, TRL-REC: IS-TRL}\n";
+    let d = compile_in(dir.path(), text, "UTC").map(|_| ()).unwrap_err();
+    assert!(d.contains("the map has no `fields:`"), "{d}");
+    check(
+        "layout: batch.cpy\nrecord: {framing: rdw}\nfields: {DTL-ID: id}\nheader: {HDR-DATE: '$count', DTL-ID: '\"X\"'}",
+        "{}",
+        "compile:a control record is one record type; its fields are in HDR-REC and DTL-REC",
+    );
+}
+
 #[test]
 fn control_record_mistakes_are_compile_errors() {
     check(
@@ -1062,5 +1208,298 @@ fn csv_header_row_opens_batches() {
     assert_eq!(
         m.batch_header(&[], now).unwrap(),
         b"EMP_ID,\"NAME, FULL\"\n"
+    );
+}
+
+#[test]
+fn every_clause_both_ways() {
+    let types = "layout: types.cpy\nrecord: {line_end: \"\"}\nfields: {F1: a, F2: b, C5: c, TAG: '\"T\"', HW: h, BWZ: z, THOUSANDS: k, MILLIONTHS: u, NM: nm, FLAG: '$88:FLAG-ON'}";
+    let ev = r#"{"a":1,"b":-118.625,"c":-2,"h":258,"z":0,"k":123000,"u":-0.000456,"nm":"é€"}"#;
+    // COMP-1/COMP-2 in IBM hex float, COMP-5, a slack byte before the SYNC halfword, BLANK
+    // WHEN ZERO, P scaling both ways, a FILLER constant, national UTF-16, a level-88 value.
+    both(
+        types,
+        ev,
+        "41 10 00 00 C2 76 A0 00 00 00 00 00 FF FE 54 20 01 02 20 20 20 31 32 33 34 35 4F 45 4F 52 00 E9 20 AC 00 20 59",
+    );
+    // IEEE floats and COMP-5 as a compiler on x86 writes them; COMP stays big-endian.
+    let ieee = types.replace(
+        "{line_end: \"\"}",
+        "{line_end: \"\", floats: ieee, byte_order: little}",
+    );
+    both(
+        &ieee,
+        ev,
+        "00 00 80 3F 00 00 00 00 00 A8 5D C0 FE FF 54 20 01 02 20 20 20 31 32 33 34 35 4F 45 4F 52 00 E9 20 AC 00 20 59",
+    );
+    let with = |from: &str, to: &str| ev.replace(from, to);
+    check(
+        types,
+        &with("123000", "123456"),
+        "error: THOUSANDS: value is not a multiple of 1000",
+    );
+    check(types, &with("-0.000456", "0.5"), "error: less than 0.001");
+    check(
+        types,
+        &with("-2", "32768"),
+        "error: does not fit in 2 bytes of COMP-5",
+    );
+    check(
+        types,
+        &with("-118.625", "1e80"),
+        "error: too large for IBM hexadecimal floating point",
+    );
+    check(types, &with("é€", "abcd"), "error: longer than PIC N(3)");
+    check(
+        "layout: types.cpy\nrecord: {line_end: \"\"}\nfields: {FLAG: '$88:NOPE'}",
+        "{}",
+        "compile:$88:NOPE is not a condition of FLAG: FLAG's conditions are FLAG-ON, FLAG-OFF",
+    );
+    check(
+        "layout: types.cpy\nfields: {TAG: x}",
+        "{}",
+        "compile:add `record: {line_end: \"\"}`",
+    );
+}
+
+const BATCH_MAP: &str = "layout: batch.cpy
+record: {framing: rdw}
+layout_when: {HDR-REC: IS-HDR, DTL-REC: IS-DTL, TRL-REC: {TRL-TYPE: T}}
+fields:
+  HDR-TYPE: 'kind | map:{header: \"$88:IS-HDR\"}'
+  HDR-DATE: 'date | format:%Y%m%d'
+  DTL-TYPE: 'kind | map:{detail: \"$88:IS-DTL\"}'
+  DTL-ID: id
+  DTL-AMT: amt
+  TRL-TYPE: 'kind | map:{trailer: T}'
+  TRL-COUNT: cnt
+";
+
+#[test]
+fn record_types_share_one_file() {
+    let hdr = "00 0D 00 00 48 32 30 32 35 30 34 31 32";
+    let dtl = "00 0F 00 00 44 41 31 20 20 20 20 00 01 25 0C";
+    let trl = "00 0A 00 00 54 30 30 30 30 33";
+    both(BATCH_MAP, r#"{"kind":"header","date":"2025-04-12"}"#, hdr);
+    both(BATCH_MAP, r#"{"kind":"detail","id":"A1","amt":12.50}"#, dtl);
+    both(BATCH_MAP, r#"{"kind":"trailer","cnt":3}"#, trl);
+    decode_check(
+        BATCH_MAP,
+        &format!("{hdr} {dtl} {dtl} {trl}"),
+        &[
+            r#"{"type":"RECORD","payload":{"kind":"header","date":"2025-04-12"}}"#,
+            r#"{"type":"RECORD","payload":{"kind":"detail","id":"A1","amt":12.50}}"#,
+            r#"{"type":"RECORD","payload":{"kind":"detail","id":"A1","amt":12.50}}"#,
+            r#"{"type":"RECORD","payload":{"kind":"trailer","cnt":3}}"#,
+        ]
+        .join("\n"),
+    );
+    check(
+        BATCH_MAP,
+        r#"{"kind":"other"}"#,
+        "error: no layout_when rule matches: the record is none of HDR-REC, DTL-REC, TRL-REC",
+    );
+    decode_check(
+        BATCH_MAP,
+        &format!("{hdr} 00 06 00 00 58 31"),
+        "error:record 1, field HDR-TYPE, DTL-TYPE, TRL-TYPE, byte 0: no layout_when rule matches",
+    );
+    // Without a rule, fields of two record types cannot both be mapped.
+    check(
+        "layout: batch.cpy\nrecord: {framing: rdw}\nfields: {HDR-DATE: d, DTL-ID: id}",
+        "{}",
+        "compile:fields of HDR-REC and DTL-REC are mapped, and they share the same bytes (REDEFINES, line 1): add `layout_when:`",
+    );
+    check(
+        "layout: batch.cpy\nrecord: {framing: rdw}\nlayout_when: {HDR: IS-HDR}\nfields: {HDR-DATE: d}",
+        "{}",
+        "compile:HDR is not a REDEFINES alternative or 01 record of the copybook; they are HDR-REC, DTL-REC, TRL-REC",
+    );
+    // Fixed-length framing pads the shorter record types to the longest (11 bytes).
+    check(
+        &BATCH_MAP.replace("framing: rdw", "framing: fixed"),
+        r#"{"kind":"trailer","cnt":3}"#,
+        "hex:54 30 30 30 30 33 20 20 20 20 20",
+    );
+    // One map chooses one layout: REDEFINES within a record.
+    both(
+        "layout: redefines.cpy\nfields: {B: num}",
+        r#"{"num":42}"#,
+        "30 30 34 32 0A",
+    );
+    check(
+        "layout: redefines.cpy\nfields: {A: id, B: num}",
+        "{}",
+        "compile:fields of A and B are mapped",
+    );
+}
+
+#[test]
+fn variable_length_tables_both_ways() {
+    let odo = "layout: odo.cpy\nrecord: {framing: rdw}\nfields: {N: 'items | count', T(1): 'items[0]', T(2): 'items[1]', T(3): 'items[2]', Z: '\"Z\"'}";
+    both(odo, r#"{"items":["a","b"]}"#, "00 09 00 00 30 32 61 62 5A");
+    both(
+        odo,
+        r#"{"items":["a","b","c"]}"#,
+        "00 0A 00 00 30 33 61 62 63 5A",
+    );
+    check(
+        odo,
+        r#"{"items":[]}"#,
+        "error: field N: the count of table T is outside OCCURS 1 TO 9",
+    );
+    check(
+        odo,
+        r#"{"items":"x"}"#,
+        "error: payload.items is not a list",
+    );
+    // Fixed-length records carry the table at its maximum.
+    check(
+        &odo.replace("framing: rdw", "framing: fixed"),
+        r#"{"items":["a"]}"#,
+        "hex:30 31 61 5A 20 20 20 20 20 20 20 20",
+    );
+    decode_check(
+        odo,
+        "00 09 00 00 31 30 61 62 5A",
+        "error:record 0, field N, byte 2: the count of table T is outside OCCURS 1 TO 9",
+    );
+    decode_check(
+        odo,
+        "00 08 00 00 30 32 61 62",
+        "error:field Z, byte 4: the record ends after 4 bytes; Z needs bytes 5 to 5",
+    );
+    decode_check(
+        odo,
+        "00 0A 00 00 30 32 61 62 5A 5A",
+        "error:the record is 6 bytes; its layout ends after 5",
+    );
+}
+
+#[test]
+fn decode_errors_name_record_field_and_byte() {
+    let m = "layout: permit.cpy\nrecord: {line_end: \"\", encoding: ebcdic-037}\nfields: {PERMIT-ID: id, STATUS-CODE: '\"A\"', FEE: fee, UNITS: units, BALANCE: bal}";
+    let good = "C2 D7 60 F8 F0 F2 40 40 40 40 C1 00 12 34 5D 01 02 40 40 F0 F0 F1 F5 C0";
+    decode_check(
+        m,
+        good,
+        r#"{"type":"RECORD","payload":{"id":"BP-802","fee":-123.45,"units":258,"bal":1.50}}"#,
+    );
+    let bad = good.replace("34 5D", "3A 5D");
+    decode_check(
+        m,
+        &format!("{good} {bad}"),
+        "error:record 1, field FEE, byte 13: nibble A of byte 0x3A is not a packed-decimal digit",
+    );
+    let bad = good.replace("F0 F0 F1 F5 C0", "F0 F0 F1 F5 40");
+    decode_check(
+        m,
+        &bad,
+        "error:field BALANCE, byte 23: byte 0x40 is not a zoned-decimal digit",
+    );
+    decode_check(
+        m,
+        &good[..good.len() - 3],
+        "error:record 0 at byte 0: the last record is 23 bytes, a record is 24",
+    );
+    // ASCII has no character for bytes above 0x7F: an error, never a replacement.
+    decode_check(
+        "fields: {A: 'id | width:3'}",
+        "61 E9 62 0A",
+        "error:field A, byte 1: byte 0xE9 is not a character in ascii",
+    );
+    // The map's own inversions: `map:` backwards, dates parsed back in the timezone.
+    decode_check(
+        "fields: {S: 'status | map:{APPROVED: A, REJECTED: R} | width:1', D: 'updated_at | format:%Y%m%d | width:8', T: 'updated_at | format:%H%M%S | width:6'}",
+        "52 32 30 32 35 30 34 31 32 31 30 30 33 30 30 0A",
+        r#"{"type":"RECORD","payload":{"status":"REJECTED","updated_at":"2025-04-12T10:03:00Z"}}"#,
+    );
+    decode_check(
+        "fields: {S: 'status | map:{APPROVED: A} | width:1'}",
+        "52 0A",
+        "error:field S, byte 0: the value is not one of the field's `map:` values",
+    );
+}
+
+#[test]
+fn a_bad_copybook_gives_its_own_errors_only() {
+    let dir = tempfile::tempdir().unwrap();
+    write_copybooks(dir.path());
+    let e = compile_in(
+        dir.path(),
+        "layout: bad.cpy\nfields: {A: a, B: b, C: c, D: 'x | widht:3'}",
+        "UTC",
+    )
+    .unwrap_err();
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(
+        lines[0].contains("bad.cpy:2:") && lines[0].contains("edited picture"),
+        "{e}"
+    );
+    assert!(lines[1].contains("unknown modifier \"widht\""), "{e}");
+}
+
+#[test]
+fn framings_and_code_pages() {
+    let f = "fields: {A: 'id | width:3'}";
+    check(
+        &format!("record: {{framing: rdw}}\n{f}"),
+        r#"{"id":"ab"}"#,
+        "hex:00 07 00 00 61 62 20",
+    );
+    check(
+        &format!("record: {{framing: rdw, bdw: true}}\n{f}"),
+        r#"{"id":"ab"}"#,
+        "hex:00 0B 00 00 00 07 00 00 61 62 20",
+    );
+    check(
+        &format!("record: {{framing: lines, line_end: \"\\r\\n\"}}\n{f}"),
+        r#"{"id":"ab"}"#,
+        "ab \r\n",
+    );
+    check(
+        &format!("record: {{framing: lines, line_end: \"\"}}\n{f}"),
+        "{}",
+        "compile:`framing: lines` needs a line end",
+    );
+    check(
+        &format!("record: {{framing: fixed, line_end: \"\\n\"}}\n{f}"),
+        "{}",
+        "compile:have no line end: remove `line_end`",
+    );
+    check(
+        &format!("record: {{bdw: true}}\n{f}"),
+        "{}",
+        "compile:`bdw: true` (block descriptor words) goes with `framing: rdw`",
+    );
+    check(
+        &format!("record: {{framing: vb}}\n{f}"),
+        "{}",
+        "compile:is not one of fixed (RECFM=F/FB), rdw",
+    );
+    for (page, text, hex) in [
+        ("ebcdic-273", "Ä", "4A 25"),
+        ("ebcdic-285", "£", "5B 25"),
+        ("ebcdic-297", "à", "7C 25"),
+        ("ebcdic-500", "[", "4A 25"),
+        ("ebcdic-1141", "€", "9F 25"),
+        ("ebcdic-1147", "€", "9F 25"),
+    ] {
+        check(
+            &format!("record: {{encoding: {page}}}\nfields: {{A: 'id | width:1'}}"),
+            &serde_json::json!({ "id": text }).to_string(),
+            &format!("hex:{hex}"),
+        );
+        decode_check(
+            &format!("record: {{encoding: {page}}}\nfields: {{A: 'id | width:1'}}"),
+            hex,
+            &serde_json::json!({"type": "RECORD", "payload": { "id": text }}).to_string(),
+        );
+    }
+    check(
+        "record: {encoding: ebcdic-037}\nfields: {A: 'id | width:1'}",
+        r#"{"id":"€"}"#,
+        "error: cannot be written in ebcdic-037",
     );
 }

@@ -9,7 +9,7 @@ use chrono::TimeZone;
 use ess::config::connector;
 use ess::event::Event;
 use ess::map::copybook::Copybook;
-use ess::map::{MapContext, Mapping, cli};
+use ess::map::{MapContext, Mapping, View, cli};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -117,17 +117,28 @@ fn shipped_ebcdic_map_makes_80_byte_records() {
 #[test]
 fn shipped_payroll_map_balances_its_batches() {
     let m = load(&root().join("maps/payroll_batch.yml"));
-    let items: Vec<_> = [
-        r#"{"employee":{"id":"E1","name":" Ann Lee ","dept":"fin","phone":"555-123-4567","ssn":"x"},"action":"HIRE","effective_date":"2025-04-14","amount":1234.50}"#,
-        r#"{"employee":{"id":"E2","name":"Bo, Jr.","dept":"pw"},"action":"RAISE","effective_date":"2025-04-14","amount":"0.5"}"#,
-    ]
-    .iter()
-    .map(|p| {
-        let e = event("PAYROLL_CHANGE", p);
-        let r = m.render(&e).unwrap();
-        (e, r)
-    })
-    .collect();
+    let file = batch_file(
+        &m,
+        "PAYROLL_CHANGE",
+        &[
+            r#"{"employee":{"id":"E1","name":" Ann Lee ","dept":"fin","phone":"555-123-4567","ssn":"x"},"action":"HIRE","effective_date":"2025-04-14","amount":1234.50}"#,
+            r#"{"employee":{"id":"E2","name":"Bo, Jr.","dept":"pw"},"action":"RAISE","effective_date":"2025-04-14","amount":"0.5"}"#,
+        ],
+    );
+    golden("payroll_batch.csv", &String::from_utf8(file).unwrap());
+}
+
+/// A whole batch file as a batch target writes it: header, records, trailer (at 09:00 UTC
+/// on 2025-04-12).
+fn batch_file(m: &Mapping, ty: &str, payloads: &[&str]) -> Vec<u8> {
+    let items: Vec<_> = payloads
+        .iter()
+        .map(|p| {
+            let e = event(ty, p);
+            let r = m.render(&e).unwrap();
+            (e, r)
+        })
+        .collect();
     let now = chrono_tz::UTC
         .with_ymd_and_hms(2025, 4, 12, 9, 0, 0)
         .unwrap();
@@ -136,11 +147,62 @@ fn shipped_payroll_map_balances_its_batches() {
         file.extend_from_slice(&r.bytes);
     }
     file.extend(m.batch_trailer(&items, now).unwrap());
-    golden("payroll_batch.csv", &String::from_utf8(file).unwrap());
+    file
+}
+
+#[test]
+fn shipped_results_map_writes_a_vb_batch_that_reads_back() {
+    let m = load(&root().join("maps/permit_results_vb.yml"));
+    let file = batch_file(
+        &m,
+        "PERMIT_RESULT",
+        &[
+            r#"{"id":"bp-802","status":"approved","fee":19.99,"owner":"Zoë","inspections":[{"code":"ELE","result":1},{"code":"PLU","result":-2}]}"#,
+            r#"{"id":"bp-803","status":"rejected","fee":"0.01","rate":0.0012,"inspections":[]}"#,
+        ],
+    );
+    // Header 20 bytes, details 94 + 5 per inspection, trailer 15; each behind its RDW.
+    let lens: Vec<usize> = m
+        .framing()
+        .split(&file)
+        .map(|f| f.unwrap().bytes.len())
+        .collect();
+    assert_eq!(lens, [20, 104, 94, 15]);
+    let mut types = Vec::new();
+    let mut json = Vec::new();
+    for f in m.framing().split(&file) {
+        let f = f.unwrap();
+        let d = m.decode(f.bytes, f.index, View::Fields).unwrap();
+        types.push(d.record_type.unwrap());
+        json.push(serde_json::from_str::<serde_json::Value>(&d.json).unwrap());
+    }
+    assert_eq!(
+        types,
+        ["RES-HEADER", "RES-DETAIL", "RES-DETAIL", "RES-TRAILER"]
+    );
+    assert_eq!(json[0]["RH-RUN-DATE"], 20250412);
+    assert_eq!(json[0]["RH-SYSTEM"], "ESS");
+    assert_eq!(json[1]["RD-PERMIT-ID"], "BP-802");
+    assert_eq!(json[1]["RD-STATUS"], "A");
+    assert_eq!(json[1]["RD-OWNER"], "Zoë");
+    assert_eq!(json[1]["RD-INSP-RESULT(2)"].to_string(), "-2");
+    assert_eq!(json[2]["RD-STATUS"], "R");
+    assert_eq!(json[2]["RD-RATE"].to_string(), "0.001200");
+    assert_eq!(json[3]["RT-COUNT"], 2);
+    assert_eq!(json[3]["RT-FEE-TOTAL"].to_string(), "20.00");
+    // And as the events they were: `map:` read backwards, the inspections as a list.
+    let f = m.framing().split(&file).nth(1).unwrap().unwrap();
+    let d = m.decode(f.bytes, 1, View::Event).unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&d.json).unwrap();
+    assert_eq!(ev["payload"]["status"], "approved");
+    assert_eq!(ev["payload"]["inspections"][1]["code"], "PLU");
 }
 
 fn layout_dump(cb: &Copybook) -> String {
     let mut s = format!("record {:?}, {} bytes\n", cb.record_name, cb.len);
+    if cb.min_len != cb.len {
+        s.push_str(&format!("shortest record {} bytes\n", cb.min_len));
+    }
     for f in &cb.fields {
         s.push_str(&format!(
             "{:>5} {:>3}  {:<22} {}\n",
@@ -150,13 +212,35 @@ fn layout_dump(cb: &Copybook) -> String {
             f.pic
         ));
     }
+    for set in &cb.sets {
+        let alts: Vec<String> = set
+            .alts
+            .iter()
+            .map(|a| format!("{} ({} bytes)", a.name, a.len))
+            .collect();
+        s.push_str(&format!(
+            "redefines, line {}: {}\n",
+            set.line,
+            alts.join(" | ")
+        ));
+    }
+    for t in &cb.tables {
+        s.push_str(&format!(
+            "table {}: OCCURS {} TO {} DEPENDING ON {}, {} bytes each\n",
+            t.name, t.min, t.max, cb.fields[t.object].name, t.elem_len
+        ));
+    }
     s
 }
 
 #[test]
 fn golden_copybooks() {
     // PERMIT.cpy is the one shipped next to maps/permit_status_ebcdic.yml.
-    for (name, dir) in [("PAYROLL", "tests/fixtures/copybooks"), ("PERMIT", "maps")] {
+    for (name, dir) in [
+        ("PAYROLL", "tests/fixtures/copybooks"),
+        ("RESULTS", "maps"),
+        ("PERMIT", "maps"),
+    ] {
         let text = std::fs::read_to_string(root().join(format!("{dir}/{name}.cpy"))).unwrap();
         let cb = Copybook::parse(&text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
         golden(&format!("{name}.layout"), &layout_dump(&cb));
@@ -167,7 +251,7 @@ fn golden_copybooks() {
         std::fs::write(dir.path().join(format!("{name}.cpy")), &text).unwrap();
         std::fs::write(dir.path().join("m.yml"), &skeleton).unwrap();
         let m = load(&dir.path().join("m.yml"));
-        assert_eq!(m.record_len(), Some(cb.len));
+        assert_eq!(m.max_record_len(), Some(cb.len));
     }
 }
 
@@ -181,12 +265,13 @@ fn payroll_copybook_has_forty_fields() {
 
 #[test]
 fn from_copybook_refuses_what_it_cannot_lay_out() {
-    let e = cli::from_copybook(
-        "01 R.\n 05 A PIC X(2).\n 05 B REDEFINES A PIC 99.\n",
-        "R.cpy",
-    )
-    .unwrap_err();
-    assert!(e.to_string().starts_with("R.cpy:3: B REDEFINES A"), "{e}");
+    let e = cli::from_copybook("01 R.\n 05 A PIC X(2).\n 66 B RENAMES A.\n", "R.cpy").unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "R.cpy:3:2: 66 B RENAMES: level 66 is not supported; map the renamed fields themselves"
+        ),
+        "{e}"
+    );
 }
 
 #[test]

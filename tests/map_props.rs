@@ -214,7 +214,9 @@ proptest! {
     }
 
     #[test]
-    fn map_errors_never_quote_payload_values(v in "[ -~é€]{0,20}", n in "-?[0-9]{1,40}(\\.[0-9]{1,9})?") {
+    fn map_errors_never_quote_payload_values(v in "[ -~é€]{0,20}", n in "-?7[0-9]{5,39}(\\.[0-9]{1,9})?") {
+        // Numbers carry a mark of their own (a 7 and five more digits, which no fixed part
+        // of a message, such as its example date, holds).
         // Dead letters and logs carry the error text; payload values must not leak into it.
         let marked = format!("Zq9{v}");
         let payload: Map<String, Value> = serde_json::from_value(serde_json::json!({
@@ -227,7 +229,7 @@ proptest! {
         for f in ["maps/permit_map.yml", "maps/payroll_batch.yml", "maps/permit_status_ebcdic.yml"] {
             if let Err(e) = compile_shipped(f).render(&event(payload.clone())) {
                 prop_assert!(!e.to_string().contains("Zq9"), "{f}: {e}");
-                prop_assert!(!e.to_string().contains(&n) || n.len() < 3, "{f}: {e}");
+                prop_assert!(!e.to_string().contains(n.trim_start_matches('-')), "{f}: {e}");
             }
         }
     }
@@ -264,11 +266,10 @@ proptest! {
         let d = Decimal { mantissa: i128::from(m), scale };
         let parsed = Decimal::parse(&d.to_string()).unwrap();
         prop_assert_eq!(parsed.checked_add(Decimal::ZERO), d.checked_add(Decimal::ZERO));
-        if let Ok(digits) = d.to_digits(int, frac, false) {
-            prop_assert_eq!(digits.len(), (int + frac) as usize);
-            // Reading the digits back with the implied point gives the same value.
-            let (i, f) = digits.split_at(int as usize);
-            let back = Decimal::parse(&format!("{}{i}.{f}0", if m < 0 { "-" } else { "" })).unwrap();
+        if let Ok(stored) = d.to_stored(int + frac, frac as i32, false) {
+            prop_assert!(stored < 10u128.pow(int + frac));
+            // Reading the stored integer back with the picture's scale gives the same value.
+            let back = Decimal::from_stored(m < 0, stored, frac as i32).unwrap();
             prop_assert_eq!(back.checked_add(Decimal { mantissa: -d.mantissa, scale: d.scale }).map(|z| z.mantissa), Some(0));
         }
     }

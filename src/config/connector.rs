@@ -33,6 +33,10 @@ pub struct ConnectorFile {
     /// A COBOL copybook (relative to the map file) giving widths and types.
     #[serde(default)]
     pub layout: Option<Spanned<String>>,
+    /// Which REDEFINES alternative (or 01 record) of the copybook a record is: alternative
+    /// name -> a level-88 condition name, or `{FIELD: value}` (all must hold).
+    #[serde(default)]
+    pub layout_when: Option<Spanned<LayoutWhen>>,
     #[serde(default)]
     pub csv: Option<Spanned<CsvSpec>>,
     #[serde(default)]
@@ -177,6 +181,9 @@ pub struct LongField {
     /// `error` (default) | `truncate`
     #[serde(default)]
     pub overflow: Option<String>,
+    /// The number of elements of the list at `from` (an OCCURS DEPENDING ON count).
+    #[serde(default)]
+    pub count: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -186,6 +193,117 @@ pub struct RecordSpec {
     pub line_end: Option<String>,
     #[serde(default)]
     pub encoding: Option<Spanned<String>>,
+    /// `fixed` (RECFM=F/FB) | `rdw` (RECFM=V/VB: a 4-byte record descriptor word before
+    /// each record) | `lines` (a line end after each record).
+    #[serde(default)]
+    pub framing: Option<Spanned<String>>,
+    /// With `framing: rdw`: records sit in blocks, each behind a 4-byte block descriptor word.
+    #[serde(default)]
+    pub bdw: Option<bool>,
+    /// COMP-1/COMP-2: `hfp` (IBM hexadecimal floating point, the z/OS default) | `ieee`.
+    #[serde(default)]
+    pub floats: Option<Spanned<String>>,
+    /// Byte order of the machine-native usages COMP-5, COMP-1 and COMP-2: `big` (z/OS,
+    /// default) | `little` (files written by a COBOL program on x86).
+    #[serde(default)]
+    pub byte_order: Option<Spanned<String>>,
+}
+
+/// `layout_when:`: REDEFINES alternative (or 01 record) name -> the rule that picks it, in
+/// the order written (the first rule that holds wins).
+#[derive(Debug, Default)]
+pub struct LayoutWhen(pub Vec<(Spanned<String>, Spanned<WhenRule>)>);
+
+/// One `layout_when` rule.
+#[derive(Debug, Clone)]
+pub enum WhenRule {
+    /// A level-88 condition name of the copybook.
+    Condition(String),
+    /// `{FIELD: value}` or `{FIELD: [v1, v2]}`; every field must hold one of its values.
+    Fields(Vec<(String, Vec<String>)>),
+}
+
+impl<'de> Deserialize<'de> for LayoutWhen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LayoutWhen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of REDEFINES alternatives to rules, e.g. {HEADER-DATA: {REC-TYPE: \"H\"}}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<LayoutWhen, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry()? {
+                    out.push((k, v));
+                }
+                Ok(LayoutWhen(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A scalar written as YAML text, a number or a list of them.
+struct WhenValues(Vec<String>);
+
+impl<'de> Deserialize<'de> for WhenValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WhenValues;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value (quote decimals: \"1.50\") or a list of values")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<WhenValues, E> {
+                Ok(WhenValues(vec![v.to_string()]))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<WhenValues, E> {
+                Ok(WhenValues(vec![v.to_string()]))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<WhenValues, E> {
+                Ok(WhenValues(vec![v.to_string()]))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<WhenValues, E> {
+                Err(E::custom(format!(
+                    "YAML reads `n`, `y`, `no`, `yes`, `off`, `on` as a boolean ({v}); quote the value, e.g. 'N'"
+                )))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<WhenValues, A::Error> {
+                let mut out = Vec::new();
+                while let Some(WhenValues(v)) = s.next_element()? {
+                    out.extend(v);
+                }
+                Ok(WhenValues(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for WhenRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WhenRule;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a level-88 condition name, or {FIELD: value}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<WhenRule, E> {
+                Ok(WhenRule::Condition(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<WhenRule, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, WhenValues(v))) = m.next_entry::<String, WhenValues>()? {
+                    out.push((k, v));
+                }
+                Ok(WhenRule::Fields(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -72,90 +72,94 @@ impl Decimal {
         })
     }
 
-    /// The absolute value as exactly `int_digits + frac_digits` digits with an implied
-    /// decimal point. Refuses to drop non-zero decimals. Too many integer digits is an
-    /// error, or with `truncate` keeps the low-order digits (COBOL's MOVE semantics).
-    pub fn to_digits(
-        self,
-        int_digits: u32,
-        frac_digits: u32,
-        truncate: bool,
-    ) -> Result<Digits, String> {
-        let mut m = self.mantissa.unsigned_abs();
-        if self.scale > frac_digits {
-            let div = 10u128.pow(self.scale - frac_digits);
-            if m % div != 0 {
-                return Err(format!(
-                    "value has {} decimal places; the picture keeps {frac_digits}",
-                    self.scale
-                ));
+    /// The absolute value as the integer a picture of `digits` digits at `scale` stores
+    /// (`value × 10^scale`, below `10^digits`). Refuses to drop non-zero decimals. Too many
+    /// integer digits is an error, or with `truncate` keeps the low-order digits (COBOL's
+    /// MOVE semantics).
+    pub fn to_stored(self, digits: u32, scale: i32, truncate: bool) -> Result<u128, String> {
+        let m = self.mantissa.unsigned_abs();
+        // Scales are at most 38 (values) and 31 + 31 (pictures) apart: the casts cannot wrap.
+        let have = self.scale as i32;
+        let m = if have > scale {
+            let (rem, quot) = match 10u128.checked_pow((have - scale) as u32) {
+                Some(div) => (m % div, m / div),
+                None => (m, 0),
+            };
+            if rem != 0 {
+                return Err(if scale >= 0 {
+                    format!(
+                        "value has {} decimal places; the picture keeps {scale}",
+                        self.scale
+                    )
+                } else {
+                    format!(
+                        "value is not a multiple of {} (the picture's P positions)",
+                        Decimal::power_of_ten(-scale)
+                    )
+                });
             }
-            m /= div;
+            quot
+        } else if m == 0 {
+            0
         } else {
-            let mul = 10u128
-                .checked_pow(frac_digits - self.scale)
+            10u128
+                .checked_pow((scale - have) as u32)
                 .and_then(|p| m.checked_mul(p))
-                .ok_or_else(|| "value is too large".to_string())?;
-            m = mul;
-        }
-        let n = (int_digits + frac_digits) as usize;
-        if n > MAX_DIGITS {
+                .ok_or_else(|| "value is too large".to_string())?
+        };
+        if digits as usize > MAX_DIGITS {
             return Err(format!(
-                "a picture of {n} digits is longer than {MAX_DIGITS}"
+                "a picture of {digits} digits is longer than {MAX_DIGITS}"
             ));
         }
-        // Digits from the right, on the stack; u64 arithmetic when the value allows (the
-        // common case, and much cheaper than u128 division).
-        let mut out = Digits {
-            buf: [b'0'; MAX_DIGITS],
-            len: n,
-        };
-        let mut i = n;
-        if let Ok(mut small) = u64::try_from(m) {
-            while small != 0 && i > 0 {
-                i -= 1;
-                out.buf[i] = b'0' + (small % 10) as u8;
-                small /= 10;
-            }
-            m = u128::from(small);
+        let limit = 10u128.pow(digits);
+        if m < limit {
+            return Ok(m);
+        }
+        if truncate {
+            return Ok(m % limit);
+        }
+        let int = digits as i32 - scale;
+        Err(if int > 0 {
+            format!("value does not fit in {int} integer digits")
         } else {
-            while m != 0 && i > 0 {
-                i -= 1;
-                out.buf[i] = b'0' + (m % 10) as u8;
-                m /= 10;
+            format!(
+                "value does not fit the picture (it holds less than {})",
+                Decimal::power_of_ten(int)
+            )
+        })
+    }
+
+    /// `10^e` (e may be negative), for messages.
+    fn power_of_ten(e: i32) -> Decimal {
+        if e >= 0 {
+            Decimal {
+                mantissa: 10i128.pow(e as u32),
+                scale: 0,
+            }
+        } else {
+            Decimal {
+                mantissa: 1,
+                scale: (-e) as u32,
             }
         }
-        if m != 0 && !truncate {
-            return Err(format!("value does not fit in {int_digits} integer digits"));
-        }
-        Ok(out)
     }
-}
 
-/// Exactly a picture's digits, ASCII, on the stack (a record has dozens of them).
-#[derive(Clone, Copy)]
-pub struct Digits {
-    buf: [u8; MAX_DIGITS],
-    len: usize,
-}
-
-impl std::ops::Deref for Digits {
-    type Target = str;
-    fn deref(&self) -> &str {
-        // Only ASCII digits are ever stored, so this is always valid UTF-8.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for Digits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl PartialEq<&str> for Digits {
-    fn eq(&self, other: &&str) -> bool {
-        &**self == *other
+    /// `stored × 10^-scale` as a decimal (for decoding), keeping the picture's own scale so
+    /// `V99` always shows two decimals. `None` past 38 digits.
+    pub fn from_stored(negative: bool, stored: u128, scale: i32) -> Option<Decimal> {
+        let (mantissa, scale) = if scale >= 0 {
+            (i128::try_from(stored).ok()?, scale as u32)
+        } else {
+            let m = i128::try_from(stored)
+                .ok()?
+                .checked_mul(10i128.checked_pow((-scale) as u32)?)?;
+            (m, 0)
+        };
+        Some(Decimal {
+            mantissa: if negative { -mantissa } else { mantissa },
+            scale,
+        })
     }
 }
 
@@ -196,42 +200,27 @@ mod tests {
     }
 
     #[test]
-    fn digits_for_a_picture() {
-        let d = Decimal::parse("19.99").unwrap();
-        assert_eq!(d.to_digits(7, 2, false).unwrap(), "000001999");
-        assert_eq!(
-            Decimal::parse("19.9")
-                .unwrap()
-                .to_digits(3, 2, false)
-                .unwrap(),
-            "01990"
-        );
-        assert!(
-            Decimal::parse("19.999")
-                .unwrap()
-                .to_digits(7, 2, false)
-                .is_err()
-        );
-        assert_eq!(
-            Decimal::parse("19.990")
-                .unwrap()
-                .to_digits(7, 2, false)
-                .unwrap(),
-            "000001999"
-        );
-        assert!(
-            Decimal::parse("12345")
-                .unwrap()
-                .to_digits(3, 0, false)
-                .is_err()
-        );
-        assert_eq!(
-            Decimal::parse("12345")
-                .unwrap()
-                .to_digits(3, 0, true)
-                .unwrap(),
-            "345"
-        );
+    fn stored_integers_for_a_picture() {
+        let d = |s: &str| Decimal::parse(s).unwrap();
+        assert_eq!(d("19.99").to_stored(9, 2, false).unwrap(), 1999);
+        assert_eq!(d("19.9").to_stored(5, 2, false).unwrap(), 1990);
+        assert!(d("19.999").to_stored(9, 2, false).is_err());
+        assert_eq!(d("19.990").to_stored(9, 2, false).unwrap(), 1999);
+        let e = d("12345").to_stored(3, 0, false).unwrap_err();
+        assert!(e.contains("does not fit in 3 integer digits"), "{e}");
+        assert_eq!(d("12345").to_stored(3, 0, true).unwrap(), 345);
+        // 9(3)PPP and PPP9(3).
+        assert_eq!(d("123000").to_stored(3, -3, false).unwrap(), 123);
+        let e = d("123456").to_stored(3, -3, false).unwrap_err();
+        assert!(e.contains("multiple of 1000"), "{e}");
+        assert_eq!(d("0.000456").to_stored(3, 6, false).unwrap(), 456);
+        let e = d("0.5").to_stored(3, 6, false).unwrap_err();
+        assert!(e.contains("less than 0.001"), "{e}");
+        let show = |n, m, s| Decimal::from_stored(n, m, s).unwrap().to_string();
+        assert_eq!(show(true, 1999, 2), "-19.99");
+        assert_eq!(show(false, 123, -3), "123000");
+        assert_eq!(show(false, 456, 6), "0.000456");
+        assert_eq!(show(false, 0, 2), "0.00");
     }
 
     #[test]

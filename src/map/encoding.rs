@@ -1,47 +1,123 @@
-//! Character encodings of record bytes: `ascii`, `latin1`, `ebcdic-037`, `ebcdic-1047`.
+//! Character encodings of record bytes: `ascii`, `latin1` and the EBCDIC code pages 037,
+//! 273, 277, 278, 280, 284, 285, 297, 500, 871, 1047 and their euro variants 1140–1149.
 //!
 //! Invariant: encoding never substitutes. A character the code page cannot represent is an
-//! error naming it (the event is parked), never a silent `?`.
+//! error naming it (the event is parked), never a silent `?`; a byte that stands for no
+//! character (ASCII above 0x7F) is a decode error, never U+FFFD.
 //!
-//! The two EBCDIC tables were generated from glibc iconv's `IBM037` and `IBM1047` charmaps
-//! (the published IBM code pages; CCSID 37 was also checked against Python's `cp037` codec).
-//! Both are permutations of ISO 8859-1, so encoding is a 256-entry inverse table. They differ
-//! in exactly six positions (`[ ] ^ ¬ Ý ¨`), which `tests::cp1047_differs_from_cp037_where_ibm_says`
-//! pins. Line feed is 0x25 in both (the non-"swaplfnl" variant of CCSID 1047).
+//! The EBCDIC tables live in [`super::codepages`] (generated from glibc iconv, re-checked
+//! against iconv and Python's codecs by `tests/map_codepages.rs`). Each is a permutation of
+//! 256 characters, so decoding is one table lookup and encoding one inverse lookup: an
+//! inverse table over Latin-1 plus the few characters outside it (`€` on the euro pages,
+//! `‾` on 285).
 
-/// A record's target character set (`record.encoding`).
+use super::codepages::PAGES;
+
+/// A record's character set (`record.encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Ascii,
     Latin1,
-    Ebcdic037,
-    Ebcdic1047,
+    /// An EBCDIC code page, by its index in [`PAGES`].
+    Ebcdic(CodePage),
 }
 
-/// The names accepted in `record.encoding`, for error messages.
-pub const NAMES: &str = "ascii, latin1, ebcdic-037, ebcdic-1047";
+/// One EBCDIC code page (an index into the generated tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodePage(u8);
 
-impl Encoding {
-    /// Reads a `record.encoding` value (case-insensitive; `cp037`/`ibm-1047` spellings too).
-    pub fn parse(name: &str) -> Option<Encoding> {
-        let n = name.trim().to_ascii_lowercase().replace('_', "-");
-        Some(match n.as_str() {
-            "ascii" | "us-ascii" => Encoding::Ascii,
-            "latin1" | "latin-1" | "iso-8859-1" => Encoding::Latin1,
-            "ebcdic-037" | "ebcdic037" | "cp037" | "ibm-037" | "ibm037" => Encoding::Ebcdic037,
-            "ebcdic-1047" | "ebcdic1047" | "cp1047" | "ibm-1047" | "ibm1047" => {
-                Encoding::Ebcdic1047
+/// The names accepted in `record.encoding`, for error messages.
+pub const NAMES: &str = "ascii, latin1, ebcdic-037, ebcdic-273, ebcdic-277, ebcdic-278, ebcdic-280, ebcdic-284, ebcdic-285, ebcdic-297, ebcdic-500, ebcdic-871, ebcdic-1047, ebcdic-1140 … ebcdic-1149";
+
+/// Sentinel in an inverse table: this Latin-1 character has no byte on the page.
+const NONE: u16 = 0xFFFF;
+
+/// Per page: Latin-1 code point -> byte (or [`NONE`]), and the characters above U+00FF.
+struct Inverse {
+    latin1: [u16; 256],
+    extra: [(char, u8); 2],
+}
+
+static INVERSE: [Inverse; PAGES.len()] = {
+    let mut out = [const {
+        Inverse {
+            latin1: [NONE; 256],
+            extra: [('\0', 0); 2],
+        }
+    }; PAGES.len()];
+    let mut p = 0;
+    while p < PAGES.len() {
+        let table = &PAGES[p].3;
+        let mut n_extra = 0;
+        let mut b = 0;
+        while b < 256 {
+            let c = table[b];
+            if c < 256 {
+                out[p].latin1[c as usize] = b as u16;
+            } else {
+                // Generated tables hold at most two characters above Latin-1 (checked by a test);
+                // '\0' pairs never match because NUL is inside Latin-1.
+                out[p].extra[n_extra] = (
+                    match char::from_u32(c as u32) {
+                        Some(ch) => ch,
+                        None => '\0',
+                    },
+                    b as u8,
+                );
+                n_extra += 1;
             }
-            _ => return None,
-        })
+            b += 1;
+        }
+        p += 1;
+    }
+    out
+};
+
+impl CodePage {
+    /// The page's CCSID (37, 1047, 1140...).
+    pub fn ccsid(self) -> u16 {
+        PAGES[usize::from(self.0)].0
     }
 
-    pub fn name(self) -> &'static str {
+    /// glibc iconv's name for the page (`IBM037`).
+    pub fn iconv_name(self) -> &'static str {
+        PAGES[usize::from(self.0)].1
+    }
+
+    /// Every page ESS knows.
+    pub fn all() -> impl Iterator<Item = CodePage> {
+        (0..PAGES.len() as u8).map(CodePage)
+    }
+
+    fn table(self) -> &'static [u16; 256] {
+        &PAGES[usize::from(self.0)].3
+    }
+}
+
+impl Encoding {
+    /// Reads a `record.encoding` value (case-insensitive; `cp037`, `ibm-1047`, `ccsid-500`
+    /// spellings too).
+    pub fn parse(name: &str) -> Option<Encoding> {
+        let n = name.trim().to_ascii_lowercase().replace('_', "-");
+        match n.as_str() {
+            "ascii" | "us-ascii" => return Some(Encoding::Ascii),
+            "latin1" | "latin-1" | "iso-8859-1" => return Some(Encoding::Latin1),
+            _ => {}
+        }
+        let digits = ["ebcdic-", "ebcdic", "cp", "ibm-", "ibm", "ccsid-", "ccsid"]
+            .iter()
+            .find_map(|p| n.strip_prefix(p))?;
+        let ccsid: u16 = digits.parse().ok()?;
+        CodePage::all()
+            .find(|p| p.ccsid() == ccsid)
+            .map(Encoding::Ebcdic)
+    }
+
+    pub fn name(self) -> String {
         match self {
-            Encoding::Ascii => "ascii",
-            Encoding::Latin1 => "latin1",
-            Encoding::Ebcdic037 => "ebcdic-037",
-            Encoding::Ebcdic1047 => "ebcdic-1047",
+            Encoding::Ascii => "ascii".into(),
+            Encoding::Latin1 => "latin1".into(),
+            Encoding::Ebcdic(p) => format!("ebcdic-{:03}", p.ccsid()),
         }
     }
 
@@ -50,104 +126,114 @@ impl Encoding {
         matches!(self, Encoding::Ascii | Encoding::Latin1)
     }
 
-    /// Appends `text` encoded; on a character this code page lacks, returns that character
+    /// The byte for `c`, or `None` if this encoding has no byte for it.
+    #[inline]
+    pub fn byte(self, c: char) -> Option<u8> {
+        let u = u32::from(c);
+        match self {
+            Encoding::Ascii => (u < 0x80).then_some(u as u8),
+            Encoding::Latin1 => u8::try_from(u).ok(),
+            Encoding::Ebcdic(p) => {
+                let inv = &INVERSE[usize::from(p.0)];
+                if u < 256 {
+                    let b = inv.latin1[u as usize];
+                    (b != NONE).then_some(b as u8)
+                } else {
+                    inv.extra.iter().find(|(x, _)| *x == c).map(|(_, b)| *b)
+                }
+            }
+        }
+    }
+
+    /// Appends `text` encoded; on a character this encoding lacks, returns that character
     /// (what was appended before it stays: the caller discards the whole record).
+    #[inline]
     pub fn encode_into(self, text: &str, out: &mut Vec<u8>) -> Result<(), char> {
         match self {
-            Encoding::Ascii => {
-                if let Some(c) = text.chars().find(|c| !c.is_ascii()) {
-                    return Err(c);
-                }
+            Encoding::Ascii | Encoding::Latin1 if text.is_ascii() => {
                 out.extend_from_slice(text.as_bytes());
             }
-            Encoding::Latin1 => {
-                if text.is_ascii() {
-                    out.extend_from_slice(text.as_bytes());
-                } else {
-                    for c in text.chars() {
-                        out.push(u8::try_from(u32::from(c)).map_err(|_| c)?);
-                    }
-                }
+            Encoding::Ebcdic(p) if text.is_ascii() => {
+                // Every page ESS knows has every ASCII character (a test checks), so ASCII
+                // text is one table lookup a byte, no check.
+                let inv = &INVERSE[usize::from(p.0)].latin1;
+                out.extend(text.bytes().map(|b| inv[usize::from(b)] as u8));
             }
-            Encoding::Ebcdic037 | Encoding::Ebcdic1047 => {
-                let table = if self == Encoding::Ebcdic037 {
-                    &TO_CP037
-                } else {
-                    &TO_CP1047
-                };
+            _ => {
                 for c in text.chars() {
-                    let latin1 = u8::try_from(u32::from(c)).map_err(|_| c)?;
-                    out.push(table[usize::from(latin1)]);
+                    out.push(self.byte(c).ok_or(c)?);
                 }
             }
         }
         Ok(())
     }
 
-    /// The character a byte of this encoding stands for (for previews).
-    pub fn decode_byte(self, b: u8) -> char {
+    /// The character a byte stands for, or `None` (ASCII bytes above 0x7F).
+    #[inline]
+    pub fn char_of(self, b: u8) -> Option<char> {
         match self {
-            Encoding::Ascii | Encoding::Latin1 => char::from(b),
-            Encoding::Ebcdic037 => char::from(CP037[usize::from(b)]),
-            Encoding::Ebcdic1047 => char::from(CP1047[usize::from(b)]),
+            Encoding::Ascii => b.is_ascii().then_some(char::from(b)),
+            Encoding::Latin1 => Some(char::from(b)),
+            Encoding::Ebcdic(p) => char::from_u32(u32::from(p.table()[usize::from(b)])),
+        }
+    }
+
+    /// The character a byte stands for, for previews (`.` where there is none).
+    pub fn decode_byte(self, b: u8) -> char {
+        self.char_of(b).unwrap_or('.')
+    }
+
+    /// Appends the characters of `bytes` to `out`; on a byte that stands for no character,
+    /// returns its index in `bytes`.
+    #[inline]
+    pub fn decode_into(self, bytes: &[u8], out: &mut String) -> Result<(), usize> {
+        match self {
+            Encoding::Ascii | Encoding::Latin1 if bytes.is_ascii() => {
+                // ASCII bytes are UTF-8 as they are.
+                out.push_str(std::str::from_utf8(bytes).unwrap_or_default());
+            }
+            Encoding::Ebcdic(p) => {
+                let t = p.table();
+                for &b in bytes {
+                    let u = t[usize::from(b)];
+                    if u < 0x80 {
+                        out.push(char::from(u as u8));
+                    } else {
+                        // Generated tables hold Unicode scalar values only (checked by a test).
+                        out.push(
+                            char::from_u32(u32::from(u)).unwrap_or(char::REPLACEMENT_CHARACTER),
+                        );
+                    }
+                }
+            }
+            _ => {
+                for (i, &b) in bytes.iter().enumerate() {
+                    out.push(self.char_of(b).ok_or(i)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The byte of a space and of the digits 0–9 (zoned decimal), which every encoding has.
+    #[inline]
+    pub fn space(self) -> u8 {
+        // Space is 0x20 in ASCII/Latin-1 and 0x40 on every EBCDIC page.
+        match self {
+            Encoding::Ebcdic(_) => 0x40,
+            _ => b' ',
+        }
+    }
+
+    /// The byte of digit `d` (0–9).
+    #[inline]
+    pub fn digit(self, d: u8) -> u8 {
+        match self {
+            Encoding::Ebcdic(_) => 0xF0 + d,
+            _ => b'0' + d,
         }
     }
 }
-
-const fn invert(table: &[u8; 256]) -> [u8; 256] {
-    let mut out = [0u8; 256];
-    let mut i = 0;
-    while i < 256 {
-        out[table[i] as usize] = i as u8;
-        i += 1;
-    }
-    out
-}
-
-static TO_CP037: [u8; 256] = invert(&CP037);
-static TO_CP1047: [u8; 256] = invert(&CP1047);
-
-/// CCSID 37: EBCDIC byte -> ISO 8859-1 code point.
-#[rustfmt::skip]
-const CP037: [u8; 256] = [
-    0x00, 0x01, 0x02, 0x03, 0x9C, 0x09, 0x86, 0x7F, 0x97, 0x8D, 0x8E, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F,
-    0x10, 0x11, 0x12, 0x13, 0x9D, 0x85, 0x08, 0x87, 0x18, 0x19, 0x92, 0x8F, 0x1C, 0x1D, 0x1E, 0x1F,
-    0x80, 0x81, 0x82, 0x83, 0x84, 0x0A, 0x17, 0x1B, 0x88, 0x89, 0x8A, 0x8B, 0x8C, 0x05, 0x06, 0x07,
-    0x90, 0x91, 0x16, 0x93, 0x94, 0x95, 0x96, 0x04, 0x98, 0x99, 0x9A, 0x9B, 0x14, 0x15, 0x9E, 0x1A,
-    0x20, 0xA0, 0xE2, 0xE4, 0xE0, 0xE1, 0xE3, 0xE5, 0xE7, 0xF1, 0xA2, 0x2E, 0x3C, 0x28, 0x2B, 0x7C,
-    0x26, 0xE9, 0xEA, 0xEB, 0xE8, 0xED, 0xEE, 0xEF, 0xEC, 0xDF, 0x21, 0x24, 0x2A, 0x29, 0x3B, 0xAC,
-    0x2D, 0x2F, 0xC2, 0xC4, 0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xD1, 0xA6, 0x2C, 0x25, 0x5F, 0x3E, 0x3F,
-    0xF8, 0xC9, 0xCA, 0xCB, 0xC8, 0xCD, 0xCE, 0xCF, 0xCC, 0x60, 0x3A, 0x23, 0x40, 0x27, 0x3D, 0x22,
-    0xD8, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0xAB, 0xBB, 0xF0, 0xFD, 0xFE, 0xB1,
-    0xB0, 0x6A, 0x6B, 0x6C, 0x6D, 0x6E, 0x6F, 0x70, 0x71, 0x72, 0xAA, 0xBA, 0xE6, 0xB8, 0xC6, 0xA4,
-    0xB5, 0x7E, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0xA1, 0xBF, 0xD0, 0xDD, 0xDE, 0xAE,
-    0x5E, 0xA3, 0xA5, 0xB7, 0xA9, 0xA7, 0xB6, 0xBC, 0xBD, 0xBE, 0x5B, 0x5D, 0xAF, 0xA8, 0xB4, 0xD7,
-    0x7B, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0xAD, 0xF4, 0xF6, 0xF2, 0xF3, 0xF5,
-    0x7D, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F, 0x50, 0x51, 0x52, 0xB9, 0xFB, 0xFC, 0xF9, 0xFA, 0xFF,
-    0x5C, 0xF7, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A, 0xB2, 0xD4, 0xD6, 0xD2, 0xD3, 0xD5,
-    0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0xB3, 0xDB, 0xDC, 0xD9, 0xDA, 0x9F,
-];
-
-/// CCSID 1047 (z/OS Open Systems Latin-1): EBCDIC byte -> ISO 8859-1 code point.
-#[rustfmt::skip]
-const CP1047: [u8; 256] = [
-    0x00, 0x01, 0x02, 0x03, 0x9C, 0x09, 0x86, 0x7F, 0x97, 0x8D, 0x8E, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F,
-    0x10, 0x11, 0x12, 0x13, 0x9D, 0x85, 0x08, 0x87, 0x18, 0x19, 0x92, 0x8F, 0x1C, 0x1D, 0x1E, 0x1F,
-    0x80, 0x81, 0x82, 0x83, 0x84, 0x0A, 0x17, 0x1B, 0x88, 0x89, 0x8A, 0x8B, 0x8C, 0x05, 0x06, 0x07,
-    0x90, 0x91, 0x16, 0x93, 0x94, 0x95, 0x96, 0x04, 0x98, 0x99, 0x9A, 0x9B, 0x14, 0x15, 0x9E, 0x1A,
-    0x20, 0xA0, 0xE2, 0xE4, 0xE0, 0xE1, 0xE3, 0xE5, 0xE7, 0xF1, 0xA2, 0x2E, 0x3C, 0x28, 0x2B, 0x7C,
-    0x26, 0xE9, 0xEA, 0xEB, 0xE8, 0xED, 0xEE, 0xEF, 0xEC, 0xDF, 0x21, 0x24, 0x2A, 0x29, 0x3B, 0x5E,
-    0x2D, 0x2F, 0xC2, 0xC4, 0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xD1, 0xA6, 0x2C, 0x25, 0x5F, 0x3E, 0x3F,
-    0xF8, 0xC9, 0xCA, 0xCB, 0xC8, 0xCD, 0xCE, 0xCF, 0xCC, 0x60, 0x3A, 0x23, 0x40, 0x27, 0x3D, 0x22,
-    0xD8, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0xAB, 0xBB, 0xF0, 0xFD, 0xFE, 0xB1,
-    0xB0, 0x6A, 0x6B, 0x6C, 0x6D, 0x6E, 0x6F, 0x70, 0x71, 0x72, 0xAA, 0xBA, 0xE6, 0xB8, 0xC6, 0xA4,
-    0xB5, 0x7E, 0x73, 0x74, 0x75, 0x76, 0x77, 0x78, 0x79, 0x7A, 0xA1, 0xBF, 0xD0, 0x5B, 0xDE, 0xAE,
-    0xAC, 0xA3, 0xA5, 0xB7, 0xA9, 0xA7, 0xB6, 0xBC, 0xBD, 0xBE, 0xDD, 0xA8, 0xAF, 0x5D, 0xB4, 0xD7,
-    0x7B, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0xAD, 0xF4, 0xF6, 0xF2, 0xF3, 0xF5,
-    0x7D, 0x4A, 0x4B, 0x4C, 0x4D, 0x4E, 0x4F, 0x50, 0x51, 0x52, 0xB9, 0xFB, 0xFC, 0xF9, 0xFA, 0xFF,
-    0x5C, 0xF7, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59, 0x5A, 0xB2, 0xD4, 0xD6, 0xD2, 0xD3, 0xD5,
-    0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0xB3, 0xDB, 0xDC, 0xD9, 0xDA, 0x9F,
-];
 
 #[cfg(test)]
 mod tests {
@@ -158,37 +244,73 @@ mod tests {
         e.encode_into(s, &mut out).map(|()| out)
     }
 
+    fn page(ccsid: u16) -> Encoding {
+        Encoding::parse(&format!("ebcdic-{ccsid}")).unwrap()
+    }
+
     #[test]
     fn well_known_ebcdic_code_points() {
-        for e in [Encoding::Ebcdic037, Encoding::Ebcdic1047] {
+        for e in [page(37), page(1047), page(500), page(1140)] {
             assert_eq!(
                 enc(e, "A0 az9").unwrap(),
                 [0xC1, 0xF0, 0x40, 0x81, 0xA9, 0xF9]
             );
-            assert_eq!(enc(e, "{}\n").unwrap(), [0xC0, 0xD0, 0x25]);
-            assert_eq!(enc(e, "é€").unwrap_err(), '€');
+            assert_eq!(enc(e, "{}\n").unwrap()[2], 0x25);
         }
+        assert_eq!(enc(page(37), "é€").unwrap_err(), '€');
+        assert_eq!(enc(page(1140), "€").unwrap(), [0x9F]);
+        assert_eq!(enc(page(1140), "¤").unwrap_err(), '¤');
+        assert_eq!(enc(page(273), "ÄÖÜ").unwrap(), [0x4A, 0xE0, 0x5A]);
     }
 
     #[test]
     fn cp1047_differs_from_cp037_where_ibm_says() {
-        let diffs: Vec<usize> = (0..256).filter(|&i| CP037[i] != CP1047[i]).collect();
+        let (a, b) = (page(37), page(1047));
+        let diffs: Vec<u8> = (0..=255u8)
+            .filter(|&i| a.char_of(i) != b.char_of(i))
+            .collect();
         assert_eq!(diffs, [0x5F, 0xAD, 0xB0, 0xBA, 0xBB, 0xBD]);
-        assert_eq!(enc(Encoding::Ebcdic037, "[]^").unwrap(), [0xBA, 0xBB, 0xB0]);
-        assert_eq!(
-            enc(Encoding::Ebcdic1047, "[]^").unwrap(),
-            [0xAD, 0xBD, 0x5F]
-        );
+        assert_eq!(enc(a, "[]^").unwrap(), [0xBA, 0xBB, 0xB0]);
+        assert_eq!(enc(b, "[]^").unwrap(), [0xAD, 0xBD, 0x5F]);
     }
 
     #[test]
     fn tables_are_permutations_and_round_trip() {
-        for e in [Encoding::Ebcdic037, Encoding::Ebcdic1047] {
-            let all: String = (0u8..=255).map(char::from).collect();
-            let bytes = enc(e, &all).unwrap();
-            let back: String = bytes.iter().map(|&b| e.decode_byte(b)).collect();
+        for p in CodePage::all() {
+            let e = Encoding::Ebcdic(p);
+            let all: String = (0..=255u8).map(|b| e.char_of(b).unwrap()).collect();
+            assert_eq!(
+                enc(e, &all).unwrap(),
+                (0..=255u8).collect::<Vec<_>>(),
+                "{}",
+                e.name()
+            );
+            let mut back = String::new();
+            e.decode_into(&(0..=255u8).collect::<Vec<_>>(), &mut back)
+                .unwrap();
             assert_eq!(back, all);
+            // The ASCII fast path of `encode_into` relies on this.
+            let inv = &INVERSE[usize::from(p.0)].latin1;
+            assert!((0..128).all(|a| inv[a] != NONE), "{}", e.name());
+            assert!(
+                INVERSE[usize::from(p.0)]
+                    .extra
+                    .iter()
+                    .filter(|(c, _)| *c != '\0')
+                    .count()
+                    <= 2
+            );
         }
+    }
+
+    #[test]
+    fn names_and_spellings() {
+        assert_eq!(Encoding::parse("CP037"), Some(page(37)));
+        assert_eq!(Encoding::parse("ibm-1047"), Some(page(1047)));
+        assert_eq!(Encoding::parse("ebcdic-037").unwrap().name(), "ebcdic-037");
+        assert_eq!(page(1149).name(), "ebcdic-1149");
+        assert_eq!(Encoding::parse("ebcdic-999"), None);
+        assert_eq!(Encoding::parse("utf-8"), None);
     }
 
     #[test]
@@ -196,5 +318,7 @@ mod tests {
         assert_eq!(enc(Encoding::Ascii, "café").unwrap_err(), 'é');
         assert_eq!(enc(Encoding::Latin1, "café").unwrap(), b"caf\xE9");
         assert_eq!(enc(Encoding::Latin1, "Łódź").unwrap_err(), 'Ł');
+        let mut s = String::new();
+        assert_eq!(Encoding::Ascii.decode_into(b"ab\xE9", &mut s), Err(2));
     }
 }

@@ -1,44 +1,57 @@
 //! The map engine: a connector file's mapping keys (SPEC §4) compiled into a [`Mapping`]
 //! that turns an [`Event`] into the record bytes a legacy system expects — fixed-width,
-//! CSV, JSON lines or SOAP elements, in ASCII, Latin-1 or EBCDIC, optionally laid out by a
-//! COBOL copybook, with transforms and compliance rules applied first.
+//! CSV, JSON lines or SOAP elements, in ASCII, Latin-1 or an EBCDIC code page, optionally
+//! laid out by a COBOL copybook, framed as fixed-length, RDW or line records, with
+//! transforms and compliance rules applied first — and record bytes back into JSON
+//! ([`Mapping::decode`]), the way a pickup source reads a legacy file.
 //!
 //! Reading order: [`spec`] (the field language as written) → [`copybook`] (layouts) →
-//! `compile` here (every problem collected as a `file:line:col` diagnostic) → [`field`]
-//! (one field's value pipeline) → `render` here (one record) → [`encoding`] (bytes).
+//! `compile` (every problem collected as a `file:line:col` diagnostic) → [`field`] (one
+//! field's value pipeline and byte layout) → [`layout`] (the record's plan: REDEFINES,
+//! variable-length tables) → `render` here (one record) → [`frame`] (fixed / RDW / lines)
+//! → [`encoding`] (bytes). Back: [`frame::Framing::split`] → [`Mapping::decode`] →
+//! [`decode`] (the JSON views).
 //!
 //! Architecture invariant: this module does no I/O after compilation (a copybook named by
 //! `layout:` is read while compiling; `cli` reads files for the command line); rendering is
-//! a pure function of event and mapping, so a record can be re-made identically on replay.
+//! a pure function of event and mapping, so a record can be re-made identically on replay;
+//! decoding is a pure function of record bytes and mapping.
 //!
-//! Architecture invariant: a fixed-width record is always exactly [`Mapping::record_len`]
-//! bytes plus the line end, or the event is refused with a [`MapError`]; no value is ever
-//! silently cut, rounded (decimals never pass through a float) or replaced by `?`.
+//! Architecture invariant: a fixed-width record is always exactly its layout's bytes (the
+//! longest layout for fixed-length framing) plus its framing, or the event is refused with a
+//! [`MapError`]; no value is ever silently cut, rounded (decimals never pass through a
+//! float) or replaced by `?`.
 
 pub mod cli;
+mod codepages;
+mod compile;
 pub mod copybook;
 pub mod decimal;
+pub mod decode;
 pub mod encoding;
 pub mod field;
+pub mod float;
+pub mod frame;
+pub mod layout;
 pub mod spec;
 pub mod transform;
 
 use std::borrow::Cow;
-use std::path::Path;
 
 use chrono::DateTime;
-use chrono::format::StrftimeItems;
 use chrono_tz::Tz;
-use serde_saphyr::Spanned;
+use serde_json::Value;
 
 use crate::config::Diagnostic;
-use crate::config::connector::{FieldSpec, Fields, LoadedConnector};
+use crate::config::connector::LoadedConnector;
 use crate::event::{Event, Record};
 use decimal::Decimal;
+use decode::{DecodeError, Template};
 use encoding::Encoding;
-use field::{Batch, Field, Kind, Raw};
-use spec::{Align, FieldDef, Overflow, Source};
-use transform::{Mask, Transforms};
+use field::{Batch, Field, Raw};
+use frame::Framing;
+use layout::{Misfit, Plan, Slots, Walk};
+use transform::Transforms;
 
 /// What compiling needs beyond the file itself.
 #[derive(Debug, Clone)]
@@ -84,16 +97,30 @@ pub struct Mapping {
     events: Option<Vec<String>>,
     format: Format,
     fields: Vec<Field>,
+    /// How the fields make a fixed-width record (a copybook's tree, or the fields in order).
+    plan: Plan,
     header: Vec<Field>,
     trailer: Vec<Field>,
+    /// For control records laid out by one of the copybook's record types: its plan (the
+    /// header's / trailer's fields are then the copybook's, the others blank or VALUE).
+    header_plan: Option<Plan>,
+    trailer_plan: Option<Plan>,
     encoding: Encoding,
     line_end: String,
+    framing: Framing,
     csv_delimiter: char,
     csv_header: bool,
     transforms: Transforms,
     timezone: Tz,
     /// `$sum:FIELD` of header/trailer: (FIELD, index into `fields`).
     sums: Vec<(String, usize)>,
+    /// The payload paths the fields read, sorted by first key (see [`field::lookup_all`]).
+    lookups: Vec<field::Lookup>,
+    /// The decoded record by field name, and as the event it came from.
+    fields_view: Template,
+    /// The fields view's `"NAME":` keys (written as fixed-width records are read).
+    field_keys: Vec<Option<String>>,
+    event_view: Template,
 }
 
 /// One value ready for the record syntax.
@@ -104,14 +131,46 @@ enum Out<'a> {
     Json(String),
 }
 
+/// One decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The REDEFINES alternative (or 01 record) the record is, when the layout has several.
+    pub record_type: Option<String>,
+    /// The JSON text of the view asked for.
+    pub json: String,
+}
+
+/// Which JSON a record decodes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// `{"FIELD-NAME": value, ...}`: the layout's names.
+    Fields,
+    /// `{"type": .., "payload": {..}}`: the event the map would have been given.
+    Event,
+}
+
+/// Scratch space reused from record to record when decoding many.
+#[derive(Debug, Default)]
+pub struct DecodeScratch {
+    walk: Walk,
+    slots: Slots,
+    line: String,
+}
+
 impl Mapping {
     /// Compiles the mapping keys of `conn`; every problem is returned.
     pub fn compile(conn: &LoadedConnector, ctx: &MapContext) -> Result<Mapping, Vec<Diagnostic>> {
-        Compiler {
-            file: &conn.path,
-            errs: Vec::new(),
-        }
-        .compile(conn, ctx)
+        compile::compile(conn, ctx, false)
+    }
+
+    /// Compiles a layout for decoding only: as [`Mapping::compile`], except that a file
+    /// with `layout:` and no `fields:` reads every copybook field under its own name (a
+    /// pickup source's records: `layout:`, `record:`, `layout_when:`).
+    pub fn compile_layout(
+        conn: &LoadedConnector,
+        ctx: &MapContext,
+    ) -> Result<Mapping, Vec<Diagnostic>> {
+        compile::compile(conn, ctx, true)
     }
 
     /// Whether this connector takes events of `event_type`.
@@ -129,42 +188,334 @@ impl Mapping {
         self.encoding
     }
 
-    /// The line end, as written (before encoding).
+    /// The line end, as written (before encoding); empty for fixed-length and RDW framing.
     pub fn line_end(&self) -> &str {
         &self.line_end
     }
 
-    /// For `format: fixed`, the bytes of every record without its line end.
+    /// How records sit one after another in a file (what [`frame::Framing::split`] needs).
+    pub fn framing(&self) -> &Framing {
+        &self.framing
+    }
+
+    /// For `format: fixed` with records all of one length, that length (framing not
+    /// counted).
     pub fn record_len(&self) -> Option<usize> {
         if self.format != Format::Fixed {
             return None;
         }
-        self.fields.iter().map(|f| f.kind.width()).sum()
+        if matches!(self.framing, Framing::Fixed(_)) || self.plan.is_fixed_len() {
+            return Some(self.plan.len);
+        }
+        None
     }
 
-    /// Makes the record for `event`, line end included, in the target encoding.
+    /// For `format: fixed`, the bytes of the longest record (framing not counted).
+    pub fn max_record_len(&self) -> Option<usize> {
+        (self.format == Format::Fixed).then_some(self.plan.len)
+    }
+
+    /// The fields of the record, in layout order (FILLER and unmapped fields included).
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// Makes the record for `event`, framing included, in the target encoding.
     pub fn render(&self, event: &Event) -> Result<Record, MapError> {
         let payload = self
             .transforms
             .apply(&event.payload)
             .map_err(MapError::Compliance)?;
         let json = self.format == Format::Json;
-        let mut out = Vec::with_capacity(self.record_len().unwrap_or(64) + 2);
-        self.write_record(&self.fields, &mut out, |f| {
-            let raw = f.resolve(event, &payload)?;
-            if json && f.is_passthrough() {
-                match &raw {
-                    Raw::Json(v) => return Ok(Out::Json(v.to_string())),
-                    Raw::Int(n) => return Ok(Out::Json(n.to_string())),
-                    _ => {}
-                }
-            }
-            f.text(&raw, self.timezone).map(Out::Text)
-        })?;
+        // The payload values, on the stack for records of up to 64 fields.
+        let (mut stack, mut heap) = ([None; 64], Vec::new());
+        let found: &mut [Option<&Value>] = if self.fields.len() <= 64 {
+            &mut stack[..self.fields.len()]
+        } else {
+            heap.resize(self.fields.len(), None);
+            &mut heap
+        };
+        field::lookup_all(&payload, &self.lookups, found);
+        let found = &*found;
+        let mut out = Vec::with_capacity(self.plan.len + 8);
+        let value = |i: usize, f| self.value(f, event, found[i], json);
+        if self.format != Format::Fixed {
+            self.write_record(&self.fields, None, &mut out, value)?;
+        } else {
+            let enc = self.encoding;
+            let field_err = |f: &Field, message: String| MapError::Field {
+                field: f.name.clone(),
+                message,
+            };
+            self.framed(&mut out, |out| {
+                let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
+                    let f = &self.fields[i];
+                    // A payload date only formatted: into a buffer, no allocation.
+                    if let (Some(Value::String(s)), true) = (found[i], f.is_plain_date()) {
+                        let mut buf = [0u8; 32];
+                        if let Some(t) = f.date_into(s, self.timezone, &mut buf) {
+                            let t = t.map_err(|m| field_err(f, m))?;
+                            return f.write(Some(t), enc, out).map_err(|m| field_err(f, m));
+                        }
+                    }
+                    // The common field (a payload path, no modifier before the layout):
+                    // its text as sent, straight into the record.
+                    let text = match found[i] {
+                        Some(Value::String(s)) if f.is_plain() => Cow::Borrowed(s.as_str()),
+                        Some(Value::Number(n)) if f.is_plain() => Cow::Borrowed(n.as_str()),
+                        _ => match value(i, f).map_err(|m| field_err(f, m))? {
+                            Out::Text(Some(t)) => t,
+                            Out::Text(None) => {
+                                return f.write(None, enc, out).map_err(|m| field_err(f, m));
+                            }
+                            Out::Json(_) => unreachable_json(),
+                        },
+                    };
+                    f.write(Some(&text), enc, out).map_err(|m| field_err(f, m))
+                };
+                let misfit = |m: Misfit| MapError::Field {
+                    field: m.field,
+                    message: m.message,
+                };
+                self.plan
+                    .encode(&self.fields, enc, out, &mut render, &misfit)
+            })?;
+        }
         Ok(Record {
             seq: event.seq,
             bytes: out,
         })
+    }
+
+    /// One field's value for `event` through its pipeline (`found`: its payload value).
+    fn value<'a>(
+        &'a self,
+        f: &'a Field,
+        event: &'a Event,
+        found: Option<&'a Value>,
+        json: bool,
+    ) -> Result<Out<'a>, String> {
+        let raw = f.resolve_found(event, found)?;
+        if json && f.is_passthrough() {
+            match &raw {
+                Raw::Json(v) => return Ok(Out::Json(v.to_string())),
+                Raw::Int(n) => return Ok(Out::Json(n.to_string())),
+                _ => {}
+            }
+        }
+        f.text(&raw, self.timezone).map(Out::Text)
+    }
+
+    /// Decodes one record (its data, framing removed: a [`frame::Frame`]'s bytes) into the
+    /// JSON of `view`. `index` is the record's position, for the error.
+    pub fn decode(&self, record: &[u8], index: usize, view: View) -> Result<Decoded, DecodeError> {
+        let mut scratch = DecodeScratch::default();
+        let mut json = String::new();
+        let record_type = self.decode_into(record, index, view, &mut scratch, &mut json)?;
+        Ok(Decoded {
+            record_type: record_type.map(str::to_string),
+            json,
+        })
+    }
+
+    /// [`Mapping::decode`] appending the JSON to `out` and reusing `scratch`: the form for
+    /// decoding whole files. Returns the record type.
+    pub fn decode_into(
+        &self,
+        record: &[u8],
+        index: usize,
+        view: View,
+        scratch: &mut DecodeScratch,
+        out: &mut String,
+    ) -> Result<Option<&str>, DecodeError> {
+        let err = |field: String, offset: usize, message: String| DecodeError {
+            record_index: index,
+            field,
+            offset,
+            message,
+        };
+        match self.format {
+            Format::Fixed => {
+                let exact = !matches!(self.framing, Framing::Fixed(_));
+                let misfit = |m: Misfit| err(m.field, m.offset, m.message);
+                if view == View::Fields {
+                    // Written as it is read: no intermediate values.
+                    let start = out.len();
+                    out.push('{');
+                    let mut sink = decode::FieldsJson {
+                        keys: &self.field_keys,
+                        out,
+                        first: true,
+                    };
+                    let r = self.plan.decode(
+                        &self.fields,
+                        self.encoding,
+                        record,
+                        exact,
+                        &mut scratch.walk,
+                        &mut sink,
+                    );
+                    if let Err(m) = r {
+                        out.truncate(start);
+                        return Err(misfit(m));
+                    }
+                    out.push('}');
+                    return Ok(self.plan.record_type(&scratch.walk.chosen));
+                }
+                scratch.slots.clear(self.fields.len());
+                self.plan
+                    .decode(
+                        &self.fields,
+                        self.encoding,
+                        record,
+                        exact,
+                        &mut scratch.walk,
+                        &mut scratch.slots,
+                    )
+                    .map_err(misfit)?;
+            }
+            Format::Csv => {
+                scratch.walk.chosen.clear();
+                self.split_csv(record, index, scratch)?;
+            }
+            Format::Json | Format::Soap => {
+                return Err(err(
+                    "(record)".into(),
+                    0,
+                    format!(
+                        "format {} is not decoded; decoding reads fixed-width and CSV records",
+                        if self.format == Format::Json {
+                            "json"
+                        } else {
+                            "soap"
+                        }
+                    ),
+                ));
+            }
+        }
+        let view = match view {
+            View::Fields => &self.fields_view,
+            View::Event => &self.event_view,
+        };
+        view.write(&self.fields, &scratch.slots, self.timezone, out)
+            .map_err(|(i, m)| err(self.fields[i].name.clone(), 0, m))?;
+        Ok(self.plan.record_type(&scratch.walk.chosen))
+    }
+
+    /// Where each field of a fixed-width record's data sits: (field index, offset), in
+    /// record order; `None` when the data does not decode.
+    pub fn spans(&self, data: &[u8]) -> Option<Vec<(usize, usize)>> {
+        if self.format != Format::Fixed {
+            return None;
+        }
+        let (mut walk, mut slots) = (Walk::default(), Slots::default());
+        slots.clear(self.fields.len());
+        self.plan
+            .decode(
+                &self.fields,
+                self.encoding,
+                data,
+                false,
+                &mut walk,
+                &mut slots,
+            )
+            .ok()?;
+        let mut out: Vec<(usize, usize)> = walk
+            .offsets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.map(|o| (i, o as usize)))
+            .collect();
+        out.sort_by_key(|&(_, o)| o);
+        Some(out)
+    }
+
+    /// One CSV record into the slots: RFC 4180 fields (quotes, doubled quotes), each read
+    /// by its field's layout (padding removed, numbers from their text).
+    fn split_csv(
+        &self,
+        record: &[u8],
+        index: usize,
+        scratch: &mut DecodeScratch,
+    ) -> Result<(), DecodeError> {
+        let err = |field: &str, offset: usize, message: String| DecodeError {
+            record_index: index,
+            field: field.to_string(),
+            offset,
+            message,
+        };
+        scratch.line.clear();
+        self.encoding
+            .decode_into(record, &mut scratch.line)
+            .map_err(|at| {
+                err(
+                    "(record)",
+                    at,
+                    format!(
+                        "byte 0x{:02X} is not a character in {}",
+                        record[at],
+                        self.encoding.name()
+                    ),
+                )
+            })?;
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .delimiter(u8::try_from(self.csv_delimiter).unwrap_or(b','))
+            .from_reader(scratch.line.as_bytes());
+        let mut row = csv::StringRecord::new();
+        let ok = reader
+            .read_record(&mut row)
+            .map_err(|e| err("(record)", 0, format!("not a CSV record: {e}")))?;
+        let slots = &mut scratch.slots;
+        slots.clear(self.fields.len());
+        if !ok {
+            return Err(err("(record)", 0, "the record is empty".into()));
+        }
+        if row.len() != self.fields.len() {
+            return Err(err(
+                "(record)",
+                0,
+                format!(
+                    "the record has {} columns; the map has {}",
+                    row.len(),
+                    self.fields.len()
+                ),
+            ));
+        }
+        for (i, (f, cell)) in self.fields.iter().zip(row.iter()).enumerate() {
+            let a = slots.text.len();
+            match &f.kind {
+                field::Kind::Text { align, pad, .. } => {
+                    let t = match align {
+                        spec::Align::Left => cell.trim_end_matches(*pad),
+                        spec::Align::Right => cell.trim_start_matches(*pad),
+                    };
+                    slots.text.push_str(t);
+                }
+                kind => {
+                    let mut bytes = Vec::new();
+                    Encoding::Ascii
+                        .encode_into(cell, &mut bytes)
+                        .map_err(|_| err(&f.name, 0, "the value is not a number".into()))?;
+                    if Some(bytes.len()) != kind.width() {
+                        return Err(err(
+                            &f.name,
+                            0,
+                            format!(
+                                "the value is {} characters; the picture has {}",
+                                bytes.len(),
+                                kind.width().unwrap_or(0)
+                            ),
+                        ));
+                    }
+                    kind.decode(&bytes, Encoding::Ascii, &mut slots.text)
+                        .map_err(|b| err(&f.name, b.at, b.message))?;
+                }
+            }
+            // A CSV record is far below 4 GiB.
+            slots.spans[i] = Some((a as u32, slots.text.len() as u32));
+        }
+        Ok(())
     }
 
     /// The CSV column-name row (with line end, encoded) when `csv.header: true`; a file
@@ -181,13 +532,14 @@ impl Mapping {
             }
             csv_quote(&f.name, self.csv_delimiter, &mut line);
         }
-        line.push_str(&self.line_end);
+        let mut data = Vec::new();
         self.encoding
-            .encode_into(&line, &mut out)
+            .encode_into(&line, &mut data)
             .map_err(|c| MapError::Field {
                 field: "(csv header row)".into(),
                 message: field::unmappable(c, self.encoding),
             })?;
+        self.frame(&data, &mut out)?;
         Ok(out)
     }
 
@@ -199,7 +551,7 @@ impl Mapping {
         now: DateTime<Tz>,
     ) -> Result<Vec<u8>, MapError> {
         let mut out = self.csv_header_row()?;
-        out.extend(self.control(&self.header, items, now)?);
+        out.extend(self.control(&self.header, self.header_plan.as_ref(), items, now)?);
         Ok(out)
     }
 
@@ -210,12 +562,13 @@ impl Mapping {
         items: &[(Event, Record)],
         now: DateTime<Tz>,
     ) -> Result<Vec<u8>, MapError> {
-        self.control(&self.trailer, items, now)
+        self.control(&self.trailer, self.trailer_plan.as_ref(), items, now)
     }
 
     fn control(
         &self,
         fields: &[Field],
+        plan: Option<&Plan>,
         items: &[(Event, Record)],
         now: DateTime<Tz>,
     ) -> Result<Vec<u8>, MapError> {
@@ -253,42 +606,91 @@ impl Mapping {
             }
             batch.sums.push((name.clone(), total));
         }
-        self.write_record(fields, &mut out, |f| {
+        self.write_record(fields, plan, &mut out, |_, f| {
             f.text(&f.resolve_control(&batch)?, self.timezone)
                 .map(Out::Text)
         })?;
         Ok(out)
     }
 
-    /// Lays `fields` out in the map's record syntax and encoding, line end included.
+    /// Writes one fixed-width record with `write` in place, then frames it (descriptor words
+    /// filled in, or the line end added; a record shorter than fixed-length framing's
+    /// length is filled with spaces): no copy of the record.
+    fn framed(
+        &self,
+        out: &mut Vec<u8>,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), MapError>,
+    ) -> Result<(), MapError> {
+        let start = out.len();
+        out.resize(start + self.framing.prefix_len(), 0);
+        write(out)?;
+        if let Framing::Fixed(len) = &self.framing {
+            if out.len() - start < *len {
+                out.resize(start + len, self.encoding.space());
+            }
+        }
+        self.framing
+            .finish(out, start)
+            .map_err(|message| MapError::Field {
+                field: "(record)".into(),
+                message,
+            })
+    }
+
+    /// Frames `data` (already encoded) as one record.
+    fn frame(&self, data: &[u8], out: &mut Vec<u8>) -> Result<(), MapError> {
+        self.framing
+            .write(data, out)
+            .map_err(|message| MapError::Field {
+                field: "(record)".into(),
+                message,
+            })
+    }
+
+    /// Lays `fields` out in the map's record syntax and encoding, framing included. `plan`
+    /// (fixed format) says how the fields make the record; without it they go in order.
     fn write_record<'f>(
         &self,
         fields: &'f [Field],
+        plan: Option<&Plan>,
         out: &mut Vec<u8>,
-        mut value: impl FnMut(&'f Field) -> Result<Out<'f>, String>,
+        mut value: impl FnMut(usize, &'f Field) -> Result<Out<'f>, String>,
     ) -> Result<(), MapError> {
         let enc = self.encoding;
-        let encode = |s: &str, out: &mut Vec<u8>, f: &Field| {
-            enc.encode_into(s, out).map_err(|c| MapError::Field {
-                field: f.name.clone(),
-                message: field::unmappable(c, enc),
-            })
+        let field_err = |f: &Field, message: String| MapError::Field {
+            field: f.name.clone(),
+            message,
         };
+        if self.format == Format::Fixed {
+            // Control records: laid out by their record type's plan, or their fields in
+            // order; framed like the records.
+            let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
+                let f = &fields[i];
+                let v = value(i, f).map_err(|m| field_err(f, m))?;
+                let Out::Text(t) = v else { unreachable_json() };
+                f.write(t.as_deref(), enc, out).map_err(|m| field_err(f, m))
+            };
+            return self.framed(out, |out| match plan {
+                Some(p) => {
+                    let misfit = |m: Misfit| MapError::Field {
+                        field: m.field,
+                        message: m.message,
+                    };
+                    p.encode(fields, enc, out, &mut render, &misfit)
+                }
+                None => (0..fields.len()).try_for_each(|i| render(i, out)),
+            });
+        }
         let mut line = String::new();
+        let mut data = Vec::new();
         if self.format == Format::Json {
             line.push('{');
         }
         for (i, f) in fields.iter().enumerate() {
-            let err = |message: String| MapError::Field {
-                field: f.name.clone(),
-                message,
-            };
-            let v = value(f).map_err(err)?;
+            let err = |message: String| field_err(f, message);
+            let v = value(i, f).map_err(err)?;
             match self.format {
-                Format::Fixed => {
-                    let Out::Text(t) = v else { unreachable_json() };
-                    f.write(t.as_deref(), enc, out).map_err(err)?;
-                }
+                Format::Fixed => unreachable!("handled above"),
                 Format::Csv => {
                     let Out::Text(t) = v else { unreachable_json() };
                     if i > 0 {
@@ -301,13 +703,13 @@ impl Mapping {
                     if i > 0 {
                         line.push(',');
                     }
-                    line.push_str(&serde_json::Value::from(f.name.as_str()).to_string());
+                    decode::push_str(&mut line, &f.name);
                     line.push(':');
                     match v {
                         Out::Json(j) => line.push_str(&j),
                         Out::Text(t) => {
                             let laid = f.layout_text(t.as_deref()).map_err(err)?;
-                            line.push_str(&serde_json::Value::from(laid.as_ref()).to_string());
+                            decode::push_str(&mut line, &laid);
                         }
                     }
                 }
@@ -325,19 +727,19 @@ impl Mapping {
             }
             // Characters are encoded field by field so an unmappable one names its field.
             if !line.is_empty() && self.format != Format::Json {
-                encode(&line, out, f)?;
+                enc.encode_into(&line, &mut data)
+                    .map_err(|c| err(field::unmappable(c, enc)))?;
                 line.clear();
             }
         }
         if self.format == Format::Json {
             line.push('}');
             if let Some(f) = fields.first() {
-                encode(&line, out, f)?;
+                enc.encode_into(&line, &mut data)
+                    .map_err(|c| field_err(f, field::unmappable(c, enc)))?;
             }
         }
-        // The line end is one of "\n", "\r\n", "" (checked by the compiler): always encodable.
-        let _ = enc.encode_into(&self.line_end, out);
-        Ok(())
+        self.frame(&data, out)
     }
 }
 
@@ -367,494 +769,5 @@ fn xml_escape(s: &str, out: &mut String) {
             '\'' => out.push_str("&apos;"),
             c => out.push(c),
         }
-    }
-}
-
-fn is_xml_name(s: &str) -> bool {
-    let mut cs = s.chars();
-    cs.next().is_some_and(|c| c.is_alphabetic() || c == '_')
-        && cs.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && !s.to_ascii_lowercase().starts_with("xml")
-}
-
-/// Collects every problem of one connector file.
-struct Compiler<'a> {
-    file: &'a Path,
-    errs: Vec<Diagnostic>,
-}
-
-/// A sample time for computing how wide a `format:` pattern renders.
-fn pattern_width(pattern: &str) -> Option<usize> {
-    let items = StrftimeItems::new(pattern).parse().ok()?;
-    let t = chrono::NaiveDate::from_ymd_opt(2025, 4, 12)?
-        .and_hms_opt(10, 3, 0)?
-        .and_utc();
-    let mut s = String::new();
-    use std::fmt::Write as _;
-    write!(s, "{}", t.format_with_items(items.iter())).ok()?;
-    Some(s.chars().count())
-}
-
-impl Compiler<'_> {
-    fn at<T>(&mut self, span: &Spanned<T>, msg: impl Into<String>) {
-        self.errs.push(Diagnostic::at(self.file, span, msg));
-    }
-
-    fn compile(
-        mut self,
-        conn: &LoadedConnector,
-        ctx: &MapContext,
-    ) -> Result<Mapping, Vec<Diagnostic>> {
-        let f = &conn.file;
-        let format = match &f.format {
-            None => Format::Fixed,
-            Some(s) => match s.value.trim() {
-                "fixed" => Format::Fixed,
-                "csv" => Format::Csv,
-                "json" => Format::Json,
-                "soap" => Format::Soap,
-                other => {
-                    self.at(
-                        s,
-                        format!("format {other:?} is not one of fixed, csv, json, soap"),
-                    );
-                    Format::Fixed
-                }
-            },
-        };
-        let overflow = match &f.overflow {
-            None => Overflow::Error,
-            Some(o) => Overflow::parse(&o.value).unwrap_or_else(|e| {
-                self.at(o, e);
-                Overflow::Error
-            }),
-        };
-        let (mut encoding, mut line_end) = (
-            Encoding::Ascii,
-            if format == Format::Soap { "" } else { "\n" }.to_string(),
-        );
-        if let Some(r) = &f.record {
-            if let Some(e) = &r.value.encoding {
-                match Encoding::parse(&e.value) {
-                    Some(enc) => encoding = enc,
-                    None => self.at(
-                        e,
-                        format!("encoding {:?} is not one of {}", e.value, encoding::NAMES),
-                    ),
-                }
-            }
-            if let Some(le) = &r.value.line_end {
-                if matches!(le.as_str(), "\n" | "\r\n" | "") {
-                    line_end = le.clone();
-                } else {
-                    self.at(
-                        r,
-                        format!("record.line_end {le:?} is not \"\\n\", \"\\r\\n\" or \"\""),
-                    );
-                }
-            }
-        }
-        let (mut csv_delimiter, mut csv_header) = (',', false);
-        if let Some(c) = &f.csv {
-            if format != Format::Csv {
-                self.at(c, "`csv:` options apply only to `format: csv`");
-            }
-            if let Some(d) = &c.value.delimiter {
-                let mut cs = d.chars();
-                match (cs.next(), cs.next()) {
-                    (Some(ch), None) if !matches!(ch, '"' | '\r' | '\n') => csv_delimiter = ch,
-                    _ => self.at(c, format!("csv.delimiter {d:?} must be one character other than a quote or line break")),
-                }
-            }
-            csv_header = c.value.header.unwrap_or(false);
-        }
-
-        let layout = f
-            .layout
-            .as_ref()
-            .and_then(|l| self.load_layout(conn, l, format));
-        let fields = self.record_fields(conn, format, overflow, layout.as_ref());
-        if let (Some(l), Some(cb)) = (&f.layout, &layout) {
-            if cb.fields.iter().any(|cf| cf.kind.is_binary()) && !line_end.is_empty() {
-                self.at(
-                    l,
-                    "the copybook has binary (COMP/COMP-3) fields, whose bytes can look like line ends: add `record: {line_end: \"\"}`",
-                );
-            }
-        }
-        if format == Format::Soap {
-            for fd in &fields {
-                if !is_xml_name(&fd.name) {
-                    let msg = format!(
-                        "field name {:?} is not a valid XML element name for format soap",
-                        fd.name
-                    );
-                    self.errs
-                        .push(Diagnostic::new(self.file, fd.pos.0, fd.pos.1, msg));
-                }
-            }
-        }
-
-        let mut sums = Vec::new();
-        let header = self.control_fields(f.header.as_ref(), format, overflow, &fields, &mut sums);
-        let trailer = self.control_fields(f.trailer.as_ref(), format, overflow, &fields, &mut sums);
-        let transforms = self.transforms(conn);
-
-        // Constants and pad characters are checked against the encoding now rather than
-        // failing every event.
-        for fd in fields.iter().chain(&header).chain(&trailer) {
-            let mut probe = Vec::new();
-            if let Source::Const(c) = &fd.source {
-                if let Err(ch) = encoding.encode_into(c, &mut probe) {
-                    let msg = format!(
-                        "constant {c:?} has {ch:?}, which {} cannot represent",
-                        encoding.name()
-                    );
-                    self.errs.push(Diagnostic::new(
-                        self.file,
-                        fd.pos.0,
-                        fd.pos.1,
-                        format!("field {}: {msg}", fd.name),
-                    ));
-                }
-            }
-            if let Kind::Text { pad, .. } = fd.kind {
-                if encoding
-                    .encode_into(pad.encode_utf8(&mut [0; 4]), &mut probe)
-                    .is_err()
-                {
-                    let msg = format!("pad {pad:?} cannot be written in {}", encoding.name());
-                    self.errs.push(Diagnostic::new(
-                        self.file,
-                        fd.pos.0,
-                        fd.pos.1,
-                        format!("field {}: {msg}", fd.name),
-                    ));
-                }
-            }
-        }
-        if !self.errs.is_empty() {
-            return Err(self.errs);
-        }
-        Ok(Mapping {
-            events: f.events.clone(),
-            format,
-            fields,
-            header,
-            trailer,
-            encoding,
-            line_end,
-            csv_delimiter,
-            csv_header,
-            transforms,
-            timezone: ctx.timezone,
-            sums,
-        })
-    }
-
-    fn load_layout(
-        &mut self,
-        conn: &LoadedConnector,
-        l: &Spanned<String>,
-        format: Format,
-    ) -> Option<copybook::Copybook> {
-        if format != Format::Fixed {
-            self.at(l, "`layout:` (a COBOL copybook) needs `format: fixed`");
-            return None;
-        }
-        let path = conn.base_dir().join(&l.value);
-        let text = match std::fs::read(&path) {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(e) => {
-                self.at(l, format!("cannot read copybook {}: {e}", path.display()));
-                return None;
-            }
-        };
-        match copybook::Copybook::parse(&text) {
-            Ok(c) => Some(c),
-            Err(errs) => {
-                for e in errs {
-                    self.errs
-                        .push(Diagnostic::new(&path, e.line as u64, 1, e.message));
-                }
-                None
-            }
-        }
-    }
-
-    /// Parses one field definition; problems are recorded at the definition.
-    fn def(&mut self, spec: &Spanned<FieldSpec>) -> Option<FieldDef> {
-        let r = match &spec.value {
-            FieldSpec::Short(s) => FieldDef::parse_short_at(s).map_err(|errs| {
-                // Point at the modifier when the value sits on one line, plain or quoted
-                // without escapes (its span is then the text, or the text plus two quotes).
-                let (line, col) = (spec.referenced.line(), spec.referenced.column());
-                let span_len = spec.referenced.span().len();
-                let n = s.chars().count() as u64;
-                let shift = if span_len == n {
-                    Some(0)
-                } else if span_len == n + 2 {
-                    Some(1)
-                } else {
-                    None
-                };
-                errs.into_iter()
-                    .map(|(at, m)| match shift.filter(|_| !s.contains('\n')) {
-                        Some(q) => Diagnostic::new(self.file, line, col + q + at as u64, m),
-                        None => Diagnostic::new(self.file, line, col, m),
-                    })
-                    .collect::<Vec<_>>()
-            }),
-            FieldSpec::Long(l) => FieldDef::from_long(l).map_err(|errs| {
-                errs.into_iter()
-                    .map(|m| Diagnostic::at(self.file, spec, m))
-                    .collect()
-            }),
-        };
-        match r {
-            Ok(d) => Some(d),
-            Err(diags) => {
-                self.errs.extend(diags);
-                None
-            }
-        }
-    }
-
-    fn record_fields(
-        &mut self,
-        conn: &LoadedConnector,
-        format: Format,
-        overflow: Overflow,
-        layout: Option<&copybook::Copybook>,
-    ) -> Vec<Field> {
-        let Some(Fields(entries)) = &conn.file.fields else {
-            self.at(&conn.file.target, "the map has no `fields:`; list the record's fields, e.g. `PERMIT_ID: id | width:10`");
-            return Vec::new();
-        };
-        if entries.is_empty() {
-            self.at(
-                &conn.file.target,
-                "`fields:` is empty; list the record's fields, e.g. `PERMIT_ID: id | width:10`",
-            );
-        }
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        let mut by_name = std::collections::HashMap::new();
-        for (name, spec) in entries {
-            if !seen.insert(name.value.clone()) {
-                self.at(name, format!("field {} is defined twice", name.value));
-                continue;
-            }
-            let Some(def) = self.def(spec) else { continue };
-            if let Some(Source::Path(p)) = &def.source {
-                if p.contains(&spec::PathSeg::Each) {
-                    self.at(spec, "`[*]` (every element) is for transform and compliance paths; a field takes one value, e.g. `items[0].code`");
-                    continue;
-                }
-            }
-            if let Some(src) = &def.source {
-                if src.is_control() {
-                    self.at(spec, "$count, $sum, $date, $first_seq and $last_seq belong in `header:` / `trailer:`");
-                    continue;
-                }
-            }
-            if let Some(cb) = layout {
-                match cb
-                    .fields
-                    .iter()
-                    .find(|cf| !cf.filler && cf.name == name.value)
-                {
-                    Some(cf) => {
-                        if let Some(f) = self.build(name, spec, def, format, overflow, Some(cf)) {
-                            by_name.insert(name.value.clone(), f);
-                        }
-                    }
-                    None => {
-                        let hint = cb
-                            .suggest(&name.value)
-                            .map(|s| format!(" (did you mean {s}?)"))
-                            .unwrap_or_default();
-                        self.at(
-                            name,
-                            format!("{} is not a field of the copybook{hint}", name.value),
-                        );
-                    }
-                }
-            } else if let Some(f) = self.build(name, spec, def, format, overflow, None) {
-                out.push(f);
-            }
-        }
-        if let Some(cb) = layout {
-            // Copybook order; FILLER and unmapped fields are blank (spaces, or zeros if numeric).
-            for cf in &cb.fields {
-                match by_name.remove(&cf.name) {
-                    Some(f) if !cf.filler => out.push(f),
-                    _ => out.push(Field::plain(&cf.name, Source::Blank, cf.kind.clone())),
-                }
-            }
-        }
-        out
-    }
-
-    fn build(
-        &mut self,
-        name: &Spanned<String>,
-        spec: &Spanned<FieldSpec>,
-        def: FieldDef,
-        format: Format,
-        overflow: Overflow,
-        from_layout: Option<&copybook::CopyField>,
-    ) -> Option<Field> {
-        let n = &name.value;
-        let before = self.errs.len();
-        let kind = if let Some(cf) = from_layout {
-            let w = cf.kind.width();
-            if def.width.is_some() && def.width != w {
-                self.at(spec, format!("width:{} disagrees with the copybook: {n} is PIC {} ({} bytes); remove the width", def.width.unwrap_or(0), cf.pic, w.unwrap_or(0)));
-            }
-            if let Some((pic, _)) = def.number {
-                self.at(
-                    spec,
-                    format!(
-                        "number:{pic:?} is not needed: the copybook gives {n} the picture {}",
-                        cf.pic
-                    ),
-                );
-            }
-            match &cf.kind {
-                Kind::Text { width, align, pad } => Kind::Text {
-                    width: *width,
-                    align: def.align.unwrap_or(*align),
-                    pad: def.pad.unwrap_or(*pad),
-                },
-                other => {
-                    if def.align.is_some() || def.pad.is_some() {
-                        self.at(spec, format!("{n} is numeric (PIC {}): it is always zero-filled and right-aligned; remove align/pad", cf.pic));
-                    }
-                    other.clone()
-                }
-            }
-        } else if let Some((pic, sign)) = def.number {
-            let kind = Kind::Zoned { pic, sign };
-            if def.width.is_some() && def.width != kind.width() {
-                self.at(spec, format!("width:{} disagrees with the number picture, which is {} characters; remove the width", def.width.unwrap_or(0), kind.width().unwrap_or(0)));
-            }
-            if def.align.is_some() || def.pad.is_some() {
-                self.at(
-                    spec,
-                    "a number picture is always zero-padded and right-aligned; remove align/pad",
-                );
-            }
-            kind
-        } else {
-            if format == Format::Fixed && def.width.is_none() {
-                let suggested = def
-                    .format
-                    .as_deref()
-                    .and_then(pattern_width)
-                    .map_or("N".to_string(), |w| w.to_string());
-                let shown = match &spec.value {
-                    FieldSpec::Short(s) => format!("{n}: {} | width:{suggested}", s.trim()),
-                    FieldSpec::Long(_) => format!("width: {suggested} in {n}'s definition"),
-                };
-                self.at(spec, format!(
-                    "field {n} has no width, and a fixed-width record needs one for every field: write `{shown}`{}",
-                    if suggested == "N" { " (N = the column width the legacy system expects)" } else { "" }
-                ));
-            }
-            Kind::Text {
-                width: def.width,
-                align: def.align.unwrap_or(Align::Left),
-                pad: def.pad.unwrap_or(' '),
-            }
-        };
-        let date = def.format.as_ref().and_then(|p| {
-            StrftimeItems::new(p)
-                .parse_to_owned()
-                .ok()
-                .map(|items| (items, p.clone()))
-        });
-        if self.errs.len() > before {
-            return None;
-        }
-        Some(Field {
-            name: n.clone(),
-            // A definition without a source was refused by FieldDef.
-            source: def.source.unwrap_or(Source::Blank),
-            default: def.default,
-            trim: def.trim,
-            map: def.map,
-            date,
-            case: def.case,
-            kind,
-            truncate: def.overflow.unwrap_or(overflow) == Overflow::Truncate,
-            pos: (name.referenced.line(), name.referenced.column()),
-        })
-    }
-
-    fn control_fields(
-        &mut self,
-        fields: Option<&Fields>,
-        format: Format,
-        overflow: Overflow,
-        record: &[Field],
-        sums: &mut Vec<(String, usize)>,
-    ) -> Vec<Field> {
-        let Some(Fields(entries)) = fields else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (name, spec) in entries {
-            let Some(def) = self.def(spec) else { continue };
-            match &def.source {
-                Some(Source::Sum(target)) => match record.iter().position(|f| &f.name == target) {
-                    Some(i) => {
-                        if !sums.iter().any(|(n, _)| n == target) {
-                            sums.push((target.clone(), i));
-                        }
-                    }
-                    None => self.at(
-                        spec,
-                        format!("$sum:{target}: {target} is not a field of this map"),
-                    ),
-                },
-                Some(s) if !s.is_control() && !matches!(s, Source::Const(_)) => {
-                    self.at(spec, "header/trailer fields take quoted constants and $count, $sum:FIELD, $date, $first_seq, $last_seq");
-                    continue;
-                }
-                _ => {}
-            }
-            if let Some(f) = self.build(name, spec, def, format, overflow, None) {
-                out.push(f);
-            }
-        }
-        out
-    }
-
-    fn transforms(&mut self, conn: &LoadedConnector) -> Transforms {
-        let mut t = Transforms::default();
-        if let Some(tr) = &conn.file.transform {
-            for d in &tr.value.drop_fields {
-                match transform::path(d) {
-                    Ok(p) => t.drop.push(p),
-                    Err(e) => self.at(tr, format!("transform.drop_fields: {e}")),
-                }
-            }
-            for (k, m) in &tr.value.mask {
-                match (transform::path(k), Mask::parse(m)) {
-                    (Ok(p), Ok(m)) => t.mask.push((p, m)),
-                    (Err(e), _) | (_, Err(e)) => self.at(tr, format!("transform.mask: {e}")),
-                }
-            }
-        }
-        if let Some(c) = &conn.file.compliance {
-            for d in &c.value.deny_fields {
-                match transform::path(d) {
-                    Ok(p) => t.deny.push((d.clone(), p)),
-                    Err(e) => self.at(c, format!("compliance.deny_fields: {e}")),
-                }
-            }
-        }
-        t
     }
 }

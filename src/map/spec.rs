@@ -31,6 +31,9 @@ pub enum Source {
     LastSeq,
     /// Spaces or zeros, whatever the field's type calls blank (copybook FILLER, unmapped fields).
     Blank,
+    /// `$88:NAME`: the value of the copybook's level-88 condition NAME (resolved to a
+    /// constant when the map is compiled).
+    Cond(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +46,7 @@ pub enum PathSeg {
 
 impl Source {
     /// The metadata and control names, for error messages.
-    const NAMES: &'static str = "$seq, $type, $key, $trace_id, $received_at, $ts (and in header/trailer: $count, $sum:FIELD, $date, $first_seq, $last_seq)";
+    const NAMES: &'static str = "$seq, $type, $key, $trace_id, $received_at, $ts, $88:CONDITION (a copybook level-88 name; and in header/trailer: $count, $sum:FIELD, $date, $first_seq, $last_seq)";
 
     pub fn parse(text: &str) -> Result<Source, String> {
         let t = text.trim();
@@ -65,8 +68,9 @@ impl Source {
                 "date" => Source::Date,
                 "first_seq" => Source::FirstSeq,
                 "last_seq" => Source::LastSeq,
-                _ => match meta.strip_prefix("sum:") {
-                    Some(f) if !f.trim().is_empty() => Source::Sum(f.trim().to_string()),
+                _ => match (meta.strip_prefix("sum:"), meta.strip_prefix("88:")) {
+                    (Some(f), _) if !f.trim().is_empty() => Source::Sum(f.trim().to_string()),
+                    (_, Some(c)) if !c.trim().is_empty() => Source::Cond(c.trim().to_string()),
                     _ => {
                         return Err(format!(
                             "unknown source {t:?}; the $ sources are {}",
@@ -188,17 +192,39 @@ pub enum SignMode {
     TrailingSeparate,
 }
 
-/// A numeric COBOL picture: `S9(int)V9(frac)`.
+/// A numeric COBOL picture: `S9(7)V99`, `9(3)PPP`, `SPPP9(3)`. `digits` are stored; the
+/// value is the stored integer times 10^-`scale` (`V99`: scale 2; `PPP` on the right:
+/// scale -3; `PPP` on the left of three digits: scale 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NumPic {
     pub signed: bool,
-    pub int_digits: u32,
-    pub frac_digits: u32,
+    pub digits: u32,
+    pub scale: i32,
 }
 
 impl NumPic {
+    /// A picture without scaling positions: `int` digits, `V`, `frac` digits.
+    pub fn new(signed: bool, int: u32, frac: u32) -> NumPic {
+        NumPic {
+            signed,
+            digits: int + frac,
+            // A picture has at most MAX_PIC_DIGITS (31) digits, so this never wraps.
+            scale: frac as i32,
+        }
+    }
+
     pub fn digits(self) -> u32 {
-        self.int_digits + self.frac_digits
+        self.digits
+    }
+
+    /// Digits left of the decimal point, `P` positions included (0 for `PPP999`).
+    pub fn int_digits(self) -> u32 {
+        (self.digits as i32 - self.scale).max(0) as u32
+    }
+
+    /// Decimal places a value of this picture has (0 for `999PPP`).
+    pub fn frac_digits(self) -> u32 {
+        self.scale.max(0) as u32
     }
 }
 
@@ -207,35 +233,40 @@ impl NumPic {
 pub enum Pic {
     /// `X(n)` / `A(n)`: n characters.
     Alnum(u32),
+    /// `N(n)`: n national characters (UTF-16, two bytes each).
+    National(u32),
     Num(NumPic),
 }
 
 /// The most digits a numeric picture may have (IBM Enterprise COBOL's ARITH(EXTEND) limit).
 pub const MAX_PIC_DIGITS: u32 = 31;
 
-/// Parses `X(10)`, `XXX`, `9(7)V99`, `S9(5)V9(2)`, `999`.
+/// Parses `X(10)`, `XXX`, `N(5)`, `9(7)V99`, `S9(5)V9(2)`, `999`, `9(3)PPP`, `SVPP99`.
 pub fn parse_pic(text: &str) -> Result<Pic, String> {
     let s = text.trim().to_ascii_uppercase();
     let mut chars = s.chars().peekable();
     let mut signed = false;
-    let (mut x, mut int, mut frac, mut seen_v) = (0u32, 0u32, 0u32, false);
     if chars.peek() == Some(&'S') {
         signed = true;
         chars.next();
     }
+    // The picture as (symbol, count) runs.
+    let mut runs: Vec<(char, u32)> = Vec::new();
     while let Some(c) = chars.next() {
         let mut n = 1u32;
         if chars.peek() == Some(&'(') {
             chars.next();
             let mut num = String::new();
+            let mut closed = false;
             for d in chars.by_ref() {
                 if d == ')' {
+                    closed = true;
                     break;
                 }
                 num.push(d);
             }
             n = match num.trim().parse() {
-                Ok(n) if n > 0 => n,
+                Ok(n) if n > 0 && closed => n,
                 _ => {
                     return Err(format!(
                         "picture {text:?}: `({num})` is not a positive count"
@@ -243,46 +274,119 @@ pub fn parse_pic(text: &str) -> Result<Pic, String> {
                 }
             };
         }
+        match runs.last_mut() {
+            Some((last, k)) if *last == c => *k = k.saturating_add(n),
+            _ => runs.push((c, n)),
+        }
+    }
+    let count = |sym: char| -> u32 {
+        runs.iter()
+            .filter(|(c, _)| *c == sym)
+            .fold(0u32, |a, (_, n)| a.saturating_add(*n))
+    };
+    for &(c, _) in &runs {
         match c {
-            'X' | 'A' => x = x.saturating_add(n),
-            '9' if seen_v => frac = frac.saturating_add(n),
-            '9' => int = int.saturating_add(n),
-            'V' if !seen_v && n == 1 => seen_v = true,
-            'V' => return Err(format!("picture {text:?} has more than one V")),
+            'X' | 'A' | 'N' | '9' | 'V' | 'P' => {}
             'S' => return Err(format!("picture {text:?}: S must come first")),
-            'P' => {
+            'G' => {
                 return Err(format!(
-                    "picture {text:?}: scaling position P is not supported"
+                    "picture {text:?}: G (DBCS) is not supported; use N (national, UTF-16) or X"
+                ));
+            }
+            'E' => {
+                return Err(format!(
+                    "picture {text:?}: external floating point (E) is not supported; use COMP-1/COMP-2 or a fixed-point picture"
                 ));
             }
             _ => {
                 return Err(format!(
-                    "picture {text:?}: {c:?} is an edited picture symbol, which is not supported (use 9, S, V, X)"
+                    "picture {text:?}: {c:?} is an edited picture symbol (for printing), which is not supported; use 9, S, V, P for numbers or X(n) of the same width for the text"
                 ));
             }
         }
     }
-    if x > 0 {
-        if int + frac > 0 || signed || seen_v {
+    let (x, n) = (count('X') + count('A'), count('N'));
+    let (nines, ps, vs) = (count('9'), count('P'), count('V'));
+    if x > 0 || n > 0 {
+        if nines + ps + vs > 0 || signed || (x > 0 && n > 0) {
             return Err(format!(
-                "picture {text:?} mixes X with 9/S/V; use X(n) or S9(n)V9(m)"
+                "picture {text:?} mixes X, N and 9/S/V/P; use X(n), N(n) or S9(n)V9(m)"
             ));
         }
-        return Ok(Pic::Alnum(x));
+        return Ok(if n > 0 {
+            Pic::National(n)
+        } else {
+            Pic::Alnum(x)
+        });
     }
-    if int + frac == 0 {
+    if vs > 1 {
+        return Err(format!("picture {text:?} has more than one V"));
+    }
+    if nines == 0 {
         return Err(format!("picture {text:?} has no digits"));
     }
-    if int + frac > MAX_PIC_DIGITS {
+    if nines > MAX_PIC_DIGITS {
         return Err(format!(
-            "picture {text:?} has {} digits; at most {MAX_PIC_DIGITS} are supported",
-            int + frac
+            "picture {text:?} has {nines} digits; at most {MAX_PIC_DIGITS} are supported"
         ));
     }
+    // Only 9, P and V are left. P runs sit at one end of the digits; V, if any, is on the
+    // side of the P's away from the digits (or at the P's end of the picture).
+    let syms: Vec<char> = runs.iter().map(|(c, _)| *c).collect();
+    let digits_at: Vec<usize> = (0..syms.len()).filter(|&i| syms[i] == '9').collect();
+    if digits_at.len() > 1
+        && digits_at
+            .windows(2)
+            .any(|w| syms[w[0]..w[1]].contains(&'P'))
+    {
+        return Err(format!(
+            "picture {text:?}: P (scaling) positions must be at the left or right end of the digits"
+        ));
+    }
+    let (first9, last9) = (digits_at[0], digits_at[digits_at.len() - 1]);
+    let p_left = syms[..first9].contains(&'P');
+    let p_right = syms[last9..].contains(&'P');
+    let v_at = syms.iter().position(|&c| c == 'V');
+    let scale = match (p_left, p_right) {
+        (true, true) => {
+            return Err(format!(
+                "picture {text:?}: P positions on both sides of the digits"
+            ));
+        }
+        (true, false) => {
+            let first_p = syms.iter().position(|&c| c == 'P').unwrap_or(0);
+            if v_at.is_some_and(|v| v > first_p) {
+                return Err(format!(
+                    "picture {text:?}: with P on the left, V can only come before the P's"
+                ));
+            }
+            (ps + nines) as i32
+        }
+        (false, true) => {
+            let last_p = syms.iter().rposition(|&c| c == 'P').unwrap_or(0);
+            if v_at.is_some_and(|v| v < last_p) {
+                return Err(format!(
+                    "picture {text:?}: with P on the right, V can only come after the P's"
+                ));
+            }
+            -(ps as i32)
+        }
+        (false, false) => {
+            let after_v: u32 = match v_at {
+                Some(v) => runs[v..]
+                    .iter()
+                    .filter(|(c, _)| *c == '9')
+                    .map(|(_, n)| *n)
+                    .sum(),
+                None => 0,
+            };
+            after_v as i32
+        }
+    };
     Ok(Pic::Num(NumPic {
         signed,
-        int_digits: int,
-        frac_digits: frac,
+        digits: nines,
+        scale,
     }))
 }
 
@@ -316,9 +420,12 @@ pub struct FieldDef {
     pub default: Option<String>,
     pub map: Option<Vec<(String, String)>>,
     pub overflow: Option<Overflow>,
+    /// `count`: the number of elements of the list at the source (an OCCURS DEPENDING ON
+    /// count), instead of the value itself.
+    pub count: bool,
 }
 
-const MODIFIERS: &str = "width:N, align:left|right, pad:C, format:STRFTIME, number:9(7)V99, upper, lower, trim, default:V, map:{A: APPROVED}, overflow:truncate";
+const MODIFIERS: &str = "width:N, align:left|right, pad:C, format:STRFTIME, number:9(7)V99, upper, lower, trim, default:V, map:{A: APPROVED}, overflow:truncate, count";
 
 impl FieldDef {
     /// Parses the short form `src | mod | mod:arg`. `|` inside quotes or braces does not split.
@@ -400,6 +507,7 @@ impl FieldDef {
         if let Some(o) = &l.overflow {
             push(Overflow::parse(o).map(|o| def.overflow = Some(o)));
         }
+        def.count = l.count.unwrap_or(false);
         if errs.is_empty() { Ok(def) } else { Err(errs) }
     }
 
@@ -481,6 +589,10 @@ impl FieldDef {
                 no_arg()?;
                 self.trim = true;
             }
+            "count" => {
+                no_arg()?;
+                self.count = true;
+            }
             "default" => {
                 let a = arg.unwrap_or("").trim();
                 self.default = Some(unquote(a).unwrap_or_else(|| a.to_string()));
@@ -514,7 +626,7 @@ fn parse_number_pic(text: &str) -> Result<(NumPic, SignMode), String> {
     let rest: Vec<String> = words.map(str::to_ascii_lowercase).collect();
     let pic = match parse_pic(pic)? {
         Pic::Num(n) => n,
-        Pic::Alnum(_) => {
+        Pic::Alnum(_) | Pic::National(_) => {
             return Err(format!(
                 "number:{pic} is not numeric; use `width:N` for text"
             ));
@@ -634,20 +746,29 @@ mod tests {
         assert_eq!(parse_pic("X(10)").unwrap(), Pic::Alnum(10));
         assert_eq!(
             parse_pic("S9(7)V99").unwrap(),
-            Pic::Num(NumPic {
-                signed: true,
-                int_digits: 7,
-                frac_digits: 2
-            })
+            Pic::Num(NumPic::new(true, 7, 2))
         );
         assert_eq!(
             parse_pic("999").unwrap(),
-            Pic::Num(NumPic {
-                signed: false,
-                int_digits: 3,
-                frac_digits: 0
-            })
+            Pic::Num(NumPic::new(false, 3, 0))
         );
+        let scaled = |signed, digits, scale| {
+            Pic::Num(NumPic {
+                signed,
+                digits,
+                scale,
+            })
+        };
+        assert_eq!(parse_pic("9(3)PPP").unwrap(), scaled(false, 3, -3));
+        assert_eq!(parse_pic("999PPPV").unwrap(), scaled(false, 3, -3));
+        assert_eq!(parse_pic("PPP9(3)").unwrap(), scaled(false, 3, 6));
+        assert_eq!(parse_pic("SVPP99").unwrap(), scaled(true, 2, 4));
+        assert!(parse_pic("9P9").unwrap_err().contains("end of the digits"));
+        assert!(parse_pic("P99P").is_err());
+        assert!(parse_pic("99VPP").is_err());
+        assert_eq!(parse_pic("N(4)").unwrap(), Pic::National(4));
+        assert!(parse_pic("XN").is_err());
+        assert!(parse_pic("9(3").is_err());
         assert!(parse_pic("Z(5)9").unwrap_err().contains("edited"));
         assert!(parse_pic("9(40)").is_err());
         assert!(parse_pic("9(0)").is_err());
