@@ -237,22 +237,78 @@ fn dates(path: &Path, c: &Cert, now: DateTime<Utc>, f: &mut Findings) {
     }
 }
 
+/// Why a folder the daemon needs could not be used or created.
+#[derive(Debug, thiserror::Error)]
+enum FolderProblem {
+    #[error("{} is not a folder", .0.display())]
+    NotAFolder(PathBuf),
+    #[error("{} is not writable by this user: {source}", .path.display())]
+    NotWritable {
+        path: PathBuf,
+        source: rustix::io::Errno,
+    },
+    #[error("no folder of {} exists", .0.display())]
+    NoAncestor(PathBuf),
+}
+
 /// `path` exists and is writable, or could be created (its nearest existing folder is).
-fn writable_or_creatable(path: &Path) -> Result<(), String> {
+fn writable_or_creatable(path: &Path) -> Result<(), FolderProblem> {
     let mut p: PathBuf = path.to_path_buf();
     loop {
         if p.exists() {
             if !p.is_dir() {
-                return Err(format!("{} is not a folder", p.display()));
+                return Err(FolderProblem::NotAFolder(p));
             }
             return rustix::fs::access(&p, rustix::fs::Access::WRITE_OK)
-                .map_err(|e| format!("{} is not writable by this user: {e}", p.display()));
+                .map_err(|source| FolderProblem::NotWritable { path: p, source });
         }
         match p.parent() {
             Some(parent) => p = parent.to_path_buf(),
-            None => return Err(format!("no folder of {} exists", path.display())),
+            None => return Err(FolderProblem::NoAncestor(path.to_path_buf())),
         }
     }
+}
+
+/// Why a probe of a target failed; the message is shown as one finding.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("{}", .0.join("; "))]
+    Spec(Vec<String>),
+    #[error("{0}")]
+    Sftp(#[from] crate::target::drop::FolderError),
+    #[error("url {url}: {source}")]
+    Url {
+        url: String,
+        source: <reqwest::Url as std::str::FromStr>::Err,
+    },
+    #[error("url {0} has no host")]
+    NoHost(String),
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Certificates(#[from] crate::ingest::tls::TlsError),
+    #[error("ca {}: {source}", .path.display())]
+    Ca {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("client certificate: {0}")]
+    ClientAuth(rustls::Error),
+    #[error("{host}: {source}")]
+    ServerName {
+        host: String,
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 fn folders(cfg: &Config, f: &mut Findings) {
@@ -297,7 +353,7 @@ fn probe_all(specs: &[ConnectorSpec], f: &mut Findings) {
         let result = rt.block_on(async {
             tokio::time::timeout(PROBE_TIMEOUT, probe_one(spec))
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {PROBE_TIMEOUT:?}")))
+                .unwrap_or(Err(ProbeError::NoAnswer(PROBE_TIMEOUT)))
         });
         match result {
             Ok(Some(what)) => f.ok.push(format!("{}: {what}", spec.name)),
@@ -309,13 +365,13 @@ fn probe_all(specs: &[ConnectorSpec], f: &mut Findings) {
     }
 }
 
-async fn probe_one(spec: &ConnectorSpec) -> Result<Option<String>, String> {
+async fn probe_one(spec: &ConnectorSpec) -> Result<Option<String>, ProbeError> {
     match &spec.deliver {
         DeliverSpec::File(_) => Ok(None),
         DeliverSpec::Sftp(s) => {
             let folder = crate::target::sftp::SftpFolder::open(s, &spec.base_dir)
-                .map_err(|e| e.join("; "))?;
-            folder.probe().await.map_err(|e| e.to_string())?;
+                .map_err(ProbeError::Spec)?;
+            folder.probe().await?;
             Ok(Some(format!(
                 "sftp {}: host key pinned, login and SFTP ok",
                 s.host
@@ -330,17 +386,24 @@ async fn probe_one(spec: &ConnectorSpec) -> Result<Option<String>, String> {
 async fn probe_http(
     spec: &ConnectorSpec,
     h: &crate::config::connector::HttpDeliver,
-) -> Result<String, String> {
+) -> Result<String, ProbeError> {
     use rustls_pki_types::ServerName;
-    let url = reqwest::Url::parse(&h.url).map_err(|e| format!("url {}: {e}", h.url))?;
+    let url = reqwest::Url::parse(&h.url).map_err(|source| ProbeError::Url {
+        url: h.url.clone(),
+        source,
+    })?;
     let host = url
         .host_str()
-        .ok_or_else(|| format!("url {} has no host", h.url))?
+        .ok_or_else(|| ProbeError::NoHost(h.url.clone()))?
         .to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
+    let addr = format!("{host}:{port}");
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        .map_err(|source| ProbeError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     if url.scheme() != "https" {
         return Ok(format!("{host}:{port} accepts connections"));
     }
@@ -348,10 +411,11 @@ async fn probe_http(
     match &h.ca {
         Some(ca) => {
             let path = crate::config::resolve_path(&spec.base_dir, ca);
-            for c in crate::ingest::tls::load_certs(&path).map_err(|e| e.to_string())? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("ca {}: {e}", path.display()))?;
+            for c in crate::ingest::tls::load_certs(&path)? {
+                roots.add(c).map_err(|source| ProbeError::Ca {
+                    path: path.clone(),
+                    source,
+                })?;
             }
         }
         None => {
@@ -364,20 +428,23 @@ async fn probe_http(
     let config = match (&h.client_cert, &h.client_key) {
         (Some(c), Some(k)) => {
             let certs =
-                crate::ingest::tls::load_certs(&crate::config::resolve_path(&spec.base_dir, c))
-                    .map_err(|e| e.to_string())?;
-            let key = crate::ingest::tls::load_key(&crate::config::resolve_path(&spec.base_dir, k))
-                .map_err(|e| e.to_string())?;
+                crate::ingest::tls::load_certs(&crate::config::resolve_path(&spec.base_dir, c))?;
+            let key =
+                crate::ingest::tls::load_key(&crate::config::resolve_path(&spec.base_dir, k))?;
             builder
                 .with_client_auth_cert(certs, key)
-                .map_err(|e| e.to_string())?
+                .map_err(ProbeError::ClientAuth)?
         }
         _ => builder.with_no_client_auth(),
     };
-    let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
+    let name = ServerName::try_from(host.clone())
+        .map_err(|source| ProbeError::ServerName { host, source })?;
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
-    Ok(format!("TLS with {host}:{port} verified"))
+        .map_err(|source| ProbeError::Tls {
+            addr: addr.clone(),
+            source,
+        })?;
+    Ok(format!("TLS with {addr} verified"))
 }

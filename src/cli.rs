@@ -159,7 +159,7 @@ pub struct SendArgs {
     pub files: Vec<PathBuf>,
 }
 
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+fn parse_duration_arg(s: &str) -> Result<Duration, crate::config::UnitError> {
     crate::config::parse_duration(s)
 }
 

@@ -156,7 +156,7 @@ fn bad_schedules_are_refused_with_a_reason() {
         ("Mon 06:00-06:00", "is empty"),
         ("Mon 06:00-07:00 daily", "unexpected"),
     ] {
-        let err = Schedule::parse(text).unwrap_err();
+        let err = Schedule::parse(text).unwrap_err().to_string();
         assert!(err.contains(needle), "{text:?}: {err}");
     }
     assert!(Schedule::parse("Mon 00:00-24:00").is_ok());

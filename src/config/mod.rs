@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-pub use units::{parse_duration, parse_size};
+pub use units::{UnitError, parse_duration, parse_size};
 
 /// One problem in a config or map file, pointing at the place to fix.
 #[derive(Debug, Clone, PartialEq, Eq)]

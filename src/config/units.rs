@@ -2,16 +2,39 @@
 
 use std::time::Duration;
 
-/// Parses a byte size: a number with an optional unit B, KB, MB, GB (powers of 1000) or
-/// KiB, MiB, GiB, TiB (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
+/// Why a size or duration in a config file was refused; the text names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("{text:?} is not a size such as 8MiB")]
+    NotASize { text: String },
+    #[error("unknown size unit {unit:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB, GB)")]
+    SizeUnit { unit: String, text: String },
+    #[error("{text:?} is not a duration such as 30d or 2s")]
+    NotADuration { text: String },
+    #[error("{text:?} needs a unit: ms, s, m, h, d or w")]
+    NoDurationUnit { text: String },
+    #[error("unknown duration unit {unit:?} in {text:?} (use ms, s, m, h, d or w)")]
+    DurationUnit { unit: String, text: String },
+    #[error("{text:?} is too large")]
+    TooLarge { text: String },
+}
+
+/// `s` cut at its first non-digit: the number and the unit after it.
+fn split_number(s: &str) -> (&str, &str) {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 8MiB"))?;
-    let mult: u64 = match unit.trim() {
+    (num, unit.trim())
+}
+
+/// Parses a byte size: a number with an optional unit B, KB, MB, GB (powers of 1000) or
+/// KiB, MiB, GiB, TiB (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    let text = s.trim();
+    let (num, unit) = split_number(text);
+    let n: u64 = num.parse().map_err(|_| UnitError::NotASize {
+        text: text.to_string(),
+    })?;
+    let mult: u64 = match unit {
         "" | "B" => 1,
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
@@ -21,39 +44,47 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GiB" => 1 << 30,
         "TiB" => 1 << 40,
         u => {
-            return Err(format!(
-                "unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
+            return Err(UnitError::SizeUnit {
+                unit: u.to_string(),
+                text: text.to_string(),
+            });
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| UnitError::TooLarge {
+        text: text.to_string(),
+    })
 }
 
 /// Parses a duration: a number with a unit ms, s, m, h, d or w.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 30d or 2s"))?;
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    let text = s.trim();
+    let (num, unit) = split_number(text);
+    let n: u64 = num.parse().map_err(|_| UnitError::NotADuration {
+        text: text.to_string(),
+    })?;
     let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
-    let d = match unit.trim() {
+    let d = match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => secs(1),
         "m" => secs(60),
         "h" => secs(3_600),
         "d" => secs(86_400),
         "w" => secs(7 * 86_400),
-        "" => return Err(format!("{s:?} needs a unit: ms, s, m, h, d or w")),
+        "" => {
+            return Err(UnitError::NoDurationUnit {
+                text: text.to_string(),
+            });
+        }
         u => {
-            return Err(format!(
-                "unknown duration unit {u:?} in {s:?} (use ms, s, m, h, d or w)"
-            ));
+            return Err(UnitError::DurationUnit {
+                unit: u.to_string(),
+                text: text.to_string(),
+            });
         }
     };
-    d.ok_or_else(|| format!("{s:?} is too large"))
+    d.ok_or_else(|| UnitError::TooLarge {
+        text: text.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -65,8 +96,18 @@ mod tests {
         assert_eq!(parse_size("8MiB"), Ok(8 << 20));
         assert_eq!(parse_size("512MB"), Ok(512_000_000));
         assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("8 parsecs").is_err());
-        assert!(parse_size("MiB").is_err());
+        assert_eq!(
+            parse_size("8 parsecs").map_err(|e| e.to_string()),
+            Err(
+                "unknown size unit \"parsecs\" in \"8 parsecs\" (use B, KiB, MiB, GiB, KB, MB, GB)"
+                    .to_string()
+            )
+        );
+        assert!(matches!(parse_size("MiB"), Err(UnitError::NotASize { .. })));
+        assert!(matches!(
+            parse_size("99999999999TiB"),
+            Err(UnitError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -75,7 +116,17 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5y").is_err());
+        assert!(matches!(
+            parse_duration("5"),
+            Err(UnitError::NoDurationUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("5y"),
+            Err(UnitError::DurationUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("s"),
+            Err(UnitError::NotADuration { .. })
+        ));
     }
 }

@@ -22,6 +22,38 @@
 use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
+/// Why a `schedule:` value was refused; the text names the part to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("empty range in schedule {schedule:?}")]
+    EmptyRange { schedule: String },
+    #[error("schedule {schedule:?}: {problem}")]
+    Range {
+        schedule: String,
+        /// Shown in the message (so not a `#[source]`: a report would print it twice).
+        problem: RangeError,
+    },
+}
+
+/// What is wrong with one comma-separated range of a schedule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("empty range between commas")]
+    Empty,
+    #[error("unexpected {word:?} in {range:?} (a range is DAYS HH:MM-HH:MM)")]
+    Extra { word: String, range: String },
+    #[error("{0:?} is not a day (use Mon, Tue, Wed, Thu, Fri, Sat, Sun)")]
+    Day(String),
+    #[error("{0:?} is not a time such as 06:00")]
+    Time(String),
+    #[error("{0:?} is not a time range such as 06:00-22:00")]
+    Times(String),
+    #[error("a range cannot start at 24:00 in {0:?}")]
+    StartsAtMidnight(String),
+    #[error("{0:?} is empty; use 00:00-24:00 for a whole day")]
+    Nothing(String),
+}
+
 /// A parsed `schedule:` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
@@ -48,16 +80,16 @@ const DAY_NAMES: [(&str, &str); 7] = [
     ("sun", "sunday"),
 ];
 
-fn parse_day(s: &str) -> Result<usize, String> {
+fn parse_day(s: &str) -> Result<usize, RangeError> {
     let lower = s.trim().to_ascii_lowercase();
     DAY_NAMES
         .iter()
         .position(|(short, long)| lower == *short || lower == *long)
-        .ok_or_else(|| format!("{s:?} is not a day (use Mon, Tue, Wed, Thu, Fri, Sat, Sun)"))
+        .ok_or_else(|| RangeError::Day(s.to_string()))
 }
 
-fn parse_time(s: &str) -> Result<u32, String> {
-    let bad = || format!("{s:?} is not a time such as 06:00");
+fn parse_time(s: &str) -> Result<u32, RangeError> {
+    let bad = || RangeError::Time(s.to_string());
     let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
     if h.is_empty() || h.len() > 2 || m.len() != 2 {
         return Err(bad());
@@ -70,16 +102,17 @@ fn parse_time(s: &str) -> Result<u32, String> {
     Ok(h * 60 + m)
 }
 
-fn parse_range(part: &str) -> Result<Range, String> {
+fn parse_range(part: &str) -> Result<Range, RangeError> {
     // `Mon - Fri 06:00 - 22:00` reads as `Mon-Fri 06:00-22:00`.
     let tight = part.split('-').map(str::trim).collect::<Vec<_>>().join("-");
     let mut words = tight.split_whitespace();
-    let days_text = words.next().ok_or("empty range between commas")?;
+    let days_text = words.next().ok_or(RangeError::Empty)?;
     let times = words.next();
     if let Some(extra) = words.next() {
-        return Err(format!(
-            "unexpected {extra:?} in {part:?} (a range is DAYS HH:MM-HH:MM)"
-        ));
+        return Err(RangeError::Extra {
+            word: extra.to_string(),
+            range: part.to_string(),
+        });
     }
     let mut days = [false; 7];
     match days_text.split_once('-') {
@@ -101,13 +134,13 @@ fn parse_range(part: &str) -> Result<Range, String> {
         Some(t) => {
             let (a, b) = t
                 .split_once('-')
-                .ok_or_else(|| format!("{t:?} is not a time range such as 06:00-22:00"))?;
+                .ok_or_else(|| RangeError::Times(t.to_string()))?;
             let (start, end) = (parse_time(a)?, parse_time(b)?);
             if start == 24 * 60 {
-                return Err(format!("a range cannot start at 24:00 in {part:?}"));
+                return Err(RangeError::StartsAtMidnight(part.to_string()));
             }
             if start == end {
-                return Err(format!("{t:?} is empty; use 00:00-24:00 for a whole day"));
+                return Err(RangeError::Nothing(t.to_string()));
             }
             (start, end)
         }
@@ -133,14 +166,19 @@ fn local_instant(tz: Tz, date: NaiveDate, minutes: u32) -> Option<DateTime<Utc>>
 
 impl Schedule {
     /// Parses a `schedule:` value; the error says what is wrong in words.
-    pub fn parse(text: &str) -> Result<Schedule, String> {
+    pub fn parse(text: &str) -> Result<Schedule, ScheduleError> {
         let mut ranges = Vec::new();
         for part in text.split(',') {
             let part = part.trim();
             if part.is_empty() {
-                return Err(format!("empty range in schedule {text:?}"));
+                return Err(ScheduleError::EmptyRange {
+                    schedule: text.to_string(),
+                });
             }
-            ranges.push(parse_range(part).map_err(|e| format!("schedule {text:?}: {e}"))?);
+            ranges.push(parse_range(part).map_err(|problem| ScheduleError::Range {
+                schedule: text.to_string(),
+                problem,
+            })?);
         }
         Ok(Schedule { ranges })
     }
