@@ -226,6 +226,30 @@ pub fn out(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The daemon's signals as [`crate::serve::Control`]s: SIGTERM and SIGINT stop it, SIGHUP
+/// reloads. Installed before the daemon starts, so no signal finds the default action.
+async fn signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<crate::serve::Control>> {
+    use crate::serve::Control;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let control = tokio::select! {
+                _ = term.recv() => Control::Stop,
+                _ = int.recv() => Control::Stop,
+                _ = hup.recv() => Control::Reload,
+            };
+            if tx.send(control).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -299,7 +323,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(config: &ConfigArg) -> anyhow::Result<()> {
     let cfg = config.load()?;
     crate::logging::init(cfg.log_format);
-    runtime()?.block_on(crate::serve::run(cfg, |b| {
+    let rt = runtime()?;
+    let control = rt.block_on(signals())?;
+    rt.block_on(crate::serve::run(cfg, control, |b| {
         let _ = out(&format!(
             "ess listening: ingest=https://{} status=http://{}\n",
             b.ingest, b.status
@@ -551,7 +577,9 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
         )
     };
     let out_file = dir.join("out/permit.txt");
-    runtime()?.block_on(crate::serve::run(cfg, move |b| {
+    let rt = runtime()?;
+    let control = rt.block_on(signals())?;
+    rt.block_on(crate::serve::run(cfg, control, move |b| {
         let _ = out(&format!(
             "\nESS demo is running (Ctrl-C stops it).\n  ingest   https://{}  (mutual TLS; client certificate {})\n  status   http://{}/\n\nPush the seed event (in another terminal):\n  {send_cmd} --config {} {}\n\nThen look at {}:\n  BP-802    APPROVED  20250412100300\n\n",
             b.ingest,

@@ -1,7 +1,8 @@
 //! `ess serve`: the daemon. Opens the database, starts one task per connector, the ingest
-//! listener (and the status page), and handles signals: SIGTERM/SIGINT drain and exit,
-//! SIGHUP reloads the maps (an invalid set is refused and the old one keeps running) and
-//! `ingest.client_crl` (likewise).
+//! listener (and the status page), and obeys [`Control`]s: `Stop` drains and exits,
+//! `Reload` reloads the maps (an invalid set is refused and the old one keeps running) and
+//! `ingest.client_crl` (likewise). The signals (SIGTERM/SIGINT → `Stop`, SIGHUP → `Reload`)
+//! are wired in [`crate::cli`] only, so a test drives the whole daemon in-process.
 //!
 //! Shutdown order keeps the promise: the ingest stops accepting first and answers the
 //! requests under way (their commits finish), connectors finish the delivery under way and
@@ -44,8 +45,22 @@ pub struct Bound {
     pub status: SocketAddr,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once both listeners are bound.
-pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
+/// What the daemon is told to do while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Finish what is under way, close the feed, return.
+    Stop,
+    /// Reload the maps and the client CRL.
+    Reload,
+}
+
+/// Runs the daemon until it is told [`Control::Stop`] (or every sender of `control` is
+/// gone). `on_ready` is called once both listeners are bound.
+pub async fn run(
+    cfg: Config,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+    on_ready: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
     let specs = connector::load_all(&cfg.maps_dir, cfg.timezone).map_err(Diagnostics)?;
     create_data_dir(&cfg.data_dir)?;
     let seal = feed::seal::load_configured(
@@ -135,12 +150,8 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     ));
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    // Ready only once the signal handlers exist: a SIGTERM right after READY=1 (systemctl
-    // stop just after start) must drain, not kill the process with the default action.
+    // The caller installs the signal handlers before calling `run`, so a SIGTERM right
+    // after READY=1 (systemctl stop just after start) drains instead of killing the process.
     on_ready(Bound {
         ingest: ingest_addr,
         status: status_server.local_addr(),
@@ -150,18 +161,12 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     crate::notify::status(&serving_status(&connectors));
     let watchdog = crate::notify::watchdog_interval().map(|every| tokio::spawn(watchdog(every)));
 
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                client_auth.reload_crl_logged(true, "SIGHUP");
-                crate::notify::reloading();
-                generation = reload(&cfg, generation, &env, &connectors).await?;
-                crate::notify::ready();
-                crate::notify::status(&serving_status(&connectors));
-            }
-        }
+    while let Some(Control::Reload) = control.recv().await {
+        client_auth.reload_crl_logged(true, "SIGHUP");
+        crate::notify::reloading();
+        generation = reload(&cfg, generation, &env, &connectors).await?;
+        crate::notify::ready();
+        crate::notify::status(&serving_status(&connectors));
     }
     if let Some(w) = watchdog {
         w.abort();

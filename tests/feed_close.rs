@@ -92,3 +92,49 @@ fn an_unclean_stop_is_repaired_at_the_next_start_and_the_repair_time_is_logged()
         [permit_line("K1"), permit_line("K2")].concat()
     );
 }
+
+/// The daemon run in-process (no signals: `serve::run` obeys a control channel, which is
+/// what the CLI feeds from SIGTERM/SIGINT/SIGHUP): a reload keeps it serving, a stop returns
+/// `Ok` with `ess.redb` closed, and dropping every sender stops it the same way.
+#[test]
+fn the_daemon_in_process_reloads_and_stops_on_its_control_channel_and_closes_the_feed() {
+    use ess::serve::Control;
+    ess::cli::install_crypto_provider();
+    let mut app = Appliance::init();
+    let db = app.dir.join("data/ess.redb");
+    let rt = rt();
+    for (round, ids, how) in [
+        (0, ["C1", "C2"], "stop"),
+        (1, ["C3", "C4"], "every sender gone"),
+    ] {
+        let cfg = ess::config::Config::load(&app.config).unwrap();
+        let (control, rx) = tokio::sync::mpsc::channel(4);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let daemon = rt.spawn(ess::serve::run(cfg, rx, move |b| {
+            let _ = ready_tx.send(b);
+        }));
+        let bound = ready_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        app.ingest = Some(bound.ingest);
+        rt.block_on(control.send(Control::Reload)).unwrap();
+        let body = serde_json::Value::Array(ids.iter().map(|id| permit_event(id)).collect());
+        let a = rt
+            .block_on(app.client().post_events(body.to_string(), false))
+            .unwrap();
+        assert_eq!(a.status, 202, "round {round}");
+        let want: String = ["C1", "C2", "C3", "C4"][..2 * (round + 1)]
+            .iter()
+            .map(|id| permit_line(id))
+            .collect();
+        wait_until("delivered", Duration::from_secs(60), || {
+            app.read_out("permit.txt") == want
+        });
+        assert!(needs_recovery(&db), "an open database carries the flag");
+        match how {
+            "stop" => rt.block_on(control.send(Control::Stop)).unwrap(),
+            _ => drop(control),
+        }
+        let result = rt.block_on(daemon).unwrap();
+        assert!(result.is_ok(), "{how}: {result:?}");
+        assert!(!needs_recovery(&db), "{how} left ess.redb needing recovery");
+    }
+}
