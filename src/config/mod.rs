@@ -11,6 +11,7 @@ mod units;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -281,131 +282,38 @@ impl Config {
                 chrono_tz::UTC
             }),
         };
-        let mut addr = |s: &Spanned<String>, what: &str| -> SocketAddr {
-            s.value.parse().unwrap_or_else(|_| {
-                errs.push(Diagnostic::at(
-                    path,
-                    s,
-                    format!(
-                        "{what}: {:?} is not an address such as 127.0.0.1:8443",
-                        s.value
-                    ),
-                ));
-                SocketAddr::from(([127, 0, 0, 1], 0))
-            })
-        };
-        let ingest_listen = addr(&raw.ingest.listen, "ingest.listen");
+        let ingest = ingest_config(&raw.ingest, path, &base, &mut errs);
         let status_listen = match raw.status.as_ref().and_then(|s| s.listen.as_ref()) {
-            Some(l) => addr(l, "status.listen"),
+            Some(l) => address(path, &mut errs, "status.listen", l),
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
-        let blocked_alarm = match raw.status.as_ref().and_then(|s| s.blocked_alarm.as_ref()) {
-            None => std::time::Duration::from_secs(15 * 60),
-            Some(s) => parse_duration(&s.value).unwrap_or_else(|e| {
-                errs.push(Diagnostic::at(
-                    path,
-                    s,
-                    format!("status.blocked_alarm: {e}"),
-                ));
-                std::time::Duration::from_secs(15 * 60)
-            }),
-        };
-        let max_body = match &raw.ingest.max_body {
-            None => 8 << 20,
-            Some(s) => parse_size(&s.value).unwrap_or_else(|e| {
-                errs.push(Diagnostic::at(path, s, format!("ingest.max_body: {e}")));
-                0
-            }),
-        };
-        let max_inflight_bytes = match &raw.ingest.max_inflight_bytes {
-            None => max_body.saturating_mul(DEFAULT_INFLIGHT_BODIES),
-            Some(s) => match parse_size(&s.value) {
-                Ok(n) if n < max_body => {
-                    errs.push(Diagnostic::at(
-                        path,
-                        s,
-                        format!(
-                            "ingest.max_inflight_bytes ({n} bytes) must be at least max_body ({max_body} bytes), or no request of the largest size could ever be taken"
-                        ),
-                    ));
-                    0
-                }
-                Ok(n) => n,
-                Err(e) => {
-                    errs.push(Diagnostic::at(
-                        path,
-                        s,
-                        format!("ingest.max_inflight_bytes: {e}"),
-                    ));
-                    0
-                }
-            },
-        };
+        let fifteen_minutes = Duration::from_secs(15 * 60);
+        let blocked_alarm = raw
+            .status
+            .as_ref()
+            .and_then(|s| s.blocked_alarm.as_ref())
+            .map_or(fifteen_minutes, |s| {
+                unit_or(path, &mut errs, "status.blocked_alarm", s, parse_duration)
+                    .unwrap_or(fifteen_minutes)
+            });
         let retention = raw.retention.as_ref();
-        let retention_feed = match retention.and_then(|r| r.feed.as_ref()) {
-            None => std::time::Duration::from_secs(30 * 86_400),
-            Some(s) => parse_duration(&s.value).unwrap_or_else(|e| {
-                errs.push(Diagnostic::at(path, s, format!("retention.feed: {e}")));
-                std::time::Duration::ZERO
-            }),
-        };
-        let min_free_disk = match retention.and_then(|r| r.min_free_disk.as_ref()) {
-            None => 512 << 20,
-            Some(s) => parse_size(&s.value).unwrap_or_else(|e| {
-                errs.push(Diagnostic::at(
-                    path,
-                    s,
-                    format!("retention.min_free_disk: {e}"),
-                ));
-                0
-            }),
-        };
-        let mut feed = FeedConfig::default();
-        if let Some(f) = &raw.feed {
-            if let Some(c) = &f.cache {
-                match parse_size(&c.value) {
-                    Ok(n) if n >= MIN_FEED_CACHE => {
-                        feed.cache = usize::try_from(n).unwrap_or(usize::MAX);
-                    }
-                    Ok(_) => errs.push(Diagnostic::at(path, c, "feed.cache must be at least 1MiB")),
-                    Err(e) => errs.push(Diagnostic::at(path, c, format!("feed.cache: {e}"))),
-                }
-            }
-            // `credential:NAME` is a systemd credential, found at run time.
-            let key_path = |s: &Spanned<String>| {
-                if s.value.starts_with("credential:") {
-                    PathBuf::from(&s.value)
-                } else {
-                    resolve_path(&base, &s.value)
-                }
-            };
-            feed.encryption_key_file = f.encryption_key_file.as_ref().map(key_path);
-            feed.encryption_previous_key_files = f
-                .encryption_previous_key_files
-                .iter()
-                .map(key_path)
-                .collect();
-            let all = f
-                .encryption_key_file
-                .iter()
-                .chain(&f.encryption_previous_key_files);
-            for spec in all {
-                if spec.value.starts_with("credential:") {
-                    continue;
-                }
-                let p = key_path(spec);
-                if let Err(e) = crate::feed::seal::load_key_file(&p) {
-                    errs.push(Diagnostic::at(path, spec, e.to_string()));
-                }
-            }
-            if f.encryption_key_file.is_none() && !f.encryption_previous_key_files.is_empty() {
-                errs.push(Diagnostic::at(
-                    path,
-                    &f.encryption_previous_key_files[0],
-                    "feed.encryption_previous_key_files needs feed.encryption_key_file (the key new values are sealed with)",
-                ));
-            }
-        }
+        let retention_feed =
+            retention
+                .and_then(|r| r.feed.as_ref())
+                .map_or(Duration::from_secs(30 * 86_400), |s| {
+                    unit_or(path, &mut errs, "retention.feed", s, parse_duration)
+                        .unwrap_or(Duration::ZERO)
+                });
+        let min_free_disk = retention
+            .and_then(|r| r.min_free_disk.as_ref())
+            .map_or(512 << 20, |s| {
+                unit_or(path, &mut errs, "retention.min_free_disk", s, parse_size).unwrap_or(0)
+            });
+        let feed = raw
+            .feed
+            .as_ref()
+            .map(|f| feed_config(f, path, &base, &mut errs))
+            .unwrap_or_default();
         let log_format = match raw.log.as_ref().map(|l| &l.format) {
             None => LogFormat::Text,
             Some(f) if f.value == "text" => LogFormat::Text,
@@ -419,10 +327,6 @@ impl Config {
                 LogFormat::Text
             }
         };
-        let key = resolve(&raw.ingest.key);
-        if let Some(problem) = private_key_problem(&key) {
-            errs.push(Diagnostic::at(path, &raw.ingest.key, problem));
-        }
         let admin_socket = match &raw.admin {
             Some(a) => resolve(&a.socket),
             None => resolve_path(&base, &raw.data_dir.value).join("admin.sock"),
@@ -435,16 +339,7 @@ impl Config {
             data_dir: resolve(&raw.data_dir),
             maps_dir: resolve(&raw.maps_dir),
             timezone,
-            ingest: IngestConfig {
-                listen: ingest_listen,
-                cert: resolve(&raw.ingest.cert),
-                key,
-                client_ca: resolve(&raw.ingest.client_ca),
-                allowed_clients: raw.ingest.allowed_clients,
-                max_body,
-                max_inflight_bytes,
-                client_crl: raw.ingest.client_crl.as_ref().map(resolve),
-            },
+            ingest,
             status_listen,
             blocked_alarm,
             admin_socket,
@@ -454,6 +349,128 @@ impl Config {
             log_format,
         })
     }
+}
+
+/// `s` as a socket address, or a placeholder with a diagnostic at `s`.
+fn address(path: &Path, errs: &mut Vec<Diagnostic>, what: &str, s: &Spanned<String>) -> SocketAddr {
+    s.value.parse().unwrap_or_else(|_| {
+        errs.push(Diagnostic::at(
+            path,
+            s,
+            format!(
+                "{what}: {:?} is not an address such as 127.0.0.1:8443",
+                s.value
+            ),
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+/// The `ingest:` section: listener, TLS files (the key's permissions checked now), limits.
+fn ingest_config(
+    raw: &RawIngest,
+    path: &Path,
+    base: &Path,
+    errs: &mut Vec<Diagnostic>,
+) -> IngestConfig {
+    let listen = address(path, errs, "ingest.listen", &raw.listen);
+    let max_body = raw.max_body.as_ref().map_or(8 << 20, |s| {
+        unit_or(path, errs, "ingest.max_body", s, parse_size).unwrap_or(0)
+    });
+    let max_inflight_bytes = match &raw.max_inflight_bytes {
+        None => max_body.saturating_mul(DEFAULT_INFLIGHT_BODIES),
+        Some(s) => match unit_or(path, errs, "ingest.max_inflight_bytes", s, parse_size) {
+            Some(n) if n < max_body => {
+                errs.push(Diagnostic::at(
+                    path,
+                    s,
+                    format!(
+                        "ingest.max_inflight_bytes ({n} bytes) must be at least max_body ({max_body} bytes), or no request of the largest size could ever be taken"
+                    ),
+                ));
+                0
+            }
+            Some(n) => n,
+            None => 0,
+        },
+    };
+    let resolve = |s: &Spanned<String>| resolve_path(base, &s.value);
+    let key = resolve(&raw.key);
+    if let Some(problem) = private_key_problem(&key) {
+        errs.push(Diagnostic::at(path, &raw.key, problem));
+    }
+    IngestConfig {
+        listen,
+        cert: resolve(&raw.cert),
+        key,
+        client_ca: resolve(&raw.client_ca),
+        allowed_clients: raw.allowed_clients.clone(),
+        max_body,
+        max_inflight_bytes,
+        client_crl: raw.client_crl.as_ref().map(resolve),
+    }
+}
+
+/// `s` parsed by `parse` (a size or a duration), or `None` with a diagnostic at `s`.
+fn unit_or<T>(
+    path: &Path,
+    errs: &mut Vec<Diagnostic>,
+    what: &str,
+    s: &Spanned<String>,
+    parse: fn(&str) -> Result<T, UnitError>,
+) -> Option<T> {
+    parse(&s.value)
+        .map_err(|e| errs.push(Diagnostic::at(path, s, format!("{what}: {e}"))))
+        .ok()
+}
+
+/// The `feed:` section: page cache and encryption keys (each key file read now, so a bad
+/// key is a config error with its line, not a failure at start).
+fn feed_config(f: &RawFeed, path: &Path, base: &Path, errs: &mut Vec<Diagnostic>) -> FeedConfig {
+    let mut feed = FeedConfig::default();
+    if let Some(c) = &f.cache {
+        match unit_or(path, errs, "feed.cache", c, parse_size) {
+            Some(n) if n >= MIN_FEED_CACHE => {
+                feed.cache = usize::try_from(n).unwrap_or(usize::MAX);
+            }
+            Some(_) => errs.push(Diagnostic::at(path, c, "feed.cache must be at least 1MiB")),
+            None => {}
+        }
+    }
+    // `credential:NAME` is a systemd credential, found at run time.
+    let key_path = |s: &Spanned<String>| {
+        if s.value.starts_with("credential:") {
+            PathBuf::from(&s.value)
+        } else {
+            resolve_path(base, &s.value)
+        }
+    };
+    feed.encryption_key_file = f.encryption_key_file.as_ref().map(key_path);
+    feed.encryption_previous_key_files = f
+        .encryption_previous_key_files
+        .iter()
+        .map(key_path)
+        .collect();
+    let all = f
+        .encryption_key_file
+        .iter()
+        .chain(&f.encryption_previous_key_files);
+    for spec in all {
+        if spec.value.starts_with("credential:") {
+            continue;
+        }
+        if let Err(e) = crate::feed::seal::load_key_file(&key_path(spec)) {
+            errs.push(Diagnostic::at(path, spec, e.to_string()));
+        }
+    }
+    if f.encryption_key_file.is_none() && !f.encryption_previous_key_files.is_empty() {
+        errs.push(Diagnostic::at(
+            path,
+            &f.encryption_previous_key_files[0],
+            "feed.encryption_previous_key_files needs feed.encryption_key_file (the key new values are sealed with)",
+        ));
+    }
+    feed
 }
 
 /// The absolute folder holding `file`.
