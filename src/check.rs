@@ -25,7 +25,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `ess check` found.
 #[derive(Debug, Default)]
-pub struct Findings {
+pub(crate) struct Findings {
     /// Each `file:line:col: message`; any makes `check` fail (exit 2).
     pub problems: Vec<String>,
     /// Worth knowing, not fatal (a certificate about to expire).
@@ -35,7 +35,7 @@ pub struct Findings {
 }
 
 /// Checks the appliance of `config` as of `now`; `probe` also connects to every target.
-pub fn check(config: &Path, probe: bool, now: DateTime<Utc>) -> Findings {
+pub(crate) fn check(config: &Path, probe: bool, now: DateTime<Utc>) -> Findings {
     let mut f = Findings::default();
     let cfg = match Config::load(config) {
         Ok(c) => c,

@@ -11,11 +11,11 @@
 //! 6. [`ledger`] commits cursor, target checkpoint, retries and dead letters in the same file;
 //! 7. [`state`] answers every question about where an event or a connector stands (receipts,
 //!    [`status`] page and metrics, [`admin`] commands), from the ledger and the feed;
-//! 8. [`serve`] runs it all as a daemon; [`cli`], [`send`], [`init`], [`check`] and
-//!    [`maptest`] are the commands.
+//! 8. [`serve`] runs it all as a daemon; [`cli`], `send`, [`init`], `check` and
+//!    `maptest` are the commands (private: only [`cli`] calls them).
 
 pub mod admin;
-pub mod check;
+mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -27,11 +27,11 @@ pub mod health;
 pub mod ingest;
 pub mod init;
 pub mod ledger;
-pub mod logging;
+mod logging;
 pub mod map;
-pub mod maptest;
-pub mod notify;
-pub mod send;
+mod maptest;
+mod notify;
+mod send;
 pub mod serve;
 pub mod state;
 pub mod status;

@@ -44,7 +44,7 @@ use crate::config::LogFormat;
 /// every line starts with its syslog priority (`<3>` error, `<4>` warning, `<6>` info,
 /// `<7>` debug), which journald reads, so `journalctl -p warning` works; the journal
 /// stamps the time itself, so the text format leaves it out.
-pub fn init(format: LogFormat) -> bool {
+pub(crate) fn init(format: LogFormat) -> bool {
     let filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
         .from_env_lossy();
@@ -57,15 +57,7 @@ pub fn init(format: LogFormat) -> bool {
             registry.with(text_layer(std::io::stderr, ansi)).try_init()
         }
         LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
-                    .event_format(OneLine {
-                        inner: FlatJson,
-                        priority: journal,
-                    })
-                    .with_writer(std::io::stderr),
-            )
+            .with(json_layer(std::io::stderr, journal))
             .try_init(),
     };
     installed.is_ok()
@@ -74,7 +66,7 @@ pub fn init(format: LogFormat) -> bool {
 /// Whether stderr is the stream systemd connected to the journal: `$JOURNAL_STREAM` is
 /// `DEVICE:INODE` of it (a service whose stderr was redirected elsewhere keeps the
 /// variable, hence the comparison).
-pub fn stderr_is_journal() -> bool {
+pub(crate) fn stderr_is_journal() -> bool {
     let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
         return false;
     };
@@ -85,7 +77,7 @@ pub fn stderr_is_journal() -> bool {
 }
 
 /// `JOURNAL_STREAM`'s `DEVICE:INODE` names the file with `dev` and `ino`.
-pub fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+pub(crate) fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
     let mut parts = value.trim().splitn(2, ':');
     let (Some(d), Some(i)) = (parts.next(), parts.next()) else {
         return false;
@@ -105,7 +97,7 @@ fn priority(level: &tracing::Level) -> u8 {
 
 /// The text layer for the journal: [`text_layer`]'s lines without time or colours, each
 /// with its priority prefix.
-pub fn journal_layer<S, W>(writer: W) -> impl Layer<S>
+pub(crate) fn journal_layer<S, W>(writer: W) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -121,7 +113,7 @@ where
 
 /// Formats an event with `inner`, then keeps it on one line (a line end inside a message
 /// or field is written `\n`), and, with `priority`, starts it with `<N>`.
-pub struct OneLine<F> {
+pub(crate) struct OneLine<F> {
     inner: F,
     priority: bool,
 }
@@ -156,14 +148,14 @@ where
 /// let _entered = logging::event_span(&event).entered();
 /// tracing::info!(connector = %name, "delivered");
 /// ```
-pub fn event_span(event: &crate::event::Event) -> tracing::Span {
+pub(crate) fn event_span(event: &crate::event::Event) -> tracing::Span {
     tracing::info_span!("event", seq = event.seq, trace_id = %event.trace_id)
 }
 
 /// The human text layer, writing to `writer`: time, level, the enclosing spans with their
 /// fields (`connector{target_name=...}:deliver{seq=7 trace_id=...}:`), target, message,
 /// fields. With `ansi` (a terminal) in colour; else exactly one line per message.
-pub fn text_layer<S, W>(writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+pub(crate) fn text_layer<S, W>(writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -190,8 +182,9 @@ where
 
 /// The JSON-lines layer, writing to `writer`: one object per event with `timestamp`,
 /// `level`, `target`, `spans` (names, root first, `:`-separated), the fields of every
-/// enclosing span, then the event's own fields (`message` among them).
-pub fn json_layer<S, W>(writer: W) -> impl Layer<S>
+/// enclosing span, then the event's own fields (`message` among them); with `priority`
+/// (stderr is the journal) each line starts with its syslog priority.
+pub(crate) fn json_layer<S, W>(writer: W, priority: bool) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -200,7 +193,7 @@ where
         .fmt_fields(JsonFields::new())
         .event_format(OneLine {
             inner: FlatJson,
-            priority: false,
+            priority,
         })
         .with_writer(writer)
 }
@@ -338,7 +331,8 @@ mod tests {
     fn capture(f: impl FnOnce()) -> String {
         let buf = Buf::default();
         let sink = buf.clone();
-        let subscriber = tracing_subscriber::registry().with(json_layer(move || sink.clone()));
+        let subscriber =
+            tracing_subscriber::registry().with(json_layer(move || sink.clone(), false));
         tracing::subscriber::with_default(subscriber, f);
         String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
     }
@@ -372,6 +366,33 @@ mod tests {
             !text.contains('\x1b'),
             "no colours when ansi is off: {text}"
         );
+    }
+
+    /// What `init` installs for `log.format: json` when stderr is the journal: the same
+    /// object, after the syslog priority journald reads.
+    #[test]
+    fn json_line_under_the_journal_starts_with_its_priority() {
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(json_layer(move || sink.clone(), true));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(seq = 3u64, "retrying");
+            tracing::info!("delivered");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for (line, priority, message) in [
+            (lines[0], "<4>", "retrying"),
+            (lines[1], "<6>", "delivered"),
+        ] {
+            let json = line
+                .strip_prefix(priority)
+                .unwrap_or_else(|| panic!("{line}"));
+            let value: Value = serde_json::from_str(json).unwrap();
+            assert_eq!(value["message"], message, "{line}");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::map::{MapContext, Mapping};
 
 /// What running golden files found.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub files: usize,
     pub cases: usize,
     pub passed: usize,
@@ -76,14 +76,14 @@ enum EventSpec {
 }
 
 /// Whether `path` names a golden file (`*.test.yml` / `*.test.yaml`).
-pub fn is_test_file(path: &Path) -> bool {
+pub(crate) fn is_test_file(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.ends_with(".test.yml") || n.ends_with(".test.yaml"))
 }
 
 /// Runs every golden file in `maps_dir`.
-pub fn run_dir(maps_dir: &Path, tz: chrono_tz::Tz) -> Outcome {
+pub(crate) fn run_dir(maps_dir: &Path, tz: chrono_tz::Tz) -> Outcome {
     let mut out = Outcome::default();
     let files = match std::fs::read_dir(maps_dir) {
         Ok(entries) => {
@@ -111,7 +111,7 @@ pub fn run_dir(maps_dir: &Path, tz: chrono_tz::Tz) -> Outcome {
 }
 
 /// Runs one golden file, adding to `out`.
-pub fn run_file(path: &Path, tz: chrono_tz::Tz, out: &mut Outcome) {
+pub(crate) fn run_file(path: &Path, tz: chrono_tz::Tz, out: &mut Outcome) {
     out.files += 1;
     let fail = |out: &mut Outcome, line, col, msg: String| {
         out.failures.push(Diagnostic::new(path, line, col, msg));
@@ -334,7 +334,7 @@ fn event_of(spec: &EventSpec) -> Result<Event, String> {
 }
 
 /// `ess test`'s report: each failure, then a count.
-pub fn report(out: &Outcome) -> String {
+pub(crate) fn report(out: &Outcome) -> String {
     let mut s = String::new();
     for f in &out.failures {
         s.push_str(&format!("{f}\n"));

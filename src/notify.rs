@@ -18,19 +18,19 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 /// Tells systemd the service is up. Call once, after both listeners are bound.
-pub fn ready() {
+pub(crate) fn ready() {
     send_logged("READY=1");
 }
 
 /// Tells systemd the service is shutting down (SIGTERM received, draining).
-pub fn stopping() {
+pub(crate) fn stopping() {
     send_logged("STOPPING=1");
 }
 
 /// Tells systemd a reload (SIGHUP) is in progress; follow it with [`ready`] when done.
 /// `MONOTONIC_USEC` comes with it, as systemd 253+ requires for `Type=notify-reload` (older
 /// ones ignore it).
-pub fn reloading() {
+pub(crate) fn reloading() {
     send_logged(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
 }
 
@@ -42,13 +42,13 @@ fn monotonic_usec() -> u128 {
 }
 
 /// Tells systemd the service is alive (`WatchdogSec=` in the unit).
-pub fn watchdog() {
+pub(crate) fn watchdog() {
     send_logged("WATCHDOG=1");
 }
 
 /// How often to send [`watchdog`]: half the interval systemd asked for in `WATCHDOG_USEC`
 /// (only when `WATCHDOG_PID` is unset or names this process); `None` without a watchdog.
-pub fn watchdog_interval() -> Option<std::time::Duration> {
+pub(crate) fn watchdog_interval() -> Option<std::time::Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok() != Some(std::process::id()) {
@@ -59,7 +59,7 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
 }
 
 /// Sets the one-line status `systemctl status ess` shows.
-pub fn status(text: &str) {
+pub(crate) fn status(text: &str) {
     // A newline would start a new KEY=VALUE assignment; keep the status on one line.
     let line = text.replace('\n', " ");
     send_logged(&format!("STATUS={line}"));
@@ -73,7 +73,7 @@ fn send_logged(state: &str) {
 
 /// Sends `state` to `$NOTIFY_SOCKET`. `Ok(false)` when the variable is unset (not run by
 /// systemd as `Type=notify`), `Ok(true)` when the datagram was sent.
-pub fn notify(state: &str) -> io::Result<bool> {
+pub(crate) fn notify(state: &str) -> io::Result<bool> {
     match std::env::var_os("NOTIFY_SOCKET") {
         None => Ok(false),
         Some(path) if path.is_empty() => Ok(false),
@@ -83,7 +83,7 @@ pub fn notify(state: &str) -> io::Result<bool> {
 
 /// Sends `state` as one datagram to the socket named `path` (a file path, or `@name` for
 /// the abstract namespace).
-pub fn notify_to(path: &OsStr, state: &str) -> io::Result<()> {
+pub(crate) fn notify_to(path: &OsStr, state: &str) -> io::Result<()> {
     let addr = socket_addr(path)?;
     let socket = UnixDatagram::unbound()?;
     let sent = socket.send_to_addr(state.as_bytes(), &addr)?;

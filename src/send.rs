@@ -12,18 +12,18 @@ use crate::cli::UsageError;
 use crate::client::Client;
 
 /// Most events per request.
-pub const BATCH_EVENTS: usize = 500;
+pub(crate) const BATCH_EVENTS: usize = 500;
 /// Most body bytes per request (well under the default max_body).
-pub const BATCH_BYTES: usize = 1 << 20;
+pub(crate) const BATCH_BYTES: usize = 1 << 20;
 
 /// One event read from an input, with where it came from (for error messages).
-pub struct InputEvent {
+pub(crate) struct InputEvent {
     pub origin: String,
     pub json: String,
 }
 
 /// Reads events from `path` (`-` = stdin).
-pub fn read_events(path: &Path) -> anyhow::Result<Vec<InputEvent>> {
+pub(crate) fn read_events(path: &Path) -> anyhow::Result<Vec<InputEvent>> {
     let name = path.display().to_string();
     let text = if path == Path::new("-") {
         let mut s = String::new();
@@ -73,13 +73,13 @@ pub fn read_events(path: &Path) -> anyhow::Result<Vec<InputEvent>> {
 
 /// Totals of a send.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
+pub(crate) struct Totals {
     pub accepted: u64,
     pub duplicates: u64,
 }
 
 /// Where to send and as whom.
-pub struct Target {
+pub(crate) struct Target {
     pub url: String,
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -89,7 +89,7 @@ pub struct Target {
 /// Sends `events` in batches; stops at the first rejected batch with its reason (a 4xx is
 /// a [`UsageError`]: the events are wrong, not the network), and gives up on a batch that
 /// has had no answer (or only 503s) for `timeout`.
-pub async fn send(
+pub(crate) async fn send(
     target: &Target,
     events: &[InputEvent],
     show_progress: bool,
