@@ -71,13 +71,18 @@ pub fn parse_body(
         }
         out
     } else {
-        let top: &RawValue = serde_json::from_str(text)
-            .map_err(|e| reject(None, None, format!("body is not JSON: {e}")))?;
-        match top.get().as_bytes().first() {
-            Some(b'[') => serde_json::from_str(top.get())
-                .map_err(|e| reject(None, None, format!("body is not JSON: {e}")))?,
-            Some(b'{') => vec![top],
+        let not_json = |e: serde_json::Error| reject(None, None, format!("body is not JSON: {e}"));
+        // An array is split into its items in one pass (whitespace before it is JSON's).
+        match text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .as_bytes()
+            .first()
+        {
+            Some(b'[') => serde_json::from_str(text).map_err(not_json)?,
+            Some(b'{') => vec![serde_json::from_str::<&RawValue>(text).map_err(not_json)?],
             _ => {
+                // Not JSON at all says so; JSON of another kind is told what is expected.
+                serde_json::from_str::<&RawValue>(text).map_err(not_json)?;
                 return Err(reject(
                     None,
                     None,
@@ -213,9 +218,9 @@ impl<'de> Deserialize<'de> for Checked {
     }
 }
 
-fn validate_event(
+fn validate_event<'a>(
     index: usize,
-    raw: &RawValue,
+    raw: &'a RawValue,
     trace_from_header: Option<&str>,
     batch: &mut Batch,
 ) -> Result<(), Rejection> {
@@ -223,7 +228,7 @@ fn validate_event(
     if !raw.get().starts_with('{') {
         return Err(reject(Some(index), None, "event must be a JSON object"));
     }
-    let fields: Fields<'_> = serde_json::from_str(raw.get())
+    let fields: Fields<'a> = serde_json::from_str(raw.get())
         .map_err(|e| reject(Some(index), None, format!("event is not valid JSON: {e}")))?;
     if let Some(unknown) = &fields.unknown {
         return Err(err(
@@ -262,12 +267,12 @@ fn validate_event(
     serde_json::from_str::<Checked>(payload.get())
         .map_err(|e| err("payload", format!("payload is not valid JSON: {e}")))?;
     let opt_string =
-        |raw: Option<&'_ RawValue>, field: &str| -> Result<Option<String>, Rejection> {
+        |raw: Option<&'a RawValue>, field: &str| -> Result<Option<Cow<'a, str>>, Rejection> {
             match raw {
                 None => Ok(None),
                 Some(r) if r.get() == "null" => Ok(None),
-                Some(r) => serde_json::from_str::<Text<'_>>(r.get())
-                    .map(|t| Some(t.0.into_owned()))
+                Some(r) => serde_json::from_str::<Text<'a>>(r.get())
+                    .map(|t| Some(t.0))
                     .map_err(|_| err(field, format!("{field} must be a string"))),
             }
         };
@@ -296,7 +301,7 @@ fn validate_event(
         None => {
             let tree: Map<String, Value> = serde_json::from_str(payload.get())
                 .map_err(|e| err("payload", format!("payload is not valid JSON: {e}")))?;
-            content_key(&event_type, &tree, ts_text.as_deref())
+            Cow::Owned(content_key(&event_type, &tree, ts_text.as_deref()))
         }
     };
     let trace_id = match opt_string(fields.trace_id, "trace_id")? {
@@ -307,7 +312,7 @@ fn validate_event(
             ));
         }
         Some(t) => t,
-        None => trace_from_header.map_or_else(new_trace_id, str::to_string),
+        None => trace_from_header.map_or_else(|| Cow::Owned(new_trace_id()), Cow::Borrowed),
     };
     batch.push(&event_type, &key, &trace_id, ts, payload.get().as_bytes());
     Ok(())
@@ -393,6 +398,29 @@ mod tests {
         assert_eq!(one(&format!("[{ev},{ev}]")).unwrap().len(), 2);
         let nd = format!("{ev}\n\n{ev}\n");
         assert_eq!(parse_body(nd.as_bytes(), true, None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_body_is_split_in_one_pass_and_what_is_not_an_event_list_says_why() {
+        let ev = r#"{"type":"PERMIT_STATUS","payload":{"id":"BP-802"}}"#;
+        // JSON whitespace before and after the array or object.
+        assert_eq!(one(&format!(" \r\n\t[ {ev} , {ev} ]\n")).unwrap().len(), 2);
+        assert_eq!(one(&format!("\n {ev} \n")).unwrap().len(), 1);
+        let error = |body: &str| one(body).unwrap_err().error;
+        for not_json in ["", "  \n", "[", "[{}", "nope", "[] x", "{} {}", "\u{a0}[]"] {
+            assert!(
+                error(not_json).starts_with("body is not JSON"),
+                "{not_json:?}: {}",
+                error(not_json)
+            );
+        }
+        for other in ["1", "\"text\"", "null", " true "] {
+            assert_eq!(
+                error(other),
+                "body must be an event object, an array of them, or NDJSON",
+                "{other:?}"
+            );
+        }
     }
 
     #[test]
