@@ -175,21 +175,19 @@ impl<'de> Deserialize<'de> for Fields<'de> {
 /// row; neither here), and nesting beyond the reader's limit of 128 (fewer than 64 `{`/`[`
 /// bytes here, counted even inside strings). Anything else takes the full check.
 fn reads_back_as_spanned(json: &[u8]) -> bool {
-    let (mut opens, mut digits, mut after_digit) = (0usize, 0usize, false);
-    for &b in json {
-        match b {
-            b'\\' => return false,
-            b'{' | b'[' => opens += 1,
-            b'e' | b'E' if after_digit => return false,
-            _ => {}
-        }
-        after_digit = b.is_ascii_digit();
-        digits = if after_digit { digits + 1 } else { 0 };
-        if digits >= 300 || opens >= 64 {
-            return false;
-        }
+    const LONGEST_RUN: usize = 300;
+    if json.contains(&b'\\')
+        || json.iter().filter(|&&b| b == b'{' || b == b'[').count() >= 64
+        || json
+            .windows(2)
+            .any(|w| w[0].is_ascii_digit() && (w[1] == b'e' || w[1] == b'E'))
+    {
+        return false;
     }
-    true
+    json.len() < LONGEST_RUN
+        || json
+            .split(|b| !b.is_ascii_digit())
+            .all(|run| run.len() < LONGEST_RUN)
 }
 
 /// Proves a value is JSON the feed's readers parse (escapes, surrogates, nesting limit),
@@ -331,17 +329,21 @@ fn validate_event<'a>(
             Cow::Owned(content_key(&event_type, &tree, ts_text.as_deref()))
         }
     };
-    let trace_id = match opt_string(fields.trace_id, "trace_id")? {
+    let payload = payload.get().as_bytes();
+    match opt_string(fields.trace_id, "trace_id")? {
         Some(t) if t.is_empty() || t.chars().count() > MAX_TRACE_LEN => {
             return Err(err(
                 "trace_id",
                 format!("trace_id must be 1-{MAX_TRACE_LEN} characters"),
             ));
         }
-        Some(t) => t,
-        None => trace_from_header.map_or_else(|| Cow::Owned(new_trace_id()), Cow::Borrowed),
-    };
-    batch.push(&event_type, &key, &trace_id, ts, payload.get().as_bytes());
+        Some(t) => batch.push(&event_type, &key, &t, ts, payload),
+        None => match trace_from_header {
+            Some(t) => batch.push(&event_type, &key, t, ts, payload),
+            // A fresh random W3C-style id, made in its stored form (16 bytes).
+            None => batch.push_new_trace(&event_type, &key, ts, payload),
+        },
+    }
     Ok(())
 }
 
@@ -403,11 +405,6 @@ pub fn trace_id_from_traceparent(header: &str) -> Option<String> {
         && trace.chars().all(|c| c.is_ascii_hexdigit())
         && trace.chars().any(|c| c != '0');
     valid.then(|| trace.to_ascii_lowercase())
-}
-
-/// A fresh random W3C-style trace id (32 hex digits).
-pub fn new_trace_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 #[cfg(test)]
@@ -525,8 +522,18 @@ mod tests {
         .unwrap();
         assert_eq!(evs[0].trace_id, "mine");
         assert_eq!(evs[1].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        let generated = one(r#"{"type":"A","payload":{}}"#).unwrap();
-        assert_eq!(generated[0].trace_id.len(), 32);
+        let generated = one(r#"[{"type":"A","payload":{}},{"type":"A","payload":{}}]"#).unwrap();
+        for ev in &generated {
+            assert_eq!(ev.trace_id.len(), 32, "{}", ev.trace_id);
+            assert!(
+                ev.trace_id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{}",
+                ev.trace_id
+            );
+        }
+        assert_ne!(generated[0].trace_id, generated[1].trace_id);
     }
 
     #[test]
