@@ -647,6 +647,72 @@ mod tests {
         assert!(reads_back_as_spanned(permit.as_bytes()));
     }
 
+    /// JSON texts built from pieces at the edges of what a span proves: numbers with and
+    /// without exponents, too large, long digit runs; strings with escapes, surrogates,
+    /// brackets; nesting up to 150 deep.
+    fn edge_json() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            proptest::sample::select(vec![
+                "0",
+                "-1",
+                "1.5",
+                "1e5",
+                "1E400",
+                "-2.5e-3",
+                "1e999",
+                "123456789012345678901234",
+                "true",
+                "false",
+                "null",
+            ])
+            .prop_map(str::to_string),
+            "[0-9]{250,350}".prop_map(|d| format!("1{d}")),
+            proptest::sample::select(vec![
+                r#""s""#,
+                r#""\ud800""#,
+                r#""\udc00\ud800""#,
+                r#""\ud83d\ude00""#,
+                r#""\u00e9""#,
+                r#""a\"b\\""#,
+                r#""e1E""#,
+                r#""{[""#,
+                r#""9e""#,
+            ])
+            .prop_map(str::to_string),
+        ];
+        leaf.prop_recursive(150, 400, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec(("[a-e]{1,2}", inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> = v
+                        .into_iter()
+                        .map(|(k, x)| format!(r#""{k}":{x}"#))
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #[test]
+        fn random_json_that_skips_the_second_walk_passes_it(value in edge_json()) {
+            let payload = format!(r#"{{"v":{value}}}"#);
+            if serde_json::from_str::<&RawValue>(&payload).is_ok()
+                && reads_back_as_spanned(payload.as_bytes())
+            {
+                proptest::prop_assert!(
+                    serde_json::from_str::<Checked>(&payload).is_ok(),
+                    "{}",
+                    payload
+                );
+            }
+        }
+    }
+
     #[test]
     fn escaped_names_and_repeated_fields_read_as_any_json_reader_would() {
         let evs =
