@@ -4,8 +4,10 @@
 //! filesystem buffer, `file` output, the configuration of `../shared/peers/README.md`) with
 //! the same certificates. The same mutual-TLS client opens N keep-alive connections to each
 //! in turn and sends batches of B permit events with unique idempotency keys for a fixed
-//! time. Prints events/s, request latency percentiles and the server's CPU per event
-//! (utime + stime of its process, from `/proc`), then the ratio ESS / Fluent Bit.
+//! time. Prints events/s, request latency percentiles, the server's CPU per event (utime +
+//! stime of its process, from `/proc`), the load generator's own CPU per event (it runs on
+//! the same cores), what the rest of the machine used meanwhile, and the ratio ESS / Fluent
+//! Bit of each round.
 //!
 //! Every ESS 202 comes after the group commit's fsync; Fluent Bit answers before its chunk
 //! is synced (see the peers README).
@@ -15,7 +17,9 @@
 //!
 //! `--with-connector` runs the seed's permit connector (file append) at the same time;
 //! `--encrypt` seals payloads at rest (`feed.encryption_key_file`); `--no-peer` skips
-//! Fluent Bit.
+//! Fluent Bit; `--rounds R` repeats the whole comparison R times; `--baseline PATH` runs
+//! another `ess` binary (an older build) in every round as well, between this one and the
+//! peer, so old and new are measured in the same minutes on a shared machine.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,6 +34,8 @@ struct Server {
     name: String,
     child: Child,
     url: String,
+    /// Its folder (configuration, data, output), removed after it stopped.
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -40,29 +46,47 @@ impl Drop for Server {
     }
 }
 
-/// CPU time (user + system) the process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
+struct Options {
+    connections: usize,
+    batch: usize,
+    seconds: u64,
+    with_connector: bool,
+    encrypt: bool,
 }
 
-fn start_ess(dir: &Path, with_connector: bool, encrypt: bool) -> Server {
-    support::init(dir);
-    if !with_connector {
+/// Starts `ess serve` from binary `ess` in a fresh appliance folder; its certificates are
+/// in `tls` afterwards (copied there the first time, reused after).
+fn start_ess(ess: &str, label: &str, tls: &Path, o: &Options) -> Server {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("app");
+    support::init_with(ess, &dir);
+    let made = dir.join("tls");
+    if tls.join("ca.crt").exists() {
+        for f in [
+            "ca.crt",
+            "server.crt",
+            "server.key",
+            "client.crt",
+            "client.key",
+        ] {
+            std::fs::copy(tls.join(f), made.join(f)).expect("certificates");
+        }
+    } else {
+        std::fs::create_dir_all(tls).expect("tls folder");
+        for f in [
+            "ca.crt",
+            "server.crt",
+            "server.key",
+            "client.crt",
+            "client.key",
+        ] {
+            std::fs::copy(made.join(f), tls.join(f)).expect("certificates");
+        }
+    }
+    if !o.with_connector {
         std::fs::remove_file(dir.join("maps/permit_map.yml")).expect("remove map");
     }
-    if encrypt {
+    if o.encrypt {
         use std::os::unix::fs::PermissionsExt;
         let key = dir.join("feed.key");
         std::fs::write(&key, rand::random::<[u8; 32]>()).expect("key");
@@ -75,19 +99,20 @@ fn start_ess(dir: &Path, with_connector: bool, encrypt: bool) -> Server {
         )
         .expect("config");
     }
-    let (child, url) = support::serve(dir, "warn", None);
+    let (child, url) = support::serve_with(ess, &dir, "warn", None);
     Server {
         name: format!(
-            "ess{}{}",
-            if with_connector {
+            "{label}{}{}",
+            if o.with_connector {
                 " (permit connector on)"
             } else {
                 " (no map)"
             },
-            if encrypt { " (encrypted)" } else { "" }
+            if o.encrypt { " (encrypted)" } else { "" }
         ),
         child,
         url,
+        _dir: tmp,
     }
 }
 
@@ -98,7 +123,9 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start_fluent_bit(bin: &Path, tls: &Path, work: &Path) -> Server {
+fn start_fluent_bit(bin: &Path, tls: &Path) -> Server {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let work = tmp.path();
     let port = free_port();
     let (store, out) = (work.join("store"), work.join("out"));
     std::fs::create_dir_all(&store).expect("fluent-bit store");
@@ -133,53 +160,78 @@ fn start_fluent_bit(bin: &Path, tls: &Path, work: &Path) -> Server {
         name: "fluent-bit 5.1 (replies before fsync)".into(),
         child,
         url: format!("https://127.0.0.1:{port}"),
+        _dir: tmp,
     }
 }
 
-/// One server's figures.
+/// One server's figures in one round.
+#[derive(Clone, Copy)]
 struct Figures {
     events_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
     cpu_us_per_event: f64,
+    client_us_per_event: f64,
+    /// Cores the rest of the machine (other processes) kept busy meanwhile.
+    others_cores: f64,
+    /// Cores left idle.
+    idle_cores: f64,
 }
 
-fn drive(
-    rt: &tokio::runtime::Runtime,
-    server: &Server,
-    tls: &Path,
-    connections: usize,
-    batch: usize,
-    seconds: u64,
-) -> Figures {
+fn drive(rt: &tokio::runtime::Runtime, server: &Server, tls: &Path, o: &Options) -> Figures {
+    let (connections, batch) = (o.connections, o.batch);
     let stop = Arc::new(AtomicBool::new(false));
     let events = Arc::new(AtomicU64::new(0));
-    let cpu_before = cpu_seconds(server.child.id());
-    let started = Instant::now();
-    let prefix = server
+    let pid = server.child.id().to_string();
+    let prefix: String = server
         .name
         .split_whitespace()
         .next()
         .unwrap_or("s")
-        .to_string();
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    // Every connection handshakes before the clock starts.
+    let clients: Vec<ess::client::Client> = rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..connections {
+            let mut c = ess::client::Client::new(
+                &server.url,
+                &tls.join("ca.crt"),
+                Some((&tls.join("client.crt"), &tls.join("client.key"))),
+            )
+            .expect("client");
+            let _ = c.receipt("warm-up").await;
+            out.push(c);
+        }
+        out
+    });
+    let cpu_before = support::cpu_seconds(&pid);
+    let client_before = support::cpu_seconds("self");
+    let (busy_before, idle_before) = support::machine_cpu_seconds();
+    let started = Instant::now();
     let latencies = rt.block_on(async {
         let mut tasks = Vec::new();
-        for conn in 0..connections {
-            let (url, tls, stop, events) = (server.url.clone(), tls.to_path_buf(), stop.clone(), events.clone());
+        for (conn, mut client) in clients.into_iter().enumerate() {
+            let (stop, events) = (stop.clone(), events.clone());
             let prefix = prefix.clone();
             tasks.push(tokio::spawn(async move {
-                let mut client = ess::client::Client::new(&url, &tls.join("ca.crt"), Some((&tls.join("client.crt"), &tls.join("client.key")))).expect("client");
                 let mut lat = Vec::new();
                 let mut n = 0u64;
+                let mut body = String::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let body: Vec<String> = (0..batch)
-                        .map(|_| {
-                            n += 1;
-                            format!(r#"{{"type":"PERMIT_STATUS","idempotency_key":"{prefix}-c{conn}-{n}","payload":{{"id":"BP-{n}","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z"}}}}"#)
-                        })
-                        .collect();
+                    body.clear();
+                    body.push('[');
+                    for i in 0..batch {
+                        n += 1;
+                        if i > 0 {
+                            body.push(',');
+                        }
+                        body.push_str(&format!(r#"{{"type":"PERMIT_STATUS","idempotency_key":"{prefix}-c{conn}-{n}","payload":{{"id":"BP-{n}","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z"}}}}"#));
+                    }
+                    body.push(']');
                     let t = Instant::now();
-                    let a = client.post_events(format!("[{}]", body.join(",")), false).await.expect("answer");
+                    let a = client.post_events(body.clone(), false).await.expect("answer");
                     assert!(a.status.is_success(), "{} {:?}", a.status, a.body);
                     lat.push(t.elapsed());
                     events.fetch_add(batch as u64, Ordering::Relaxed);
@@ -187,7 +239,7 @@ fn drive(
                 lat
             }));
         }
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        tokio::time::sleep(Duration::from_secs(o.seconds)).await;
         stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
         for t in tasks {
@@ -196,7 +248,11 @@ fn drive(
         all
     });
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(server.child.id()) - cpu_before;
+    let cpu = support::cpu_seconds(&pid) - cpu_before;
+    let client = support::cpu_seconds("self") - client_before;
+    let (busy_after, idle_after) = support::machine_cpu_seconds();
+    let busy = busy_after - busy_before;
+    let idle = idle_after - idle_before;
     let mut lat = latencies;
     lat.sort();
     let pct = |p: f64| {
@@ -212,10 +268,20 @@ fn drive(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         cpu_us_per_event: cpu * 1e6 / n.max(1) as f64,
+        client_us_per_event: client * 1e6 / n.max(1) as f64,
+        others_cores: ((busy - cpu - client) / elapsed).max(0.0),
+        idle_cores: idle / elapsed,
     };
     println!(
-        "{:<40} {connections} x {batch}: {n} events in {elapsed:.1}s = {:.0} events/s, latency p50 {:.2} ms, p99 {:.2} ms, server CPU {:.1} µs/event",
-        server.name, f.events_per_sec, f.p50_ms, f.p99_ms, f.cpu_us_per_event
+        "{:<44} {connections} x {batch}: {n} events in {elapsed:.1}s = {:.0} events/s, latency p50 {:.2} ms, p99 {:.2} ms, server CPU {:.1} µs/event, load generator {:.1} µs/event, other processes {:.2} cores, idle {:.2} cores",
+        server.name,
+        f.events_per_sec,
+        f.p50_ms,
+        f.p99_ms,
+        f.cpu_us_per_event,
+        f.client_us_per_event,
+        f.others_cores,
+        f.idle_cores,
     );
     f
 }
@@ -243,15 +309,39 @@ fn fdatasync_latency(dir: &Path) -> Duration {
     lat[lat.len() / 2]
 }
 
+/// `min–max (median)` of one figure over the rounds.
+fn spread(values: &[f64], fmt: impl Fn(f64) -> String) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.as_slice() {
+        [] => "-".into(),
+        [one] => fmt(*one),
+        _ => format!(
+            "{}–{} (median {})",
+            fmt(v[0]),
+            fmt(v[v.len() - 1]),
+            fmt(v[v.len() / 2])
+        ),
+    }
+}
+
 fn main() {
     let Some(args) = support::args() else {
         return;
     };
-    let connections: usize = support::arg(&args, "--connections", 16);
-    let batch: usize = support::arg(&args, "--batch", 100);
-    let seconds: u64 = support::arg(&args, "--seconds", 10);
-    let with_connector = args.iter().any(|a| a == "--with-connector");
-    let encrypt = args.iter().any(|a| a == "--encrypt");
+    let o = Options {
+        connections: support::arg(&args, "--connections", 16),
+        batch: support::arg(&args, "--batch", 100),
+        seconds: support::arg(&args, "--seconds", 10),
+        with_connector: args.iter().any(|a| a == "--with-connector"),
+        encrypt: args.iter().any(|a| a == "--encrypt"),
+    };
+    let rounds: usize = support::arg(&args, "--rounds", 1);
+    let baseline: Option<String> = args
+        .iter()
+        .position(|a| a == "--baseline")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let peer: Option<PathBuf> = if args.iter().any(|a| a == "--no-peer") {
         None
     } else {
@@ -263,31 +353,76 @@ fn main() {
 
     ess::cli::install_crypto_provider();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = tmp.path().join("app");
-    let tls = dir.join("tls");
+    let tls = tmp.path().join("tls");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    let this = support::bin();
 
-    let flush = fdatasync_latency(tmp.path());
-    println!(
-        "disk: fdatasync of 4 KiB takes {:.2} ms (median): acknowledging after fsync, one commit at a time, caps {connections} x {batch} at {:.0} events/s",
-        flush.as_secs_f64() * 1e3,
-        (connections * batch) as f64 / flush.as_secs_f64()
-    );
-    let ess = start_ess(&dir, with_connector, encrypt);
-    let ess_figures = drive(&rt, &ess, &tls, connections, batch, seconds);
-    drop(ess);
-    let Some(peer) = peer else {
-        return;
+    let (mut new, mut old, mut fb) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let flush = fdatasync_latency(tmp.path());
+        println!(
+            "round {round}/{rounds}: disk: fdatasync of 4 KiB takes {:.2} ms (median): acknowledging after fsync, one commit at a time, caps {} x {} at {:.0} events/s",
+            flush.as_secs_f64() * 1e3,
+            o.connections,
+            o.batch,
+            (o.connections * o.batch) as f64 / flush.as_secs_f64()
+        );
+        let ess = start_ess(&this, "ess", &tls, &o);
+        new.push(drive(&rt, &ess, &tls, &o));
+        drop(ess);
+        if let Some(b) = &baseline {
+            let ess = start_ess(b, "ess-baseline", &tls, &o);
+            old.push(drive(&rt, &ess, &tls, &o));
+            drop(ess);
+        }
+        if let Some(peer) = &peer {
+            let server = start_fluent_bit(peer, &tls);
+            fb.push(drive(&rt, &server, &tls, &o));
+            drop(server);
+        }
+        let last = |v: &Vec<Figures>| v.last().map(|f| f.events_per_sec);
+        if let (Some(e), Some(p)) = (last(&new), last(&fb)) {
+            println!("round {round}: ess / fluent-bit {:.2} x events/s", e / p);
+        }
+        if let (Some(e), Some(b)) = (last(&new), last(&old)) {
+            println!("round {round}: ess / baseline {:.2} x events/s", e / b);
+        }
+    }
+
+    let (c, b) = (o.connections, o.batch);
+    println!("\nsummary at {c} x {b}, {rounds} round(s):");
+    for (name, figs) in [("ess", &new), ("baseline", &old), ("fluent-bit", &fb)] {
+        if figs.is_empty() {
+            continue;
+        }
+        let col = |g: fn(&Figures) -> f64| figs.iter().map(g).collect::<Vec<f64>>();
+        println!(
+            "  {name:<10} {} events/s; server {} µs CPU/event; load generator {} µs/event; p99 {} ms",
+            spread(&col(|f| f.events_per_sec), |v| format!("{v:.0}")),
+            spread(&col(|f| f.cpu_us_per_event), |v| format!("{v:.1}")),
+            spread(&col(|f| f.client_us_per_event), |v| format!("{v:.1}")),
+            spread(&col(|f| f.p99_ms), |v| format!("{v:.1}")),
+        );
+    }
+    let ratios = |a: &[Figures], b: &[Figures]| -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.events_per_sec / y.events_per_sec)
+            .collect()
     };
-    let fb = start_fluent_bit(&peer, &tls, &tmp.path().join("fluent-bit"));
-    let fb_figures = drive(&rt, &fb, &tls, connections, batch, seconds);
-    drop(fb);
-    println!(
-        "ratio ess / fluent-bit at {connections} x {batch}: {:.2} x events/s, {:.2} x CPU per event",
-        ess_figures.events_per_sec / fb_figures.events_per_sec,
-        ess_figures.cpu_us_per_event / fb_figures.cpu_us_per_event,
-    );
+    if !fb.is_empty() {
+        println!(
+            "  ratio ess / fluent-bit, per round: {}",
+            spread(&ratios(&new, &fb), |v| format!("{v:.2}"))
+        );
+    }
+    if !old.is_empty() {
+        println!(
+            "  ratio ess / baseline, per round: {}",
+            spread(&ratios(&new, &old), |v| format!("{v:.2}"))
+        );
+    }
 }

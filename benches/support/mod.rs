@@ -13,7 +13,12 @@ pub fn bin() -> String {
 
 /// `ess init` into `dir` with loopback port 0 listeners.
 pub fn init(dir: &Path) {
-    let st = Command::new(bin())
+    init_with(&bin(), dir);
+}
+
+/// [`init`] with the binary `ess`.
+pub fn init_with(ess: &str, dir: &Path) {
+    let st = Command::new(ess)
         .args(["init", "--dir"])
         .arg(dir)
         .args(["--ingest", "127.0.0.1:0", "--status", "127.0.0.1:0"])
@@ -26,11 +31,16 @@ pub fn init(dir: &Path) {
 /// Starts `ess serve` on the appliance in `dir` with `RUST_LOG=log_filter` (stderr to `log`,
 /// if given, else inherited) and waits for its listening line; the child and the ingest URL.
 pub fn serve(dir: &Path, log_filter: &str, log: Option<&Path>) -> (Child, String) {
+    serve_with(&bin(), dir, log_filter, log)
+}
+
+/// [`serve`] with the binary `ess`.
+pub fn serve_with(ess: &str, dir: &Path, log_filter: &str, log: Option<&Path>) -> (Child, String) {
     let stderr = match log {
         Some(p) => Stdio::from(std::fs::File::create(p).expect("log")),
         None => Stdio::inherit(),
     };
-    let mut child = Command::new(bin())
+    let mut child = Command::new(ess)
         .args(["serve", "--config"])
         .arg(dir.join("ess.yml"))
         .env("RUST_LOG", log_filter)
@@ -122,4 +132,42 @@ pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds (`self` for this one).
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+/// CPU time the whole machine has spent busy so far (every core: user, nice, system, irq,
+/// softirq, steal), and idle (idle + iowait), in seconds.
+pub fn machine_cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0.0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    let idle = at(3) + at(4);
+    (busy / clock_ticks(), idle / clock_ticks())
 }

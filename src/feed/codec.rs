@@ -75,6 +75,12 @@ fn hex_trace(trace_id: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+impl Trace<'_> {
+    pub(crate) fn of(trace_id: &str) -> Trace<'_> {
+        hex_trace(trace_id).map_or(Trace::Text(trace_id), Trace::Bin)
+    }
+}
+
 /// Appends one event (received_at zero, checksum slot reserved) to `out`.
 pub(crate) fn encode_into(
     out: &mut Vec<u8>,
@@ -84,18 +90,38 @@ pub(crate) fn encode_into(
     ts_micros: Option<i64>,
     payload: &[u8],
 ) -> Slot {
+    encode_trace_into(
+        out,
+        event_type,
+        key,
+        Trace::of(trace_id),
+        ts_micros,
+        payload,
+    )
+}
+
+/// [`encode_into`] with the trace id already in its stored form.
+pub(crate) fn encode_trace_into(
+    out: &mut Vec<u8>,
+    event_type: &str,
+    key: &str,
+    trace: Trace<'_>,
+    ts_micros: Option<i64>,
+    payload: &[u8],
+) -> Slot {
     let start = out.len();
-    let trace_bin = hex_trace(trace_id);
     let mut flags = 0;
     if ts_micros.is_some() {
         flags |= F_TS;
     }
-    if trace_bin.is_some() {
-        flags |= F_TRACE_BIN;
-    }
-    out.reserve(
-        10 + 3 * 4 + event_type.len() + key.len() + trace_id.len() + payload.len() + CRC_LEN,
-    );
+    let trace_len = match trace {
+        Trace::Bin(_) => {
+            flags |= F_TRACE_BIN;
+            16
+        }
+        Trace::Text(t) => t.len(),
+    };
+    out.reserve(10 + 3 * 4 + event_type.len() + key.len() + trace_len + payload.len() + CRC_LEN);
     out.push(EVENT_VERSION);
     out.push(flags);
     out.extend_from_slice(&[0u8; 8]);
@@ -103,11 +129,11 @@ pub(crate) fn encode_into(
     out.extend_from_slice(event_type.as_bytes());
     put_varint(out, key.len() as u64);
     out.extend_from_slice(key.as_bytes());
-    match trace_bin {
-        Some(t) => out.extend_from_slice(&t),
-        None => {
-            put_varint(out, trace_id.len() as u64);
-            out.extend_from_slice(trace_id.as_bytes());
+    match trace {
+        Trace::Bin(t) => out.extend_from_slice(&t),
+        Trace::Text(t) => {
+            put_varint(out, t.len() as u64);
+            out.extend_from_slice(t.as_bytes());
         }
     }
     if let Some(ts) = ts_micros {
@@ -175,9 +201,10 @@ pub enum EventDecodeError {
     Utf8,
 }
 
-/// An event's trace id as stored.
+/// An event's trace id as stored: 16 bytes (read back as 32 lowercase hex digits), or any
+/// other text as it is.
 #[derive(Debug, Clone, Copy)]
-enum Trace<'a> {
+pub(crate) enum Trace<'a> {
     Bin([u8; 16]),
     Text(&'a str),
 }

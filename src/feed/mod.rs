@@ -269,11 +269,35 @@ impl Batch {
         ts: Option<DateTime<Utc>>,
         payload: &[u8],
     ) {
-        let slot = codec::encode_into(
+        self.push_trace(event_type, key, codec::Trace::of(trace_id), ts, payload);
+    }
+
+    /// [`Batch::push`] for an event that brought no trace id: it gets a fresh random one
+    /// (32 hex digits when read), generated straight in its stored form.
+    pub fn push_new_trace(
+        &mut self,
+        event_type: &str,
+        key: &str,
+        ts: Option<DateTime<Utc>>,
+        payload: &[u8],
+    ) {
+        let trace = codec::Trace::Bin(rand::random::<[u8; 16]>());
+        self.push_trace(event_type, key, trace, ts, payload);
+    }
+
+    fn push_trace(
+        &mut self,
+        event_type: &str,
+        key: &str,
+        trace: codec::Trace<'_>,
+        ts: Option<DateTime<Utc>>,
+        payload: &[u8],
+    ) {
+        let slot = codec::encode_trace_into(
             &mut self.buf,
             event_type,
             key,
-            trace_id,
+            trace,
             ts.map(|t| t.timestamp_micros()),
             payload,
         );

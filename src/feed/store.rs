@@ -112,6 +112,10 @@ pub(crate) struct AppendRequest {
 struct Queue {
     requests: VecDeque<AppendRequest>,
     closing: bool,
+    /// The committer is waiting on [`Shared::wake`]: only then does an append wake it (a
+    /// notify is a futex syscall even when nobody waits; while the committer works it
+    /// finds the new requests itself when it looks at the queue again).
+    idle: bool,
 }
 
 struct Writer {
@@ -486,8 +490,11 @@ impl Shared {
             return Err(Error::Closed);
         }
         q.requests.push_back(AppendRequest { batch, reply });
+        let idle = q.idle;
         drop(q);
-        self.wake.notify_one();
+        if idle {
+            self.wake.notify_one();
+        }
         Ok(answer)
     }
 
@@ -595,15 +602,18 @@ impl Shared {
             {
                 let mut q = lock(&self.queue);
                 while q.requests.is_empty() && !q.closing {
+                    q.idle = true;
                     if self.broken.load(Ordering::SeqCst) {
                         q = self
                             .wake
                             .wait_timeout(q, REOPEN_EVERY)
                             .unwrap_or_else(PoisonError::into_inner)
                             .0;
+                        q.idle = false;
                         break;
                     }
                     q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                    q.idle = false;
                 }
                 if q.closing && q.requests.is_empty() {
                     return;

@@ -30,6 +30,20 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Resp {
     r
 }
 
+/// The 202 answer, serialized straight from the outcome (no JSON tree in between).
+fn accepted(out: &crate::feed::AppendOutcome) -> Resp {
+    let mut body = Vec::with_capacity(96);
+    // Counts and optional seqs under fixed names: serializing them cannot fail.
+    let _ = serde_json::to_writer(&mut body, out);
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::ACCEPTED;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 fn unavailable(retry_after_secs: u32, why: &str) -> Resp {
     let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": why}));
     r.headers_mut().insert(RETRY_AFTER, retry_after_secs.into());
@@ -56,8 +70,8 @@ pub(super) async fn handle(req: Request<Incoming>, door: &Door, peer: &Peer) -> 
             json!({"error": "client certificate is not in allowed_clients"}),
         );
     }
-    let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
+    let uri = req.uri().clone();
+    match (req.method(), uri.path()) {
         (&Method::POST, "/v1/events") => post_events(req, door).await,
         (&Method::GET, p) if p.starts_with("/v1/events/") => {
             receipt(&p["/v1/events/".len()..], state)
@@ -202,16 +216,14 @@ fn ndjson_by_content_type(req: &Request<Incoming>) -> Result<bool, String> {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let media = media
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match media.as_str() {
-        "application/json" => Ok(false),
-        "application/x-ndjson" | "application/ndjson" => Ok(true),
-        _ => Err(media),
+    let media = media.split(';').next().unwrap_or("").trim();
+    let is = |name: &str| media.eq_ignore_ascii_case(name);
+    if is("application/json") {
+        Ok(false)
+    } else if is("application/x-ndjson") || is("application/ndjson") {
+        Ok(true)
+    } else {
+        Err(media.to_ascii_lowercase())
     }
 }
 
@@ -287,10 +299,7 @@ async fn post_events(req: Request<Incoming>, door: &Door) -> Resp {
                 started.elapsed(),
             );
             tracing::debug!(n_events, accepted = out.accepted, duplicates = out.duplicates, first_seq = ?out.first_seq, last_seq = ?out.last_seq, "events committed");
-            json_response(
-                StatusCode::ACCEPTED,
-                serde_json::to_value(&out).unwrap_or_default(),
-            )
+            accepted(&out)
         }
         Err(e) => {
             tracing::error!(error = %e, n_events, "events not committed");

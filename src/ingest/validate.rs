@@ -71,13 +71,18 @@ pub fn parse_body(
         }
         out
     } else {
-        let top: &RawValue = serde_json::from_str(text)
-            .map_err(|e| reject(None, None, format!("body is not JSON: {e}")))?;
-        match top.get().as_bytes().first() {
-            Some(b'[') => serde_json::from_str(top.get())
-                .map_err(|e| reject(None, None, format!("body is not JSON: {e}")))?,
-            Some(b'{') => vec![top],
+        let not_json = |e: serde_json::Error| reject(None, None, format!("body is not JSON: {e}"));
+        // An array is split into its items in one pass (whitespace before it is JSON's).
+        match text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .as_bytes()
+            .first()
+        {
+            Some(b'[') => serde_json::from_str(text).map_err(not_json)?,
+            Some(b'{') => vec![serde_json::from_str::<&RawValue>(text).map_err(not_json)?],
             _ => {
+                // Not JSON at all says so; JSON of another kind is told what is expected.
+                serde_json::from_str::<&RawValue>(text).map_err(not_json)?;
                 return Err(reject(
                     None,
                     None,
@@ -162,6 +167,29 @@ impl<'de> Deserialize<'de> for Fields<'de> {
     }
 }
 
+/// Whether JSON that serde_json already spanned as a [`RawValue`] (which proves its syntax:
+/// strings, the form of escapes and numbers, brackets) is sure to pass [`Checked`] too, so
+/// the second walk can be skipped. What a span does not check and `Checked` does: `\u`
+/// escapes that are lone surrogates (no backslash here: no escapes at all), numbers out of
+/// `f64`'s range (only with an exponent — a digit followed by `e`/`E` — or 300 digits in a
+/// row; neither here), and nesting beyond the reader's limit of 128 (fewer than 64 `{`/`[`
+/// bytes here, counted even inside strings). Anything else takes the full check.
+fn reads_back_as_spanned(json: &[u8]) -> bool {
+    const LONGEST_RUN: usize = 300;
+    if json.contains(&b'\\')
+        || json.iter().filter(|&&b| b == b'{' || b == b'[').count() >= 64
+        || json
+            .windows(2)
+            .any(|w| w[0].is_ascii_digit() && (w[1] == b'e' || w[1] == b'E'))
+    {
+        return false;
+    }
+    json.len() < LONGEST_RUN
+        || json
+            .split(|b| !b.is_ascii_digit())
+            .all(|run| run.len() < LONGEST_RUN)
+}
+
 /// Proves a value is JSON the feed's readers parse (escapes, surrogates, nesting limit),
 /// building nothing.
 struct Checked;
@@ -213,9 +241,9 @@ impl<'de> Deserialize<'de> for Checked {
     }
 }
 
-fn validate_event(
+fn validate_event<'a>(
     index: usize,
-    raw: &RawValue,
+    raw: &'a RawValue,
     trace_from_header: Option<&str>,
     batch: &mut Batch,
 ) -> Result<(), Rejection> {
@@ -223,7 +251,7 @@ fn validate_event(
     if !raw.get().starts_with('{') {
         return Err(reject(Some(index), None, "event must be a JSON object"));
     }
-    let fields: Fields<'_> = serde_json::from_str(raw.get())
+    let fields: Fields<'a> = serde_json::from_str(raw.get())
         .map_err(|e| reject(Some(index), None, format!("event is not valid JSON: {e}")))?;
     if let Some(unknown) = &fields.unknown {
         return Err(err(
@@ -259,15 +287,17 @@ fn validate_event(
         }
         Some(p) => p,
     };
-    serde_json::from_str::<Checked>(payload.get())
-        .map_err(|e| err("payload", format!("payload is not valid JSON: {e}")))?;
+    if !reads_back_as_spanned(payload.get().as_bytes()) {
+        serde_json::from_str::<Checked>(payload.get())
+            .map_err(|e| err("payload", format!("payload is not valid JSON: {e}")))?;
+    }
     let opt_string =
-        |raw: Option<&'_ RawValue>, field: &str| -> Result<Option<String>, Rejection> {
+        |raw: Option<&'a RawValue>, field: &str| -> Result<Option<Cow<'a, str>>, Rejection> {
             match raw {
                 None => Ok(None),
                 Some(r) if r.get() == "null" => Ok(None),
-                Some(r) => serde_json::from_str::<Text<'_>>(r.get())
-                    .map(|t| Some(t.0.into_owned()))
+                Some(r) => serde_json::from_str::<Text<'a>>(r.get())
+                    .map(|t| Some(t.0))
                     .map_err(|_| err(field, format!("{field} must be a string"))),
             }
         };
@@ -296,20 +326,24 @@ fn validate_event(
         None => {
             let tree: Map<String, Value> = serde_json::from_str(payload.get())
                 .map_err(|e| err("payload", format!("payload is not valid JSON: {e}")))?;
-            content_key(&event_type, &tree, ts_text.as_deref())
+            Cow::Owned(content_key(&event_type, &tree, ts_text.as_deref()))
         }
     };
-    let trace_id = match opt_string(fields.trace_id, "trace_id")? {
+    let payload = payload.get().as_bytes();
+    match opt_string(fields.trace_id, "trace_id")? {
         Some(t) if t.is_empty() || t.chars().count() > MAX_TRACE_LEN => {
             return Err(err(
                 "trace_id",
                 format!("trace_id must be 1-{MAX_TRACE_LEN} characters"),
             ));
         }
-        Some(t) => t,
-        None => trace_from_header.map_or_else(new_trace_id, str::to_string),
-    };
-    batch.push(&event_type, &key, &trace_id, ts, payload.get().as_bytes());
+        Some(t) => batch.push(&event_type, &key, &t, ts, payload),
+        None => match trace_from_header {
+            Some(t) => batch.push(&event_type, &key, t, ts, payload),
+            // A fresh random W3C-style id, made in its stored form (16 bytes).
+            None => batch.push_new_trace(&event_type, &key, ts, payload),
+        },
+    }
     Ok(())
 }
 
@@ -373,11 +407,6 @@ pub fn trace_id_from_traceparent(header: &str) -> Option<String> {
     valid.then(|| trace.to_ascii_lowercase())
 }
 
-/// A fresh random W3C-style trace id (32 hex digits).
-pub fn new_trace_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +422,29 @@ mod tests {
         assert_eq!(one(&format!("[{ev},{ev}]")).unwrap().len(), 2);
         let nd = format!("{ev}\n\n{ev}\n");
         assert_eq!(parse_body(nd.as_bytes(), true, None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_body_is_split_in_one_pass_and_what_is_not_an_event_list_says_why() {
+        let ev = r#"{"type":"PERMIT_STATUS","payload":{"id":"BP-802"}}"#;
+        // JSON whitespace before and after the array or object.
+        assert_eq!(one(&format!(" \r\n\t[ {ev} , {ev} ]\n")).unwrap().len(), 2);
+        assert_eq!(one(&format!("\n {ev} \n")).unwrap().len(), 1);
+        let error = |body: &str| one(body).unwrap_err().error;
+        for not_json in ["", "  \n", "[", "[{}", "nope", "[] x", "{} {}", "\u{a0}[]"] {
+            assert!(
+                error(not_json).starts_with("body is not JSON"),
+                "{not_json:?}: {}",
+                error(not_json)
+            );
+        }
+        for other in ["1", "\"text\"", "null", " true "] {
+            assert_eq!(
+                error(other),
+                "body must be an event object, an array of them, or NDJSON",
+                "{other:?}"
+            );
+        }
     }
 
     #[test]
@@ -470,8 +522,18 @@ mod tests {
         .unwrap();
         assert_eq!(evs[0].trace_id, "mine");
         assert_eq!(evs[1].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        let generated = one(r#"{"type":"A","payload":{}}"#).unwrap();
-        assert_eq!(generated[0].trace_id.len(), 32);
+        let generated = one(r#"[{"type":"A","payload":{}},{"type":"A","payload":{}}]"#).unwrap();
+        for ev in &generated {
+            assert_eq!(ev.trace_id.len(), 32, "{}", ev.trace_id);
+            assert!(
+                ev.trace_id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{}",
+                ev.trace_id
+            );
+        }
+        assert_ne!(generated[0].trace_id, generated[1].trace_id);
     }
 
     #[test]
@@ -522,6 +584,133 @@ mod tests {
             one(&deep).is_err(),
             "nesting beyond the reader's limit is refused"
         );
+    }
+
+    #[test]
+    fn what_skips_the_second_walk_always_passes_it() {
+        // Pieces of payloads, many of them at the edges of what a span proves; every
+        // combination that parses as a span and is let through without the full check
+        // must pass the full check.
+        let pieces = [
+            r#""s""#,
+            "1",
+            "-0.5",
+            "1e5",
+            "1E400",
+            "2.5e-3",
+            r#""\ud800""#,
+            r#""\u00e9""#,
+            r#""a\"b""#,
+            r#""e1""#,
+            "true",
+            "null",
+            "[]",
+            "{}",
+            r#"{"k":[1,2]}"#,
+            r#""2025-04-12T10:03:00Z""#,
+            "12345678901234567890123",
+            r#""x{[""#,
+        ];
+        let mut fast = 0;
+        for a in pieces {
+            for b in pieces {
+                for body in [
+                    format!(r#"{{"a":{a},"b":{b}}}"#),
+                    format!(r#"{{"a":[{a},{b}]}}"#),
+                ] {
+                    if serde_json::from_str::<&RawValue>(&body).is_err() {
+                        continue;
+                    }
+                    if reads_back_as_spanned(body.as_bytes()) {
+                        fast += 1;
+                        assert!(serde_json::from_str::<Checked>(&body).is_ok(), "{body}");
+                    }
+                }
+            }
+        }
+        assert!(
+            fast > 100,
+            "the common payloads take the short way ({fast})"
+        );
+        let long_number = format!(r#"{{"n":{}}}"#, "9".repeat(400));
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        for slow in [
+            long_number.as_str(),
+            deep.as_str(),
+            r#"{"n":1e999}"#,
+            r#"{"s":"\ud800"}"#,
+        ] {
+            assert!(!reads_back_as_spanned(slow.as_bytes()), "{slow}");
+        }
+        let permit =
+            r#"{"id":"BP-1","status":"APPROVED","updated_at":"2025-04-12T10:03:00Z","fee":123.45}"#;
+        assert!(reads_back_as_spanned(permit.as_bytes()));
+    }
+
+    /// JSON texts built from pieces at the edges of what a span proves: numbers with and
+    /// without exponents, too large, long digit runs; strings with escapes, surrogates,
+    /// brackets; nesting up to 150 deep.
+    fn edge_json() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            proptest::sample::select(vec![
+                "0",
+                "-1",
+                "1.5",
+                "1e5",
+                "1E400",
+                "-2.5e-3",
+                "1e999",
+                "123456789012345678901234",
+                "true",
+                "false",
+                "null",
+            ])
+            .prop_map(str::to_string),
+            "[0-9]{250,350}".prop_map(|d| format!("1{d}")),
+            proptest::sample::select(vec![
+                r#""s""#,
+                r#""\ud800""#,
+                r#""\udc00\ud800""#,
+                r#""\ud83d\ude00""#,
+                r#""\u00e9""#,
+                r#""a\"b\\""#,
+                r#""e1E""#,
+                r#""{[""#,
+                r#""9e""#,
+            ])
+            .prop_map(str::to_string),
+        ];
+        leaf.prop_recursive(150, 400, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec(("[a-e]{1,2}", inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> = v
+                        .into_iter()
+                        .map(|(k, x)| format!(r#""{k}":{x}"#))
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #[test]
+        fn random_json_that_skips_the_second_walk_passes_it(value in edge_json()) {
+            let payload = format!(r#"{{"v":{value}}}"#);
+            if serde_json::from_str::<&RawValue>(&payload).is_ok()
+                && reads_back_as_spanned(payload.as_bytes())
+            {
+                proptest::prop_assert!(
+                    serde_json::from_str::<Checked>(&payload).is_ok(),
+                    "{}",
+                    payload
+                );
+            }
+        }
     }
 
     #[test]
