@@ -639,6 +639,9 @@ mod tests {
             deep.as_str(),
             r#"{"n":1e999}"#,
             r#"{"s":"\ud800"}"#,
+            // The shrunk case of the property below when the check was broken on purpose:
+            // a lone surrogate inside nesting.
+            r#"{"v":[{"a":["\ud800"]}]}"#,
         ] {
             assert!(!reads_back_as_spanned(slow.as_bytes()), "{slow}");
         }
