@@ -123,3 +123,73 @@ pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// The 40-field payroll copybook of `tests/fixtures/copybooks/PAYROLL.cpy`, its map as
+/// `ess map from-copybook` writes it, and a payload that fills every field.
+pub mod payroll {
+    use ess::map::copybook::Copybook;
+    use ess::map::field::Kind;
+    use serde_json::{Map, Value};
+
+    pub fn copybook_text() -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(root.join("tests/fixtures/copybooks/PAYROLL.cpy"))
+            .expect("PAYROLL.cpy")
+    }
+
+    /// The skeleton `ess map from-copybook` makes of the copybook.
+    pub fn skeleton() -> String {
+        ess::map::cli::from_copybook(&copybook_text(), "PAYROLL.cpy").expect("skeleton")
+    }
+
+    /// A payload with a value for every field of the skeleton (dates where it formats dates).
+    pub fn payload() -> Map<String, Value> {
+        let cb = Copybook::parse(&copybook_text()).expect("copybook");
+        let mut payload = Map::new();
+        for f in cb.fields.iter().filter(|f| !f.filler) {
+            let key = f.name.to_ascii_lowercase().replace('-', "_");
+            let dated = f.name.contains("DATE") || f.name.contains("TIME");
+            let v: Value = match &f.kind {
+                // The skeleton formats fields named like dates (`| format:%Y%m%d`).
+                Kind::Zoned { .. } if dated => Value::String("2025-04-12T10:03:00Z".into()),
+                Kind::Text { width, .. } => Value::String(
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[..width.unwrap_or(1).min(26) / 2 + 1].into(),
+                ),
+                Kind::National { .. } | Kind::Float(_) => Value::from(1),
+                Kind::Zoned { pic, .. } | Kind::Packed { pic } | Kind::Binary { pic, .. } => {
+                    let int = "1234567"
+                        .get(..pic.int_digits().min(7) as usize)
+                        .unwrap_or("1");
+                    let frac = "5678"
+                        .get(..pic.frac_digits().min(4) as usize)
+                        .unwrap_or("");
+                    let text = if frac.is_empty() {
+                        int.to_string()
+                    } else {
+                        format!("{int}.{frac}")
+                    };
+                    serde_json::from_str(&text).expect("a number")
+                }
+            };
+            match key.split_once('(') {
+                None => {
+                    payload.insert(key, v);
+                }
+                Some((base, _)) => {
+                    let arr = payload
+                        .entry(base.to_string())
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(a) = arr {
+                        a.push(v);
+                    }
+                }
+            }
+        }
+        payload
+    }
+
+    /// The record length.
+    pub fn record_len() -> usize {
+        Copybook::parse(&copybook_text()).expect("copybook").len
+    }
+}
