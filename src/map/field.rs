@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 use super::decimal::Decimal;
 use super::encoding::Encoding;
 use super::float::FloatFormat;
-use super::spec::{Align, Case, NumPic, PathSeg, SignMode, Source};
+use super::spec::{Align, Case, Control, NumPic, PathSeg, SignMode, Source};
 use crate::event::Event;
 
 /// How a field's bytes are laid out.
@@ -141,6 +141,8 @@ pub struct Field {
     pub fill: Option<Vec<u8>>,
     /// Line and column of the definition in the map file, for diagnostics.
     pub pos: (u64, u64),
+    /// What a control character in the value does (`control:`).
+    pub control: Control,
 }
 
 /// A source's value before the text pipeline.
@@ -182,6 +184,7 @@ impl Field {
             count: false,
             fill: None,
             pos: (1, 1),
+            control: Control::Refuse,
         }
     }
 
@@ -242,6 +245,7 @@ impl Field {
             && self.map.is_none()
             && self.date.is_none()
             && self.case.is_none()
+            && !matches!(self.control, Control::Replace(_))
             && matches!(self.kind, Kind::Text { width: None, .. })
     }
 
@@ -424,6 +428,39 @@ impl Field {
         }
     }
 
+    /// The value as it may go into a record, by `control:` (SPEC: no control character
+    /// reaches a record unless the map says so). `strict` (fixed-width, CSV): a control
+    /// character refuses the event unless the field allows or replaces it; otherwise (JSON,
+    /// SOAP, which escape) only `replace` changes the text. The message names the
+    /// character's code point and position, never the value.
+    #[inline]
+    pub fn screen<'t>(&self, text: &'t str, strict: bool) -> Result<Cow<'t, str>, String> {
+        let Some(at) = first_control(text) else {
+            return Ok(Cow::Borrowed(text));
+        };
+        match self.control {
+            Control::Allow => Ok(Cow::Borrowed(text)),
+            Control::Refuse if !strict => Ok(Cow::Borrowed(text)),
+            Control::Refuse => {
+                let (pos, c) = text
+                    .char_indices()
+                    .enumerate()
+                    .find(|(_, (i, _))| *i == at)
+                    .map(|(n, (_, c))| (n + 1, c))
+                    .unwrap_or((0, '\0'));
+                Err(format!(
+                    "the value holds a control character (U+{:04X}, character {pos}), which could break or forge a record; add `| control:replace:\" \"` or `| control:allow` to the field if that is expected",
+                    u32::from(c)
+                ))
+            }
+            Control::Replace(r) => Ok(Cow::Owned(
+                text.chars()
+                    .map(|c| if c.is_control() { r } else { c })
+                    .collect(),
+            )),
+        }
+    }
+
     /// Lays the text out per the field's kind and appends it, encoded, to `out`.
     pub fn write(
         &self,
@@ -435,6 +472,16 @@ impl Field {
             out.extend_from_slice(fill);
             return Ok(());
         }
+        // Characters go into the record only past the control-character rule; numbers are
+        // refused by their own parser.
+        let screened;
+        let text = match (text, &self.kind) {
+            (Some(t), Kind::Text { .. } | Kind::National { .. }) => {
+                screened = self.screen(t, true)?;
+                Some(&*screened)
+            }
+            (t, _) => t,
+        };
         // A small dispatcher over one function per kind: the hot kinds (text, zoned,
         // packed) stay cheap to call.
         match &self.kind {
@@ -744,6 +791,19 @@ fn stored_fast(t: &str, pic: NumPic) -> Option<(bool, u128)> {
 
 const NEGATIVE_UNSIGNED: &str =
     "value is negative but the picture has no sign (write S9... to allow it)";
+
+/// Byte offset of the first control character (Unicode `Cc`: U+0000–U+001F, U+007F–U+009F)
+/// in `s`. The hot path: a byte scan; C1 characters are `C2 80`–`C2 9F` in UTF-8.
+#[inline]
+pub fn first_control(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    (0..b.len()).find(|&i| {
+        let x = b[i];
+        x < 0x20
+            || x == 0x7f
+            || (x == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+    })
+}
 
 pub fn unmappable(c: char, enc: Encoding) -> String {
     format!(
