@@ -37,6 +37,7 @@ fn event(payload: Map<String, Value>) -> Event {
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
+        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

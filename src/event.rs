@@ -29,6 +29,17 @@ pub struct Event {
     pub ts: Option<DateTime<Utc>>,
     /// When the feed committed it.
     pub received_at: DateTime<Utc>,
+    /// The payload's JSON text as it was sent, kept only when `payload` would print one of
+    /// its numbers with other characters (serde_json reads `1E2` as `1e+2`): the map writes
+    /// numbers as sent from it. `None` for the common payload.
+    pub sent_payload: Option<Box<str>>,
+}
+
+/// Whether a JSON text may hold a number serde_json's tree prints differently: an exponent
+/// written `E`, or `e` without a sign. Cheap and conservative (a string holding `e1` counts).
+pub fn numbers_may_reprint(json: &[u8]) -> bool {
+    json.windows(2)
+        .any(|w| w[0] == b'E' || (w[0] == b'e' && w[1].is_ascii_digit()))
 }
 
 /// The bytes a connector's map made of one event: one fixed-width line, one CSV row, one

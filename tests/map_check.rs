@@ -58,6 +58,7 @@ fn event(json: &str) -> Event {
         key: "k-1".into(),
         trace_id: "trace-1".into(),
         ts,
+        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

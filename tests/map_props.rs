@@ -32,6 +32,7 @@ fn event(payload: Map<String, Value>) -> Event {
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
+        sent_payload: None,
         received_at: "2025-03-30T01:30:00Z".parse().unwrap(),
     }
 }

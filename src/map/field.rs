@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use chrono::format::Item;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use super::decimal::Decimal;
 use super::encoding::Encoding;
@@ -149,6 +149,8 @@ pub struct Field {
 #[derive(Debug)]
 pub enum Raw<'a> {
     Json(&'a Value),
+    /// A payload number, as sent ([`sent_number`]).
+    Number(&'a str),
     Str(Cow<'a, str>),
     Time(DateTime<Utc>),
     Int(u64),
@@ -269,7 +271,10 @@ impl Field {
         value: Option<&'a Value>,
     ) -> Result<Raw<'a>, String> {
         let found = match &self.source {
-            Source::Path(_) => value.map(Raw::Json),
+            Source::Path(p) => value.map(|v| match v {
+                Value::Number(n) => Raw::Number(sent_number(event, p, n)),
+                v => Raw::Json(v),
+            }),
             Source::Const(c) => Some(Raw::Str(Cow::Borrowed(c))),
             Source::Seq => Some(Raw::Int(event.seq)),
             Source::Type => Some(Raw::Str(Cow::Borrowed(&event.event_type))),
@@ -375,6 +380,7 @@ impl Field {
             Raw::Int(n) => Cow::Owned(n.to_string()),
             Raw::Str(s) => s.clone(),
             Raw::Json(Value::String(s)) => Cow::Borrowed(s.as_str()),
+            Raw::Number(n) => Cow::Borrowed(n),
             Raw::Json(Value::Number(n)) => Cow::Borrowed(n.as_str()),
             Raw::Json(Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
             Raw::Json(Value::Null) => Cow::Borrowed(""),
@@ -1377,6 +1383,46 @@ pub fn lookup<'a>(payload: &'a Map<String, Value>, path: &[PathSeg]) -> Option<&
 }
 
 /// RFC 3339, or a local `YYYY-MM-DDTHH:MM:SS` / `YYYY-MM-DD` read in `tz`.
+/// The characters `n` (the value at `path`) was sent with: serde_json's tree prints an
+/// exponent as `e+N`, so when the event kept its payload text the number is read from there
+/// (checked to be the same number, in case a transform changed the value).
+pub fn sent_number<'a>(event: &'a Event, path: &[PathSeg], n: &'a Number) -> &'a str {
+    let shown = n.as_str();
+    if !shown.contains('e') {
+        return shown;
+    }
+    let Some(sent) = event.sent_payload.as_deref() else {
+        return shown;
+    };
+    match raw_at(sent, path) {
+        Some(raw) if raw.parse::<Number>().is_ok_and(|m| m == *n) => raw,
+        _ => shown,
+    }
+}
+
+/// The JSON text at `path` in the JSON text `json`, borrowed (duplicate keys: the last, as
+/// serde_json's tree keeps it).
+fn raw_at<'a>(json: &'a str, path: &[PathSeg]) -> Option<&'a str> {
+    use serde_json::value::RawValue;
+    let mut at: &'a str = json;
+    for seg in path {
+        let next: &'a RawValue = match seg {
+            PathSeg::Key(k) => {
+                let m: std::collections::HashMap<Cow<'a, str>, &'a RawValue> =
+                    serde_json::from_str(at).ok()?;
+                m.get(k.as_str())?
+            }
+            PathSeg::Index(i) => {
+                let v: Vec<&'a RawValue> = serde_json::from_str(at).ok()?;
+                v.get(*i)?
+            }
+            PathSeg::Each => return None,
+        };
+        at = next.get();
+    }
+    Some(at.trim())
+}
+
 pub fn parse_time(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
     let t = text.trim();
     if let Some(d) = rfc3339_seconds(t) {
@@ -1515,6 +1561,44 @@ fn format_time(t: &DateTime<Tz>, items: &[Item<'static>], pattern: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_read_with_the_characters_they_were_sent_with() {
+        let sent = r#"{"a": 1E2, "b": {"c": [5, -2.50E-3]}, "d": 1e5, "a": 7E1, "s": "1E2"}"#;
+        let event = Event {
+            seq: 1,
+            event_type: "T".into(),
+            payload: serde_json::from_str(sent).unwrap(),
+            key: "k".into(),
+            trace_id: "t".into(),
+            ts: None,
+            sent_payload: crate::event::numbers_may_reprint(sent.as_bytes()).then(|| sent.into()),
+            received_at: Utc::now(),
+        };
+        let path = |p: &str| match Source::parse(p).unwrap() {
+            Source::Path(p) => p,
+            _ => unreachable!(),
+        };
+        let at = |p: &str| {
+            let v = lookup(&event.payload, &path(p)).unwrap();
+            sent_number(&event, &path(p), v.as_number().unwrap()).to_string()
+        };
+        // Duplicate keys: the last one, as the tree keeps it.
+        assert_eq!(at("a"), "7E1");
+        assert_eq!(at("b.c[1]"), "-2.50E-3");
+        assert_eq!(at("b.c[0]"), "5");
+        assert_eq!(at("d"), "1e5");
+        // A value the tree no longer holds as sent (a transform changed it) is the tree's.
+        let mut changed = event.clone();
+        changed
+            .payload
+            .insert("d".into(), serde_json::from_str("3e+1").unwrap());
+        let v = lookup(&changed.payload, &path("d")).unwrap();
+        assert_eq!(
+            sent_number(&changed, &path("d"), v.as_number().unwrap()),
+            "3e+1"
+        );
+    }
 
     fn field(kind: Kind) -> Field {
         Field::plain("F", Source::Blank, kind)

@@ -262,7 +262,10 @@ impl Mapping {
                     // its text as sent, straight into the record.
                     let text = match found[i] {
                         Some(Value::String(s)) if f.is_plain() => Cow::Borrowed(s.as_str()),
-                        Some(Value::Number(n)) if f.is_plain() => Cow::Borrowed(n.as_str()),
+                        Some(Value::Number(n)) if f.is_plain() => match &f.source {
+                            spec::Source::Path(p) => Cow::Borrowed(field::sent_number(event, p, n)),
+                            _ => Cow::Borrowed(n.as_str()),
+                        },
                         _ => match value(i, f).map_err(|m| field_err(f, m))? {
                             Out::Text(Some(t)) => t,
                             Out::Text(None) => {
@@ -304,6 +307,7 @@ impl Mapping {
                     decode::push_str(&mut j, t);
                     return Ok(Out::Json(j));
                 }
+                Raw::Number(n) => return Ok(Out::Json((*n).to_string())),
                 Raw::Json(v) => return Ok(Out::Json(v.to_string())),
                 Raw::Int(n) => return Ok(Out::Json(n.to_string())),
                 _ => {}
