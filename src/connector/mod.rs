@@ -380,8 +380,8 @@ impl Rotation {
     }
 }
 
-/// The most events read from the feed per round.
-const READ_AHEAD: usize = 4096;
+/// The most events read from the feed per round (a round reads at most what it may deliver).
+const READ_AHEAD: usize = 8192;
 
 impl Runner {
     pub fn new(spec: Arc<ConnectorSpec>, env: Env) -> Result<Runner, String> {
@@ -622,9 +622,11 @@ impl Runner {
                 }));
             }
         }
+        // Deliver what was read: a round reads no more events than it may deliver (reading
+        // 4,096 to deliver 1,000 decoded each event about four times).
         let read_limit = match pinned {
             Some(last) => usize::try_from(last - cursor.seq).unwrap_or(usize::MAX),
-            None => READ_AHEAD,
+            None => READ_AHEAD.min(limit),
         };
         let events = blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?;
         Ok((!events.is_empty()).then_some(Work {
