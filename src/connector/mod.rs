@@ -383,6 +383,11 @@ impl Rotation {
 /// The most events read from the feed per round (a round reads at most what it may deliver).
 const READ_AHEAD: usize = 8192;
 
+/// The most stored bytes (keys and payloads) read per round, so that a round's memory does
+/// not grow with the size of the events: 8,192 permit events are 0.7 MB, a 40-field payroll
+/// event is about 1.5 KB stored and ~5 KB once parsed.
+const ROUND_BYTES: usize = 1 << 20;
+
 impl Runner {
     pub fn new(spec: Arc<ConnectorSpec>, env: Env) -> Result<Runner, String> {
         let target = build_target(&spec, env.timezone)?;
@@ -628,7 +633,15 @@ impl Runner {
             Some(last) => usize::try_from(last - cursor.seq).unwrap_or(usize::MAX),
             None => READ_AHEAD.min(limit),
         };
-        let events = blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?;
+        let events = match pinned {
+            // A pinned range is read whole: the retry must carry exactly its events.
+            Some(_) => blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?,
+            None => blocking(|| {
+                self.env
+                    .feed
+                    .read_after_within(cursor.seq, read_limit, ROUND_BYTES)
+            })?,
+        };
         Ok((!events.is_empty()).then_some(Work {
             events,
             pinned,

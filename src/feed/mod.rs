@@ -480,6 +480,32 @@ impl Feed {
         read_after(&self.store, after, limit)
     }
 
+    /// As [`Feed::read_after`], stopping after the event that brings the stored bytes read
+    /// to `max_bytes` (at least one event is read): a round's memory is bounded by bytes,
+    /// whatever the size of the events.
+    pub fn read_after_within(
+        &self,
+        after: Seq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, Error> {
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let mut bytes = 0;
+        visit_after(&self.store, after, limit, |view| {
+            bytes += view.key.len()
+                + match view.stored_payload {
+                    codec::StoredPayload::Clear(p) | codec::StoredPayload::Sealed(p) => p.len(),
+                };
+            out.push(to_event_view(&view)?);
+            Ok(if bytes >= max_bytes {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            })
+        })?;
+        Ok(out)
+    }
+
     /// The event stored under idempotency key `key`, if any.
     pub fn get_by_key(&self, key: &str) -> Result<Option<Event>, Error> {
         get_by_key(&self.store, key)
