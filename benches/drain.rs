@@ -162,20 +162,6 @@ fn disk_limit(dir: &Path, len: usize, n: u64, batch: usize) -> f64 {
     rate
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
-}
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -215,7 +201,7 @@ fn run(case: &Case, n: u64, disk_batch: usize, perf: Option<&str>) {
     let (t0, rows0, cpu0) = (
         Instant::now(),
         size(&out) / case.record_len as u64,
-        cpu_seconds(pid),
+        support::cpu_seconds(pid),
     );
     let mut profiler = perf.map(|file| {
         Command::new("perf")
@@ -243,7 +229,7 @@ fn run(case: &Case, n: u64, disk_batch: usize, perf: Option<&str>) {
         std::thread::sleep(Duration::from_millis(2));
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu = support::cpu_seconds(pid) - cpu0;
     if let Some(p) = profiler.as_mut() {
         // SAFETY: plain kill(2) on our own child; perf writes its file on SIGINT.
         unsafe { libc::kill(p.id() as i32, libc::SIGINT) };

@@ -503,12 +503,19 @@ impl Runner {
         }
         let name = self.spec.name.clone();
         let ledger = self.env.ledger.clone();
-        let retry = blocking(|| ledger.retry_state(&name))?;
+        // One blocking section for the round's three reads: each `block_in_place` hands the
+        // worker's other tasks to another thread, a context switch apiece at low rates.
+        let (retry, cursor, intent) = blocking(|| {
+            Ok::<_, crate::feed::Error>((
+                ledger.retry_state(&name)?,
+                ledger.cursor(&name)?,
+                ledger.intent(&name)?,
+            ))
+        })?;
         if let Some(wait) = self.retry_not_due(retry.as_ref(), now) {
             return Ok(Some(wait));
         }
-        let cursor = blocking(|| ledger.cursor(&name))?.unwrap_or_default();
-        let intent = blocking(|| ledger.intent(&name))?;
+        let cursor = cursor.unwrap_or_default();
         let limit = if retry.is_some() {
             1
         } else {
