@@ -162,7 +162,6 @@ fn disk_limit(dir: &Path, len: usize, n: u64, batch: usize) -> f64 {
     rate
 }
 
-
 fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

@@ -28,7 +28,6 @@ mod support;
 /// Length of one permit line (`PERMIT_ID` 10, `STATUS` 10, `TS` 14, line end).
 const LINE: usize = 35;
 
-
 /// Median of 100 × (overwrite 4 KiB in place, fdatasync) in `dir`.
 fn fdatasync_median(dir: &Path) -> Duration {
     use std::os::unix::fs::FileExt;

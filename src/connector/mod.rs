@@ -610,6 +610,7 @@ impl Runner {
                     pinned: Some(i.last),
                     replay: true,
                     legacy_pin: false,
+                    scanned: 0,
                 }));
             }
         }
@@ -631,30 +632,39 @@ impl Runner {
                     pinned,
                     replay: true,
                     legacy_pin: false,
+                    scanned: 0,
                 }));
             }
         }
-        // Deliver what was read: a round reads no more events than it may deliver (reading
-        // 4,096 to deliver 1,000 decoded each event about four times).
-        let read_limit = match pinned {
-            Some(last) => usize::try_from(last - cursor.seq).unwrap_or(usize::MAX),
-            None => READ_AHEAD.min(limit),
-        };
-        let events = match pinned {
+        // Deliver what was read: a round takes no more events than it may deliver (reading
+        // 4,096 to deliver 1,000 decoded each event about four times), and the types
+        // `events:` does not select are skipped without decoding their payloads.
+        let (events, scanned) = match pinned {
             // A pinned range is read whole: the retry must carry exactly its events.
-            Some(_) => blocking(|| self.env.feed.read_after(cursor.seq, read_limit))?,
-            None => blocking(|| {
-                self.env
-                    .feed
-                    .read_after_within(cursor.seq, read_limit, ROUND_BYTES)
-            })?,
+            Some(last) => {
+                let n = usize::try_from(last - cursor.seq).unwrap_or(usize::MAX);
+                (blocking(|| self.env.feed.read_after(cursor.seq, n))?, 0)
+            }
+            None => {
+                let mapping = &self.spec.mapping;
+                blocking(|| {
+                    self.env
+                        .feed
+                        .read_selected(cursor.seq, READ_AHEAD, limit, ROUND_BYTES, |t| {
+                            mapping.selects(t)
+                        })
+                })?
+            }
         };
-        Ok((!events.is_empty()).then_some(Work {
-            events,
-            pinned,
-            replay: false,
-            legacy_pin,
-        }))
+        Ok(
+            (!events.is_empty() || scanned > cursor.seq).then_some(Work {
+                events,
+                pinned,
+                replay: false,
+                legacy_pin,
+                scanned,
+            }),
+        )
     }
 
     /// Drops what `events:` does not select and maps the rest, up to `limit` records (or
@@ -675,8 +685,10 @@ impl Runner {
             replay: work.replay,
             legacy_pin: work.legacy_pin,
         };
+        let mut consumed_all = true;
         for ev in work.events {
             if round.pinned.is_none() && round.items.len() >= limit {
+                consumed_all = false;
                 break;
             }
             round.upto = round.upto.max(ev.seq);
@@ -700,6 +712,9 @@ impl Runner {
                     ));
                 }
             }
+        }
+        if consumed_all {
+            round.upto = round.upto.max(work.scanned);
         }
         round
     }
@@ -953,6 +968,9 @@ struct Work {
     replay: bool,
     /// The pin is one the release before intents left (`CursorState::pinned`).
     legacy_pin: bool,
+    /// The last seq read, selected or not (events `events:` does not select are skipped
+    /// unread): the round moves past it once every event in `events` is handled.
+    scanned: Seq,
 }
 
 /// One round after selecting and mapping: what goes to the target and what is committed.

@@ -480,30 +480,38 @@ impl Feed {
         read_after(&self.store, after, limit)
     }
 
-    /// As [`Feed::read_after`], stopping after the event that brings the stored bytes read
-    /// to `max_bytes` (at least one event is read): a round's memory is bounded by bytes,
-    /// whatever the size of the events.
-    pub fn read_after_within(
+    /// The events after `after` whose type `select` takes, decoded, up to `take` of them
+    /// or until their stored bytes reach `max_bytes` (at least one is decoded), looking at
+    /// most `scan` events; the others are passed over without decoding their payloads.
+    /// Returns the events and the last seq looked at (`after` when there was none): a
+    /// round's memory is bounded by bytes, whatever the size of the events.
+    pub fn read_selected(
         &self,
         after: Seq,
-        limit: usize,
+        scan: usize,
+        take: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Event>, Error> {
-        let mut out = Vec::with_capacity(limit.min(4096));
-        let mut bytes = 0;
-        visit_after(&self.store, after, limit, |view| {
+        select: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<Event>, Seq), Error> {
+        let mut out = Vec::with_capacity(take.min(scan).min(4096));
+        let (mut bytes, mut last) = (0, after);
+        visit_after(&self.store, after, scan, |view| {
+            last = view.seq;
+            if !select(view.event_type) {
+                return Ok(std::ops::ControlFlow::Continue(()));
+            }
             bytes += view.key.len()
                 + match view.stored_payload {
                     codec::StoredPayload::Clear(p) | codec::StoredPayload::Sealed(p) => p.len(),
                 };
             out.push(to_event_view(&view)?);
-            Ok(if bytes >= max_bytes {
+            Ok(if out.len() >= take || bytes >= max_bytes {
                 std::ops::ControlFlow::Break(())
             } else {
                 std::ops::ControlFlow::Continue(())
             })
         })?;
-        Ok(out)
+        Ok((out, last))
     }
 
     /// The event stored under idempotency key `key`, if any.
