@@ -524,7 +524,8 @@ impl Runner {
                 .unwrap_or(self.target.max_batch())
                 .max(1)
         };
-        let Some(work) = self.take_work(&cursor, intent.as_ref(), limit, now)? else {
+        // Blocking as a whole: its reads (and a replay's clean-up commit) in one section.
+        let Some(work) = blocking(|| self.take_work(&cursor, intent.as_ref(), limit, now))? else {
             self.set_live(|l| l.set_phase(Phase::Idle, now));
             return Ok(Some(Wait::NewEvents));
         };
@@ -586,6 +587,8 @@ impl Runner {
         Some(Wait::For((next - now).to_std().unwrap_or_default()))
     }
 
+    /// Blocking (redb reads and maybe a ledger commit): called inside [`blocking`].
+    ///
     /// The events of this round: a pinned batch first (exactly the range of its intent),
     /// then events queued by `ess replay`, then events after the cursor. `None` when there
     /// are none.
@@ -602,7 +605,7 @@ impl Runner {
         // left mid-batch still finishes that batch under the name it would have used.
         let legacy_pin = intent.is_none() && cursor.pinned.is_some_and(|last| last > cursor.seq);
         if let Some(i) = intent.filter(|i| i.exact && i.replay) {
-            let (mut events, _) = blocking(|| ledger.requeued_events(name, READ_AHEAD))?;
+            let (mut events, _) = ledger.requeued_events(name, READ_AHEAD)?;
             events.retain(|e| (i.first..=i.last).contains(&e.seq));
             if !events.is_empty() {
                 return Ok(Some(Work {
@@ -620,11 +623,9 @@ impl Runner {
             None => cursor.pinned.filter(|&last| last > cursor.seq),
         };
         if pinned.is_none() {
-            let (events, missing) = blocking(|| ledger.requeued_events(name, limit))?;
+            let (events, missing) = ledger.requeued_events(name, limit)?;
             if !missing.is_empty() {
-                blocking(|| {
-                    ledger.commit_replayed(name, &missing, cursor.checkpoint.clone(), 0, &[], now)
-                })?;
+                ledger.commit_replayed(name, &missing, cursor.checkpoint.clone(), 0, &[], now)?;
             }
             if !events.is_empty() {
                 return Ok(Some(Work {
@@ -643,17 +644,15 @@ impl Runner {
             // A pinned range is read whole: the retry must carry exactly its events.
             Some(last) => {
                 let n = usize::try_from(last - cursor.seq).unwrap_or(usize::MAX);
-                (blocking(|| self.env.feed.read_after(cursor.seq, n))?, 0)
+                (self.env.feed.read_after(cursor.seq, n)?, 0)
             }
             None => {
                 let mapping = &self.spec.mapping;
-                blocking(|| {
-                    self.env
-                        .feed
-                        .read_selected(cursor.seq, READ_AHEAD, limit, ROUND_BYTES, |t| {
-                            mapping.selects(t)
-                        })
-                })?
+                self.env
+                    .feed
+                    .read_selected(cursor.seq, READ_AHEAD, limit, ROUND_BYTES, |t| {
+                        mapping.selects(t)
+                    })?
             }
         };
         Ok(
