@@ -75,6 +75,8 @@ fn payload() -> impl Strategy<Value = Map<String, Value>> {
 fn hostile_payload() -> impl Strategy<Value = Map<String, Value>> {
     let hostile = prop_oneof![
         3 => "([ -~]|[\\x00-\\x1f\\x7f]|[\\u{80}-\\u{9f}]|é){0,12}",
+        // Only the control characters XML can carry escaped: line ends, tab, NEL.
+        2 => "([a-z]|\\n|\\r|\\t|\\u{85}){0,8}",
         1 => text(),
     ];
     prop::collection::vec(hostile, 5).prop_map(|v| {
@@ -203,6 +205,27 @@ proptest! {
             let mut text = String::new();
             m.encoding().decode_into(&r.bytes[..data_len], &mut text).unwrap();
             prop_assert!(!text.chars().any(char::is_control), "{enc}: {text:?}");
+        }
+    }
+
+    /// Issue 15, point 1, for bodies: JSON and SOAP escape control characters, never raw
+    /// (a SOAP field refuses the C0 characters XML cannot carry).
+    #[test]
+    fn json_and_soap_bodies_hold_no_raw_control_character(soap in any::<bool>(), replace in any::<bool>(), p in hostile_payload()) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = if replace { " | control:replace:\"_\"" } else { "" };
+        let yaml = format!(
+            "target: p\nformat: {}\nrecord: {{line_end: \"\\n\"}}\nfields:\n  A: 'a{ctl}'\n  B: 'b | upper{ctl}'\n  C: c\ndeliver: {{kind: file, dir: o, file: f}}\n",
+            if soap { "soap" } else { "json" }
+        );
+        let m = compile(dir.path(), &yaml).unwrap_or_else(|| panic!("map must compile:\n{yaml}"));
+        if let Ok(r) = m.render(&event(p)) {
+            let body = std::str::from_utf8(&r.bytes).unwrap();
+            let body = body.strip_suffix('\n').unwrap();
+            prop_assert!(!body.chars().any(char::is_control), "{body:?}");
+            if !soap {
+                prop_assert!(serde_json::from_str::<Value>(body).is_ok(), "{body:?}");
+            }
         }
     }
 
