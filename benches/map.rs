@@ -12,10 +12,10 @@ use std::path::Path;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ess::config::connector;
 use ess::event::Event;
-use ess::map::copybook::Copybook;
-use ess::map::field::Kind;
-use ess::map::{DecodeScratch, MapContext, Mapping, View, cli};
+use ess::map::{DecodeScratch, MapContext, Mapping, View};
 use serde_json::{Map, Value};
+
+mod support;
 
 fn compile(path: &Path) -> Mapping {
     let text = std::fs::read_to_string(path).unwrap();
@@ -37,6 +37,7 @@ fn event(payload: Map<String, Value>) -> Event {
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
+        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }
@@ -62,60 +63,23 @@ fn bench(c: &mut Criterion) {
     });
 
     // The 40-field payroll copybook, every field mapped from the payload.
-    let cpy = std::fs::read_to_string(root.join("tests/fixtures/copybooks/PAYROLL.cpy")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("PAYROLL.cpy"), &cpy).unwrap();
-    let skeleton = cli::from_copybook(&cpy, "PAYROLL.cpy").unwrap();
-    std::fs::write(dir.path().join("payroll.yml"), &skeleton).unwrap();
+    std::fs::write(
+        dir.path().join("PAYROLL.cpy"),
+        support::payroll::copybook_text(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("payroll.yml"), support::payroll::skeleton()).unwrap();
     let payroll = compile(&dir.path().join("payroll.yml"));
-    let cb = Copybook::parse(&cpy).unwrap();
-    let mut payload = Map::new();
-    for f in cb.fields.iter().filter(|f| !f.filler) {
-        let key = f.name.to_ascii_lowercase().replace('-', "_");
-        let dated = f.name.contains("DATE") || f.name.contains("TIME");
-        let v: Value = match &f.kind {
-            // The skeleton formats fields named like dates (`| format:%Y%m%d`).
-            Kind::Zoned { .. } if dated => Value::String("2025-04-12T10:03:00Z".into()),
-            Kind::Text { width, .. } => Value::String(
-                "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[..width.unwrap_or(1).min(26) / 2 + 1].into(),
-            ),
-            Kind::National { .. } | Kind::Float(_) => Value::from(1),
-            Kind::Zoned { pic, .. } | Kind::Packed { pic } | Kind::Binary { pic, .. } => {
-                let int = "1234567"
-                    .get(..pic.int_digits().min(7) as usize)
-                    .unwrap_or("1");
-                let frac = "5678"
-                    .get(..pic.frac_digits().min(4) as usize)
-                    .unwrap_or("");
-                let text = if frac.is_empty() {
-                    int.to_string()
-                } else {
-                    format!("{int}.{frac}")
-                };
-                serde_json::from_str(&text).unwrap()
-            }
-        };
-        match key.split_once('(') {
-            None => {
-                payload.insert(key, v);
-            }
-            Some((base, _)) => {
-                let arr = payload
-                    .entry(base.to_string())
-                    .or_insert_with(|| Value::Array(Vec::new()));
-                if let Value::Array(a) = arr {
-                    a.push(v);
-                }
-            }
-        }
-    }
+    let payload = support::payroll::payload();
+    let record_len = support::payroll::record_len();
     let e40 = event(payload);
     let r = payroll.render(&e40).unwrap();
-    assert_eq!(r.bytes.len(), cb.len);
+    assert_eq!(r.bytes.len(), record_len);
     g.finish();
 
     let mut g = c.benchmark_group("payroll_40_fields");
-    g.throughput(Throughput::Bytes(cb.len as u64));
+    g.throughput(Throughput::Bytes(record_len as u64));
     g.bench_function("encode", |b| {
         b.iter(|| payroll.render(black_box(&e40)).unwrap())
     });

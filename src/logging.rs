@@ -426,6 +426,7 @@ mod tests {
             key: "k".to_owned(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
             ts: None,
+            sent_payload: None,
             received_at: Utc::now(),
         };
         let lines = json_lines(|| {

@@ -329,6 +329,7 @@ fn event_of(spec: &EventSpec) -> Result<Event, String> {
         event_type,
         payload,
         ts,
+        sent_payload: None,
         received_at,
     })
 }

@@ -238,6 +238,7 @@ fn event(seq: u64, payload: &Value) -> Event {
         key: format!("k{seq}"),
         trace_id: "t".into(),
         ts: None,
+        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

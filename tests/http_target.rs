@@ -25,6 +25,7 @@ fn event(seq: u64, record: &str) -> (Event, Record) {
         key: format!("key-{seq}"),
         trace_id: format!("{:032x}", 0xabc000 + seq),
         ts: None,
+        sent_payload: None,
         received_at: chrono::Utc::now(),
     };
     (

@@ -58,6 +58,7 @@ fn event(json: &str) -> Event {
         key: "k-1".into(),
         trace_id: "trace-1".into(),
         ts,
+        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }
@@ -788,6 +789,132 @@ fn seed_map_without_widths_names_every_field_and_the_fix() {
     );
 }
 
+/// Issue 15, point 1: no control character reaches a fixed-width or CSV record unless the
+/// field opts in; JSON and SOAP bodies escape them, never raw.
+#[test]
+fn issue_15_control_characters_are_refused_unless_the_field_opts_in() {
+    let refused = "error:the value holds a control character";
+    for (value, at) in [
+        (r"X\nFAKE-1", "U+000A, character 2"),
+        (r"CR\rX", "U+000D, character 3"),
+        (r"\u0000", "U+0000, character 1"),
+        (r"T\tX", "U+0009"),
+        (r"D\u007fX", "U+007F"),
+        (r"NEL\u0085X", "U+0085, character 4"),
+        (r"é\u009f", "U+009F, character 2"),
+    ] {
+        let ev = format!(r#"{{"id":"{value}"}}"#);
+        check(
+            "fields: {A: 'id | width:12'}",
+            &ev,
+            &format!("{refused} ({at}"),
+        );
+        check("format: csv\nfields: {A: id}", &ev, refused);
+        check(
+            "format: fixed\nrecord: {line_end: \"\"}\nfields: {A: 'id | width:12'}",
+            &ev,
+            refused,
+        );
+    }
+    // The message names the field and never the value.
+    check(
+        "fields: {PERMIT_ID: 'id | width:12'}",
+        r#"{"id":"X\nFAKE-1"}"#,
+        "error:field PERMIT_ID: the value holds a control character",
+    );
+    // Constants, defaults and modified values go through the same rule.
+    check(
+        r#"fields: {A: {from: "\"a\tb\"", width: 4}}"#,
+        "{}",
+        refused,
+    );
+    check(
+        "fields: {A: 'id | upper | width:4'}",
+        r#"{"id":"a\nb"}"#,
+        refused,
+    );
+    check("fields: {A: 'id | default:x | width:4'}", "{}", "x   \n");
+    // Opting in: replace (short and long form) or allow.
+    check(
+        "fields: {A: 'id | width:8 | control:replace:\" \"'}",
+        r#"{"id":"A\nB\u0000C\u0085D"}"#,
+        "A B C D \n",
+    );
+    check(
+        "fields: {A: 'id | width:4 | control:replace:_'}",
+        r#"{"id":"\r\n"}"#,
+        "__  \n",
+    );
+    check(
+        "fields: {A: {from: id, width: 4, control: 'replace:\" \"'}}",
+        r#"{"id":"a\tb"}"#,
+        "a b \n",
+    );
+    check(
+        "fields: {A: {from: id, width: 4, control: allow}}",
+        r#"{"id":"a\tb"}"#,
+        "a\tb \n",
+    );
+    check(
+        "format: csv\nfields: {A: 'id | control:replace:\" \"', B: id2}",
+        r#"{"id":"a\r\nb","id2":"c"}"#,
+        "a  b,c\n",
+    );
+    // The option is checked.
+    check(
+        "fields: {A: 'id | width:4 | control:strip'}",
+        "{}",
+        "compile:control \"strip\" is not",
+    );
+    check(
+        "fields: {A: 'id | width:4 | control'}",
+        "{}",
+        "compile:`control` needs a value",
+    );
+    check(
+        "fields: {A: 'id | width:4 | control:replace:\"ab\"'}",
+        "{}",
+        "compile:must be one character",
+    );
+    check(
+        r#"fields: {A: {from: id, width: 4, control: "replace:\"\n\""}}"#,
+        "{}",
+        "compile:would put a control character in the record",
+    );
+    check(
+        "fields: {A: {from: id, width: 4, control: sometimes}}",
+        "{}",
+        "compile:control \"sometimes\" is not",
+    );
+    // JSON: escaped, never raw (C0, DEL and C1 alike), modified values and pass-through.
+    check(
+        "format: json\nfields: {a: id, b: 'id | upper'}",
+        r#"{"id":"x\ny\u0000\u007f\u0085"}"#,
+        "{\"a\":\"x\\ny\\u0000\\u007f\\u0085\",\"b\":\"X\\nY\\u0000\\u007f\\u0085\"}\n",
+    );
+    check(
+        "format: json\nfields: {a: 'id | control:replace:\" \"'}",
+        r#"{"id":"x\ny"}"#,
+        "{\"a\":\"x y\"}\n",
+    );
+    // SOAP: line ends, tab, DEL and C1 as character references; other C0 cannot be in XML.
+    check(
+        "format: soap\nfields: {P: id}",
+        r#"{"id":"a\r\nb\tc\u0085"}"#,
+        "<P>a&#xD;&#xA;b&#x9;c&#x85;</P>",
+    );
+    check(
+        "format: soap\nfields: {P: id}",
+        r#"{"id":"a\u0001"}"#,
+        "error:field P: the value holds a control character (U+0001) that XML 1.0 cannot carry",
+    );
+    check(
+        "format: soap\nfields: {P: 'id | control:replace:\" \"'}",
+        r#"{"id":"a\u0001"}"#,
+        "<P>a </P>",
+    );
+}
+
 #[test]
 fn csv_json_and_soap() {
     check(
@@ -802,6 +929,11 @@ fn csv_json_and_soap() {
     );
     check(
         "format: csv\nfields: {A: id}",
+        r#"{"id":"two\nlines"}"#,
+        "error:field A: the value holds a control character (U+000A, character 4)",
+    );
+    check(
+        "format: csv\nfields: {A: 'id | control:allow'}",
         r#"{"id":"two\nlines"}"#,
         "\"two\nlines\"\n",
     );

@@ -106,6 +106,7 @@ fn results(dir: &Path) -> (PathBuf, PathBuf) {
             key: "k".into(),
             trace_id: "t".into(),
             ts: None,
+            sent_payload: None,
             received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
         };
         file.extend(m.render(&ev).unwrap().bytes);

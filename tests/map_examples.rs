@@ -43,6 +43,7 @@ fn event(ty: &str, payload: &str) -> Event {
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
+        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

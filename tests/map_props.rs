@@ -32,6 +32,7 @@ fn event(payload: Map<String, Value>) -> Event {
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
+        sent_payload: None,
         received_at: "2025-03-30T01:30:00Z".parse().unwrap(),
     }
 }
@@ -41,6 +42,8 @@ fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         "[ -~]{0,24}",
         "\\PC{0,12}",
+        // Control characters among others: line ends, NUL, DEL, C1 (NEL is EBCDIC's line end).
+        "([ -~]|[\\x00-\\x1f\\x7f]|[\\u{80}-\\u{9f}]|é){0,16}",
         "-?[0-9]{0,12}(\\.[0-9]{0,6})?",
         Just("2025-04-12T10:03:00Z".to_string()),
         Just("2025-03-30".to_string()),
@@ -68,6 +71,23 @@ fn payload() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::btree_map("[a-e]", json_value(), 0..6).prop_map(|m| m.into_iter().collect())
 }
 
+/// Every key `a`..`e` a string, most of them holding control characters.
+fn hostile_payload() -> impl Strategy<Value = Map<String, Value>> {
+    let hostile = prop_oneof![
+        3 => "([ -~]|[\\x00-\\x1f\\x7f]|[\\u{80}-\\u{9f}]|é){0,12}",
+        // Only the control characters XML can carry escaped: line ends, tab, NEL.
+        2 => "([a-z]|\\n|\\r|\\t|\\u{85}){0,8}",
+        1 => text(),
+    ];
+    prop::collection::vec(hostile, 5).prop_map(|v| {
+        ["a", "b", "c", "d", "e"]
+            .into_iter()
+            .zip(v)
+            .map(|(k, s)| (k.to_string(), Value::String(s)))
+            .collect()
+    })
+}
+
 /// One random short-form field definition over payload keys `a`..`e`.
 fn field_spec() -> impl Strategy<Value = String> {
     let src = prop_oneof![
@@ -91,8 +111,9 @@ fn field_spec() -> impl Strategy<Value = String> {
         ]),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(w, a, p, m, trunc, dflt)| {
+        .prop_map(|(w, a, p, m, trunc, dflt, replace)| {
             let mut s = format!(" | width:{w}");
             for x in [a, p, m].into_iter().flatten() {
                 s.push_str(" | ");
@@ -103,6 +124,9 @@ fn field_spec() -> impl Strategy<Value = String> {
             }
             if dflt {
                 s.push_str(" | default:D");
+            }
+            if replace {
+                s.push_str(" | control:replace:\" \"");
             }
             s
         });
@@ -162,6 +186,46 @@ proptest! {
         let len = m.record_len().unwrap() + m.line_end().len();
         if let Ok(r) = m.render(&event(p)) {
             prop_assert_eq!(r.bytes.len(), len);
+        }
+    }
+
+    /// Issue 15, point 1: whatever the payload holds, a fixed-width record is the layout's
+    /// length, holds no control character (in the record's encoding) and has its line end
+    /// only at its end: no value can split a record or forge another.
+    #[test]
+    fn no_payload_splits_or_forges_a_fixed_width_record((yaml, enc) in fixed_map(), p in hostile_payload()) {
+        let dir = tempfile::tempdir().unwrap();
+        let m = compile(dir.path(), &yaml).unwrap_or_else(|| panic!("generated map must compile:\n{yaml}"));
+        let data_len = m.record_len().unwrap();
+        if let Ok(r) = m.render(&event(p)) {
+            prop_assert_eq!(r.bytes.len(), data_len + m.line_end().len());
+            let mut end = Vec::new();
+            m.encoding().encode_into(m.line_end(), &mut end).unwrap();
+            prop_assert!(r.bytes.ends_with(&end));
+            let mut text = String::new();
+            m.encoding().decode_into(&r.bytes[..data_len], &mut text).unwrap();
+            prop_assert!(!text.chars().any(char::is_control), "{enc}: {text:?}");
+        }
+    }
+
+    /// Issue 15, point 1, for bodies: JSON and SOAP escape control characters, never raw
+    /// (a SOAP field refuses the C0 characters XML cannot carry).
+    #[test]
+    fn json_and_soap_bodies_hold_no_raw_control_character(soap in any::<bool>(), replace in any::<bool>(), p in hostile_payload()) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = if replace { " | control:replace:\"_\"" } else { "" };
+        let yaml = format!(
+            "target: p\nformat: {}\nrecord: {{line_end: \"\\n\"}}\nfields:\n  A: 'a{ctl}'\n  B: 'b | upper{ctl}'\n  C: c\ndeliver: {{kind: file, dir: o, file: f}}\n",
+            if soap { "soap" } else { "json" }
+        );
+        let m = compile(dir.path(), &yaml).unwrap_or_else(|| panic!("map must compile:\n{yaml}"));
+        if let Ok(r) = m.render(&event(p)) {
+            let body = std::str::from_utf8(&r.bytes).unwrap();
+            let body = body.strip_suffix('\n').unwrap();
+            prop_assert!(!body.chars().any(char::is_control), "{body:?}");
+            if !soap {
+                prop_assert!(serde_json::from_str::<Value>(body).is_ok(), "{body:?}");
+            }
         }
     }
 

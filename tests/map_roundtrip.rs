@@ -531,6 +531,7 @@ fn event(seq: u64, payload: Map<String, Value>) -> Event {
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
+        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

@@ -71,6 +71,7 @@ fn items(seqs: std::ops::RangeInclusive<u64>, pad: usize) -> Vec<(Event, Record)
             key: format!("k{seq}"),
             trace_id: format!("t{seq}"),
             ts: None,
+            sent_payload: None,
             received_at: chrono::Utc.with_ymd_and_hms(2025, 4, 12, 9, 0, 0).unwrap(),
         };
         let bytes = format!("{seq:08} {}\n", "x".repeat(pad)).into_bytes();

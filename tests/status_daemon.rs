@@ -225,6 +225,7 @@ fn metrics_hooks_record_ingest_and_deliveries() {
         key: format!("k{seq}"),
         trace_id: format!("t{seq}"),
         ts: None,
+        sent_payload: None,
         received_at,
     };
     let batch: Vec<(Event, Record)> = (1..=2)

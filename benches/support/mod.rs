@@ -140,7 +140,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// CPU time (user + system) process `pid` has used so far, in seconds (`self` for this one).
-pub fn cpu_seconds(pid: &str) -> f64 {
+pub fn cpu_seconds(pid: impl std::fmt::Display) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit(')').next().unwrap_or_default();
@@ -170,4 +170,74 @@ pub fn machine_cpu_seconds() -> (f64, f64) {
     let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
     let idle = at(3) + at(4);
     (busy / clock_ticks(), idle / clock_ticks())
+}
+
+/// The 40-field payroll copybook of `tests/fixtures/copybooks/PAYROLL.cpy`, its map as
+/// `ess map from-copybook` writes it, and a payload that fills every field.
+pub mod payroll {
+    use ess::map::copybook::Copybook;
+    use ess::map::field::Kind;
+    use serde_json::{Map, Value};
+
+    pub fn copybook_text() -> String {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(root.join("tests/fixtures/copybooks/PAYROLL.cpy"))
+            .expect("PAYROLL.cpy")
+    }
+
+    /// The skeleton `ess map from-copybook` makes of the copybook.
+    pub fn skeleton() -> String {
+        ess::map::cli::from_copybook(&copybook_text(), "PAYROLL.cpy").expect("skeleton")
+    }
+
+    /// A payload with a value for every field of the skeleton (dates where it formats dates).
+    pub fn payload() -> Map<String, Value> {
+        let cb = Copybook::parse(&copybook_text()).expect("copybook");
+        let mut payload = Map::new();
+        for f in cb.fields.iter().filter(|f| !f.filler) {
+            let key = f.name.to_ascii_lowercase().replace('-', "_");
+            let dated = f.name.contains("DATE") || f.name.contains("TIME");
+            let v: Value = match &f.kind {
+                // The skeleton formats fields named like dates (`| format:%Y%m%d`).
+                Kind::Zoned { .. } if dated => Value::String("2025-04-12T10:03:00Z".into()),
+                Kind::Text { width, .. } => Value::String(
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[..width.unwrap_or(1).min(26) / 2 + 1].into(),
+                ),
+                Kind::National { .. } | Kind::Float(_) => Value::from(1),
+                Kind::Zoned { pic, .. } | Kind::Packed { pic } | Kind::Binary { pic, .. } => {
+                    let int = "1234567"
+                        .get(..pic.int_digits().min(7) as usize)
+                        .unwrap_or("1");
+                    let frac = "5678"
+                        .get(..pic.frac_digits().min(4) as usize)
+                        .unwrap_or("");
+                    let text = if frac.is_empty() {
+                        int.to_string()
+                    } else {
+                        format!("{int}.{frac}")
+                    };
+                    serde_json::from_str(&text).expect("a number")
+                }
+            };
+            match key.split_once('(') {
+                None => {
+                    payload.insert(key, v);
+                }
+                Some((base, _)) => {
+                    let arr = payload
+                        .entry(base.to_string())
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(a) = arr {
+                        a.push(v);
+                    }
+                }
+            }
+        }
+        payload
+    }
+
+    /// The record length.
+    pub fn record_len() -> usize {
+        Copybook::parse(&copybook_text()).expect("copybook").len
+    }
 }

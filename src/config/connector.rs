@@ -94,7 +94,7 @@ impl<'de> Deserialize<'de> for Fields {
 #[derive(Debug, Clone)]
 pub enum FieldSpec {
     Short(String),
-    Long(LongField),
+    Long(Box<LongField>),
 }
 
 impl<'de> Deserialize<'de> for FieldSpec {
@@ -123,7 +123,7 @@ impl<'de> Deserialize<'de> for FieldSpec {
             }
             fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<FieldSpec, A::Error> {
                 LongField::deserialize(serde::de::value::MapAccessDeserializer::new(m))
-                    .map(FieldSpec::Long)
+                    .map(|l| FieldSpec::Long(Box::new(l)))
             }
         }
         d.deserialize_any(V)
@@ -184,6 +184,9 @@ pub struct LongField {
     /// The number of elements of the list at `from` (an OCCURS DEPENDING ON count).
     #[serde(default)]
     pub count: Option<bool>,
+    /// `allow` | `refuse` (default) | `replace:C`: control characters in the value.
+    #[serde(default)]
+    pub control: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

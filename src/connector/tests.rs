@@ -154,6 +154,28 @@ async fn a_target_that_fails_then_recovers_gets_everything_once_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn events_of_other_types_are_passed_over_and_the_cursor_moves_past_them() {
+    let rig = rig("{base: 1ms, max_delay: 5ms}");
+    append(&rig.env, &["a"], "P").await;
+    let others: Vec<String> = (0..10_000).map(|i| format!("x{i}")).collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    append(&rig.env, &others, "OTHER").await;
+    append(&rig.env, &["b"], "P").await;
+    append(&rig.env, &["y", "z"], "OTHER").await;
+    let target = Recorder::default();
+    let (got, sizes) = (target.got.clone(), target.sizes.clone());
+    let ledger = rig.env.ledger.clone();
+    run_until(&rig, target, || {
+        ledger.cursor("t").unwrap().is_some_and(|c| c.seq == 10_004)
+    })
+    .await;
+    assert_eq!(*got.lock().unwrap(), ["a", "b"]);
+    assert!(sizes.lock().unwrap().iter().all(|&n| n > 0));
+    let cursor = rig.env.ledger.cursor("t").unwrap().unwrap();
+    assert_eq!((cursor.seq, cursor.delivered), (10_004, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn block_holds_later_events_and_park_moves_on() {
     // block: the poisoned event is retried and nothing after it is delivered.
     let rig_block = rig("{base: 1ms, max_delay: 2ms, max_tries: 3, on_failure: block}");

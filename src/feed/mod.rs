@@ -504,6 +504,40 @@ impl Feed {
         read_after(&self.store, after, limit)
     }
 
+    /// The events after `after` whose type `select` takes, decoded, up to `take` of them
+    /// or until their stored bytes reach `max_bytes` (at least one is decoded), looking at
+    /// most `scan` events; the others are passed over without decoding their payloads.
+    /// Returns the events and the last seq looked at (`after` when there was none): a
+    /// round's memory is bounded by bytes, whatever the size of the events.
+    pub fn read_selected(
+        &self,
+        after: Seq,
+        scan: usize,
+        take: usize,
+        max_bytes: usize,
+        select: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<Event>, Seq), Error> {
+        let mut out = Vec::with_capacity(take.min(scan).min(4096));
+        let (mut bytes, mut last) = (0, after);
+        visit_after(&self.store, after, scan, |view| {
+            last = view.seq;
+            if !select(view.event_type) {
+                return Ok(std::ops::ControlFlow::Continue(()));
+            }
+            bytes += view.key.len()
+                + match view.stored_payload {
+                    codec::StoredPayload::Clear(p) | codec::StoredPayload::Sealed(p) => p.len(),
+                };
+            out.push(to_event_view(&view)?);
+            Ok(if out.len() >= take || bytes >= max_bytes {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            })
+        })?;
+        Ok((out, last))
+    }
+
     /// The event stored under idempotency key `key`, if any.
     pub fn get_by_key(&self, key: &str) -> Result<Option<Event>, Error> {
         get_by_key(&self.store, key)

@@ -109,6 +109,7 @@ fn to_event(seq: u64, v: Value, default_type: &str) -> anyhow::Result<Event> {
             key: str_of(&obj, "idempotency_key").unwrap_or_else(|| format!("preview-{seq}")),
             trace_id: str_of(&obj, "trace_id").unwrap_or_else(|| "preview".into()),
             ts,
+            sent_payload: None,
             received_at: Utc::now(),
         });
     }
@@ -119,6 +120,7 @@ fn to_event(seq: u64, v: Value, default_type: &str) -> anyhow::Result<Event> {
         key: format!("preview-{seq}"),
         trace_id: "preview".into(),
         ts: None,
+        sent_payload: None,
         received_at: Utc::now(),
     })
 }

@@ -786,6 +786,7 @@ impl Compiler<'_> {
             count: def.count,
             fill,
             pos: (name.referenced.line(), name.referenced.column()),
+            control: def.control.unwrap_or_default(),
         })
     }
 

@@ -509,7 +509,10 @@ fn same_number(a: &str, b: &str) -> bool {
 /// Appends `s` as a JSON string.
 pub fn push_str(out: &mut String, s: &str) {
     out.push('"');
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !s
+        .bytes()
+        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f || b == 0xc2)
+    {
         out.push_str(s);
     } else {
         for c in s.chars() {
@@ -519,7 +522,8 @@ pub fn push_str(out: &mut String, s: &str) {
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
                 '\t' => out.push_str("\\t"),
-                c if u32::from(c) < 0x20 => {
+                // Every control character escaped (C0, DEL, C1): never raw in a body.
+                c if c.is_control() => {
                     use std::fmt::Write as _;
                     let _ = write!(out, "\\u{:04x}", u32::from(c));
                 }

@@ -26,12 +26,12 @@ use std::fmt::Write as _;
 use chrono::format::Item;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use serde_json::{Map, Value};
+use serde_json::{Map, Number, Value};
 
 use super::decimal::Decimal;
 use super::encoding::Encoding;
 use super::float::FloatFormat;
-use super::spec::{Align, Case, NumPic, PathSeg, SignMode, Source};
+use super::spec::{Align, Case, Control, NumPic, PathSeg, SignMode, Source};
 use crate::event::Event;
 
 /// How a field's bytes are laid out.
@@ -141,12 +141,16 @@ pub struct Field {
     pub fill: Option<Vec<u8>>,
     /// Line and column of the definition in the map file, for diagnostics.
     pub pos: (u64, u64),
+    /// What a control character in the value does (`control:`).
+    pub control: Control,
 }
 
 /// A source's value before the text pipeline.
 #[derive(Debug)]
 pub enum Raw<'a> {
     Json(&'a Value),
+    /// A payload number, as sent ([`sent_number`]).
+    Number(&'a str),
     Str(Cow<'a, str>),
     Time(DateTime<Utc>),
     Int(u64),
@@ -182,6 +186,7 @@ impl Field {
             count: false,
             fill: None,
             pos: (1, 1),
+            control: Control::Refuse,
         }
     }
 
@@ -242,6 +247,7 @@ impl Field {
             && self.map.is_none()
             && self.date.is_none()
             && self.case.is_none()
+            && !matches!(self.control, Control::Replace(_))
             && matches!(self.kind, Kind::Text { width: None, .. })
     }
 
@@ -265,7 +271,10 @@ impl Field {
         value: Option<&'a Value>,
     ) -> Result<Raw<'a>, String> {
         let found = match &self.source {
-            Source::Path(_) => value.map(Raw::Json),
+            Source::Path(p) => value.map(|v| match v {
+                Value::Number(n) => Raw::Number(sent_number(event, p, n)),
+                v => Raw::Json(v),
+            }),
             Source::Const(c) => Some(Raw::Str(Cow::Borrowed(c))),
             Source::Seq => Some(Raw::Int(event.seq)),
             Source::Type => Some(Raw::Str(Cow::Borrowed(&event.event_type))),
@@ -371,6 +380,7 @@ impl Field {
             Raw::Int(n) => Cow::Owned(n.to_string()),
             Raw::Str(s) => s.clone(),
             Raw::Json(Value::String(s)) => Cow::Borrowed(s.as_str()),
+            Raw::Number(n) => Cow::Borrowed(n),
             Raw::Json(Value::Number(n)) => Cow::Borrowed(n.as_str()),
             Raw::Json(Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
             Raw::Json(Value::Null) => Cow::Borrowed(""),
@@ -424,6 +434,39 @@ impl Field {
         }
     }
 
+    /// The value as it may go into a record, by `control:` (SPEC: no control character
+    /// reaches a record unless the map says so). `strict` (fixed-width, CSV): a control
+    /// character refuses the event unless the field allows or replaces it; otherwise (JSON,
+    /// SOAP, which escape) only `replace` changes the text. The message names the
+    /// character's code point and position, never the value.
+    #[inline]
+    pub fn screen<'t>(&self, text: &'t str, strict: bool) -> Result<Cow<'t, str>, String> {
+        let Some(at) = first_control(text) else {
+            return Ok(Cow::Borrowed(text));
+        };
+        match self.control {
+            Control::Allow => Ok(Cow::Borrowed(text)),
+            Control::Refuse if !strict => Ok(Cow::Borrowed(text)),
+            Control::Refuse => {
+                let (pos, c) = text
+                    .char_indices()
+                    .enumerate()
+                    .find(|(_, (i, _))| *i == at)
+                    .map(|(n, (_, c))| (n + 1, c))
+                    .unwrap_or((0, '\0'));
+                Err(format!(
+                    "the value holds a control character (U+{:04X}, character {pos}), which could break or forge a record; add `| control:replace:\" \"` or `| control:allow` to the field if that is expected",
+                    u32::from(c)
+                ))
+            }
+            Control::Replace(r) => Ok(Cow::Owned(
+                text.chars()
+                    .map(|c| if c.is_control() { r } else { c })
+                    .collect(),
+            )),
+        }
+    }
+
     /// Lays the text out per the field's kind and appends it, encoded, to `out`.
     pub fn write(
         &self,
@@ -435,6 +478,16 @@ impl Field {
             out.extend_from_slice(fill);
             return Ok(());
         }
+        // Characters go into the record only past the control-character rule; numbers are
+        // refused by their own parser.
+        let screened;
+        let text = match (text, &self.kind) {
+            (Some(t), Kind::Text { .. } | Kind::National { .. }) => {
+                screened = self.screen(t, true)?;
+                Some(&*screened)
+            }
+            (t, _) => t,
+        };
         // A small dispatcher over one function per kind: the hot kinds (text, zoned,
         // packed) stay cheap to call.
         match &self.kind {
@@ -744,6 +797,19 @@ fn stored_fast(t: &str, pic: NumPic) -> Option<(bool, u128)> {
 
 const NEGATIVE_UNSIGNED: &str =
     "value is negative but the picture has no sign (write S9... to allow it)";
+
+/// Byte offset of the first control character (Unicode `Cc`: U+0000–U+001F, U+007F–U+009F)
+/// in `s`. The hot path: a byte scan; C1 characters are `C2 80`–`C2 9F` in UTF-8.
+#[inline]
+pub fn first_control(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    (0..b.len()).find(|&i| {
+        let x = b[i];
+        x < 0x20
+            || x == 0x7f
+            || (x == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+    })
+}
 
 pub fn unmappable(c: char, enc: Encoding) -> String {
     format!(
@@ -1317,6 +1383,46 @@ pub fn lookup<'a>(payload: &'a Map<String, Value>, path: &[PathSeg]) -> Option<&
 }
 
 /// RFC 3339, or a local `YYYY-MM-DDTHH:MM:SS` / `YYYY-MM-DD` read in `tz`.
+/// The characters `n` (the value at `path`) was sent with: serde_json's tree prints an
+/// exponent as `e+N`, so when the event kept its payload text the number is read from there
+/// (checked to be the same number, in case a transform changed the value).
+pub fn sent_number<'a>(event: &'a Event, path: &[PathSeg], n: &'a Number) -> &'a str {
+    let shown = n.as_str();
+    if !shown.contains('e') {
+        return shown;
+    }
+    let Some(sent) = event.sent_payload.as_deref() else {
+        return shown;
+    };
+    match raw_at(sent, path) {
+        Some(raw) if raw.parse::<Number>().is_ok_and(|m| m == *n) => raw,
+        _ => shown,
+    }
+}
+
+/// The JSON text at `path` in the JSON text `json`, borrowed (duplicate keys: the last, as
+/// serde_json's tree keeps it).
+fn raw_at<'a>(json: &'a str, path: &[PathSeg]) -> Option<&'a str> {
+    use serde_json::value::RawValue;
+    let mut at: &'a str = json;
+    for seg in path {
+        let next: &'a RawValue = match seg {
+            PathSeg::Key(k) => {
+                let m: std::collections::HashMap<Cow<'a, str>, &'a RawValue> =
+                    serde_json::from_str(at).ok()?;
+                m.get(k.as_str())?
+            }
+            PathSeg::Index(i) => {
+                let v: Vec<&'a RawValue> = serde_json::from_str(at).ok()?;
+                v.get(*i)?
+            }
+            PathSeg::Each => return None,
+        };
+        at = next.get();
+    }
+    Some(at.trim())
+}
+
 pub fn parse_time(text: &str, tz: Tz) -> Result<DateTime<Tz>, String> {
     let t = text.trim();
     if let Some(d) = rfc3339_seconds(t) {
@@ -1455,6 +1561,44 @@ fn format_time(t: &DateTime<Tz>, items: &[Item<'static>], pattern: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_read_with_the_characters_they_were_sent_with() {
+        let sent = r#"{"a": 1E2, "b": {"c": [5, -2.50E-3]}, "d": 1e5, "a": 7E1, "s": "1E2"}"#;
+        let event = Event {
+            seq: 1,
+            event_type: "T".into(),
+            payload: serde_json::from_str(sent).unwrap(),
+            key: "k".into(),
+            trace_id: "t".into(),
+            ts: None,
+            sent_payload: crate::event::numbers_may_reprint(sent.as_bytes()).then(|| sent.into()),
+            received_at: Utc::now(),
+        };
+        let path = |p: &str| match Source::parse(p).unwrap() {
+            Source::Path(p) => p,
+            _ => unreachable!(),
+        };
+        let at = |p: &str| {
+            let v = lookup(&event.payload, &path(p)).unwrap();
+            sent_number(&event, &path(p), v.as_number().unwrap()).to_string()
+        };
+        // Duplicate keys: the last one, as the tree keeps it.
+        assert_eq!(at("a"), "7E1");
+        assert_eq!(at("b.c[1]"), "-2.50E-3");
+        assert_eq!(at("b.c[0]"), "5");
+        assert_eq!(at("d"), "1e5");
+        // A value the tree no longer holds as sent (a transform changed it) is the tree's.
+        let mut changed = event.clone();
+        changed
+            .payload
+            .insert("d".into(), serde_json::from_str("3e+1").unwrap());
+        let v = lookup(&changed.payload, &path("d")).unwrap();
+        assert_eq!(
+            sent_number(&changed, &path("d"), v.as_number().unwrap()),
+            "3e+1"
+        );
+    }
 
     fn field(kind: Kind) -> Field {
         Field::plain("F", Source::Blank, kind)

@@ -262,7 +262,10 @@ impl Mapping {
                     // its text as sent, straight into the record.
                     let text = match found[i] {
                         Some(Value::String(s)) if f.is_plain() => Cow::Borrowed(s.as_str()),
-                        Some(Value::Number(n)) if f.is_plain() => Cow::Borrowed(n.as_str()),
+                        Some(Value::Number(n)) if f.is_plain() => match &f.source {
+                            spec::Source::Path(p) => Cow::Borrowed(field::sent_number(event, p, n)),
+                            _ => Cow::Borrowed(n.as_str()),
+                        },
                         _ => match value(i, f).map_err(|m| field_err(f, m))? {
                             Out::Text(Some(t)) => t,
                             Out::Text(None) => {
@@ -298,6 +301,13 @@ impl Mapping {
         let raw = f.resolve_found(event, found)?;
         if json && f.is_passthrough() {
             match &raw {
+                // A string through our own escaper: every control character escaped.
+                Raw::Json(Value::String(t)) => {
+                    let mut j = String::with_capacity(t.len() + 2);
+                    decode::push_str(&mut j, t);
+                    return Ok(Out::Json(j));
+                }
+                Raw::Number(n) => return Ok(Out::Json((*n).to_string())),
                 Raw::Json(v) => return Ok(Out::Json(v.to_string())),
                 Raw::Int(n) => return Ok(Out::Json(n.to_string())),
                 _ => {}
@@ -696,6 +706,11 @@ impl Mapping {
                     if i > 0 {
                         line.push(self.csv_delimiter);
                     }
+                    let t = t
+                        .as_deref()
+                        .map(|t| f.screen(t, true))
+                        .transpose()
+                        .map_err(err)?;
                     let laid = f.layout_text(t.as_deref()).map_err(err)?;
                     csv_quote(&laid, self.csv_delimiter, &mut line);
                 }
@@ -708,6 +723,11 @@ impl Mapping {
                     match v {
                         Out::Json(j) => line.push_str(&j),
                         Out::Text(t) => {
+                            let t = t
+                                .as_deref()
+                                .map(|t| f.screen(t, false))
+                                .transpose()
+                                .map_err(err)?;
                             let laid = f.layout_text(t.as_deref()).map_err(err)?;
                             decode::push_str(&mut line, &laid);
                         }
@@ -715,11 +735,21 @@ impl Mapping {
                 }
                 Format::Soap => {
                     let Out::Text(t) = v else { unreachable_json() };
+                    let t = t
+                        .as_deref()
+                        .map(|t| f.screen(t, false))
+                        .transpose()
+                        .map_err(err)?;
                     let laid = f.layout_text(t.as_deref()).map_err(err)?;
                     line.push('<');
                     line.push_str(&f.name);
                     line.push('>');
-                    xml_escape(&laid, &mut line);
+                    xml_escape(&laid, &mut line).map_err(|c| {
+                        err(format!(
+                            "the value holds a control character (U+{:04X}) that XML 1.0 cannot carry, not even escaped; add `| control:replace:\" \"` to the field",
+                            u32::from(c)
+                        ))
+                    })?;
                     line.push_str("</");
                     line.push_str(&f.name);
                     line.push('>');
@@ -759,7 +789,12 @@ fn csv_quote(s: &str, delim: char, out: &mut String) {
     }
 }
 
-fn xml_escape(s: &str, out: &mut String) {
+/// XML text content with the markup characters escaped and every control character XML 1.0
+/// allows (tab, LF, CR, DEL, C1) written as a character reference, never raw (a raw line end
+/// would be normalised away by the reader). The other C0 characters cannot be in an XML 1.0
+/// document at all: the first one is returned.
+fn xml_escape(s: &str, out: &mut String) -> Result<(), char> {
+    use std::fmt::Write as _;
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -767,7 +802,12 @@ fn xml_escape(s: &str, out: &mut String) {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' | '\u{7f}'..='\u{9f}' => {
+                let _ = write!(out, "&#x{:X};", u32::from(c));
+            }
+            c if c.is_control() => return Err(c),
             c => out.push(c),
         }
     }
+    Ok(())
 }

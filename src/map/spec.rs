@@ -406,6 +406,53 @@ impl Overflow {
     }
 }
 
+/// What a field does with a control character (Unicode `Cc`: C0, DEL, C1 — line ends among
+/// them) in its value, in fixed-width and CSV records (`control:`). JSON and SOAP bodies
+/// escape them instead; `replace` applies there too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Control {
+    /// The default: the event is refused (a value with a line end would forge a record).
+    #[default]
+    Refuse,
+    /// `control:replace:" "`: each control character becomes this one.
+    Replace(char),
+    /// `control:allow`: the value goes into the record as it is.
+    Allow,
+}
+
+impl Control {
+    /// `allow`, `refuse` or `replace:C` (C one character, quoted or not, not itself a control
+    /// character).
+    pub fn parse(s: &str) -> Result<Control, String> {
+        let t = s.trim();
+        let bad = || {
+            format!(
+                "control {t:?} is not `allow`, `refuse` or `replace:C` (e.g. `control:replace:\" \"`)"
+            )
+        };
+        match t {
+            "allow" => return Ok(Control::Allow),
+            "refuse" => return Ok(Control::Refuse),
+            _ => {}
+        }
+        let Some(arg) = t.strip_prefix("replace:") else {
+            return Err(bad());
+        };
+        let c = unquote(arg.trim()).unwrap_or_else(|| arg.trim().to_string());
+        let mut cs = c.chars();
+        match (cs.next(), cs.next()) {
+            (Some(c), None) if !c.is_control() => Ok(Control::Replace(c)),
+            (Some(c), None) => Err(format!(
+                "control replace:U+{:04X} would put a control character in the record; replace with a printable character such as \" \"",
+                u32::from(c)
+            )),
+            _ => Err(format!(
+                "control replace:{c:?} must be one character, e.g. `control:replace:\" \"`"
+            )),
+        }
+    }
+}
+
 /// One field definition as written, either form.
 #[derive(Debug, Clone, Default)]
 pub struct FieldDef {
@@ -423,9 +470,11 @@ pub struct FieldDef {
     /// `count`: the number of elements of the list at the source (an OCCURS DEPENDING ON
     /// count), instead of the value itself.
     pub count: bool,
+    /// `control:`: what a control character in the value does (default: refuse the event).
+    pub control: Option<Control>,
 }
 
-const MODIFIERS: &str = "width:N, align:left|right, pad:C, format:STRFTIME, number:9(7)V99, upper, lower, trim, default:V, map:{A: APPROVED}, overflow:truncate, count";
+const MODIFIERS: &str = "width:N, align:left|right, pad:C, format:STRFTIME, number:9(7)V99, upper, lower, trim, default:V, map:{A: APPROVED}, overflow:truncate, count, control:allow|replace:\" \"";
 
 impl FieldDef {
     /// Parses the short form `src | mod | mod:arg`. `|` inside quotes or braces does not split.
@@ -508,6 +557,9 @@ impl FieldDef {
             push(Overflow::parse(o).map(|o| def.overflow = Some(o)));
         }
         def.count = l.count.unwrap_or(false);
+        if let Some(c) = &l.control {
+            push(Control::parse(c).map(|c| def.control = Some(c)));
+        }
         if errs.is_empty() { Ok(def) } else { Err(errs) }
     }
 
@@ -599,6 +651,7 @@ impl FieldDef {
             }
             "map" => self.map = Some(parse_inline_map(need("{A: APPROVED, R: REJECTED}")?)?),
             "overflow" => self.overflow = Some(Overflow::parse(need("truncate")?)?),
+            "control" => self.control = Some(Control::parse(need("allow")?)?),
             "" => return Err("empty modifier (two `|` in a row?)".into()),
             other => {
                 let hint = match other {

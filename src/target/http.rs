@@ -737,6 +737,7 @@ mod tests {
             key: "a&b".into(),
             trace_id: "t".into(),
             ts: None,
+            sent_payload: None,
             received_at: chrono::Utc::now(),
         };
         let record = Record {
