@@ -33,6 +33,7 @@ pub mod maptest;
 pub mod notify;
 pub mod send;
 pub mod serve;
+pub mod source;
 pub mod state;
 pub mod status;
 pub mod target;

@@ -47,6 +47,7 @@ pub struct Bound {
 /// Runs the daemon until SIGTERM/SIGINT. `on_ready` is called once both listeners are bound.
 pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let specs = connector::load_all(&cfg.maps_dir, cfg.timezone).map_err(Diagnostics)?;
+    let source_specs = crate::source::load_all(&cfg.maps_dir, cfg.timezone).map_err(Diagnostics)?;
     create_data_dir(&cfg.data_dir)?;
     let seal = feed::seal::load_configured(
         cfg.feed.encryption_key_file.as_deref(),
@@ -133,6 +134,15 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         cfg.retention_feed,
         ingest_stop_rx.clone(),
     ));
+    let sources = crate::ledger::sources::Sources::new(store.clone());
+    let (stop_sources, sources_stop_rx) = watch::channel(false);
+    let source_tasks: Vec<JoinHandle<()>> = source_specs
+        .into_iter()
+        .map(|spec| {
+            let pickup = crate::source::local::Pickup::new(Arc::new(spec), sources.clone());
+            tokio::spawn(crate::source::local::run(pickup, sources_stop_rx.clone()))
+        })
+        .collect();
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
     use tokio::signal::unix::{SignalKind, signal};
@@ -172,6 +182,10 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     tracing::info!("shutting down: finishing requests and deliveries under way");
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
+    let _ = stop_sources.send(true);
+    for t in source_tasks {
+        let _ = t.await;
+    }
     stop_generation(generation).await;
     let _ = retention_task.await;
     admin.stop();

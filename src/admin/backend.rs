@@ -92,7 +92,10 @@ impl Admin {
                 cfg.maps_dir.display()
             ))
         })?;
-        for path in files {
+        for path in files
+            .into_iter()
+            .filter(|p| !crate::source::is_source_file(p))
+        {
             match crate::connector::load_one(&path, cfg.timezone) {
                 Ok(spec) => infos.push(ConnectorInfo::of_spec(&spec, None)),
                 Err(d) => {

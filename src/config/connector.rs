@@ -490,6 +490,9 @@ pub struct SourceSection {
     /// How often the folder is looked at (default 10s).
     #[serde(default)]
     pub every: Option<Spanned<String>>,
+    /// Records committed per transaction, with the file's checkpoint (default 1000).
+    #[serde(default)]
+    pub chunk: Option<Spanned<u64>>,
     // kind: sftp
     #[serde(default)]
     pub host: Option<Spanned<String>>,
@@ -622,8 +625,8 @@ pub struct EventSpec {
     /// The event type (1-128 of `[A-Za-z0-9_.-]`), required.
     #[serde(default, rename = "type")]
     pub event_type: Option<Spanned<String>>,
-    /// Record types (REDEFINES alternatives or 01 records) that become events; default:
-    /// every one but the trailer's.
+    /// Record types (REDEFINES alternatives or 01 records) that become events;
+    /// required when the layout has several (header, detail, trailer).
     #[serde(default)]
     pub records: Option<Vec<Spanned<String>>>,
     /// Payload key -> record field (`a.b` nests); default: every field by its name.

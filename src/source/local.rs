@@ -1,0 +1,888 @@
+//! A pickup source over a local folder: each scan lists the folder, keeps the files the
+//! pattern wants that are whole (`ready:`), and takes each one in chunks of records, every
+//! chunk committed with the file's checkpoint; then carries out `then:`.
+//!
+//! A file's identity is its name, inode number and birth time (the file key, a digest of
+//! the three): a file renamed into the folder keeps it, a new file written under an old name
+//! gets a new one. Its SHA-256, size and modification time when it was first read are in the
+//! checkpoint: a file resumed after a restart must still have them, else it is refused
+//! (what was taken stays taken, nothing more is).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::take::{Check, Reader};
+use super::{Ready, SourceSpec, Then};
+use crate::feed::Batch;
+use crate::ledger::sources::{FileCommit, FileState, SourceFile, Sources};
+
+/// Why a scan stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot commit to the feed: {0}")]
+    Feed(#[from] crate::feed::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError {
+    let what = what.into();
+    move |source| SourceError::Io { what, source }
+}
+
+/// What a running source shows between scans (the durable numbers are in the ledger).
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Modification time (µs) of the oldest file waiting to be taken; 0 when none waits.
+    pub oldest_unread_micros: AtomicI64,
+    /// Files waiting (wanted, not yet whole or not yet taken).
+    pub waiting: AtomicU64,
+    pub last_error: std::sync::Mutex<Option<String>>,
+    pub scans: AtomicU64,
+}
+
+/// One local folder source and what it remembers between scans.
+pub struct Pickup {
+    pub spec: Arc<SourceSpec>,
+    sources: Sources,
+    /// `ready: {stable: ..}`: (size, mtime) first seen, and when.
+    seen: HashMap<String, (u64, i64, Instant)>,
+    pub stop: Arc<AtomicBool>,
+    pub live: Arc<Live>,
+    /// Tests: stop after this many commits of records.
+    pub chunk_limit: Option<u64>,
+}
+
+/// The identity and state of a file as `stat` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    ino: u64,
+    born: Option<(i64, u32)>,
+    size: u64,
+    mtime_ns: i64,
+}
+
+fn stat_of(m: &std::fs::Metadata) -> Stat {
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| (d.as_secs() as i64, d.subsec_nanos()));
+    Stat {
+        ino: m.ino(),
+        born,
+        size: m.len(),
+        mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+    }
+}
+
+/// The file key: a digest of name, inode number and birth time (32 hex digits).
+pub fn file_key(name: &str, ino: u64, born: Option<(i64, u32)>) -> String {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([0]);
+    h.update(ino.to_be_bytes());
+    if let Some((s, n)) = born {
+        h.update(s.to_be_bytes());
+        h.update(n.to_be_bytes());
+    }
+    let d = h.finalize();
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The idempotency key of record `index` of a file: `{source}/{file key}/{index}`.
+pub fn record_key(source: &str, file_key: &str, index: u64) -> String {
+    format!("{source}/{file_key}/{index}")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SourceError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("cannot fsync folder {}", dir.display())))
+}
+
+/// What one scan did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub files_done: u64,
+    pub events: u64,
+    pub bad: u64,
+    pub waiting: u64,
+}
+
+impl Pickup {
+    pub fn new(spec: Arc<SourceSpec>, sources: Sources) -> Pickup {
+        Pickup {
+            spec,
+            sources,
+            seen: HashMap::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            live: Arc::new(Live::default()),
+            chunk_limit: None,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Lists the folder once and takes what is whole.
+    pub fn scan(&mut self) -> Result<Scan, SourceError> {
+        let dir = self.spec.dir.clone();
+        let rows: HashMap<String, SourceFile> =
+            self.sources.files(&self.spec.name)?.into_iter().collect();
+        let mut names = Vec::new();
+        for entry in
+            std::fs::read_dir(&dir).map_err(io(format!("cannot list {}", dir.display())))?
+        {
+            let entry = entry.map_err(io(format!("cannot list {}", dir.display())))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if self.spec.wants(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        let present: HashSet<String> = names.iter().cloned().collect();
+        let triggers: HashSet<String> = names
+            .iter()
+            .filter_map(|n| self.spec.trigger_of(n))
+            .collect();
+        let mut scan = Scan::default();
+        let mut keys_seen = HashSet::new();
+        let mut oldest: Option<i64> = None;
+        for name in names.iter().filter(|n| !triggers.contains(*n)) {
+            if self.stopping() {
+                break;
+            }
+            let path = dir.join(name);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let st = stat_of(&meta);
+            let key = file_key(name, st.ino, st.born);
+            keys_seen.insert(key.clone());
+            let row = rows.get(&key);
+            let fresh = match row {
+                Some(r) if r.state == FileState::Done => {
+                    if !r.then_done {
+                        self.then(name, &key, r.clone())?;
+                    }
+                    continue;
+                }
+                Some(r) => match &r.state {
+                    FileState::Reading => false,
+                    // Nothing of it was taken: a file put right in place is taken again.
+                    FileState::Held { .. } | FileState::Parked { .. } => {
+                        if (r.size, r.mtime_ns) == (st.size, st.mtime_ns) {
+                            continue;
+                        }
+                        true
+                    }
+                    FileState::Refused { .. } | FileState::Done => continue,
+                },
+                None => true,
+            };
+            if fresh && !self.is_whole(name, st, &present) {
+                scan.waiting += 1;
+                oldest = Some(oldest.map_or(st.mtime_ns, |o| o.min(st.mtime_ns)));
+                continue;
+            }
+            let prev = if fresh { None } else { row.cloned() };
+            let taken = self.take(name, &key, prev)?;
+            scan.events += taken.events;
+            scan.bad += taken.bad;
+            scan.files_done += u64::from(taken.done);
+            if taken.waiting {
+                scan.waiting += 1;
+                oldest = Some(oldest.map_or(st.mtime_ns, |o| o.min(st.mtime_ns)));
+            }
+        }
+        // Done files whose `then:` was carried out but not yet recorded (a crash between
+        // the two): the file is no longer here.
+        for (key, row) in rows {
+            if row.state == FileState::Done && !row.then_done && !keys_seen.contains(&key) {
+                let mut r = row.clone();
+                r.then_done = true;
+                self.commit_state(&key, &r, true)?;
+            }
+        }
+        self.seen.retain(|n, _| present.contains(n));
+        self.live
+            .oldest_unread_micros
+            .store(oldest.map_or(0, |ns| ns / 1000), Ordering::Relaxed);
+        self.live.waiting.store(scan.waiting, Ordering::Relaxed);
+        self.live.scans.fetch_add(1, Ordering::Relaxed);
+        Ok(scan)
+    }
+
+    /// `ready:` for a file nothing was taken of yet.
+    fn is_whole(&mut self, name: &str, st: Stat, present: &HashSet<String>) -> bool {
+        match &self.spec.ready {
+            Ready::Rename | Ready::Trailer => true,
+            Ready::DoneFile(_) => self
+                .spec
+                .trigger_of(name)
+                .is_some_and(|t| present.contains(&t) || self.spec.dir.join(&t).is_file()),
+            Ready::Stable(d) => {
+                let now = Instant::now();
+                let Some(e) = self.seen.get_mut(name) else {
+                    // First sight: stable only once seen unchanged a second time.
+                    self.seen
+                        .insert(name.to_string(), (st.size, st.mtime_ns, now));
+                    return false;
+                };
+                if (e.0, e.1) != (st.size, st.mtime_ns) {
+                    *e = (st.size, st.mtime_ns, now);
+                    return false;
+                }
+                now.duration_since(e.2) >= *d
+            }
+        }
+    }
+
+    fn commit_state(
+        &self,
+        key: &str,
+        row: &SourceFile,
+        was_done: bool,
+    ) -> Result<SourceFile, SourceError> {
+        let change = FileCommit {
+            source: &self.spec.name,
+            key,
+            file: row,
+            was_done,
+            bad: &[],
+        };
+        Ok(self
+            .sources
+            .commit(&change, Batch::default(), Utc::now())?
+            .1)
+    }
+
+    /// Reads `name` and takes its records from where `prev` left off.
+    fn take(
+        &mut self,
+        name: &str,
+        key: &str,
+        prev: Option<SourceFile>,
+    ) -> Result<Taken, SourceError> {
+        let path = self.spec.dir.join(name);
+        let mut out = Taken::default();
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io(format!("cannot open {}", path.display()))(e)),
+        };
+        let before = stat_of(
+            &f.metadata()
+                .map_err(io(format!("cannot stat {}", path.display())))?,
+        );
+        let mut bytes = Vec::with_capacity(before.size as usize);
+        f.read_to_end(&mut bytes)
+            .map_err(io(format!("cannot read {}", path.display())))?;
+        let after = stat_of(
+            &f.metadata()
+                .map_err(io(format!("cannot stat {}", path.display())))?,
+        );
+        drop(f);
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let now = Utc::now().timestamp_micros();
+        if after != before || bytes.len() as u64 != after.size {
+            let why = format!(
+                "{name} changed while being read ({} bytes, then {} bytes)",
+                before.size, after.size
+            );
+            match prev {
+                // Nothing taken: not whole yet; looked at again next scan.
+                None => {
+                    tracing::warn!(source = %self.spec.name, file = %name, "{why}; not taken yet");
+                    out.waiting = true;
+                    return Ok(out);
+                }
+                Some(mut row) => {
+                    row.state = FileState::Refused {
+                        reason: why.clone(),
+                    };
+                    self.commit_state(key, &row, false)?;
+                    tracing::error!(source = %self.spec.name, file = %name, "{why}: refused; what was taken stays");
+                    return Ok(out);
+                }
+            }
+        }
+        let mut row = match prev {
+            Some(row) => {
+                if row.digest != digest || row.size != after.size || row.mtime_ns != after.mtime_ns
+                {
+                    let why = format!(
+                        "{name} changed since its first {} records were taken (was {} bytes, now {}; content differs)",
+                        row.next_record, row.size, after.size
+                    );
+                    let mut r = row;
+                    r.state = FileState::Refused {
+                        reason: why.clone(),
+                    };
+                    self.commit_state(key, &r, false)?;
+                    tracing::error!(source = %self.spec.name, file = %name, "{why}: refused; what was taken stays");
+                    return Ok(out);
+                }
+                row
+            }
+            None => SourceFile {
+                name: name.to_string(),
+                ino: Some(after.ino),
+                born: after.born,
+                size: after.size,
+                mtime_ns: after.mtime_ns,
+                digest,
+                n_records: 0,
+                next_record: 0,
+                next_offset: 0,
+                events: 0,
+                duplicates: 0,
+                bad: 0,
+                first_seq: None,
+                last_seq: None,
+                state: FileState::Reading,
+                then_done: false,
+                started_micros: now,
+                done_micros: None,
+            },
+        };
+        let spec = self.spec.clone();
+        let mut reader = Reader::new(&spec, name, now);
+        if row.next_record == 0 && row.events == 0 && row.bad == 0 {
+            match reader.check(spec.mapping.framing().split(&bytes)) {
+                Check::Take => {}
+                Check::NotReady(why) => {
+                    tracing::debug!(source = %spec.name, file = %name, "{why}: waiting");
+                    out.waiting = true;
+                    return Ok(out);
+                }
+                Check::Park(reason) => {
+                    tracing::error!(source = %spec.name, file = %name, "{reason}: file parked, nothing taken");
+                    row.state = FileState::Parked { reason };
+                    self.commit_state(key, &row, false)?;
+                    return Ok(out);
+                }
+                Check::Hold(reason) => {
+                    tracing::error!(source = %spec.name, file = %name, "{reason}: file held (on_bad_record: hold), nothing taken");
+                    row.state = FileState::Held { reason };
+                    self.commit_state(key, &row, false)?;
+                    return Ok(out);
+                }
+            }
+        }
+        let mut split = spec.mapping.framing().split(&bytes);
+        for _ in 0..row.next_record {
+            if split.next().is_none() {
+                break;
+            }
+        }
+        let prefix = format!("{}/{key}/", spec.name);
+        let mut commits = 0u64;
+        loop {
+            let mut batch = Batch::default();
+            let mut bad = Vec::new();
+            let (n, next_offset, ended) =
+                reader.chunk(&mut split, spec.chunk, &prefix, &mut batch, &mut bad);
+            let mut next = row.clone();
+            next.next_record += n;
+            next.next_offset = next_offset.unwrap_or(next.next_offset);
+            next.bad += bad.len() as u64;
+            if ended {
+                next.state = FileState::Done;
+                next.n_records = next.next_record;
+                next.then_done = spec.then == Then::Keep;
+            }
+            // The file must still be the one read: else what was read is not committed.
+            let now_stat = std::fs::metadata(&path).map(|m| stat_of(&m)).ok();
+            if now_stat != Some(after) {
+                let why = format!(
+                    "{name} changed (or went away) while being read, after {} records",
+                    row.next_record
+                );
+                row.state = FileState::Refused {
+                    reason: why.clone(),
+                };
+                self.commit_state(key, &row, false)?;
+                tracing::error!(source = %spec.name, file = %name, "{why}: refused; what was taken stays");
+                return Ok(out);
+            }
+            let change = FileCommit {
+                source: &spec.name,
+                key,
+                file: &next,
+                was_done: false,
+                bad: &bad,
+            };
+            let (outcome, stored) = self.sources.commit(&change, batch, Utc::now())?;
+            out.events += outcome.accepted as u64;
+            out.bad += bad.len() as u64;
+            for b in &bad {
+                tracing::warn!(source = %spec.name, file = %name, record = b.record_index, offset = b.offset, field = %b.field, "bad record parked as a dead letter: {}", b.message);
+            }
+            row = stored;
+            commits += 1;
+            if ended {
+                out.done = true;
+                tracing::info!(source = %spec.name, file = %name, records = row.n_records, events = row.events, bad = row.bad, "file taken");
+                break;
+            }
+            if self.stopping() || self.chunk_limit.is_some_and(|l| commits >= l) {
+                return Ok(out);
+            }
+        }
+        if !row.then_done {
+            self.then(name, key, row)?;
+        }
+        Ok(out)
+    }
+
+    /// `then:` for a file whose records are all committed, then recorded.
+    fn then(&self, name: &str, key: &str, row: SourceFile) -> Result<(), SourceError> {
+        let dir = &self.spec.dir;
+        let path = dir.join(name);
+        let trigger = self.spec.trigger_of(name).map(|t| dir.join(t));
+        match &self.spec.then {
+            Then::Keep => {}
+            Then::Delete => {
+                remove_if_there(&path)?;
+                if let Some(t) = &trigger {
+                    remove_if_there(t)?;
+                }
+                sync_dir(dir)?;
+            }
+            Then::Move(to) => {
+                std::fs::create_dir_all(to)
+                    .map_err(io(format!("cannot create {}", to.display())))?;
+                let mut dest = to.join(name);
+                if dest.exists() {
+                    dest = to.join(format!("{name}.{}", &key[..12]));
+                }
+                rename_if_there(&path, &dest)?;
+                if let Some(t) = &trigger {
+                    let tname = t.file_name().map(PathBuf::from).unwrap_or_default();
+                    let mut tdest = to.join(&tname);
+                    if tdest.exists() {
+                        tdest = to.join(format!("{}.{}", tname.display(), &key[..12]));
+                    }
+                    rename_if_there(t, &tdest)?;
+                }
+                sync_dir(to)?;
+                sync_dir(dir)?;
+            }
+        }
+        let mut r = row;
+        r.then_done = true;
+        self.commit_state(key, &r, true)?;
+        Ok(())
+    }
+}
+
+fn remove_if_there(p: &Path) -> Result<(), SourceError> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("cannot delete {}", p.display()))(e)),
+    }
+}
+
+fn rename_if_there(from: &Path, to: &Path) -> Result<(), SourceError> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!(
+            "cannot move {} to {}",
+            from.display(),
+            to.display()
+        ))(e)),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Taken {
+    events: u64,
+    bad: u64,
+    done: bool,
+    waiting: bool,
+}
+
+/// Runs a source until `stop`: a scan every `every` (inside `schedule:`, if any).
+pub async fn run(pickup: Pickup, mut stop: watch::Receiver<bool>) {
+    let every = pickup.spec.every;
+    let flag = pickup.stop.clone();
+    let live = pickup.live.clone();
+    let name = pickup.spec.name.clone();
+    let mut slot = Some(pickup);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let Some(mut p) = slot.take() else { return };
+        let open = p
+            .spec
+            .schedule
+            .as_ref()
+            .is_none_or(|s| s.is_open(Utc::now(), p.spec.timezone));
+        if open {
+            let mut job = tokio::task::spawn_blocking(move || {
+                let r = p.scan();
+                (p, r)
+            });
+            let joined = tokio::select! {
+                j = &mut job => j,
+                _ = stop.changed() => {
+                    flag.store(true, Ordering::Relaxed);
+                    job.await
+                }
+            };
+            match joined {
+                Ok((p, r)) => {
+                    match r {
+                        Ok(s) => {
+                            tracing::debug!(source = %name, ?s, "scan");
+                            *live.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        }
+                        Err(e) => {
+                            tracing::error!(source = %name, error = %e, "pickup failed; tried again at the next scan");
+                            *live.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(e.to_string());
+                        }
+                    }
+                    slot = Some(p);
+                }
+                Err(e) => {
+                    tracing::error!(source = %name, error = %e, "pickup scan panicked; source stopped");
+                    return;
+                }
+            }
+        } else {
+            slot = Some(p);
+        }
+        if flag.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Store;
+    use redb::ReadableDatabase;
+
+    const COPYBOOK: &str = "       01  R-HEADER.
+           05  RH-TYPE   PIC X.
+               88  RH-IS-HEADER VALUE 'H'.
+           05  RH-DATE   PIC 9(8).
+       01  R-DETAIL.
+           05  RD-TYPE   PIC X.
+               88  RD-IS-DETAIL VALUE 'D'.
+           05  RD-ID     PIC X(6).
+           05  RD-FEE    PIC 9(5)V99.
+       01  R-TRAILER.
+           05  RT-TYPE   PIC X.
+               88  RT-IS-TRAILER VALUE 'T'.
+           05  RT-COUNT  PIC 9(5).
+           05  RT-TOTAL  PIC 9(7)V99.
+";
+
+    struct World {
+        dir: tempfile::TempDir,
+        store: Store,
+    }
+
+    impl World {
+        fn new(source_extra: &str, top_extra: &str) -> (World, Pickup) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("in")).unwrap();
+            std::fs::write(dir.path().join("R.cpy"), COPYBOOK).unwrap();
+            let map = format!(
+                "source:\n  name: results\n  kind: file\n  dir: in\n  pattern: \"RES_*.DAT\"\n  trailer: {{record: R-TRAILER, count: RT-COUNT, sum: {{RT-TOTAL: RD-FEE}}}}\n  chunk: 2\n{source_extra}format: fixed\nlayout: R.cpy\nrecord: {{encoding: ascii, framing: lines}}\nlayout_when: {{R-HEADER: RH-IS-HEADER, R-DETAIL: RD-IS-DETAIL, R-TRAILER: RT-IS-TRAILER}}\nevent:\n  type: PERMIT_RESULT\n  records: [R-DETAIL]\n  payload: {{id: RD-ID, fee.posted: RD-FEE}}\n{top_extra}"
+            );
+            let path = dir.path().join("results.yml");
+            std::fs::write(&path, map).unwrap();
+            let spec = super::super::load_one(&path, chrono_tz::UTC).unwrap_or_else(|e| {
+                panic!(
+                    "{}",
+                    e.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            });
+            let db = redb::Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .unwrap();
+            let store = Store::from(db);
+            store.prepare().unwrap();
+            let p = Pickup::new(Arc::new(spec), Sources::new(store.clone()));
+            (World { dir, store }, p)
+        }
+
+        fn put(&self, name: &str, text: &str) {
+            let tmp = self.dir.path().join("in").join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.dir.path().join("in").join(name)).unwrap();
+        }
+
+        fn events(&self) -> Vec<(String, String)> {
+            crate::feed::read_after(&self.store, 0, 1000)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.key, serde_json::Value::Object(e.payload).to_string()))
+                .collect()
+        }
+
+        fn rows(&self) -> Vec<SourceFile> {
+            Sources::new(self.store.clone())
+                .files("results")
+                .unwrap()
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect()
+        }
+    }
+
+    fn file(details: &[(&str, &str)], count: usize, total: &str) -> String {
+        let mut s = String::from("H20251201\n");
+        for (id, fee) in details {
+            s.push_str(&format!("D{id:<6}{fee}\n"));
+        }
+        s.push_str(&format!("T{count:05}{total}\n"));
+        s
+    }
+
+    #[test]
+    fn a_file_is_taken_once_in_chunks_resumed_inside_and_moved_after_its_records() {
+        let (w, mut p) = World::new("  then: {move: done}\n", "");
+        let text = file(
+            &[
+                ("A1", "0001999"),
+                ("A2", "0000100"),
+                ("A3", "0000001"),
+                ("A4", "0000000"),
+                ("A5", "0010000"),
+            ],
+            5,
+            "000012100",
+        );
+        w.put("RES_1.DAT", &text);
+        // A temp name is never looked at.
+        std::fs::write(w.dir.path().join("in/RES_2.DAT.part"), "garbage").unwrap();
+        p.chunk_limit = Some(1);
+        p.scan().unwrap();
+        // The first chunk: header + A1 (2 records), checkpoint with them.
+        let rows = w.rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].next_record, rows[0].events, &rows[0].state),
+            (2, 1, &FileState::Reading)
+        );
+        assert_eq!(w.events().len(), 1);
+        // A restart (a new Pickup over the same ledger) resumes inside the file.
+        let mut p = Pickup::new(p.spec.clone(), Sources::new(w.store.clone()));
+        p.scan().unwrap();
+        let ev = w.events();
+        let ids: Vec<&str> = ev.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(ev.len(), 5, "{ids:?}");
+        assert!(ev[0].1.contains(r#""id":"A1""#), "{}", ev[0].1);
+        assert!(ev[0].1.contains(r#""fee":{"posted":19.99}"#), "{}", ev[0].1);
+        assert!(ev[4].1.contains(r#""id":"A5""#));
+        for (i, (k, _)) in ev.iter().enumerate() {
+            assert!(
+                k.starts_with("results/") && k.ends_with(&format!("/{}", i + 1)),
+                "{k}"
+            );
+        }
+        let rows = w.rows();
+        assert_eq!(
+            (&rows[0].state, rows[0].then_done, rows[0].events),
+            (&FileState::Done, true, 5)
+        );
+        assert!(!w.dir.path().join("in/RES_1.DAT").exists());
+        assert_eq!(
+            std::fs::read_to_string(w.dir.path().join("done/RES_1.DAT")).unwrap(),
+            text
+        );
+        // Moved back (same inode): taken already, never again.
+        std::fs::rename(
+            w.dir.path().join("done/RES_1.DAT"),
+            w.dir.path().join("in/RES_1.DAT"),
+        )
+        .unwrap();
+        p.scan().unwrap();
+        assert_eq!(w.events().len(), 5);
+        let t =
+            crate::ledger::sources::totals_at(&w.store.begin_read().unwrap(), "results").unwrap();
+        assert_eq!((t.files, t.records, t.bad_records), (1, 5, 0));
+    }
+
+    #[test]
+    fn a_file_failing_its_trailer_is_parked_whole() {
+        let (w, mut p) = World::new("", "");
+        w.put(
+            "RES_1.DAT",
+            &file(&[("A1", "0000100"), ("A2", "0000100")], 3, "000000200"),
+        );
+        w.put(
+            "RES_2.DAT",
+            &file(&[("B1", "0000100"), ("B2", "0000100")], 2, "000000300"),
+        );
+        w.put("RES_3.DAT", "H20251201\nD000001 0000100\n");
+        p.scan().unwrap();
+        assert!(w.events().is_empty());
+        let rows = w.rows();
+        let reasons: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{}: {:?}", r.name, r.state))
+            .collect();
+        assert_eq!(rows.len(), 3, "{reasons:?}");
+        let by = |n: &str| rows.iter().find(|r| r.name == n).unwrap().state.clone();
+        assert!(
+            matches!(by("RES_1.DAT"), FileState::Parked { reason } if reason.contains("RT-COUNT says 3 records, the file has 2")),
+            "{reasons:?}"
+        );
+        assert!(
+            matches!(by("RES_2.DAT"), FileState::Parked { reason } if reason.contains("RT-TOTAL says 3.00, the records' RD-FEE add up to 2.00")),
+            "{reasons:?}"
+        );
+        assert!(
+            matches!(by("RES_3.DAT"), FileState::Parked { reason } if reason.contains("no trailer")),
+            "{reasons:?}"
+        );
+        // Put right in place: taken.
+        w.put(
+            "RES_1.DAT",
+            &file(&[("A1", "0000100"), ("A2", "0000100")], 2, "000000200"),
+        );
+        p.scan().unwrap();
+        assert_eq!(w.events().len(), 2);
+    }
+
+    #[test]
+    fn ready_trailer_waits_for_the_trailer() {
+        let (w, mut p) = World::new("  ready: trailer\n", "");
+        let path = w.dir.path().join("in/RES_1.DAT");
+        std::fs::write(&path, "H20251201\nD000001 0000100\n").unwrap();
+        p.scan().unwrap();
+        assert!(w.events().is_empty());
+        assert!(w.rows().is_empty(), "not parked, waiting");
+        assert_eq!(p.live.waiting.load(Ordering::Relaxed), 1);
+        std::fs::write(&path, file(&[("000001", "0000100")], 1, "000000100")).unwrap();
+        p.scan().unwrap();
+        assert_eq!(w.events().len(), 1);
+    }
+
+    #[test]
+    fn a_trigger_file_and_a_stable_file() {
+        let (w, mut p) = World::new(
+            "  ready: {done_file: \"{name}.done\"}\n  then: delete\n",
+            "",
+        );
+        w.put("RES_1.DAT", &file(&[("A1", "0000100")], 1, "000000100"));
+        p.scan().unwrap();
+        assert!(w.events().is_empty(), "no trigger yet");
+        std::fs::write(w.dir.path().join("in/RES_1.DAT.done"), "").unwrap();
+        p.scan().unwrap();
+        assert_eq!(w.events().len(), 1);
+        assert!(!w.dir.path().join("in/RES_1.DAT").exists());
+        assert!(!w.dir.path().join("in/RES_1.DAT.done").exists());
+
+        let (w, mut p) = World::new("  ready: {stable: 0s}\n", "");
+        w.put("RES_1.DAT", &file(&[("A1", "0000100")], 1, "000000100"));
+        p.scan().unwrap();
+        assert!(w.events().is_empty(), "seen once: not yet stable");
+        p.scan().unwrap();
+        assert_eq!(w.events().len(), 1);
+    }
+
+    #[test]
+    fn a_file_changed_after_part_was_taken_is_refused() {
+        let (w, mut p) = World::new("", "");
+        let text = file(
+            &[("A1", "0000100"), ("A2", "0000100"), ("A3", "0000100")],
+            3,
+            "000000300",
+        );
+        let path = w.dir.path().join("in/RES_1.DAT");
+        std::fs::write(&path, &text).unwrap();
+        p.chunk_limit = Some(1);
+        p.scan().unwrap();
+        assert_eq!(w.events().len(), 1);
+        // Rewritten in place (same inode) before the rest was taken.
+        std::fs::write(&path, text.replace("A2", "X2")).unwrap();
+        let mut p = Pickup::new(p.spec.clone(), Sources::new(w.store.clone()));
+        p.scan().unwrap();
+        assert_eq!(w.events().len(), 1, "nothing more taken");
+        let rows = w.rows();
+        assert!(
+            matches!(&rows[0].state, FileState::Refused { reason } if reason.contains("changed since its first 2 records were taken")),
+            "{:?}",
+            rows[0].state
+        );
+        p.scan().unwrap();
+        assert_eq!(w.events().len(), 1);
+    }
+
+    #[test]
+    fn bad_records_are_dead_letters_or_hold_the_file() {
+        let text = file(
+            &[("A1", "0000100"), ("A2", "00X0100"), ("A3", "0000100")],
+            3,
+            "000000200",
+        );
+        let (w, mut p) = World::new("", "");
+        w.put("RES_1.DAT", &text);
+        p.scan().unwrap();
+        let ev = w.events();
+        assert_eq!(ev.len(), 2, "the others go on");
+        let (bad, _) =
+            crate::ledger::sources::bad_at(&w.store.begin_read().unwrap(), "results", 10).unwrap();
+        assert_eq!(bad.len(), 1);
+        let b = &bad[0].1;
+        assert_eq!(
+            (
+                b.file.as_str(),
+                b.record_index,
+                b.offset,
+                b.field.as_str(),
+                b.field_offset
+            ),
+            ("RES_1.DAT", 2, 25, "RD-FEE", 9)
+        );
+
+        let (w, mut p) = World::new("", "on_bad_record: hold\n");
+        w.put("RES_1.DAT", &text);
+        p.scan().unwrap();
+        assert!(w.events().is_empty());
+        assert!(
+            matches!(&w.rows()[0].state, FileState::Held { reason } if reason.contains("RD-FEE")),
+            "{:?}",
+            w.rows()[0].state
+        );
+    }
+}
