@@ -104,15 +104,26 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         receipts: connectors.clone(),
         hooks: Arc::new(metrics.clone()),
     });
-    let status_source: Arc<dyn crate::status::StatusSource> =
-        Arc::new(crate::status::DaemonStatus::new(
+    let sources = crate::ledger::sources::Sources::new(store.clone());
+    let pickups: Vec<crate::source::local::Pickup> = source_specs
+        .into_iter()
+        .map(|spec| crate::source::local::Pickup::new(Arc::new(spec), sources.clone()))
+        .collect();
+    let source_lives = pickups
+        .iter()
+        .map(|p| (p.spec.name.clone(), p.live.clone()))
+        .collect();
+    let status_source: Arc<dyn crate::status::StatusSource> = Arc::new(
+        crate::status::DaemonStatus::new(
             connectors.clone(),
             feed.clone(),
             cfg.data_dir.clone(),
             cfg.min_free_disk,
             cfg.blocked_alarm,
             health.clone(),
-        ));
+        )
+        .with_sources(source_lives),
+    );
     let status_server = crate::status::serve(cfg.status_listen, status_source.clone(), metrics)
         .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
     let admin_backend = crate::admin::backend::Admin::daemon(
@@ -134,14 +145,10 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         cfg.retention_feed,
         ingest_stop_rx.clone(),
     ));
-    let sources = crate::ledger::sources::Sources::new(store.clone());
     let (stop_sources, sources_stop_rx) = watch::channel(false);
-    let source_tasks: Vec<JoinHandle<()>> = source_specs
+    let source_tasks: Vec<JoinHandle<()>> = pickups
         .into_iter()
-        .map(|spec| {
-            let pickup = crate::source::local::Pickup::new(Arc::new(spec), sources.clone());
-            tokio::spawn(crate::source::local::run(pickup, sources_stop_rx.clone()))
-        })
+        .map(|pickup| tokio::spawn(crate::source::local::run(pickup, sources_stop_rx.clone())))
         .collect();
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");

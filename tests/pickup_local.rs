@@ -266,9 +266,64 @@ fn every_record_reaches_codifyhq_once_in_order_through_kills_during_pickup_and_d
         Duration::from_secs(60),
         || applied() == N + 2,
     );
+    // A file failing its trailer (count) is parked whole, and shown with why.
+    let mut bad = results_file(3);
+    let at = bad.len() - 7 - 7;
+    bad[at..at + 7].copy_from_slice(b"0000004");
+    drop_file(&app.dir.join("in"), "RES_20251203.DAT", &bad);
+    let source = || {
+        let (_, body) = support::status_get(&app, "/api/status");
+        let body = body
+            .split_once("\r\n\r\n")
+            .map_or(body.as_str(), |b| b.1)
+            .to_string();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["sources"][0].clone()
+    };
+    wait_until(
+        "the parked file on /api/status",
+        Duration::from_secs(60),
+        || {
+            source()["files_held"]
+                .as_array()
+                .is_some_and(|h| !h.is_empty())
+        },
+    );
+    let s = source();
+    assert_eq!(s["name"], "results");
+    assert_eq!(s["files_taken"], 2);
+    assert_eq!(s["records"], N as u64 + 2);
+    assert_eq!(s["files_held"][0]["state"], "parked");
+    assert_eq!(s["files_held"][0]["file"], "RES_20251203.DAT");
+    let reason = s["files_held"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("RT-COUNT says 4 records, the file has 3"),
+        "{reason}"
+    );
+    let (_, metrics) = support::status_get(&app, "/metrics");
+    for line in [
+        format!("ess_source_records{{source=\"results\"}} {}", N + 2),
+        "ess_source_files_taken{source=\"results\"} 2".to_string(),
+        "ess_source_files_held{source=\"results\"} 1".to_string(),
+        "ess_source_bad_records{source=\"results\"} 0".to_string(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in {metrics}");
+    }
+    let cfg = app.config.display().to_string();
+    let (code, out, err) = support::ess(&["stats", "--config", &cfg], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "source results: 2 file(s) taken, {} record(s), 0 bad record(s)",
+            N + 2
+        )),
+        "{out}"
+    );
+    assert!(out.contains("parked RES_20251203.DAT: trailer"), "{out}");
     app.terminate();
+    assert_eq!(applied(), N + 2, "nothing of the parked file went upstream");
     assert!(app.dir.join("in/RES_20251201.DAT").exists(), "left alone");
     let r = rows(&app);
-    assert_eq!(r.len(), 2);
+    assert_eq!(r.len(), 3);
     assert_eq!(r.iter().map(|r| r.events).sum::<u64>(), N as u64 + 2);
 }

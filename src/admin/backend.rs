@@ -261,6 +261,7 @@ impl AdminBackend for Admin {
                     },
                     last_reload: None,
                     recent_actions: self.store.recent_actions(8)?,
+                    sources: self.store.view()?.sources()?,
                 })
             }
         }

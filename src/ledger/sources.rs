@@ -402,6 +402,81 @@ pub fn known_at(tx: &ReadTransaction) -> Result<Vec<String>, Error> {
     })
 }
 
+/// A pickup source as `/api/status`, `/metrics`, the page and `ess stats` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceReport {
+    pub name: String,
+    /// Files whose every record is in the feed.
+    pub files_taken: u64,
+    /// Events its records became.
+    pub records: u64,
+    /// Records that could not be read (dead letters).
+    pub bad_records: u64,
+    /// Files being taken (a restart resumes them).
+    pub files_reading: u64,
+    /// Files held back (held, parked, refused), with why.
+    pub files_held: Vec<HeldFile>,
+    /// The newest bad records (file, record index, byte offset, field, message).
+    pub recent_bad: Vec<BadRecord>,
+    /// Files waiting to be whole or taken, and the age of the oldest (running daemon only).
+    #[serde(default)]
+    pub files_waiting: Option<u64>,
+    #[serde(default)]
+    pub oldest_unread_age_secs: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// A file a source holds back, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldFile {
+    pub file: String,
+    /// `held`, `parked` or `refused`.
+    pub state: String,
+    pub reason: String,
+    /// Records taken before it was refused.
+    pub records_taken: u64,
+}
+
+/// How many bad records a report lists.
+const RECENT_BAD: usize = 20;
+
+/// Every source the ledger knows, with its totals and the files it holds back.
+pub fn reports_at(tx: &ReadTransaction) -> Result<Vec<SourceReport>, Error> {
+    let mut out = Vec::new();
+    for name in known_at(tx)? {
+        let totals = totals_at(tx, &name)?;
+        let files = files_at(tx, &name)?;
+        let (recent_bad, _) = bad_at(tx, &name, RECENT_BAD)?;
+        out.push(SourceReport {
+            files_taken: totals.files,
+            records: totals.records,
+            bad_records: totals.bad_records,
+            files_reading: files
+                .iter()
+                .filter(|(_, f)| f.state == FileState::Reading)
+                .count() as u64,
+            files_held: files
+                .iter()
+                .filter_map(|(_, f)| {
+                    Some(HeldFile {
+                        file: f.name.clone(),
+                        state: f.state.word().to_string(),
+                        reason: f.state.reason()?.to_string(),
+                        records_taken: f.next_record,
+                    })
+                })
+                .collect(),
+            recent_bad: recent_bad.into_iter().map(|(_, b)| b).collect(),
+            files_waiting: None,
+            oldest_unread_age_secs: None,
+            last_error: None,
+            name,
+        });
+    }
+    Ok(out)
+}
+
 /// `ess verify`: every row of the three tables against its checksum and binding. Returns
 /// the rows checked and the damage found.
 pub fn verify<D: ReadableDatabase>(db: &D) -> (u64, Vec<Error>) {
