@@ -105,10 +105,17 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         hooks: Arc::new(metrics.clone()),
     });
     let sources = crate::ledger::sources::Sources::new(store.clone());
-    let pickups: Vec<crate::source::local::Pickup> = source_specs
-        .into_iter()
-        .map(|spec| crate::source::local::Pickup::new(Arc::new(spec), sources.clone()))
-        .collect();
+    let mut pickups: Vec<crate::source::local::Pickup> = Vec::new();
+    for spec in source_specs {
+        let dir = spec
+            .open_dir(tokio::runtime::Handle::current())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", spec.path.display()))?;
+        pickups.push(crate::source::local::Pickup::new(
+            Arc::new(spec),
+            sources.clone(),
+            dir,
+        ));
+    }
     let source_lives = pickups
         .iter()
         .map(|p| (p.spec.name.clone(), p.live.clone()))

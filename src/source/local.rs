@@ -1,18 +1,17 @@
-//! A pickup source over a local folder: each scan lists the folder, keeps the files the
-//! pattern wants that are whole (`ready:`), and takes each one in chunks of records, every
-//! chunk committed with the file's checkpoint; then carries out `then:`.
+//! A pickup source's scan over its folder (local, or SFTP through [`super::dir`]): each
+//! scan lists the folder, keeps the files the pattern wants that are whole (`ready:`), and
+//! takes each one in chunks of records, every chunk committed with the file's checkpoint;
+//! then carries out `then:`.
 //!
-//! A file's identity is its name, inode number and birth time (the file key, a digest of
-//! the three): a file renamed into the folder keeps it, a new file written under an old name
-//! gets a new one. Its SHA-256, size and modification time when it was first read are in the
-//! checkpoint: a file resumed after a restart must still have them, else it is refused
-//! (what was taken stays taken, nothing more is).
+//! A file's identity (the file key, a digest): local files, name + inode number + birth
+//! time (a file renamed into the folder keeps it, a new file written under an old name gets
+//! a new one); SFTP has no inode, so name + modification time (a file whose first records
+//! were taken is found again by its name while it is being read). Its SHA-256, size and
+//! modification time when it was first read are in the checkpoint: a file resumed after a
+//! restart must still have them, else it is refused (what was taken stays taken, nothing
+//! more is).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
@@ -21,6 +20,7 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use super::dir::{SourceDir, Stat};
 use super::take::{Check, Reader};
 use super::{Ready, SourceSpec, Then};
 use crate::feed::Batch;
@@ -39,11 +39,6 @@ pub enum SourceError {
     Feed(#[from] crate::feed::Error),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError {
-    let what = what.into();
-    move |source| SourceError::Io { what, source }
-}
-
 /// What a running source shows between scans (the durable numbers are in the ledger).
 #[derive(Debug, Default)]
 pub struct Live {
@@ -55,10 +50,11 @@ pub struct Live {
     pub scans: AtomicU64,
 }
 
-/// One local folder source and what it remembers between scans.
+/// One source, its folder, and what it remembers between scans.
 pub struct Pickup {
     pub spec: Arc<SourceSpec>,
     sources: Sources,
+    dir: Box<dyn SourceDir>,
     /// `ready: {stable: ..}`: (size, mtime) first seen, and when.
     seen: HashMap<String, (u64, i64, Instant)>,
     pub stop: Arc<AtomicBool>,
@@ -67,38 +63,24 @@ pub struct Pickup {
     pub chunk_limit: Option<u64>,
 }
 
-/// The identity and state of a file as `stat` tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stat {
-    ino: u64,
-    born: Option<(i64, u32)>,
-    size: u64,
-    mtime_ns: i64,
-}
-
-fn stat_of(m: &std::fs::Metadata) -> Stat {
-    let born = m
-        .created()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| (d.as_secs() as i64, d.subsec_nanos()));
-    Stat {
-        ino: m.ino(),
-        born,
-        size: m.len(),
-        mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
-    }
-}
-
-/// The file key: a digest of name, inode number and birth time (32 hex digits).
-pub fn file_key(name: &str, ino: u64, born: Option<(i64, u32)>) -> String {
+/// The file key: a digest of the name and what else tells this file from another of the
+/// same name (32 hex digits).
+pub fn file_key(name: &str, st: &Stat) -> String {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update([0]);
-    h.update(ino.to_be_bytes());
-    if let Some((s, n)) = born {
-        h.update(s.to_be_bytes());
-        h.update(n.to_be_bytes());
+    match st.ino {
+        Some(ino) => {
+            h.update(ino.to_be_bytes());
+            if let Some((s, n)) = st.born {
+                h.update(s.to_be_bytes());
+                h.update(n.to_be_bytes());
+            }
+        }
+        None => {
+            h.update(b"mtime");
+            h.update(st.mtime_ns.to_be_bytes());
+        }
     }
     let d = h.finalize();
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
@@ -107,12 +89,6 @@ pub fn file_key(name: &str, ino: u64, born: Option<(i64, u32)>) -> String {
 /// The idempotency key of record `index` of a file: `{source}/{file key}/{index}`.
 pub fn record_key(source: &str, file_key: &str, index: u64) -> String {
     format!("{source}/{file_key}/{index}")
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SourceError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io(format!("cannot fsync folder {}", dir.display())))
 }
 
 /// What one scan did.
@@ -125,10 +101,11 @@ pub struct Scan {
 }
 
 impl Pickup {
-    pub fn new(spec: Arc<SourceSpec>, sources: Sources) -> Pickup {
+    pub fn new(spec: Arc<SourceSpec>, sources: Sources, dir: Box<dyn SourceDir>) -> Pickup {
         Pickup {
             spec,
             sources,
+            dir,
             seen: HashMap::new(),
             stop: Arc::new(AtomicBool::new(false)),
             live: Arc::new(Live::default()),
@@ -142,45 +119,40 @@ impl Pickup {
 
     /// Lists the folder once and takes what is whole.
     pub fn scan(&mut self) -> Result<Scan, SourceError> {
-        let dir = self.spec.dir.clone();
         let rows: HashMap<String, SourceFile> =
             self.sources.files(&self.spec.name)?.into_iter().collect();
-        let mut names = Vec::new();
-        for entry in
-            std::fs::read_dir(&dir).map_err(io(format!("cannot list {}", dir.display())))?
-        {
-            let entry = entry.map_err(io(format!("cannot list {}", dir.display())))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if self.spec.wants(&name) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        let present: HashSet<String> = names.iter().cloned().collect();
-        let triggers: HashSet<String> = names
+        let mut listed = self.dir.list()?;
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        let all: HashSet<String> = listed.iter().map(|(n, _)| n.clone()).collect();
+        let triggers: HashSet<String> = listed
             .iter()
-            .filter_map(|n| self.spec.trigger_of(n))
+            .filter_map(|(n, _)| self.spec.trigger_of(n))
+            .collect();
+        let wanted: Vec<(String, Stat)> = listed
+            .into_iter()
+            .filter(|(n, _)| self.spec.wants(n) && !triggers.contains(n))
             .collect();
         let mut scan = Scan::default();
         let mut keys_seen = HashSet::new();
         let mut oldest: Option<i64> = None;
-        for name in names.iter().filter(|n| !triggers.contains(*n)) {
+        for (name, st) in &wanted {
             if self.stopping() {
                 break;
             }
-            let path = dir.join(name);
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() {
-                continue;
+            let mut key = file_key(name, st);
+            let mut row = rows.get(&key);
+            if row.is_none() {
+                // A file being read that no longer has the identity it was taken under
+                // (rewritten, replaced): found by its name, and refused below.
+                if let Some((k, r)) = rows
+                    .iter()
+                    .find(|(_, r)| r.state == FileState::Reading && &r.name == name)
+                {
+                    key = k.clone();
+                    row = Some(r);
+                }
             }
-            let st = stat_of(&meta);
-            let key = file_key(name, st.ino, st.born);
             keys_seen.insert(key.clone());
-            let row = rows.get(&key);
             let fresh = match row {
                 Some(r) if r.state == FileState::Done => {
                     if !r.then_done {
@@ -201,7 +173,7 @@ impl Pickup {
                 },
                 None => true,
             };
-            if fresh && !self.is_whole(name, st, &present) {
+            if fresh && !self.is_whole(name, *st, &all) {
                 scan.waiting += 1;
                 oldest = Some(oldest.map_or(st.mtime_ns, |o| o.min(st.mtime_ns)));
                 continue;
@@ -225,7 +197,7 @@ impl Pickup {
                 self.commit_state(&key, &r, true)?;
             }
         }
-        self.seen.retain(|n, _| present.contains(n));
+        self.seen.retain(|n, _| all.contains(n));
         self.live
             .oldest_unread_micros
             .store(oldest.map_or(0, |ns| ns / 1000), Ordering::Relaxed);
@@ -235,13 +207,10 @@ impl Pickup {
     }
 
     /// `ready:` for a file nothing was taken of yet.
-    fn is_whole(&mut self, name: &str, st: Stat, present: &HashSet<String>) -> bool {
+    fn is_whole(&mut self, name: &str, st: Stat, all: &HashSet<String>) -> bool {
         match &self.spec.ready {
             Ready::Rename | Ready::Trailer => true,
-            Ready::DoneFile(_) => self
-                .spec
-                .trigger_of(name)
-                .is_some_and(|t| present.contains(&t) || self.spec.dir.join(&t).is_file()),
+            Ready::DoneFile(_) => self.spec.trigger_of(name).is_some_and(|t| all.contains(&t)),
             Ready::Stable(d) => {
                 let now = Instant::now();
                 let Some(e) = self.seen.get_mut(name) else {
@@ -278,6 +247,13 @@ impl Pickup {
             .1)
     }
 
+    fn refuse(&self, key: &str, mut row: SourceFile, why: String) -> Result<(), SourceError> {
+        tracing::error!(source = %self.spec.name, file = %row.name, "{why}: refused; what was taken stays");
+        row.state = FileState::Refused { reason: why };
+        self.commit_state(key, &row, false)?;
+        Ok(())
+    }
+
     /// Reads `name` and takes its records from where `prev` left off.
     fn take(
         &mut self,
@@ -285,25 +261,10 @@ impl Pickup {
         key: &str,
         prev: Option<SourceFile>,
     ) -> Result<Taken, SourceError> {
-        let path = self.spec.dir.join(name);
         let mut out = Taken::default();
-        let mut f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io(format!("cannot open {}", path.display()))(e)),
+        let Some((before, bytes, after)) = self.dir.read(name)? else {
+            return Ok(out);
         };
-        let before = stat_of(
-            &f.metadata()
-                .map_err(io(format!("cannot stat {}", path.display())))?,
-        );
-        let mut bytes = Vec::with_capacity(before.size as usize);
-        f.read_to_end(&mut bytes)
-            .map_err(io(format!("cannot read {}", path.display())))?;
-        let after = stat_of(
-            &f.metadata()
-                .map_err(io(format!("cannot stat {}", path.display())))?,
-        );
-        drop(f);
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let now = Utc::now().timestamp_micros();
         if after != before || bytes.len() as u64 != after.size {
@@ -316,39 +277,30 @@ impl Pickup {
                 None => {
                     tracing::warn!(source = %self.spec.name, file = %name, "{why}; not taken yet");
                     out.waiting = true;
-                    return Ok(out);
                 }
-                Some(mut row) => {
-                    row.state = FileState::Refused {
-                        reason: why.clone(),
-                    };
-                    self.commit_state(key, &row, false)?;
-                    tracing::error!(source = %self.spec.name, file = %name, "{why}: refused; what was taken stays");
-                    return Ok(out);
-                }
+                Some(row) => self.refuse(key, row, why)?,
             }
+            return Ok(out);
         }
         let mut row = match prev {
             Some(row) => {
-                if row.digest != digest || row.size != after.size || row.mtime_ns != after.mtime_ns
+                if row.digest != digest
+                    || row.size != after.size
+                    || row.mtime_ns != after.mtime_ns
+                    || row.ino != after.ino
                 {
                     let why = format!(
                         "{name} changed since its first {} records were taken (was {} bytes, now {}; content differs)",
                         row.next_record, row.size, after.size
                     );
-                    let mut r = row;
-                    r.state = FileState::Refused {
-                        reason: why.clone(),
-                    };
-                    self.commit_state(key, &r, false)?;
-                    tracing::error!(source = %self.spec.name, file = %name, "{why}: refused; what was taken stays");
+                    self.refuse(key, row, why)?;
                     return Ok(out);
                 }
                 row
             }
             None => SourceFile {
                 name: name.to_string(),
-                ino: Some(after.ino),
+                ino: after.ino,
                 born: after.born,
                 size: after.size,
                 mtime_ns: after.mtime_ns,
@@ -414,17 +366,12 @@ impl Pickup {
                 next.then_done = spec.then == Then::Keep;
             }
             // The file must still be the one read: else what was read is not committed.
-            let now_stat = std::fs::metadata(&path).map(|m| stat_of(&m)).ok();
-            if now_stat != Some(after) {
+            if self.dir.stat(name)? != Some(after) {
                 let why = format!(
                     "{name} changed (or went away) while being read, after {} records",
                     row.next_record
                 );
-                row.state = FileState::Refused {
-                    reason: why.clone(),
-                };
-                self.commit_state(key, &row, false)?;
-                tracing::error!(source = %spec.name, file = %name, "{why}: refused; what was taken stays");
+                self.refuse(key, row, why)?;
                 return Ok(out);
             }
             let change = FileCommit {
@@ -458,63 +405,33 @@ impl Pickup {
     }
 
     /// `then:` for a file whose records are all committed, then recorded.
-    fn then(&self, name: &str, key: &str, row: SourceFile) -> Result<(), SourceError> {
-        let dir = &self.spec.dir;
-        let path = dir.join(name);
-        let trigger = self.spec.trigger_of(name).map(|t| dir.join(t));
+    fn then(&mut self, name: &str, key: &str, row: SourceFile) -> Result<(), SourceError> {
+        let trigger = self.spec.trigger_of(name);
+        let alt = |n: &str| format!("{n}.{}", &key[..12]);
         match &self.spec.then {
             Then::Keep => {}
             Then::Delete => {
-                remove_if_there(&path)?;
+                self.dir.remove(name)?;
                 if let Some(t) = &trigger {
-                    remove_if_there(t)?;
+                    self.dir.remove(t)?;
                 }
-                sync_dir(dir)?;
             }
             Then::Move(to) => {
-                std::fs::create_dir_all(to)
-                    .map_err(io(format!("cannot create {}", to.display())))?;
-                let mut dest = to.join(name);
-                if dest.exists() {
-                    dest = to.join(format!("{name}.{}", &key[..12]));
+                // Gone already: moved before a crash, not yet recorded.
+                if self.dir.stat(name)?.is_some() {
+                    self.dir.move_out(name, to, &alt(name))?;
                 }
-                rename_if_there(&path, &dest)?;
-                if let Some(t) = &trigger {
-                    let tname = t.file_name().map(PathBuf::from).unwrap_or_default();
-                    let mut tdest = to.join(&tname);
-                    if tdest.exists() {
-                        tdest = to.join(format!("{}.{}", tname.display(), &key[..12]));
-                    }
-                    rename_if_there(t, &tdest)?;
+                if let Some(t) = &trigger
+                    && self.dir.stat(t)?.is_some()
+                {
+                    self.dir.move_out(t, to, &alt(t))?;
                 }
-                sync_dir(to)?;
-                sync_dir(dir)?;
             }
         }
         let mut r = row;
         r.then_done = true;
         self.commit_state(key, &r, true)?;
         Ok(())
-    }
-}
-
-fn remove_if_there(p: &Path) -> Result<(), SourceError> {
-    match std::fs::remove_file(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io(format!("cannot delete {}", p.display()))(e)),
-    }
-}
-
-fn rename_if_there(from: &Path, to: &Path) -> Result<(), SourceError> {
-    match std::fs::rename(from, to) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io(format!(
-            "cannot move {} to {}",
-            from.display(),
-            to.display()
-        ))(e)),
     }
 }
 
@@ -592,6 +509,15 @@ pub async fn run(pickup: Pickup, mut stop: watch::Receiver<bool>) {
 mod tests {
     use super::*;
     use crate::feed::Store;
+    use crate::source::dir::LocalDir;
+
+    /// The same source over the same ledger, as after a restart.
+    fn again(p: &Pickup, store: &Store) -> Pickup {
+        let dir = Box::new(LocalDir {
+            dir: p.spec.dir.clone(),
+        });
+        Pickup::new(p.spec.clone(), Sources::new(store.clone()), dir)
+    }
     use redb::ReadableDatabase;
 
     const COPYBOOK: &str = "       01  R-HEADER.
@@ -639,7 +565,10 @@ mod tests {
                 .unwrap();
             let store = Store::from(db);
             store.prepare().unwrap();
-            let p = Pickup::new(Arc::new(spec), Sources::new(store.clone()));
+            let folder = Box::new(LocalDir {
+                dir: spec.dir.clone(),
+            });
+            let p = Pickup::new(Arc::new(spec), Sources::new(store.clone()), folder);
             (World { dir, store }, p)
         }
 
@@ -704,7 +633,7 @@ mod tests {
         );
         assert_eq!(w.events().len(), 1);
         // A restart (a new Pickup over the same ledger) resumes inside the file.
-        let mut p = Pickup::new(p.spec.clone(), Sources::new(w.store.clone()));
+        let mut p = again(&p, &w.store);
         p.scan().unwrap();
         let ev = w.events();
         let ids: Vec<&str> = ev.iter().map(|(_, p)| p.as_str()).collect();
@@ -835,7 +764,7 @@ mod tests {
         assert_eq!(w.events().len(), 1);
         // Rewritten in place (same inode) before the rest was taken.
         std::fs::write(&path, text.replace("A2", "X2")).unwrap();
-        let mut p = Pickup::new(p.spec.clone(), Sources::new(w.store.clone()));
+        let mut p = again(&p, &w.store);
         p.scan().unwrap();
         assert_eq!(w.events().len(), 1, "nothing more taken");
         let rows = w.rows();

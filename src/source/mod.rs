@@ -14,6 +14,7 @@
 //! `{source}/{file key}/{record index}`, a pure function of the source, the file's identity
 //! and the record's position.
 
+pub mod dir;
 pub mod local;
 pub mod take;
 
@@ -94,9 +95,11 @@ pub struct SourceSpec {
 }
 
 /// `source.kind`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Kind {
     File,
+    /// The connection, as the SFTP target takes it (`file` unused).
+    Sftp(crate::config::connector::SftpDeliver),
 }
 
 /// Temp names every source ignores: a writer's file before its rename.
@@ -148,12 +151,40 @@ pub fn compile(loaded: &LoadedSource, tz: Tz) -> Result<SourceSpec, Vec<Diagnost
     let kind = match s.kind.value.as_str() {
         "file" => Some(Kind::File),
         "sftp" => {
-            errs.push(Diagnostic::at(
-                path,
-                &s.kind,
-                "kind: sftp sources are not available in this build yet (kind: file is)",
-            ));
-            None
+            let need = |v: &Option<Spanned<String>>, what: &str, errs: &mut Vec<Diagnostic>| {
+                v.as_ref().map(|x| x.value.clone()).unwrap_or_else(|| {
+                    errs.push(Diagnostic::at(
+                        path,
+                        &s.kind,
+                        format!("kind: sftp needs {what}"),
+                    ));
+                    String::new()
+                })
+            };
+            let d = crate::config::connector::SftpDeliver {
+                host: need(&s.host, "host", &mut errs),
+                port: s.port,
+                user: need(&s.user, "user", &mut errs),
+                key: need(&s.key, "key", &mut errs),
+                known_hosts: need(
+                    &s.known_hosts,
+                    "known_hosts (the server's pinned host key)",
+                    &mut errs,
+                ),
+                dir: s.dir.value.clone(),
+                file: "-".into(),
+                mode: None,
+                timeout: s.timeout.as_ref().map(|t| t.value.clone()),
+            };
+            if errs.is_empty() {
+                if let Err(problems) = crate::target::sftp::SftpFolder::open(&d, &loaded.base_dir())
+                {
+                    for p in problems {
+                        errs.push(Diagnostic::at(path, &s.kind, p));
+                    }
+                }
+            }
+            Some(Kind::Sftp(d))
         }
         other => {
             errs.push(Diagnostic::at(
@@ -164,7 +195,12 @@ pub fn compile(loaded: &LoadedSource, tz: Tz) -> Result<SourceSpec, Vec<Diagnost
             None
         }
     };
-    let dir = crate::config::resolve_path(&loaded.base_dir(), &s.dir.value);
+    let remote = s.kind.value == "sftp";
+    let dir = if remote {
+        PathBuf::from(&s.dir.value)
+    } else {
+        crate::config::resolve_path(&loaded.base_dir(), &s.dir.value)
+    };
     let glob_of = |sp: &Spanned<String>, errs: &mut Vec<Diagnostic>| {
         glob::Pattern::new(&sp.value)
             .map_err(|e| errs.push(Diagnostic::at(path, sp, format!("pattern: {e}"))))
@@ -231,6 +267,7 @@ pub fn compile(loaded: &LoadedSource, tz: Tz) -> Result<SourceSpec, Vec<Diagnost
     let then = match s.then.as_ref().map(|t| &t.value) {
         None | Some(ThenSpec::Keep) => Then::Keep,
         Some(ThenSpec::Delete) => Then::Delete,
+        Some(ThenSpec::Move(d)) if remote => Then::Move(PathBuf::from(d)),
         Some(ThenSpec::Move(d)) => Then::Move(crate::config::resolve_path(&loaded.base_dir(), d)),
     };
     if let Some(f) = &loaded.records.file.fields {
@@ -412,6 +449,30 @@ pub fn compile(loaded: &LoadedSource, tz: Tz) -> Result<SourceSpec, Vec<Diagnost
             })
         }
         _ => Err(errs),
+    }
+}
+
+impl SourceSpec {
+    /// The folder this source reads (SFTP: not connected until the first scan).
+    pub fn open_dir(
+        &self,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Box<dyn dir::SourceDir>, String> {
+        match &self.kind {
+            Kind::File => Ok(Box::new(dir::LocalDir {
+                dir: self.dir.clone(),
+            })),
+            Kind::Sftp(d) => {
+                let base = crate::config::absolute_dir_of(&self.path);
+                let folder =
+                    crate::target::sftp::SftpFolder::open(d, &base).map_err(|e| e.join("; "))?;
+                Ok(Box::new(dir::SftpDir {
+                    folder,
+                    runtime,
+                    read_size: 256 * 1024,
+                }))
+            }
+        }
     }
 }
 
