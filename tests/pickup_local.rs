@@ -13,12 +13,11 @@ mod http;
 mod pickup;
 mod support;
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ess::ledger::sources::FileState;
-use http::{Answer, Endpoint, Handler};
-use pickup::{Pki, drop_file, pki, rows};
+use pickup::{Pki, drop_file, gated_codifyhq, pki, rows, source_status, write_codifyhq};
 use support::{Appliance, rt, wait_until};
 
 const COPYBOOK: &str = "       01  R-HEADER.
@@ -82,84 +81,66 @@ fn setup(app: &Appliance, pki: &Pki, port: u16) {
         "source:\n  name: results\n  kind: file\n  dir: ../in\n  pattern: \"RES_*.DAT\"\n  every: 100ms\n  chunk: 3\n  trailer: {record: R-TRAILER, count: RT-COUNT, sum: {RT-TOTAL: RD-FEE}}\n  then: {move: ../done}\nformat: fixed\nlayout: R.cpy\nrecord: {encoding: ascii, framing: rdw}\nlayout_when: {R-HEADER: RH-IS-HEADER, R-DETAIL: RD-IS-DETAIL, R-TRAILER: RT-IS-TRAILER}\nevent:\n  type: PERMIT_RESULT\n  records: [R-DETAIL]\n  payload: {id: RD-ID, fee: RD-FEE}\n",
     )
     .unwrap();
-    let p = |n: &str| pki.dir.path().join(n).display().to_string();
-    std::fs::write(
-        maps.join("codifyhq.yml"),
-        format!(
-            "target: codifyhq\nevents: [PERMIT_RESULT]\nformat: json\nfields: {{permit: id, fee: fee}}\ndeliver:\n  kind: http\n  url: https://127.0.0.1:{port}/v1/results\n  ca: {}\n  client_cert: {}\n  client_key: {}\nretry: {{base: 100ms, max_delay: 1s}}\n",
-            p("ca.pem"),
-            p("client.pem"),
-            p("client.key")
-        ),
-    )
-    .unwrap();
+    write_codifyhq(&maps, pki, port, "{permit: id, fee: fee}");
 }
 
 #[test]
 fn every_record_reaches_codifyhq_once_in_order_through_kills_during_pickup_and_delivery() {
     let runtime = rt();
     let pki = pki();
-    // A receiver that takes a moment per request, so that delivery is under way when killed.
-    let handler: Handler = Arc::new(|_| {
-        std::thread::sleep(Duration::from_millis(2));
-        Answer::new(200, "{}")
-    });
-    let endpoint = runtime.block_on(Endpoint::start_with(handler, Some(pki.server.clone())));
+    let (endpoint, open) = gated_codifyhq(&runtime, &pki);
     let mut app = Appliance::init();
     setup(&app, &pki, endpoint.addr.port());
     let applied = || endpoint.applied.lock().unwrap().len();
     let bytes = results_file(N);
     drop_file(&app.dir.join("in"), "RES_20251201.DAT", &bytes);
 
-    // Killed while the file is being taken.
+    let source = source_status;
+
+    // Killed while the file is being taken (some of its records in the feed).
     app.start();
-    wait_until("the first record upstream", Duration::from_secs(60), || {
-        applied() >= 1
-    });
+    wait_until(
+        "the first records in the feed",
+        Duration::from_secs(60),
+        || source(&app)["records"].as_u64().is_some_and(|n| n >= 1),
+    );
     app.kill9();
     let r = rows(&app);
     assert_eq!(r.len(), 1);
-    let killed_inside = r[0].state == FileState::Reading;
-    assert!(
-        r[0].next_record < (N + 2) as u64 || !killed_inside,
-        "{:?}",
-        r[0]
+    assert_eq!(
+        r[0].state,
+        FileState::Reading,
+        "taken whole before the kill"
     );
+    assert!(r[0].next_record < (N + 2) as u64, "{:?}", r[0]);
     assert!(
-        app.dir.join("in/RES_20251201.DAT").exists() || r[0].state == FileState::Done,
+        app.dir.join("in/RES_20251201.DAT").exists(),
         "moved before its records were committed"
     );
 
-    // Restarts and kills until the whole file is in the feed, then kills during delivery.
-    let mut kills_during_delivery = 0;
-    for _ in 0..20 {
+    // Resumed inside the file until all of it is in the feed; then killed while delivering.
+    app.start();
+    wait_until(
+        "the whole file in the feed",
+        Duration::from_secs(120),
+        || source(&app)["files_taken"].as_u64() == Some(1),
+    );
+    assert_eq!(applied(), 0);
+    open.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
         let before = applied();
-        app.start();
         wait_until("more records upstream", Duration::from_secs(60), || {
-            applied() > before + 50 || applied() == N
+            applied() >= before + 100
         });
         app.kill9();
-        let r = rows(&app);
-        if r[0].state == FileState::Done && applied() < N {
-            kills_during_delivery += 1;
-        }
-        if applied() == N {
-            break;
-        }
-        if kills_during_delivery >= 2 {
-            break;
-        }
+        assert!(applied() < N, "delivered whole before the kill");
+        assert_eq!(rows(&app)[0].state, FileState::Done);
+        app.start();
     }
-    app.start();
     wait_until("every record upstream", Duration::from_secs(120), || {
         applied() == N
     });
     app.terminate();
-    assert!(
-        killed_inside,
-        "the first kill came after the file was taken: make it bigger"
-    );
-    assert!(kills_during_delivery >= 1, "no kill during delivery");
 
     // Each record once, in file order, with the file's values, under a deterministic key.
     let got = endpoint.applied.lock().unwrap().clone();
@@ -211,25 +192,16 @@ fn every_record_reaches_codifyhq_once_in_order_through_kills_during_pickup_and_d
     let at = bad.len() - 7 - 7;
     bad[at..at + 7].copy_from_slice(b"0000004");
     drop_file(&app.dir.join("in"), "RES_20251203.DAT", &bad);
-    let source = || {
-        let (_, body) = support::status_get(&app, "/api/status");
-        let body = body
-            .split_once("\r\n\r\n")
-            .map_or(body.as_str(), |b| b.1)
-            .to_string();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        v["sources"][0].clone()
-    };
     wait_until(
         "the parked file on /api/status",
         Duration::from_secs(60),
         || {
-            source()["files_held"]
+            source(&app)["files_held"]
                 .as_array()
                 .is_some_and(|h| !h.is_empty())
         },
     );
-    let s = source();
+    let s = source(&app);
     assert_eq!(s["name"], "results");
     assert_eq!(s["files_taken"], 2);
     assert_eq!(s["records"], N as u64 + 2);
