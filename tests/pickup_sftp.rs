@@ -23,6 +23,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -232,4 +233,86 @@ fn cobol_results_over_sftp_reach_codifyhq_once_in_order_through_kills() {
         );
     }
     assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
+}
+
+/// The source's map file for `sshd` in `dir` (with `extra` source keys), compiled.
+fn sftp_source(dir: &Path, sshd: &sshd::Sshd, extra: &str) -> ess::source::SourceSpec {
+    std::fs::copy(root().join("maps/RESULTS.cpy"), dir.join("RESULTS.cpy")).unwrap();
+    let path = dir.join("results_sftp.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "source:\n  name: results\n  kind: sftp\n  host: 127.0.0.1\n  port: {}\n  user: {}\n  key: {}\n  known_hosts: {}\n  dir: {}\n  pattern: \"RESULTS_*.DAT\"\n  trailer: {{record: RES-TRAILER, count: RT-COUNT}}\n  timeout: 10s\n{extra}format: fixed\nlayout: RESULTS.cpy\nrecord: {{encoding: ascii, framing: rdw, floats: ieee, byte_order: little}}\nlayout_when: {{RES-HEADER: RH-IS-HEADER, RES-DETAIL: RD-IS-DETAIL, RES-TRAILER: RT-IS-TRAILER}}\nevent:\n  type: PERMIT_RESULT\n  records: [RES-DETAIL]\n",
+            sshd.port,
+            sshd::user(),
+            sshd.path("user_ed25519").display(),
+            sshd.path("known_hosts").display(),
+            sshd.drop_dir().display(),
+        ),
+    )
+    .unwrap();
+    ess::source::load_one(&path, chrono_tz::UTC).unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
+fn memory_store() -> ess::feed::Store {
+    let db = redb::Database::builder()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .unwrap();
+    let store = ess::feed::Store::from(db);
+    store.prepare().unwrap();
+    store
+}
+
+#[test]
+fn a_changed_host_key_takes_nothing_and_then_delete_waits_for_the_server() {
+    let runtime = rt();
+    let sshd = sshd::Sshd::start();
+    let work = tempfile::tempdir().unwrap();
+    let writer = cobc(work.path(), "reswrite");
+    let drop = sshd.drop_dir();
+    let tmp = drop.join("RESULTS_001.DAT.partial");
+    let st = Command::new(&writer)
+        .env("VBFILE", &tmp)
+        .env("FBFILE", work.path().join("fb.dat"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::rename(&tmp, drop.join("RESULTS_001.DAT")).unwrap();
+    let spec = Arc::new(sftp_source(work.path(), &sshd, "  then: delete\n"));
+    let store = memory_store();
+    let sources = ess::ledger::sources::Sources::new(store.clone());
+    let open = || spec.open_dir(runtime.handle().clone()).unwrap();
+
+    // The server's host key is not the pinned one: refused, nothing read, nothing taken.
+    sshd.new_host_key();
+    let mut sshd = sshd;
+    sshd.restart();
+    let mut p = ess::source::local::Pickup::new(spec.clone(), sources.clone(), open());
+    let err = p.scan().unwrap_err().to_string();
+    assert!(err.contains("host key refused"), "{err}");
+    assert!(sources.files("results").unwrap().is_empty());
+    assert!(drop.join("RESULTS_001.DAT").exists());
+
+    // Pinned again: taken, and deleted on the server after the commit.
+    sshd.write_known_hosts();
+    let mut p = ess::source::local::Pickup::new(spec.clone(), sources.clone(), open());
+    let scan = p.scan().unwrap();
+    assert_eq!((scan.files_done, scan.events, scan.bad), (1, 4, 0));
+    assert!(!drop.join("RESULTS_001.DAT").exists());
+    let rows = sources.files("results").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].1.then_done);
+    assert_eq!(ess::feed::read_last_seq(&store).unwrap(), 4);
+    // A temp name on the server is never taken.
+    std::fs::write(drop.join("RESULTS_002.DAT.partial"), b"half").unwrap();
+    let scan = p.scan().unwrap();
+    assert_eq!((scan.files_done, scan.events), (0, 0));
 }
