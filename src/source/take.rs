@@ -285,7 +285,14 @@ impl<'s> Reader<'s> {
                     match self.record(&frame) {
                         Rec::Event(payload) => {
                             let key = format!("{key_prefix}{}", frame.index);
-                            batch.push(&self.spec.event_type, &key, "", None, payload.as_bytes());
+                            let trace = trace_id_of(&key);
+                            batch.push(
+                                &self.spec.event_type,
+                                &key,
+                                &trace,
+                                None,
+                                payload.as_bytes(),
+                            );
                         }
                         Rec::Skip => {}
                         Rec::Bad(b) => bad.push(b),
@@ -296,6 +303,15 @@ impl<'s> Reader<'s> {
         let ended = split.clone().next().is_none();
         (taken, next_offset, ended)
     }
+}
+
+/// A record's trace id: 32 hex digits of the SHA-256 of its idempotency key, the same
+/// after any restart (W3C trace-id form, so logs and receipts follow it like an ingested
+/// event's).
+fn trace_id_of(key: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(key.as_bytes());
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn negate(d: Decimal) -> Decimal {
