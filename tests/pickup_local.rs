@@ -140,6 +140,26 @@ fn every_record_reaches_codifyhq_once_in_order_through_kills_during_pickup_and_d
     wait_until("every record upstream", Duration::from_secs(120), || {
         applied() == N
     });
+    // Receipts for the records' events, as for any event.
+    let (first, last) = {
+        let got = endpoint.applied.lock().unwrap();
+        (got[0].0.clone(), got[N - 1].0.clone())
+    };
+    let mut client = app.client();
+    for key in [&first, &last] {
+        let answer = runtime.block_on(client.receipt(key)).unwrap();
+        assert_eq!(answer.status, 200, "{key}");
+        let receipt = answer.json();
+        wait_until(
+            "the receipt to say delivered",
+            Duration::from_secs(30),
+            || {
+                let r = runtime.block_on(client.receipt(key)).unwrap().json();
+                r["targets"]["codifyhq"] == "delivered"
+            },
+        );
+        assert!(receipt["seq"].as_u64().is_some(), "{receipt}");
+    }
     app.terminate();
 
     // Each record once, in file order, with the file's values, under a deterministic key.
