@@ -252,6 +252,28 @@ fn every_record_reaches_codifyhq_once_in_order_through_kills_during_pickup_and_d
         "{out}"
     );
     assert!(out.contains("parked RES_20251203.DAT: trailer"), "{out}");
+    let (code, out, err) = support::ess(&["list", "--source", "results", "--config", &cfg], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let line = |file: &str| {
+        out.lines()
+            .find(|l| l.starts_with(file))
+            .unwrap_or_else(|| panic!("no {file} in {out}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        line("RES_20251201.DAT")[1..5],
+        ["done", &(N + 2).to_string(), &N.to_string(), "0"]
+    );
+    assert_eq!(line("RES_20251203.DAT")[1..5], ["parked", "0", "0", "0"]);
+    assert!(out.contains("RT-COUNT says 4 records"), "{out}");
+    let (code, _, err) = support::ess(&["list", "--source", "nope", "--config", &cfg], None);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no source named \"nope\" (known: results)"),
+        "{err}"
+    );
     app.terminate();
     assert_eq!(applied(), N + 2, "nothing of the parked file went upstream");
     assert!(app.dir.join("in/RES_20251201.DAT").exists(), "left alone");

@@ -418,6 +418,9 @@ pub struct SourceReport {
     pub files_held: Vec<HeldFile>,
     /// The newest bad records (file, record index, byte offset, field, message).
     pub recent_bad: Vec<BadRecord>,
+    /// The files most recently started, newest first (`ess list --source`).
+    #[serde(default)]
+    pub recent_files: Vec<FileSummary>,
     /// Files waiting to be whole or taken, and the age of the oldest (running daemon only).
     #[serde(default)]
     pub files_waiting: Option<u64>,
@@ -426,6 +429,27 @@ pub struct SourceReport {
     #[serde(default)]
     pub last_error: Option<String>,
 }
+
+/// One file of a source, in short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSummary {
+    pub file: String,
+    /// `reading`, `done`, `held`, `parked` or `refused`.
+    pub state: String,
+    pub reason: Option<String>,
+    /// Records taken (control records and bad ones included), of the file's records.
+    pub records_taken: u64,
+    pub events: u64,
+    pub bad: u64,
+    pub first_seq: Option<Seq>,
+    pub last_seq: Option<Seq>,
+    /// RFC 3339: when it was first taken from, and when it was done.
+    pub started_at: String,
+    pub done_at: Option<String>,
+}
+
+/// How many files a report lists.
+const RECENT_FILES: usize = 20;
 
 /// A file a source holds back, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -468,6 +492,26 @@ pub fn reports_at(tx: &ReadTransaction) -> Result<Vec<SourceReport>, Error> {
                 })
                 .collect(),
             recent_bad: recent_bad.into_iter().map(|(_, b)| b).collect(),
+            recent_files: {
+                let mut newest: Vec<&SourceFile> = files.iter().map(|(_, f)| f).collect();
+                newest.sort_by_key(|f| std::cmp::Reverse(f.started_micros));
+                newest
+                    .into_iter()
+                    .take(RECENT_FILES)
+                    .map(|f| FileSummary {
+                        file: f.name.clone(),
+                        state: f.state.word().to_string(),
+                        reason: f.state.reason().map(str::to_string),
+                        records_taken: f.next_record,
+                        events: f.events,
+                        bad: f.bad,
+                        first_seq: f.first_seq,
+                        last_seq: f.last_seq,
+                        started_at: crate::state::rfc3339_micros(f.started_micros),
+                        done_at: f.done_micros.map(crate::state::rfc3339_micros),
+                    })
+                    .collect()
+            },
             files_waiting: None,
             oldest_unread_age_secs: None,
             last_error: None,
