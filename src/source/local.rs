@@ -48,6 +48,8 @@ pub struct Live {
     pub waiting: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
     pub scans: AtomicU64,
+    /// The last look found the source outside its `schedule:` (nothing was scanned).
+    pub outside_schedule: AtomicBool,
 }
 
 /// One source, its folder, and what it remembers between scans.
@@ -495,6 +497,7 @@ pub async fn run(pickup: Pickup, mut stop: watch::Receiver<bool>) {
         } else {
             slot = Some(p);
         }
+        live.outside_schedule.store(!open, Ordering::Relaxed);
         if flag.load(Ordering::Relaxed) {
             return;
         }
@@ -543,12 +546,17 @@ mod tests {
 
     impl World {
         fn new(source_extra: &str, top_extra: &str) -> (World, Pickup) {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir(dir.path().join("in")).unwrap();
-            std::fs::write(dir.path().join("R.cpy"), COPYBOOK).unwrap();
             let map = format!(
                 "source:\n  name: results\n  kind: file\n  dir: in\n  pattern: \"RES_*.DAT\"\n  trailer: {{record: R-TRAILER, count: RT-COUNT, sum: {{RT-TOTAL: RD-FEE}}}}\n  chunk: 2\n{source_extra}format: fixed\nlayout: R.cpy\nrecord: {{encoding: ascii, framing: lines}}\nlayout_when: {{R-HEADER: RH-IS-HEADER, R-DETAIL: RD-IS-DETAIL, R-TRAILER: RT-IS-TRAILER}}\nevent:\n  type: PERMIT_RESULT\n  records: [R-DETAIL]\n  payload: {{id: RD-ID, fee.posted: RD-FEE}}\n{top_extra}"
             );
+            World::with(COPYBOOK, &map)
+        }
+
+        /// A source from its copybook (`R.cpy`) and map file text.
+        fn with(copybook: &str, map: &str) -> (World, Pickup) {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("in")).unwrap();
+            std::fs::write(dir.path().join("R.cpy"), copybook).unwrap();
             let path = dir.path().join("results.yml");
             std::fs::write(&path, map).unwrap();
             let spec = super::super::load_one(&path, chrono_tz::UTC).unwrap_or_else(|e| {
@@ -775,6 +783,71 @@ mod tests {
         );
         p.scan().unwrap();
         assert_eq!(w.events().len(), 1);
+    }
+
+    #[test]
+    fn a_bad_nibble_an_unmapped_byte_and_a_short_record_are_dead_letters_naming_the_place() {
+        let copybook = "       01  R-DETAIL.\n           05  RD-ID     PIC X(4).\n           05  RD-FEE    PIC S9(3)V99 COMP-3.\n";
+        let map = "source:\n  name: results\n  kind: file\n  dir: in\n  pattern: \"RES_*.DAT\"\nformat: fixed\nlayout: R.cpy\nrecord: {encoding: ascii, framing: fixed}\nevent:\n  type: PERMIT_RESULT\n";
+        let (w, mut p) = World::with(copybook, map);
+        let mut bytes = Vec::new();
+        bytes.extend(b"AB01\x12\x34\x5c"); // 123.45
+        bytes.extend(b"AB02\x1a\x34\x5c"); // a nibble that is not a digit
+        bytes.extend(b"AB\x803\x12\x34\x5c"); // a byte ascii has no character for
+        bytes.extend(b"AB04\x00\x01\x0c"); // 0.01
+        bytes.extend(b"AB"); // short
+        let tmp = w.dir.path().join("in/RES_1.DAT.tmp");
+        std::fs::write(&tmp, &bytes).unwrap();
+        std::fs::rename(&tmp, w.dir.path().join("in/RES_1.DAT")).unwrap();
+        let scan = p.scan().unwrap();
+        assert_eq!((scan.files_done, scan.events, scan.bad), (1, 2, 3));
+        let ev = w.events();
+        assert!(ev[0].1.contains(r#""RD-FEE":123.45"#), "{}", ev[0].1);
+        assert!(ev[1].1.contains(r#""RD-ID":"AB04""#), "{}", ev[1].1);
+        assert!(ev[0].0.ends_with("/0") && ev[1].0.ends_with("/3"));
+        let tx = w.store.begin_read().unwrap();
+        let (bad, _) = crate::ledger::sources::bad_at(&tx, "results", 10).unwrap();
+        let got: Vec<(u64, u64, &str)> = bad
+            .iter()
+            .map(|(_, b)| (b.record_index, b.offset, b.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [(1, 7, "RD-FEE"), (2, 14, "RD-ID"), (4, 28, "(framing)")]
+        );
+        for (_, b) in &bad {
+            assert_eq!(b.file, "RES_1.DAT");
+            assert!(!b.message.is_empty());
+        }
+        assert_eq!(bad[1].1.field_offset, 2, "the byte in the record");
+    }
+
+    #[test]
+    fn outside_its_schedule_a_source_takes_nothing() {
+        use chrono::Datelike;
+        let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+            [(Utc::now().weekday().num_days_from_monday() as usize + 3) % 7];
+        let (w, p) = World::new("  every: 10ms\n", &format!("schedule: \"{day}\"\n"));
+        w.put("RES_1.DAT", &file(&[("A1", "0000100")], 1, "000000100"));
+        let live = p.live.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        rt.block_on(async {
+            let task = tokio::spawn(run(p, stop_rx));
+            let deadline = Instant::now() + std::time::Duration::from_secs(30);
+            while !live.outside_schedule.load(Ordering::Relaxed) {
+                assert!(Instant::now() < deadline);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            stop.send(true).unwrap();
+            task.await.unwrap();
+        });
+        assert_eq!(live.scans.load(Ordering::Relaxed), 0);
+        assert!(w.events().is_empty());
+        assert!(w.rows().is_empty());
     }
 
     #[test]
