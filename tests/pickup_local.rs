@@ -281,3 +281,35 @@ fn every_record_reaches_codifyhq_once_in_order_through_kills_during_pickup_and_d
     assert_eq!(r.len(), 3);
     assert_eq!(r.iter().map(|r| r.events).sum::<u64>(), N as u64 + 2);
 }
+
+#[test]
+fn the_shipped_source_compiles_and_its_connector_takes_its_events() {
+    let maps = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("maps");
+    let sources = ess::source::load_all(&maps, chrono_tz::UTC).unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            e.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert_eq!(sources.len(), 1);
+    let s = &sources[0];
+    assert_eq!(
+        (s.name.as_str(), s.event_type.as_str()),
+        ("cobol_results", "PERMIT_RESULT")
+    );
+    // The connector's mapping (its certificates are the operator's to put in place).
+    let path = maps.join("codifyhq_results.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let conn = ess::config::connector::parse(&path, &text).unwrap();
+    let m = ess::map::Mapping::compile(
+        &conn,
+        &ess::map::MapContext {
+            timezone: chrono_tz::UTC,
+        },
+    )
+    .unwrap();
+    assert!(m.selects("PERMIT_RESULT"));
+}
