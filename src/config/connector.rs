@@ -493,6 +493,11 @@ pub struct SourceSection {
     /// Records committed per transaction, with the file's checkpoint (default 1000).
     #[serde(default)]
     pub chunk: Option<Spanned<u64>>,
+    /// How long a file's identity is remembered once the file is done and gone from the
+    /// folder (moved, deleted): within it, the same file put back is not taken again
+    /// (default 90d).
+    #[serde(default)]
+    pub remember: Option<Spanned<String>>,
     // kind: sftp
     #[serde(default)]
     pub host: Option<Spanned<String>>,

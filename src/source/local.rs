@@ -191,13 +191,29 @@ impl Pickup {
             }
         }
         // Done files whose `then:` was carried out but not yet recorded (a crash between
-        // the two): the file is no longer here.
+        // the two): the file is no longer here. Done files gone from the folder for longer
+        // than `remember:` are forgotten (their totals stay).
+        let now = Utc::now().timestamp_micros();
+        let remember = i64::try_from(self.spec.remember.as_micros()).unwrap_or(i64::MAX);
+        let mut forget = Vec::new();
         for (key, row) in rows {
-            if row.state == FileState::Done && !row.then_done && !keys_seen.contains(&key) {
+            if row.state != FileState::Done || keys_seen.contains(&key) {
+                continue;
+            }
+            if !row.then_done {
                 let mut r = row.clone();
                 r.then_done = true;
                 self.commit_state(&key, &r, true)?;
+            } else if row
+                .done_micros
+                .is_some_and(|d| now.saturating_sub(d) >= remember)
+            {
+                forget.push(key);
             }
+        }
+        if !forget.is_empty() {
+            tracing::info!(source = %self.spec.name, n_files = forget.len(), "forgetting files done and gone longer than remember:");
+            self.sources.forget(&self.spec.name, &forget)?;
         }
         self.seen.retain(|n, _| all.contains(n));
         self.live
@@ -676,6 +692,38 @@ mod tests {
         let t =
             crate::ledger::sources::totals_at(&w.store.begin_read().unwrap(), "results").unwrap();
         assert_eq!((t.files, t.records, t.bad_records), (1, 5, 0));
+    }
+
+    #[test]
+    fn a_done_file_gone_from_the_folder_is_remembered_for_remember_then_forgotten() {
+        let (w, mut p) = World::new("  then: {move: done}\n  remember: 1h\n", "");
+        let text = file(&[("A1", "0000100")], 1, "000000100");
+        w.put("RES_1.DAT", &text);
+        p.scan().unwrap();
+        p.scan().unwrap();
+        assert_eq!(w.rows().len(), 1, "kept within remember:");
+        let (w, mut p) = World::new("  then: {move: done}\n  remember: 0s\n", "");
+        w.put("RES_1.DAT", &text);
+        p.scan().unwrap();
+        assert_eq!(w.rows().len(), 1);
+        p.scan().unwrap();
+        assert!(
+            w.rows().is_empty(),
+            "forgotten once gone and past remember:"
+        );
+        let t =
+            crate::ledger::sources::totals_at(&w.store.begin_read().unwrap(), "results").unwrap();
+        assert_eq!((t.files, t.records), (1, 1), "the totals stay");
+        // Put back after that: a new file to the source (its records keep their keys, so a
+        // receiver deduping by key still sees each once).
+        std::fs::rename(
+            w.dir.path().join("done/RES_1.DAT"),
+            w.dir.path().join("in/RES_1.DAT"),
+        )
+        .unwrap();
+        p.scan().unwrap();
+        let ev = w.events();
+        assert_eq!(ev.len(), 1, "the feed dedupes the same key");
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct SourceSpec {
     pub then: Then,
     pub every: Duration,
     pub chunk: usize,
+    /// How long a done file's row is kept once the file is gone from the folder.
+    pub remember: Duration,
     pub mapping: Mapping,
     pub event_type: String,
     /// Record types that become events (`None`: every record of a one-layout file).
@@ -250,6 +252,12 @@ pub fn compile(loaded: &LoadedSource, tz: Tz) -> Result<SourceSpec, Vec<Diagnost
         None => Some(Duration::from_secs(10)),
         Some(e) => duration(e, "every", &e.value)
             .map_err(|d| errs.push(d))
+            .ok(),
+    };
+    let remember = match &s.remember {
+        None => Some(Duration::from_secs(90 * 86_400)),
+        Some(r) => parse_duration(&r.value)
+            .map_err(|e| errs.push(Diagnostic::at(path, r, format!("remember: {e}"))))
             .ok(),
     };
     let chunk = match &s.chunk {
@@ -425,8 +433,10 @@ pub fn compile(loaded: &LoadedSource, tz: Tz) -> Result<SourceSpec, Vec<Diagnost
             .map_err(|e| errs.push(Diagnostic::at(path, sc, format!("schedule: {e}"))))
             .ok(),
     };
-    match (kind, pattern, ready, every, mapping) {
-        (Some(kind), Some(pattern), Some(ready), Some(every), Some(mapping)) if errs.is_empty() => {
+    match (kind, pattern, ready, every, mapping, remember) {
+        (Some(kind), Some(pattern), Some(ready), Some(every), Some(mapping), Some(remember))
+            if errs.is_empty() =>
+        {
             Ok(SourceSpec {
                 name,
                 path: path.clone(),
@@ -439,6 +449,7 @@ pub fn compile(loaded: &LoadedSource, tz: Tz) -> Result<SourceSpec, Vec<Diagnost
                 then,
                 every,
                 chunk,
+                remember,
                 mapping,
                 event_type,
                 records,
