@@ -105,21 +105,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         hooks: Arc::new(metrics.clone()),
     });
     let sources = crate::ledger::sources::Sources::new(store.clone());
-    let mut pickups: Vec<crate::source::local::Pickup> = Vec::new();
-    for spec in source_specs {
-        let dir = spec
-            .open_dir(tokio::runtime::Handle::current())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", spec.path.display()))?;
-        pickups.push(crate::source::local::Pickup::new(
-            Arc::new(spec),
-            sources.clone(),
-            dir,
-        ));
-    }
-    let source_lives = pickups
-        .iter()
-        .map(|p| (p.spec.name.clone(), p.live.clone()))
-        .collect();
+    let source_lives = crate::source::running::Lives::default();
     let status_source: Arc<dyn crate::status::StatusSource> = Arc::new(
         crate::status::DaemonStatus::new(
             connectors.clone(),
@@ -129,7 +115,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
             cfg.blocked_alarm,
             health.clone(),
         )
-        .with_sources(source_lives),
+        .with_sources(source_lives.clone()),
     );
     let status_server = crate::status::serve(cfg.status_listen, status_source.clone(), metrics)
         .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
@@ -152,11 +138,9 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
         cfg.retention_feed,
         ingest_stop_rx.clone(),
     ));
-    let (stop_sources, sources_stop_rx) = watch::channel(false);
-    let source_tasks: Vec<JoinHandle<()>> = pickups
-        .into_iter()
-        .map(|pickup| tokio::spawn(crate::source::local::run(pickup, sources_stop_rx.clone())))
-        .collect();
+    let mut running_sources =
+        crate::source::running::Running::start(source_specs, &sources, &source_lives)
+            .map_err(|e| anyhow::anyhow!(e))?;
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
     use tokio::signal::unix::{SignalKind, signal};
@@ -182,6 +166,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
                 client_auth.reload_crl_logged(true, "SIGHUP");
                 crate::notify::reloading();
                 generation = reload(&cfg, generation, &env, &connectors).await?;
+                running_sources = reload_sources(&cfg, running_sources, &sources, &source_lives).await;
                 crate::notify::ready();
                 crate::notify::status(&serving_status(&connectors));
             }
@@ -196,10 +181,7 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     tracing::info!("shutting down: finishing requests and deliveries under way");
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
-    let _ = stop_sources.send(true);
-    for t in source_tasks {
-        let _ = t.await;
-    }
+    running_sources.stop().await;
     stop_generation(generation).await;
     let _ = retention_task.await;
     admin.stop();
@@ -207,6 +189,43 @@ pub async fn run(cfg: Config, on_ready: impl FnOnce(Bound)) -> anyhow::Result<()
     feed.close();
     tracing::info!("stopped; ess.redb closed");
     Ok(())
+}
+
+/// SIGHUP for the pickup sources: a set that loads replaces the running one (each source
+/// stops after the chunk it is committing; the new ones resume from their checkpoints); an
+/// invalid set is refused and the running sources keep going.
+async fn reload_sources(
+    cfg: &Config,
+    running: crate::source::running::Running,
+    sources: &crate::ledger::sources::Sources,
+    lives: &crate::source::running::Lives,
+) -> crate::source::running::Running {
+    match crate::source::load_all(&cfg.maps_dir, cfg.timezone) {
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!("{e}");
+            }
+            tracing::error!(
+                n_problems = errs.len(),
+                "SIGHUP: new sources refused; the running sources keep going"
+            );
+            running
+        }
+        Ok(specs) => {
+            running.stop().await;
+            let n = specs.len();
+            match crate::source::running::Running::start(specs, sources, lives) {
+                Ok(r) => {
+                    tracing::info!(sources = n, "SIGHUP: sources reloaded");
+                    r
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: sources could not start; none runs until the next reload");
+                    crate::source::running::Running::none(lives)
+                }
+            }
+        }
+    }
 }
 
 /// How often retention compacts the feed.

@@ -313,3 +313,35 @@ fn the_shipped_source_compiles_and_its_connector_takes_its_events() {
     .unwrap();
     assert!(m.selects("PERMIT_RESULT"));
 }
+
+#[test]
+fn sighup_starts_a_new_source_and_refuses_a_broken_one_keeping_the_running_one() {
+    let pki = pki();
+    let mut app = Appliance::init();
+    setup(&app, &pki, 9);
+    let map = app.dir.join("maps/results.yml");
+    let text = std::fs::read_to_string(&map).unwrap();
+    std::fs::remove_file(&map).unwrap();
+    app.start();
+    assert!(source_status(&app).is_null(), "no source yet");
+    std::fs::write(&map, &text).unwrap();
+    app.signal(libc::SIGHUP);
+    wait_until("the source after SIGHUP", Duration::from_secs(30), || {
+        source_status(&app)["name"] == "results"
+    });
+    drop_file(&app.dir.join("in"), "RES_1.DAT", &results_file(3));
+    wait_until("the file taken", Duration::from_secs(30), || {
+        source_status(&app)["records"] == 3
+    });
+    // A broken source file: refused, the running source goes on.
+    std::fs::write(&map, text.replace("chunk: 3", "chunk: many")).unwrap();
+    app.signal(libc::SIGHUP);
+    wait_until("the refusal", Duration::from_secs(30), || {
+        app.stderr().contains("new sources refused")
+    });
+    drop_file(&app.dir.join("in"), "RES_2.DAT", &results_file(2));
+    wait_until("the next file taken", Duration::from_secs(30), || {
+        source_status(&app)["records"] == 5
+    });
+    app.terminate();
+}

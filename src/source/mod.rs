@@ -16,6 +16,7 @@
 
 pub mod dir;
 pub mod local;
+pub mod running;
 pub mod take;
 
 use std::path::{Path, PathBuf};

@@ -30,7 +30,7 @@ pub struct DaemonStatus {
     started: Instant,
     health: Arc<crate::health::Health>,
     rate: Mutex<RateWindow>,
-    sources: Vec<(String, Arc<crate::source::local::Live>)>,
+    sources: crate::source::running::Lives,
 }
 
 impl DaemonStatus {
@@ -57,14 +57,15 @@ impl DaemonStatus {
             started,
             health,
             rate,
-            sources: Vec::new(),
+            sources: Default::default(),
         }
     }
 }
 
 impl DaemonStatus {
-    /// The running pickup sources, shown with what they see between scans.
-    pub fn with_sources(mut self, sources: Vec<(String, Arc<crate::source::local::Live>)>) -> Self {
+    /// The running pickup sources (the set a SIGHUP may replace), shown with what they see
+    /// between scans.
+    pub fn with_sources(mut self, sources: crate::source::running::Lives) -> Self {
         self.sources = sources;
         self
     }
@@ -75,7 +76,11 @@ impl DaemonStatus {
     ) -> Result<Vec<crate::ledger::sources::SourceReport>, crate::state::Error> {
         use std::sync::atomic::Ordering;
         let mut reports = self.connectors.store().view()?.sources()?;
-        for (name, live) in &self.sources {
+        let lives = self
+            .sources
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |l| l.clone());
+        for (name, live) in &lives {
             let i = match reports.iter().position(|r| &r.name == name) {
                 Some(i) => i,
                 None => {
