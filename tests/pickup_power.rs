@@ -174,3 +174,56 @@ fn after_any_power_cut_the_feed_holds_exactly_what_the_checkpoint_says() {
         "the cuts fell inside the file: {progress:?}"
     );
 }
+
+#[test]
+fn a_full_disk_stops_the_pickup_between_chunks_and_it_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("R.cpy"), COPYBOOK).unwrap();
+    let map = dir.path().join("results.yml");
+    std::fs::write(
+        &map,
+        "source:\n  name: results\n  kind: file\n  dir: in\n  pattern: \"RES_*.DAT\"\n  chunk: 10\n  trailer: {record: R-TRAILER, count: RT-COUNT}\n  then: delete\nformat: fixed\nlayout: R.cpy\nrecord: {encoding: ascii, framing: lines}\nlayout_when: {R-HEADER: RH-IS-HEADER, R-DETAIL: RD-IS-DETAIL, R-TRAILER: RT-IS-TRAILER}\nevent:\n  type: PERMIT_RESULT\n  records: [R-DETAIL]\n",
+    )
+    .unwrap();
+    let spec = Arc::new(ess::source::load_one(&map, chrono_tz::UTC).unwrap());
+    let mut text = String::from("H20251201\n");
+    for i in 0..DETAILS {
+        text.push_str(&format!("DID{i:06}{:07}\n", i));
+    }
+    text.push_str(&format!("T{DETAILS:07}\n"));
+    std::fs::write(dir.path().join("in/RES_1.DAT"), &text).unwrap();
+    let disk = PowerCut::new();
+    let store = open(&disk);
+    let folder = || {
+        Box::new(LocalDir {
+            dir: spec.dir.clone(),
+        })
+    };
+    let mut p = Pickup::new(spec.clone(), Sources::new(store.clone()), folder());
+    p.chunk_limit = Some(3);
+    p.scan().unwrap();
+    assert_eq!(check(&store, 0), 30);
+    disk.inject(Some(ess::fault::DiskFault::NoSpace));
+    let mut p = Pickup::new(spec.clone(), Sources::new(store.clone()), folder());
+    let err = p.scan().unwrap_err();
+    assert!(err.to_string().contains("feed"), "{err}");
+    assert_eq!(check(&store, 1), 30, "nothing half-committed");
+    assert!(dir.path().join("in/RES_1.DAT").exists());
+    disk.inject(None);
+    // The daemon's store reopens its file by itself once a probe commit succeeds
+    // (tests/feed_disk_full.rs); this one has no file, so it is opened again on what the
+    // disk holds: the pickup resumes from the checkpoint.
+    drop(p);
+    drop(store);
+    let healed = PowerCut::from_image(disk.image());
+    let store = open(&healed);
+    assert_eq!(check(&store, 2), 30);
+    let mut p = Pickup::new(spec.clone(), Sources::new(store.clone()), folder());
+    p.scan().unwrap();
+    assert!(
+        !dir.path().join("in/RES_1.DAT").exists(),
+        "deleted after the commit"
+    );
+    assert_eq!(check(&store, 3), (DETAILS + 2) as u64);
+}
