@@ -345,3 +345,68 @@ fn sighup_starts_a_new_source_and_refuses_a_broken_one_keeping_the_running_one()
     });
     app.terminate();
 }
+
+#[test]
+fn ess_check_names_every_problem_of_a_source_file_and_a_missing_folder() {
+    let pki = pki();
+    let app = Appliance::init();
+    setup(&app, &pki, 9);
+    let cfg = app.config.display().to_string();
+    let (code, out, err) = support::ess(&["check", "--config", &cfg], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("source results: folder"), "{out}");
+    let map = app.dir.join("maps/results.yml");
+    let text = std::fs::read_to_string(&map).unwrap();
+    let broken = text
+        .replace("every: 100ms", "every: soon")
+        .replace("then: {move: ../done}", "then: archive")
+        .replace("records: [R-DETAIL]", "records: [R-DETAYL]")
+        .replace(
+            "payload: {id: RD-ID, fee: RD-FEE}",
+            "payload: {id: RD-ID, fee: RD-FEES}",
+        );
+    std::fs::write(&map, broken).unwrap();
+    let (code, out, err) = support::ess(&["check", "--config", &cfg], None);
+    assert_ne!(code, 0);
+    let all = format!("{out}{err}");
+    for want in [
+        "results.yml:",
+        "then \"archive\" is not one of keep, delete, {move: DIR}",
+    ] {
+        assert!(all.contains(want), "no {want:?} in {all}");
+    }
+    // With `then` right, the other problems are reported together, each with its place.
+    std::fs::write(
+        &map,
+        text.replace("every: 100ms", "every: soon")
+            .replace("records: [R-DETAIL]", "records: [R-DETAYL]")
+            .replace(
+                "payload: {id: RD-ID, fee: RD-FEE}",
+                "payload: {id: RD-ID, fee: RD-FEES}",
+            ),
+    )
+    .unwrap();
+    let (code, out, err) = support::ess(&["check", "--config", &cfg], None);
+    assert_ne!(code, 0);
+    let all = format!("{out}{err}");
+    for want in [
+        "every: \"soon\" is not a duration",
+        "event.records: \"R-DETAYL\" is not a record type of the layout",
+        "event.payload: fee: \"RD-FEES\" is not a field of the layout",
+    ] {
+        assert!(all.contains(want), "no {want:?} in {all}");
+    }
+    assert!(
+        all.lines().filter(|l| l.contains("results.yml:")).count() >= 3,
+        "{all}"
+    );
+    // The folder gone: said so.
+    std::fs::write(&map, &text).unwrap();
+    std::fs::remove_dir(app.dir.join("in")).unwrap();
+    let (code, out, err) = support::ess(&["check", "--config", &cfg], None);
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains("does not exist"),
+        "{out}{err}"
+    );
+}
