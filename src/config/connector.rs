@@ -435,8 +435,9 @@ pub struct SourceMapFile {
     /// `fixed` (default) | `csv`.
     #[serde(default)]
     pub format: Option<Spanned<String>>,
-    /// A connector-style map read backwards (record field <- payload path, modifiers
-    /// inverted): the record's event view becomes the payload. Else `event.payload`.
+    /// The record's fields without a copybook, as a connector file writes them (fixed:
+    /// `NAME: src | width:N`; CSV: the columns in order). A record decodes into these
+    /// names; `event.payload` maps them (default: every field under its own name).
     #[serde(default)]
     pub fields: Option<Fields>,
     #[serde(default)]

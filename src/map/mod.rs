@@ -215,6 +215,11 @@ impl Mapping {
         (self.format == Format::Fixed).then_some(self.plan.len)
     }
 
+    /// `format: csv` with `csv: {header: true}`: a file's first line names the columns.
+    pub fn has_csv_header(&self) -> bool {
+        self.format == Format::Csv && self.csv_header
+    }
+
     /// The record types a decoded record can be ([`Decoded::record_type`]): the REDEFINES
     /// alternatives or 01 records the layout chooses from per record. Empty when every
     /// record has the one layout.

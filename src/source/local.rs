@@ -871,6 +871,48 @@ mod tests {
     }
 
     #[test]
+    fn csv_and_fixed_width_files_without_a_copybook() {
+        let csv = "source:\n  name: results\n  kind: file\n  dir: in\n  pattern: \"RES_*.CSV\"\nformat: csv\ncsv: {header: true}\nfields:\n  PERMIT: id\n  FEE: fee\n  STATUS: status\nevent:\n  type: PERMIT_RESULT\n  payload: {id: PERMIT, fee: FEE, status: STATUS}\n";
+        let (w, mut p) = World::with(COPYBOOK, csv);
+        w.put(
+            "RES_1.CSV",
+            "PERMIT,FEE,STATUS\nBP-1,19.99,A\nBP-2,0.01,R\n",
+        );
+        let scan = p.scan().unwrap();
+        let (bad, _) =
+            crate::ledger::sources::bad_at(&w.store.begin_read().unwrap(), "results", 10).unwrap();
+        assert_eq!(
+            (scan.events, scan.bad),
+            (2, 0),
+            "the header line is no record: {bad:?}"
+        );
+        let ev = w.events();
+        assert!(
+            ev[0].1.contains(r#""id":"BP-1""#) && ev[0].1.contains(r#""fee":"19.99""#),
+            "{}",
+            ev[0].1
+        );
+        assert!(ev[1].1.contains(r#""status":"R""#), "{}", ev[1].1);
+        assert!(
+            ev[0].0.ends_with("/1"),
+            "record 0 is the header: {}",
+            ev[0].0
+        );
+
+        let fixed = "source:\n  name: results\n  kind: file\n  dir: in\n  pattern: \"RES_*.TXT\"\nformat: fixed\nrecord: {encoding: latin1, framing: lines}\nfields:\n  PERMIT: id | width:6\n  STATUS: status | width:8\nevent:\n  type: PERMIT_RESULT\n";
+        let (w, mut p) = World::with(COPYBOOK, fixed);
+        w.put("RES_1.TXT", "BP-1  APPROVED\nBP-2  REJECTED\n");
+        let scan = p.scan().unwrap();
+        assert_eq!((scan.events, scan.bad), (2, 0));
+        let ev = w.events();
+        assert!(
+            ev[1].1.contains(r#""PERMIT":"BP-2""#) && ev[1].1.contains("REJECTED"),
+            "{}",
+            ev[1].1
+        );
+    }
+
+    #[test]
     fn outside_its_schedule_a_source_takes_nothing() {
         use chrono::Datelike;
         let day = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]

@@ -279,15 +279,6 @@ pub fn compile(loaded: &LoadedSource, tz: Tz) -> Result<SourceSpec, Vec<Diagnost
         Some(ThenSpec::Move(d)) if remote => Then::Move(PathBuf::from(d)),
         Some(ThenSpec::Move(d)) => Then::Move(crate::config::resolve_path(&loaded.base_dir(), d)),
     };
-    if let Some(f) = &loaded.records.file.fields {
-        let _ = f;
-        errs.push(Diagnostic::new(
-            path,
-            1,
-            1,
-            "a source takes no fields: (the record's layout comes from layout:; name the payload with event.payload)",
-        ));
-    }
     let mapping = Mapping::compile_layout(&loaded.records, &MapContext { timezone: tz })
         .map_err(|e| errs.extend(e))
         .ok();

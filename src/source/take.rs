@@ -113,7 +113,15 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// The column names of a CSV file with a header line.
+    fn is_header_line(&self, frame: &Frame<'_>) -> bool {
+        frame.index == 0 && self.spec.mapping.has_csv_header()
+    }
+
     fn record(&mut self, frame: &Frame<'_>) -> Rec {
+        if self.is_header_line(frame) {
+            return Rec::Skip;
+        }
         let record_type = match self.decode(frame) {
             Ok(t) => t,
             Err(b) => return Rec::Bad(b),
@@ -178,6 +186,9 @@ impl<'s> Reader<'s> {
                     "the trailer (record {at}) is not the last record: record {} follows it",
                     frame.index
                 ));
+            }
+            if self.is_header_line(&frame) {
+                continue;
             }
             let record_type = match self.decode(&frame) {
                 Ok(t) => t,
