@@ -233,6 +233,23 @@ fn every_record_reaches_codifyhq_once_in_order_through_kills_during_pickup_and_d
         "{reason}"
     );
     let (_, metrics) = support::status_get(&app, "/metrics");
+    // The scrape with the source series is well-formed and lint-clean.
+    let body = metrics.split_once("\r\n\r\n").map_or("", |b| b.1);
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (apt-get install prometheus; CI's .ci/run does)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let said = promtool.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&said.stdout).into_owned() + &String::from_utf8_lossy(&said.stderr);
+    assert!(
+        said.status.success() && text.trim().is_empty(),
+        "promtool: {text}"
+    );
     for line in [
         format!("ess_source_records{{source=\"results\"}} {}", N + 2),
         "ess_source_files_taken{source=\"results\"} 2".to_string(),
