@@ -57,6 +57,23 @@ pub(crate) fn check(config: &Path, probe: bool, now: DateTime<Utc>) -> Findings 
     for spec in &specs {
         target_folder(spec, &mut f);
     }
+    match crate::source::load_all(&cfg.maps_dir, cfg.timezone) {
+        Ok(sources) => {
+            for s in &sources {
+                if s.dir.is_dir() {
+                    f.ok.push(format!("source {}: folder {}", s.name, s.dir.display()));
+                } else {
+                    f.problems.push(format!(
+                        "{}: source {}: folder {} does not exist",
+                        s.path.display(),
+                        s.name,
+                        s.dir.display()
+                    ));
+                }
+            }
+        }
+        Err(errs) => f.problems.extend(errs.iter().map(ToString::to_string)),
+    }
     // Golden cases only judge maps that load: a broken map's own problems say it all.
     if f.problems.is_empty() {
         let tests = crate::maptest::run_dir(&cfg.maps_dir, cfg.timezone);

@@ -33,6 +33,7 @@ mod maptest;
 mod notify;
 mod send;
 pub mod serve;
+pub mod source;
 pub mod state;
 pub mod status;
 pub mod target;

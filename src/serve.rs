@@ -62,6 +62,7 @@ pub async fn run(
     on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     let specs = connector::load_all(&cfg.maps_dir, cfg.timezone).map_err(Diagnostics)?;
+    let source_specs = crate::source::load_all(&cfg.maps_dir, cfg.timezone).map_err(Diagnostics)?;
     create_data_dir(&cfg.data_dir)?;
     let seal = feed::seal::load_configured(
         cfg.feed.encryption_key_file.as_deref(),
@@ -118,15 +119,19 @@ pub async fn run(
         receipts: connectors.clone(),
         hooks: Arc::new(metrics.clone()),
     });
-    let status_source: Arc<dyn crate::status::StatusSource> =
-        Arc::new(crate::status::DaemonStatus::new(
+    let sources = crate::ledger::sources::Sources::new(store.clone());
+    let source_lives = crate::source::running::Lives::default();
+    let status_source: Arc<dyn crate::status::StatusSource> = Arc::new(
+        crate::status::DaemonStatus::new(
             connectors.clone(),
             feed.clone(),
             cfg.data_dir.clone(),
             cfg.min_free_disk,
             cfg.blocked_alarm,
             health.clone(),
-        ));
+        )
+        .with_sources(source_lives.clone()),
+    );
     let status_server = crate::status::serve(cfg.status_listen, status_source.clone(), metrics)
         .with_context(|| format!("cannot listen on {} (status.listen)", cfg.status_listen))?;
     let admin_backend = crate::admin::backend::Admin::daemon(
@@ -148,6 +153,9 @@ pub async fn run(
         cfg.retention_feed,
         ingest_stop_rx.clone(),
     ));
+    let mut running_sources =
+        crate::source::running::Running::start(source_specs, &sources, &source_lives)
+            .map_err(|e| anyhow::anyhow!(e))?;
     let ingest_task = tokio::spawn(ingest::serve(listener, tls, state, ingest_stop_rx));
     tracing::info!(ingest = %ingest_addr, connectors = generation.tasks.len(), db = %cfg.db_path().display(), "ess serving");
     // The caller installs the signal handlers before calling `run`, so a SIGTERM right
@@ -165,6 +173,7 @@ pub async fn run(
         client_auth.reload_crl_logged(true, "SIGHUP");
         crate::notify::reloading();
         generation = reload(&cfg, generation, &env, &connectors).await?;
+        running_sources = reload_sources(&cfg, running_sources, &sources, &source_lives).await;
         crate::notify::ready();
         crate::notify::status(&serving_status(&connectors));
     }
@@ -177,6 +186,7 @@ pub async fn run(
     tracing::info!("shutting down: finishing requests and deliveries under way");
     let _ = stop_ingest.send(true);
     let _ = ingest_task.await;
+    running_sources.stop().await;
     stop_generation(generation).await;
     let _ = retention_task.await;
     admin.stop();
@@ -184,6 +194,43 @@ pub async fn run(
     feed.close();
     tracing::info!("stopped; ess.redb closed");
     Ok(())
+}
+
+/// SIGHUP for the pickup sources: a set that loads replaces the running one (each source
+/// stops after the chunk it is committing; the new ones resume from their checkpoints); an
+/// invalid set is refused and the running sources keep going.
+async fn reload_sources(
+    cfg: &Config,
+    running: crate::source::running::Running,
+    sources: &crate::ledger::sources::Sources,
+    lives: &crate::source::running::Lives,
+) -> crate::source::running::Running {
+    match crate::source::load_all(&cfg.maps_dir, cfg.timezone) {
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!("{e}");
+            }
+            tracing::error!(
+                n_problems = errs.len(),
+                "SIGHUP: new sources refused; the running sources keep going"
+            );
+            running
+        }
+        Ok(specs) => {
+            running.stop().await;
+            let n = specs.len();
+            match crate::source::running::Running::start(specs, sources, lives) {
+                Ok(r) => {
+                    tracing::info!(sources = n, "SIGHUP: sources reloaded");
+                    r
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: sources could not start; none runs until the next reload");
+                    crate::source::running::Running::none(lives)
+                }
+            }
+        }
+    }
 }
 
 /// How often retention compacts the feed.

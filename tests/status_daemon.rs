@@ -314,5 +314,6 @@ fn empty_snapshot() -> ess::status::Snapshot {
         last_reload: None,
         connectors: Vec::new(),
         recent_actions: Vec::new(),
+        sources: Vec::new(),
     }
 }

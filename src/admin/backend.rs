@@ -92,7 +92,10 @@ impl Admin {
                 cfg.maps_dir.display()
             ))
         })?;
-        for path in files {
+        for path in files
+            .into_iter()
+            .filter(|p| !crate::source::is_source_file(p))
+        {
             match crate::connector::load_one(&path, cfg.timezone) {
                 Ok(spec) => infos.push(ConnectorInfo::of_spec(&spec, None)),
                 Err(d) => {
@@ -258,6 +261,7 @@ impl AdminBackend for Admin {
                     },
                     last_reload: None,
                     recent_actions: self.store.recent_actions(8)?,
+                    sources: self.store.view()?.sources()?,
                 })
             }
         }

@@ -35,6 +35,10 @@ pub struct ListArgs {
     /// Only this connector (its `target:` name).
     #[arg(long)]
     pub target: Option<String>,
+    /// The files of this pickup source (its `source.name`) and its bad records, instead of
+    /// events.
+    #[arg(long, conflicts_with_all = ["target", "pending", "dead", "delivered"])]
+    pub source: Option<String>,
     /// Only events still to deliver (queued replays, the retrying head, the rest).
     #[arg(long, conflicts_with_all = ["dead", "delivered"])]
     pub pending: bool,
@@ -223,6 +227,9 @@ pub fn list_output(args: &ListArgs) -> anyhow::Result<String> {
     if args.limit == 0 {
         return Err(UsageError("--limit must be at least 1".into()).into());
     }
+    if let Some(name) = &args.source {
+        return source_output(&cfg, name, args);
+    }
     let kind = match (args.pending, args.dead, args.delivered) {
         (true, _, _) => ListKind::Pending,
         (_, true, _) => ListKind::Dead,
@@ -276,6 +283,90 @@ pub fn list_output(args: &ListArgs) -> anyhow::Result<String> {
         out.push_str(&format!(
             "(more entries; showing at most {} per connector, see --limit)\n",
             args.limit
+        ));
+    }
+    Ok(out)
+}
+
+/// `ess list --source NAME`: the source's newest files and bad records.
+fn source_output(cfg: &Config, name: &str, args: &ListArgs) -> anyhow::Result<String> {
+    let snap: Snapshot = ask(cfg, "/v1/stats", &(), ANSWER_TIMEOUT, |cfg| {
+        Admin::offline(cfg)?.stats()
+    })?;
+    let Some(src) = snap.sources.iter().find(|s| s.name == name) else {
+        let known: Vec<&str> = snap.sources.iter().map(|s| s.name.as_str()).collect();
+        return Err(UsageError(format!(
+            "no source named {name:?} ({})",
+            if known.is_empty() {
+                "no source has taken a file yet".to_string()
+            } else {
+                format!("known: {}", known.join(", "))
+            }
+        ))
+        .into());
+    };
+    if args.json {
+        return json(src);
+    }
+    let width = message_width(args.wide);
+    let rows: Vec<Vec<String>> = src
+        .recent_files
+        .iter()
+        .take(args.limit)
+        .map(|f| {
+            vec![
+                clip(&f.file, None),
+                f.state.clone(),
+                f.records_taken.to_string(),
+                f.events.to_string(),
+                f.bad.to_string(),
+                match (f.first_seq, f.last_seq) {
+                    (Some(a), Some(b)) => format!("{a}-{b}"),
+                    _ => "-".into(),
+                },
+                f.started_at.clone(),
+                or_dash(f.done_at.as_ref()),
+                or_dash(f.reason.as_deref().map(|m| clip(m, width))),
+            ]
+        })
+        .collect();
+    let mut out = if rows.is_empty() {
+        "no files taken yet\n".to_string()
+    } else {
+        table(
+            &[
+                "FILE", "STATE", "RECORDS", "EVENTS", "BAD", "SEQS", "STARTED", "DONE", "WHY",
+            ],
+            &rows,
+        )
+    };
+    if !src.recent_bad.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = src
+            .recent_bad
+            .iter()
+            .take(args.limit)
+            .map(|b| {
+                vec![
+                    clip(&b.file, None),
+                    b.record_index.to_string(),
+                    b.offset.to_string(),
+                    clip(&b.field, None),
+                    b.field_offset.to_string(),
+                    clip(&b.message, width),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "BAD RECORD OF",
+                "RECORD",
+                "OFFSET",
+                "FIELD",
+                "AT BYTE",
+                "MESSAGE",
+            ],
+            &rows,
         ));
     }
     Ok(out)

@@ -427,6 +427,292 @@ pub struct HttpDeliver {
     pub timeout: Option<String>,
 }
 
+/// A pickup source file (`maps/*.yml` with a top-level `source:`): legacy files read into
+/// the feed, one event per record (SPEC §4 "Pickup sources"). The record keys (`format`,
+/// `layout`, `record`, `layout_when`, `csv`, `fields`) mean what they mean in a connector
+/// file, read backwards; `event` says what each record becomes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceMapFile {
+    pub source: Spanned<SourceSection>,
+    /// `fixed` (default) | `csv`.
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
+    /// The record's fields without a copybook, as a connector file writes them (fixed:
+    /// `NAME: src | width:N`; CSV: the columns in order). A record decodes into these
+    /// names; `event.payload` maps them (default: every field under its own name).
+    #[serde(default)]
+    pub fields: Option<Fields>,
+    #[serde(default)]
+    pub record: Option<Spanned<RecordSpec>>,
+    #[serde(default)]
+    pub layout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub layout_when: Option<Spanned<LayoutWhen>>,
+    #[serde(default)]
+    pub csv: Option<Spanned<CsvSpec>>,
+    #[serde(default)]
+    pub event: Option<Spanned<EventSpec>>,
+    /// `park` (default: the bad record becomes a dead letter, the others go on) | `hold`
+    /// (the whole file waits, nothing of it is taken).
+    #[serde(default)]
+    pub on_bad_record: Option<Spanned<String>>,
+    /// Pick up only inside this window (same form as a connector's `schedule:`).
+    #[serde(default)]
+    pub schedule: Option<Spanned<String>>,
+}
+
+/// `source:` of a pickup source file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// The source's name (ledger, metrics, `ess list --source`). Part of every record's
+    /// idempotency key: renaming a source makes its files new.
+    pub name: Spanned<String>,
+    /// `file` | `sftp`.
+    pub kind: Spanned<String>,
+    /// The folder files appear in: local (relative to the map file) or on the SFTP server.
+    pub dir: Spanned<String>,
+    /// File name pattern (`*`, `?`, `[...]`); default `*`.
+    #[serde(default)]
+    pub pattern: Option<Spanned<String>>,
+    /// More temp-name patterns to ignore (besides `.*`, `*.tmp`, `*.part`, `*.partial`,
+    /// `*.filepart`, `*~`).
+    #[serde(default)]
+    pub ignore: Option<Vec<Spanned<String>>>,
+    /// When a file is whole: `rename` (default), `trailer`, `{done_file: "{name}.done"}`,
+    /// `{stable: 30s}`.
+    #[serde(default)]
+    pub ready: Option<Spanned<ReadySpec>>,
+    /// The trailer record checked against the file's records before anything is taken.
+    #[serde(default)]
+    pub trailer: Option<Spanned<TrailerSpec>>,
+    /// After every record of a file is in the feed: `keep` (default), `delete`,
+    /// `{move: DIR}`.
+    #[serde(default)]
+    pub then: Option<Spanned<ThenSpec>>,
+    /// How often the folder is looked at (default 10s).
+    #[serde(default)]
+    pub every: Option<Spanned<String>>,
+    /// Records committed per transaction, with the file's checkpoint (default 1000).
+    #[serde(default)]
+    pub chunk: Option<Spanned<u64>>,
+    /// How long a file's identity is remembered once the file is done and gone from the
+    /// folder (moved, deleted): within it, the same file put back is not taken again
+    /// (default 90d).
+    #[serde(default)]
+    pub remember: Option<Spanned<String>>,
+    // kind: sftp
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
+    /// Private key file, relative to the map file.
+    #[serde(default)]
+    pub key: Option<Spanned<String>>,
+    /// known_hosts file pinning the server's host key, relative to the map file.
+    #[serde(default)]
+    pub known_hosts: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `source.ready`: how a file shows it is whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadySpec {
+    /// The writer renames the file into the pattern when done; temp names are ignored.
+    Rename,
+    /// The file's last record is the trailer (`source.trailer`), and it checks.
+    Trailer,
+    /// A trigger file: `{name}` is the file's name, `{stem}` the name without extension.
+    DoneFile(String),
+    /// Size and modification time unchanged for this long (a duration).
+    Stable(String),
+}
+
+impl<'de> Deserialize<'de> for ReadySpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ReadySpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("rename, trailer, {done_file: \"{name}.done\"} or {stable: 30s}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ReadySpec, E> {
+                match v.trim() {
+                    "rename" => Ok(ReadySpec::Rename),
+                    "trailer" => Ok(ReadySpec::Trailer),
+                    other => Err(E::custom(format!(
+                        "ready {other:?} is not one of rename, trailer, {{done_file: \"{{name}}.done\"}}, {{stable: 30s}}"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ReadySpec, A::Error> {
+                use serde::de::Error;
+                let Some((k, v)) = m.next_entry::<String, String>()? else {
+                    return Err(A::Error::custom("ready: {} names no rule"));
+                };
+                if m.next_key::<String>()?.is_some() {
+                    return Err(A::Error::custom("ready takes one rule"));
+                }
+                match k.as_str() {
+                    "done_file" => Ok(ReadySpec::DoneFile(v)),
+                    "stable" => Ok(ReadySpec::Stable(v)),
+                    other => Err(A::Error::custom(format!(
+                        "ready: unknown rule {other:?} (done_file or stable)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `source.then`: what happens to a file once all its records are in the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThenSpec {
+    Keep,
+    Delete,
+    /// Into this folder (local: relative to the map file; SFTP: a folder on the server).
+    Move(String),
+}
+
+impl<'de> Deserialize<'de> for ThenSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ThenSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("keep, delete or {move: DIR}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ThenSpec, E> {
+                match v.trim() {
+                    "keep" => Ok(ThenSpec::Keep),
+                    "delete" => Ok(ThenSpec::Delete),
+                    other => Err(E::custom(format!(
+                        "then {other:?} is not one of keep, delete, {{move: DIR}}"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ThenSpec, A::Error> {
+                use serde::de::Error;
+                match m.next_entry::<String, String>()? {
+                    Some((k, v)) if k == "move" && m.next_key::<String>()?.is_none() => {
+                        Ok(ThenSpec::Move(v))
+                    }
+                    _ => Err(A::Error::custom(
+                        "then: the only form with a value is {move: DIR}",
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `source.trailer`: the control record closing a file, checked before anything is taken.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrailerSpec {
+    /// The trailer's record type (a REDEFINES alternative or 01 record of the copybook).
+    pub record: String,
+    /// The trailer field holding the number of records the file carries (the records
+    /// that become events, bad ones included).
+    #[serde(default)]
+    pub count: Option<String>,
+    /// Hash totals: trailer field -> the record field it sums.
+    #[serde(default, deserialize_with = "ordered_pairs")]
+    pub sum: Option<Vec<(String, String)>>,
+}
+
+/// `event:` of a pickup source: what each record becomes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSpec {
+    /// The event type (1-128 of `[A-Za-z0-9_.-]`), required.
+    #[serde(default, rename = "type")]
+    pub event_type: Option<Spanned<String>>,
+    /// Record types (REDEFINES alternatives or 01 records) that become events;
+    /// required when the layout has several (header, detail, trailer).
+    #[serde(default)]
+    pub records: Option<Vec<Spanned<String>>>,
+    /// Payload key -> record field (`a.b` nests); default: every field by its name.
+    #[serde(default, deserialize_with = "ordered_pairs")]
+    pub payload: Option<Vec<(String, String)>>,
+}
+
+/// A parsed pickup source file: its own keys, and its record keys as a connector file for
+/// [`crate::map::Mapping::compile_layout`].
+#[derive(Debug)]
+pub struct LoadedSource {
+    pub path: PathBuf,
+    pub source: Spanned<SourceSection>,
+    pub event: Option<Spanned<EventSpec>>,
+    pub on_bad_record: Option<Spanned<String>>,
+    pub schedule: Option<Spanned<String>>,
+    /// The record keys, named after the source.
+    pub records: LoadedConnector,
+}
+
+impl LoadedSource {
+    /// The folder relative paths in this file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        super::absolute_dir_of(&self.path)
+    }
+}
+
+/// Whether `text` is a pickup source file (a mapping with a top-level `source:`). A file
+/// that is not YAML at all is not: the connector parser then reports its error.
+pub fn is_source_map(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        source: Option<serde::de::IgnoredAny>,
+    }
+    serde_saphyr::from_str::<Probe>(text).is_ok_and(|p| p.source.is_some())
+}
+
+/// Parses one pickup source file.
+pub fn parse_source(path: &Path, text: &str) -> Result<LoadedSource, Diagnostic> {
+    let f: SourceMapFile =
+        serde_saphyr::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
+    let name = &f.source.value.name;
+    let file = ConnectorFile {
+        target: Spanned::new(name.value.clone(), name.referenced, name.defined),
+        events: None,
+        format: f.format,
+        fields: f.fields,
+        record: f.record,
+        layout: f.layout,
+        layout_when: f.layout_when,
+        csv: f.csv,
+        header: None,
+        trailer: None,
+        overflow: None,
+        transform: None,
+        compliance: None,
+        deliver: None,
+        retry: None,
+        batch: None,
+        schedule: None,
+        rotate: None,
+        start: None,
+    };
+    Ok(LoadedSource {
+        path: path.to_path_buf(),
+        source: f.source,
+        event: f.event,
+        on_bad_record: f.on_bad_record,
+        schedule: f.schedule,
+        records: LoadedConnector {
+            path: path.to_path_buf(),
+            file,
+        },
+    })
+}
+
 /// A parsed connector file and where it came from.
 #[derive(Debug)]
 pub struct LoadedConnector {

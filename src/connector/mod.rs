@@ -75,7 +75,11 @@ pub fn load_all(maps_dir: &Path, tz: Tz) -> Result<Vec<ConnectorSpec>, Vec<Diagn
     })?;
     let mut specs = Vec::new();
     let mut errs = Vec::new();
-    for path in files {
+    // Pickup sources (`source:`) are map files too, loaded by `crate::source`.
+    for path in files
+        .into_iter()
+        .filter(|p| !crate::source::is_source_file(p))
+    {
         match load_one(&path, tz) {
             Ok(spec) => {
                 if let Some(other) = specs.iter().find(|s: &&ConnectorSpec| s.name == spec.name) {

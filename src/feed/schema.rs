@@ -27,6 +27,10 @@
 //!   dedupe index `key_index` holding each key bounded to 33 bytes ([`super::IndexKey`]). A version 1 file is
 //!   migrated in place, in one transaction, on the first writable open
 //!   ([`super::migrate`]).
+//! - 2, with pickup sources: three more tables (`source_files`, `source_bad`,
+//!   `source_totals`), same value codec. Not a new format: a file without them is a feed
+//!   without sources, read and written as before, and the tables appear at the first
+//!   pickup; the migration of a version 1 file neither needs nor touches them.
 
 use redb::TableDefinition;
 
@@ -67,9 +71,21 @@ pub const ERRORS: TableDefinition<&str, &[u8]> = TableDefinition::new("errors");
 /// way, committed before its first byte; removed with the delivery's commit.
 pub const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("intents");
 
+/// (source, file key) -> [`crate::ledger::sources::SourceFile`]: one legacy file a pickup
+/// source took (or is taking, or holds back), with its checkpoint; bound to the table, the
+/// source and the file key. Written in the same transaction as the file's events.
+pub const SOURCE_FILES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("source_files");
+/// (source, file key, record index) -> [`crate::ledger::sources::BadRecord`]: a record that
+/// could not be read (its dead letter), bound to all three.
+pub const SOURCE_BAD: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("source_bad");
+/// source -> [`crate::ledger::sources::SourceTotals`]: files, records and bad records since
+/// the source began (kept when file rows expire).
+pub const SOURCE_TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("source_totals");
+
 /// The name of every table this build writes (a backup copies exactly these and refuses a
 /// file holding another).
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 15] = [
     "events",
     "key_index",
     "meta",
@@ -82,6 +98,9 @@ pub const TABLES: [&str; 12] = [
     "actions",
     "errors",
     "intents",
+    "source_files",
+    "source_bad",
+    "source_totals",
 ];
 
 /// The on-disk format this build writes. Bumped on any incompatible change to a value.

@@ -370,7 +370,24 @@ impl Shared {
     ) -> Result<T, Error> {
         let mut w = lock(&self.writer);
         self.usable(&mut w)?;
-        self.round(&mut w, f)
+        self.round(&mut w, None, |tx, _| f(tx)).map(|(_, v)| v)
+    }
+
+    /// Appends `batch` and runs `f` in the same durable transaction (with the appends queued
+    /// now), and commits once: for a writer whose events and own rows must be committed
+    /// together (a pickup source: a file's records and its checkpoint). `f` sees what the
+    /// append did (seqs, duplicates); if it fails, nothing of `batch` is stored.
+    pub fn write_appending<T>(
+        &self,
+        batch: Batch,
+        f: impl FnOnce(&WriteTransaction, &AppendOutcome) -> Result<T, Error>,
+    ) -> Result<(AppendOutcome, T), Error> {
+        let mut w = lock(&self.writer);
+        self.usable(&mut w)?;
+        let none = AppendOutcome::default();
+        let (own, value) =
+            self.round(&mut w, Some(batch), |tx, own| f(tx, own.unwrap_or(&none)))?;
+        Ok((own.unwrap_or_default(), value))
     }
 
     /// Err unless writes can go ahead: not closed, not broken (tries a reopen when one is
@@ -526,14 +543,25 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// One transaction: the queued appends, then `f`; one commit; then the answers.
+    /// One transaction: the queued appends (and `own`, the caller's batch, last), then `f`
+    /// with the outcome of `own`; one commit; then the answers.
     fn round<T>(
         &self,
         w: &mut Writer,
-        f: impl FnOnce(&WriteTransaction) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+        own: Option<Batch>,
+        f: impl FnOnce(&WriteTransaction, Option<&AppendOutcome>) -> Result<T, Error>,
+    ) -> Result<(Option<AppendOutcome>, T), Error> {
         let db = self.db()?;
         let mut group = self.take_group();
+        // The caller's own batch goes last, answered through the value returned, never
+        // left in the queue.
+        let own_at = own.map(|batch| {
+            group.push(AppendRequest {
+                batch,
+                reply: oneshot::channel().0,
+            });
+            group.len() - 1
+        });
         let now = Utc::now().timestamp_micros();
         let seal = self.opts.seal.clone();
         let last_seq = w.last_seq;
@@ -544,7 +572,8 @@ impl Shared {
             if !group.is_empty() {
                 match insert_group(&tx, &mut group, last_seq, now, seal.as_deref()) {
                     Ok(a) => appended = Some(a),
-                    Err(e) if is_broken_by(&e) => return Err(e),
+                    // The caller's rows must not be committed without its events.
+                    Err(e) if is_broken_by(&e) || own_at.is_some() => return Err(e),
                     Err(e) => {
                         tracing::error!(error = %e, n_requests = group.len(), "appends failed; nothing of these requests was stored");
                         tx.abort()?;
@@ -553,7 +582,12 @@ impl Shared {
                     }
                 }
             }
-            let value = match f(&tx) {
+            let own_outcome = own_at.and_then(|i| {
+                appended
+                    .as_ref()
+                    .and_then(|(o, _): &(Vec<AppendOutcome>, Seq)| o.get(i))
+            });
+            let value = match f(&tx, own_outcome) {
                 Ok(v) => v,
                 Err(e) => {
                     ledger_failed = true;
@@ -567,14 +601,16 @@ impl Shared {
         });
         match done {
             Ok((value, appended)) => {
+                let mut own_outcome = None;
                 if let Some((outcomes, new_last)) = appended {
                     w.last_seq = new_last;
                     self.last_seq.send_replace(new_last);
+                    own_outcome = own_at.and_then(|i| outcomes.get(i).cloned());
                     for (req, out) in group.into_iter().zip(outcomes) {
                         let _ = req.reply.send(Ok(out));
                     }
                 }
-                Ok(value)
+                Ok((own_outcome, value))
             }
             Err(e) => {
                 if is_broken_by(&e) {
@@ -582,7 +618,11 @@ impl Shared {
                     self.mark_broken(w, &e);
                     answer_all(group, &e);
                 } else if ledger_failed {
-                    // Nothing was committed: the appends wait for the next transaction.
+                    // Nothing was committed: the appends wait for the next transaction
+                    // (the caller's own batch is not theirs to keep).
+                    if let Some(i) = own_at {
+                        group.truncate(i);
+                    }
                     self.requeue_front(group);
                 } else {
                     if !group.is_empty() {
@@ -632,7 +672,7 @@ impl Shared {
                 }
                 Ok(()) => {
                     if !lock(&self.queue).requests.is_empty() {
-                        let _ = self.round(&mut w, |_| Ok(()));
+                        let _ = self.round(&mut w, None, |_, _| Ok(()));
                     }
                 }
             }

@@ -254,6 +254,11 @@ fn scan<D: ReadableDatabase>(db: &D, report: &mut Report) {
     scan_dead(db, report);
     scan_requeue(db, report);
     scan_operator_tables(db, report);
+    let (n, found) = crate::ledger::sources::verify(db);
+    report.ledger_rows += n;
+    for e in found {
+        damage(report, e);
+    }
 }
 
 /// The tables of intents and operator actions: pauses, last errors and intents are

@@ -26,6 +26,7 @@
 pub mod actions;
 pub mod intent;
 pub mod replay;
+pub mod sources;
 pub mod view;
 
 use chrono::{DateTime, TimeZone, Utc};

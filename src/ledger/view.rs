@@ -50,6 +50,11 @@ impl View {
         })
     }
 
+    /// Every pickup source the ledger knows, as the status reports it.
+    pub fn sources(&self) -> Result<Vec<super::sources::SourceReport>, Error> {
+        super::sources::reports_at(&self.tx)
+    }
+
     /// The row `connector` of a connector-keyed table, verified against its binding
     /// (the table's name and the connector).
     fn by_name<T: serde::de::DeserializeOwned>(

@@ -215,6 +215,23 @@ impl Mapping {
         (self.format == Format::Fixed).then_some(self.plan.len)
     }
 
+    /// `format: csv` with `csv: {header: true}`: a file's first line names the columns.
+    pub fn has_csv_header(&self) -> bool {
+        self.format == Format::Csv && self.csv_header
+    }
+
+    /// The record types a decoded record can be ([`Decoded::record_type`]): the REDEFINES
+    /// alternatives or 01 records the layout chooses from per record. Empty when every
+    /// record has the one layout.
+    pub fn record_types(&self) -> Vec<&str> {
+        self.plan
+            .sets
+            .iter()
+            .filter(|s| s.records || s.fixed.is_none())
+            .flat_map(|s| s.alts.iter().map(|a| a.name.as_str()))
+            .collect()
+    }
+
     /// The fields of the record, in layout order (FILLER and unmapped fields included).
     pub fn fields(&self) -> &[Field] {
         &self.fields

@@ -17,6 +17,7 @@ use super::Reader;
 use super::reader::BackupSource;
 use crate::feed::schema::{
     ACTIONS, CURSORS, DEAD, ERRORS, EVENTS, INTENTS, KEYS, META, PAUSES, REQUEUE, RETRIES, SETTLED,
+    SOURCE_BAD, SOURCE_FILES, SOURCE_TOTALS,
 };
 
 /// Rows written per transaction of the copy.
@@ -168,6 +169,9 @@ fn write(
     copy(&ACTIONS, copy_table(src, &dst, ACTIONS))?;
     copy(&ERRORS, copy_table(src, &dst, ERRORS))?;
     copy(&INTENTS, copy_table(src, &dst, INTENTS))?;
+    copy(&SOURCE_FILES, copy_table(src, &dst, SOURCE_FILES))?;
+    copy(&SOURCE_BAD, copy_table(src, &dst, SOURCE_BAD))?;
+    copy(&SOURCE_TOTALS, copy_table(src, &dst, SOURCE_TOTALS))?;
     drop(dst);
     // redb's commits are durable already; this covers the file's metadata too.
     std::fs::File::open(partial)

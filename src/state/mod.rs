@@ -258,6 +258,9 @@ pub struct Snapshot {
     pub connectors: Vec<ConnectorReport>,
     /// The newest operator actions, newest first.
     pub recent_actions: Vec<ActionReport>,
+    /// Pickup sources (legacy files into the feed).
+    #[serde(default)]
+    pub sources: Vec<crate::ledger::sources::SourceReport>,
 }
 
 impl Snapshot {

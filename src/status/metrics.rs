@@ -51,6 +51,11 @@ struct TargetLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -111,6 +116,11 @@ struct Inner {
     // Filled from a Snapshot at scrape time.
     retry_pending: Family<TargetLabel, U64Gauge>,
     dead_letters: Family<TargetLabel, U64Gauge>,
+    source_files: Family<SourceLabel, U64Gauge>,
+    source_records: Family<SourceLabel, U64Gauge>,
+    source_bad: Family<SourceLabel, U64Gauge>,
+    source_held: Family<SourceLabel, U64Gauge>,
+    source_oldest: Family<SourceLabel, U64Gauge>,
     lag_events: Family<TargetLabel, U64Gauge>,
     oldest_pending: Family<TargetLabel, F64Gauge>,
     connector_state: Family<StateLabel, U64Gauge>,
@@ -157,6 +167,11 @@ impl Metrics {
             drop_ambiguous: Family::default(),
             retry_pending: Family::default(),
             dead_letters: Family::default(),
+            source_files: Family::default(),
+            source_records: Family::default(),
+            source_bad: Family::default(),
+            source_held: Family::default(),
+            source_oldest: Family::default(),
             lag_events: Family::default(),
             oldest_pending: Family::default(),
             connector_state: Family::default(),
@@ -221,6 +236,31 @@ impl Metrics {
             "ess_dead_letters",
             "Events parked as dead letters and not yet replayed",
             inner.dead_letters.clone(),
+        );
+        registry.register(
+            "ess_source_files_taken",
+            "Files a pickup source took whole into the feed",
+            inner.source_files.clone(),
+        );
+        registry.register(
+            "ess_source_records",
+            "Events a pickup source's records became",
+            inner.source_records.clone(),
+        );
+        registry.register(
+            "ess_source_bad_records",
+            "Records a pickup source could not read (dead letters)",
+            inner.source_bad.clone(),
+        );
+        registry.register(
+            "ess_source_files_held",
+            "Files a pickup source holds back (held, parked, refused)",
+            inner.source_held.clone(),
+        );
+        registry.register(
+            "ess_source_oldest_unread_seconds",
+            "Age of the oldest file waiting in a pickup source's folder (0: none)",
+            inner.source_oldest.clone(),
         );
         registry.register(
             "ess_lag_events",
@@ -365,6 +405,31 @@ impl Metrics {
         inner.lag_events.clear();
         inner.oldest_pending.clear();
         inner.connector_state.clear();
+        for f in [
+            &inner.source_files,
+            &inner.source_records,
+            &inner.source_bad,
+            &inner.source_held,
+            &inner.source_oldest,
+        ] {
+            f.clear();
+        }
+        for src in &snapshot.sources {
+            let l = SourceLabel {
+                source: src.name.clone(),
+            };
+            inner.source_files.get_or_create(&l).set(src.files_taken);
+            inner.source_records.get_or_create(&l).set(src.records);
+            inner.source_bad.get_or_create(&l).set(src.bad_records);
+            inner
+                .source_held
+                .get_or_create(&l)
+                .set(src.files_held.len() as u64);
+            inner
+                .source_oldest
+                .get_or_create(&l)
+                .set(src.oldest_unread_age_secs.unwrap_or(0));
+        }
         for c in &snapshot.connectors {
             let l = label(&c.name);
             inner

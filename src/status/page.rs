@@ -108,6 +108,9 @@ pub(super) fn render(snapshot: &Snapshot, now: DateTime<Utc>) -> String {
                         (connector_card(c, now))
                     }
                 }
+                @if !snapshot.sources.is_empty() {
+                    (sources(snapshot))
+                }
                 @if !snapshot.recent_actions.is_empty() {
                     (actions(snapshot, now))
                 }
@@ -308,6 +311,40 @@ fn connector_card(c: &ConnectorReport, now: DateTime<Utc>) -> Markup {
                 }
                 dt { "Dead letters" }
                 dd class=[(c.dead_letters > 0).then_some("error")] { (dead_counts(c)) }
+            }
+        }
+    }
+}
+
+/// Pickup sources: legacy files into the feed, and the files and records held back.
+fn sources(snapshot: &Snapshot) -> Markup {
+    html! {
+        section.sources aria-label="Pickup sources" {
+            h2 { "Pickup sources" }
+            table {
+                thead { tr { th { "Source" } th { "Files taken" } th { "Records" } th { "Bad records" } th { "Being read" } th { "Waiting" } th { "Oldest unread" } } }
+                tbody {
+                    @for src in &snapshot.sources {
+                        tr {
+                            td { (src.name) }
+                            td { (src.files_taken) }
+                            td { (src.records) }
+                            td class=[(src.bad_records > 0).then_some("error")] { (src.bad_records) }
+                            td { (src.files_reading) }
+                            td { (src.files_waiting.map_or_else(|| "-".to_owned(), |w| w.to_string())) }
+                            td { (src.oldest_unread_age_secs.filter(|a| *a > 0).map_or_else(|| "-".to_owned(), |a| human_duration(a as f64))) }
+                        }
+                        @for h in &src.files_held {
+                            tr.error { td colspan="7" { (h.state) " " (h.file) ": " (h.reason) } }
+                        }
+                        @for b in &src.recent_bad {
+                            tr.error { td colspan="7" { "bad record " (b.file) " #" (b.record_index) " (byte " (b.offset) "), field " (b.field) " at byte " (b.field_offset) ": " (b.message) } }
+                        }
+                        @if let Some(e) = &src.last_error {
+                            tr.error { td colspan="7" { "last error: " (e) } }
+                        }
+                    }
+                }
             }
         }
     }

@@ -30,6 +30,7 @@ pub struct DaemonStatus {
     started: Instant,
     health: Arc<crate::health::Health>,
     rate: Mutex<RateWindow>,
+    sources: crate::source::running::Lives,
 }
 
 impl DaemonStatus {
@@ -56,7 +57,52 @@ impl DaemonStatus {
             started,
             health,
             rate,
+            sources: Default::default(),
         }
+    }
+}
+
+impl DaemonStatus {
+    /// The running pickup sources (the set a SIGHUP may replace), shown with what they see
+    /// between scans.
+    pub fn with_sources(mut self, sources: crate::source::running::Lives) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    fn source_reports(
+        &self,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Vec<crate::ledger::sources::SourceReport>, crate::state::Error> {
+        use std::sync::atomic::Ordering;
+        let mut reports = self.connectors.store().view()?.sources()?;
+        let lives = self
+            .sources
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |l| l.clone());
+        for (name, live) in &lives {
+            let i = match reports.iter().position(|r| &r.name == name) {
+                Some(i) => i,
+                None => {
+                    reports.push(crate::ledger::sources::SourceReport {
+                        name: name.clone(),
+                        ..Default::default()
+                    });
+                    reports.len() - 1
+                }
+            };
+            let r = &mut reports[i];
+            r.files_waiting = Some(live.waiting.load(Ordering::Relaxed));
+            let oldest = live.oldest_unread_micros.load(Ordering::Relaxed);
+            r.oldest_unread_age_secs = Some(if oldest == 0 {
+                0
+            } else {
+                (now.timestamp_micros() - oldest).max(0) as u64 / 1_000_000
+            });
+            r.last_error = live.last_error.lock().map_or(None, |e| e.clone());
+        }
+        reports.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(reports)
     }
 }
 
@@ -83,6 +129,7 @@ impl StatusSource for DaemonStatus {
             last_reload: self.connectors.last_reload(),
             connectors,
             recent_actions: store.recent_actions(RECENT_ACTIONS)?,
+            sources: self.source_reports(now)?,
         })
     }
 

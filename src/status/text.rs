@@ -64,6 +64,47 @@ pub fn render_text(snapshot: &Snapshot) -> String {
             clean(r.first_problem.as_deref().unwrap_or("?"))
         );
     }
+    for src in &snapshot.sources {
+        let waiting = match (src.files_waiting, src.oldest_unread_age_secs) {
+            (Some(w), Some(age)) if w > 0 => {
+                format!(", {w} waiting (oldest {})", human_duration(age as f64))
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "source {}: {} file(s) taken, {} record(s), {} bad record(s), {} being read{waiting}",
+            clean(&src.name),
+            src.files_taken,
+            src.records,
+            src.bad_records,
+            src.files_reading,
+        );
+        for h in &src.files_held {
+            let _ = writeln!(
+                out,
+                "  {} {}: {}",
+                h.state,
+                clean(&h.file),
+                clean(&h.reason)
+            );
+        }
+        for b in &src.recent_bad {
+            let _ = writeln!(
+                out,
+                "  bad record {} {} (byte {}), field {} at byte {}: {}",
+                clean(&b.file),
+                b.record_index,
+                b.offset,
+                clean(&b.field),
+                b.field_offset,
+                clean(&b.message)
+            );
+        }
+        if let Some(e) = &src.last_error {
+            let _ = writeln!(out, "  last error: {}", clean(e));
+        }
+    }
     out.push('\n');
     if snapshot.connectors.is_empty() {
         out.push_str("no connectors\n");
@@ -239,6 +280,7 @@ mod tests {
                 },
             ],
             recent_actions: Vec::new(),
+            sources: Vec::new(),
         };
         let text = render_text(&snapshot);
         let expected = "\

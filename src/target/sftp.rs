@@ -389,6 +389,84 @@ impl SftpFolder {
     }
 }
 
+/// A regular file in a remote folder, as a pickup source lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    pub name: String,
+    pub size: u64,
+    /// Modification time, seconds since the epoch (SFTPv3 has no finer one).
+    pub mtime: Option<u32>,
+}
+
+fn remote_file(name: String, attrs: &FileAttributes) -> Option<RemoteFile> {
+    (attrs.file_type() == russh_sftp::protocol::FileType::File).then(|| RemoteFile {
+        name,
+        size: attrs.size.unwrap_or(0),
+        mtime: attrs.mtime,
+    })
+}
+
+/// Every regular file directly in `dir` (OPENDIR, READDIR until EOF, CLOSE).
+async fn list_of(c: &Conn, dir: &str) -> Result<Vec<RemoteFile>, SftpError> {
+    let handle = c.sftp.opendir(dir).await?.handle;
+    let mut out = Vec::new();
+    let listed = loop {
+        match c.sftp.readdir(handle.as_str()).await {
+            Ok(names) => out.extend(
+                names
+                    .files
+                    .into_iter()
+                    .filter(|f| f.filename != "." && f.filename != "..")
+                    .filter_map(|f| remote_file(f.filename, &f.attrs)),
+            ),
+            Err(e) if is_status(&e, StatusCode::Eof) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    c.sftp.close(handle).await?;
+    listed.map(|()| out)
+}
+
+async fn stat_file_of(c: &Conn, path: &str, name: &str) -> Result<Option<RemoteFile>, SftpError> {
+    match c.sftp.stat(path).await {
+        Ok(attrs) => Ok(remote_file(name.to_string(), &attrs.attrs)),
+        Err(e) if is_status(&e, StatusCode::NoSuchFile) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The operations a pickup source needs beyond the drop's [`Folder`]: listing with
+/// modification times, and moving a file out of the folder.
+impl SftpFolder {
+    /// The remote folder, as configured.
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// Every regular file in the folder, with size and modification time.
+    pub async fn list_files(&mut self) -> Result<Vec<RemoteFile>, FolderError> {
+        let dir = self.dir.clone();
+        on_session!(self, format!("list {dir}"), |c| list_of(c, &dir))
+    }
+
+    /// One file of the folder (`None` if it is not there, or not a regular file).
+    pub async fn stat_file(&mut self, name: &str) -> Result<Option<RemoteFile>, FolderError> {
+        let path = self.path(name);
+        on_session!(self, format!("stat {path}"), |c| stat_file_of(
+            c, &path, name
+        ))
+    }
+
+    /// Renames `name` to the remote path `to` (another folder on the server), never
+    /// replacing a file there: `false` if `to` exists.
+    pub async fn move_out(&mut self, name: &str, to: &str) -> Result<bool, FolderError> {
+        let from = self.path(name);
+        on_session!(self, format!("rename {from} to {to}"), |c| rename_new_of(
+            c, &from, to
+        ))
+    }
+}
+
 fn is_status(e: &SftpError, code: StatusCode) -> bool {
     matches!(e, SftpError::Status(s) if s.status_code == code)
 }

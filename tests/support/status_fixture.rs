@@ -191,6 +191,7 @@ pub(crate) fn snapshot() -> Snapshot {
                 detail: "seq 1180: <script>".to_owned(),
             },
         ],
+        sources: Vec::new(),
     }
 }
 
