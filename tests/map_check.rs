@@ -1635,3 +1635,51 @@ fn framings_and_code_pages() {
         "error: cannot be written in ebcdic-037",
     );
 }
+
+/// JSON bodies are UTF-8 (RFC 8259 §8.1): names like "Ñandú" or "Zoë" go upstream as they
+/// are (a pickup source's PIC N owner among them), not as a dead letter for want of a byte in
+/// ASCII; any other encoding for JSON is refused. UTF-8 is allowed for CSV and SOAP, never
+/// for fixed-width records, whose widths count bytes.
+#[test]
+fn json_is_utf8_and_utf8_is_refused_for_fixed_width() {
+    check(
+        "format: json\nfields: {owner: owner, k: k}",
+        r#"{"owner":"Ñandú 北","k":1}"#,
+        "hex:7B 22 6F 77 6E 65 72 22 3A 22 C3 91 61 6E 64 C3 BA 20 E5 8C 97 22 2C 22 6B 22 3A 31 7D 0A",
+    );
+    check(
+        "format: json\nrecord: {encoding: utf-8}\nfields: {owner: 'owner | upper'}",
+        r#"{"owner":"zoë"}"#,
+        "{\"owner\":\"ZOË\"}\n",
+    );
+    check(
+        "format: json\nrecord: {encoding: latin1}\nfields: {owner: owner}",
+        "{}",
+        "compile:format json is always UTF-8 (RFC 8259), not latin1",
+    );
+    check(
+        "format: json\nrecord: {encoding: ebcdic-037}\nfields: {owner: owner}",
+        "{}",
+        "compile:format json is always UTF-8",
+    );
+    check(
+        "format: csv\nrecord: {encoding: utf-8}\nfields: {A: owner, B: k}",
+        r#"{"owner":"Ñandú","k":2}"#,
+        "Ñandú,2\n",
+    );
+    check(
+        "format: soap\nrecord: {encoding: utf8}\nfields: {Owner: owner}",
+        r#"{"owner":"Ñandú"}"#,
+        "<Owner>Ñandú</Owner>",
+    );
+    check(
+        "format: csv\nfields: {A: owner}",
+        r#"{"owner":"Ñandú"}"#,
+        "error: field A: a character (U+00D1)",
+    );
+    check(
+        "record: {encoding: utf-8}\nfields: {A: 'owner | width:6'}",
+        "{}",
+        "compile:encoding utf-8 is not for fixed-width records",
+    );
+}

@@ -57,8 +57,7 @@ fn cobc(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The detail records RESWRITE writes: (permit, status, fee, balance, owner), as text.
-/// The owner (PIC N, "Ñandú") is in the feed but not sent: the JSON connector writes
-/// ascii or latin1 only, and refuses a character outside them (a dead letter).
+/// The owner is PIC N (national, UTF-16BE); JSON goes upstream in UTF-8, "Ñandú" as it is.
 const WRITTEN: [(&str, &str, &str, &str, &str); DETAILS] = [
     ("BP-802", "A", "1234.56", "-12.34", "Ñandú"),
     ("MAX-PERMIT", "R", "9999999.99", "99999.99", "MAX  Z"),
@@ -87,7 +86,7 @@ fn setup(app: &Appliance, sshd: &sshd::Sshd, pki: &Pki, port: u16) {
         &maps,
         pki,
         port,
-        "{permit: id, status: status, fee: fee, balance: balance}",
+        "{permit: id, status: status, fee: fee, balance: balance, owner: owner}",
     );
 }
 
@@ -195,11 +194,12 @@ fn cobol_results_over_sftp_reach_codifyhq_once_in_order_through_kills() {
         }
         last = Some((parts[1].to_string(), index));
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-        let (permit, status, fee, balance, _) = WRITTEN[i % DETAILS];
+        let (permit, status, fee, balance, owner) = WRITTEN[i % DETAILS];
         assert_eq!(v["permit"], permit, "{v}");
         assert_eq!(v["status"], status, "{v}");
         assert_eq!(v["fee"].to_string(), fee, "{v}");
         assert_eq!(v["balance"].to_string(), balance, "{v}");
+        assert_eq!(v["owner"], owner, "{v}");
     }
     // The feed holds what COBOL wrote, the PIC N owner too, once per record.
     let feed = events(&app);

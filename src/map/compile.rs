@@ -242,7 +242,12 @@ impl Compiler<'_> {
     /// `record:`: encoding, framing, line end, float format and byte order.
     fn record(&mut self, conn: &LoadedConnector, format: Format) -> RecordSettings {
         let mut s = RecordSettings {
-            encoding: Encoding::Ascii,
+            // JSON is UTF-8 between systems (RFC 8259 §8.1); records default to ASCII.
+            encoding: if format == Format::Json {
+                Encoding::Utf8
+            } else {
+                Encoding::Ascii
+            },
             line_end: if format == Format::Soap { "" } else { "\n" }.to_string(),
             framing: Frame::Lines,
             ieee: false,
@@ -254,6 +259,17 @@ impl Compiler<'_> {
         let spec = &r.value;
         if let Some(e) = &spec.encoding {
             match Encoding::parse(&e.value) {
+                Some(Encoding::Utf8) if format == Format::Fixed => self.at(
+                    e,
+                    "encoding utf-8 is not for fixed-width records (their widths count bytes, and a UTF-8 character may take several): use latin1 or an EBCDIC code page",
+                ),
+                Some(enc) if format == Format::Json && enc != Encoding::Utf8 => self.at(
+                    e,
+                    format!(
+                        "format json is always UTF-8 (RFC 8259), not {}: remove record.encoding",
+                        enc.name()
+                    ),
+                ),
                 Some(enc) => s.encoding = enc,
                 None => self.at(
                     e,

@@ -18,6 +18,9 @@ use super::codepages::PAGES;
 pub enum Encoding {
     Ascii,
     Latin1,
+    /// UTF-8: the default and the only encoding of `format: json` bodies (RFC 8259 §8.1),
+    /// allowed for CSV and SOAP; not for fixed-width records, whose widths count bytes.
+    Utf8,
     /// An EBCDIC code page, by its index in [`PAGES`].
     Ebcdic(CodePage),
 }
@@ -27,7 +30,7 @@ pub enum Encoding {
 pub struct CodePage(u8);
 
 /// The names accepted in `record.encoding`, for error messages.
-pub const NAMES: &str = "ascii, latin1, ebcdic-037, ebcdic-273, ebcdic-277, ebcdic-278, ebcdic-280, ebcdic-284, ebcdic-285, ebcdic-297, ebcdic-500, ebcdic-871, ebcdic-1047, ebcdic-1140 … ebcdic-1149";
+pub const NAMES: &str = "ascii, latin1, utf-8 (json, csv, soap), ebcdic-037, ebcdic-273, ebcdic-277, ebcdic-278, ebcdic-280, ebcdic-284, ebcdic-285, ebcdic-297, ebcdic-500, ebcdic-871, ebcdic-1047, ebcdic-1140 … ebcdic-1149";
 
 /// Sentinel in an inverse table: this Latin-1 character has no byte on the page.
 const NONE: u16 = 0xFFFF;
@@ -102,6 +105,7 @@ impl Encoding {
         match n.as_str() {
             "ascii" | "us-ascii" => return Some(Encoding::Ascii),
             "latin1" | "latin-1" | "iso-8859-1" => return Some(Encoding::Latin1),
+            "utf-8" | "utf8" => return Some(Encoding::Utf8),
             _ => {}
         }
         let digits = ["ebcdic-", "ebcdic", "cp", "ibm-", "ibm", "ccsid-", "ccsid"]
@@ -117,21 +121,23 @@ impl Encoding {
         match self {
             Encoding::Ascii => "ascii".into(),
             Encoding::Latin1 => "latin1".into(),
+            Encoding::Utf8 => "utf-8".into(),
             Encoding::Ebcdic(p) => format!("ebcdic-{:03}", p.ccsid()),
         }
     }
 
     /// Whether a text in this encoding reads as itself on an ASCII terminal.
     pub fn is_ascii_compatible(self) -> bool {
-        matches!(self, Encoding::Ascii | Encoding::Latin1)
+        matches!(self, Encoding::Ascii | Encoding::Latin1 | Encoding::Utf8)
     }
 
-    /// The byte for `c`, or `None` if this encoding has no byte for it.
+    /// The byte for `c`, or `None` if this encoding has no single byte for it (in UTF-8,
+    /// every character beyond ASCII takes several).
     #[inline]
     pub fn byte(self, c: char) -> Option<u8> {
         let u = u32::from(c);
         match self {
-            Encoding::Ascii => (u < 0x80).then_some(u as u8),
+            Encoding::Ascii | Encoding::Utf8 => (u < 0x80).then_some(u as u8),
             Encoding::Latin1 => u8::try_from(u).ok(),
             Encoding::Ebcdic(p) => {
                 let inv = &INVERSE[usize::from(p.0)];
@@ -153,6 +159,7 @@ impl Encoding {
             Encoding::Ascii | Encoding::Latin1 if text.is_ascii() => {
                 out.extend_from_slice(text.as_bytes());
             }
+            Encoding::Utf8 => out.extend_from_slice(text.as_bytes()),
             Encoding::Ebcdic(p) if text.is_ascii() => {
                 // Every page ESS knows has every ASCII character (a test checks), so ASCII
                 // text is one table lookup a byte, no check.
@@ -172,7 +179,7 @@ impl Encoding {
     #[inline]
     pub fn char_of(self, b: u8) -> Option<char> {
         match self {
-            Encoding::Ascii => b.is_ascii().then_some(char::from(b)),
+            Encoding::Ascii | Encoding::Utf8 => b.is_ascii().then_some(char::from(b)),
             Encoding::Latin1 => Some(char::from(b)),
             Encoding::Ebcdic(p) => char::from_u32(u32::from(p.table()[usize::from(b)])),
         }
@@ -192,6 +199,15 @@ impl Encoding {
                 // ASCII bytes are UTF-8 as they are.
                 out.push_str(std::str::from_utf8(bytes).unwrap_or_default());
             }
+            Encoding::Utf8 => match std::str::from_utf8(bytes) {
+                Ok(text) => out.push_str(text),
+                Err(e) => {
+                    // What was valid before the bad byte is kept, as for the other encodings.
+                    let valid = &bytes[..e.valid_up_to()];
+                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    return Err(e.valid_up_to());
+                }
+            },
             Encoding::Ebcdic(p) => {
                 let t = p.table();
                 for &b in bytes {
@@ -310,7 +326,23 @@ mod tests {
         assert_eq!(Encoding::parse("ebcdic-037").unwrap().name(), "ebcdic-037");
         assert_eq!(page(1149).name(), "ebcdic-1149");
         assert_eq!(Encoding::parse("ebcdic-999"), None);
-        assert_eq!(Encoding::parse("utf-8"), None);
+        assert_eq!(Encoding::parse("UTF-8"), Some(Encoding::Utf8));
+        assert_eq!(Encoding::parse("utf8").unwrap().name(), "utf-8");
+        assert_eq!(Encoding::parse("utf-16"), None);
+    }
+
+    #[test]
+    fn utf8_writes_every_character_and_refuses_bytes_that_are_not_utf8() {
+        assert_eq!(enc(Encoding::Utf8, "Ñandú €").unwrap(), "Ñandú €".as_bytes());
+        // One byte per character only for ASCII: a pad or a fill must be ASCII.
+        assert_eq!(Encoding::Utf8.byte('a'), Some(b'a'));
+        assert_eq!(Encoding::Utf8.byte('Ñ'), None);
+        let mut s = String::new();
+        assert_eq!(Encoding::Utf8.decode_into("Zoë".as_bytes(), &mut s), Ok(()));
+        assert_eq!(s, "Zoë");
+        let mut s = String::new();
+        assert_eq!(Encoding::Utf8.decode_into(b"ab\xC3(", &mut s), Err(2));
+        assert_eq!(s, "ab");
     }
 
     #[test]
