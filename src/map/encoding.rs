@@ -333,7 +333,10 @@ mod tests {
 
     #[test]
     fn utf8_writes_every_character_and_refuses_bytes_that_are_not_utf8() {
-        assert_eq!(enc(Encoding::Utf8, "Ñandú €").unwrap(), "Ñandú €".as_bytes());
+        assert_eq!(
+            enc(Encoding::Utf8, "Ñandú €").unwrap(),
+            "Ñandú €".as_bytes()
+        );
         // One byte per character only for ASCII: a pad or a fill must be ASCII.
         assert_eq!(Encoding::Utf8.byte('a'), Some(b'a'));
         assert_eq!(Encoding::Utf8.byte('Ñ'), None);
