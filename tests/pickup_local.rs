@@ -387,8 +387,8 @@ fn ess_check_names_every_problem_of_a_source_file_and_a_missing_folder() {
     assert_ne!(code, 0);
     let all = format!("{out}{err}");
     for want in [
-        "results.yml:",
-        "then \"archive\" is not one of keep, delete, {move: DIR}",
+        "results.yml:9:9:",
+        "unknown variant `archive`, expected one of keep, delete, move",
     ] {
         assert!(all.contains(want), "no {want:?} in {all}");
     }

@@ -519,8 +519,10 @@ pub struct SourceSection {
     pub timeout: Option<Spanned<String>>,
 }
 
-/// `source.ready`: how a file shows it is whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `source.ready`: how a file shows it is whole. In YAML a word (`rename`, `trailer`) or a
+/// one-key map (`{done_file: "{name}.done"}`, `{stable: 30s}`): serde's external tagging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReadySpec {
     /// The writer renames the file into the pattern when done; temp names are ignored.
     Rename,
@@ -532,84 +534,15 @@ pub enum ReadySpec {
     Stable(String),
 }
 
-impl<'de> Deserialize<'de> for ReadySpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ReadySpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("rename, trailer, {done_file: \"{name}.done\"} or {stable: 30s}")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ReadySpec, E> {
-                match v.trim() {
-                    "rename" => Ok(ReadySpec::Rename),
-                    "trailer" => Ok(ReadySpec::Trailer),
-                    other => Err(E::custom(format!(
-                        "ready {other:?} is not one of rename, trailer, {{done_file: \"{{name}}.done\"}}, {{stable: 30s}}"
-                    ))),
-                }
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ReadySpec, A::Error> {
-                use serde::de::Error;
-                let Some((k, v)) = m.next_entry::<String, String>()? else {
-                    return Err(A::Error::custom("ready: {} names no rule"));
-                };
-                if m.next_key::<String>()?.is_some() {
-                    return Err(A::Error::custom("ready takes one rule"));
-                }
-                match k.as_str() {
-                    "done_file" => Ok(ReadySpec::DoneFile(v)),
-                    "stable" => Ok(ReadySpec::Stable(v)),
-                    other => Err(A::Error::custom(format!(
-                        "ready: unknown rule {other:?} (done_file or stable)"
-                    ))),
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// `source.then`: what happens to a file once all its records are in the feed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `source.then`: what happens to a file once all its records are in the feed: `keep`,
+/// `delete` or `{move: DIR}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ThenSpec {
     Keep,
     Delete,
     /// Into this folder (local: relative to the map file; SFTP: a folder on the server).
     Move(String),
-}
-
-impl<'de> Deserialize<'de> for ThenSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ThenSpec;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("keep, delete or {move: DIR}")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ThenSpec, E> {
-                match v.trim() {
-                    "keep" => Ok(ThenSpec::Keep),
-                    "delete" => Ok(ThenSpec::Delete),
-                    other => Err(E::custom(format!(
-                        "then {other:?} is not one of keep, delete, {{move: DIR}}"
-                    ))),
-                }
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<ThenSpec, A::Error> {
-                use serde::de::Error;
-                match m.next_entry::<String, String>()? {
-                    Some((k, v)) if k == "move" && m.next_key::<String>()?.is_none() => {
-                        Ok(ThenSpec::Move(v))
-                    }
-                    _ => Err(A::Error::custom(
-                        "then: the only form with a value is {move: DIR}",
-                    )),
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 /// `source.trailer`: the control record closing a file, checked before anything is taken.
@@ -770,6 +703,29 @@ deliver:
   file: permit.txt
   mode: append
 "#;
+
+    /// `ready:` and `then:` are a word or a one-key map (serde's external tagging).
+    #[test]
+    fn ready_and_then_read_as_a_word_or_a_one_key_map() {
+        let ready = |y: &str| serde_saphyr::from_str::<ReadySpec>(y).map_err(|e| e.to_string());
+        assert_eq!(ready("rename"), Ok(ReadySpec::Rename));
+        assert_eq!(ready("trailer"), Ok(ReadySpec::Trailer));
+        assert_eq!(
+            ready("{done_file: \"{name}.done\"}"),
+            Ok(ReadySpec::DoneFile("{name}.done".into()))
+        );
+        assert_eq!(ready("{stable: 30s}"), Ok(ReadySpec::Stable("30s".into())));
+        for bad in ["soon", "{stable: 30s, done_file: x}", "{later: 1s}", "{}"] {
+            assert!(ready(bad).is_err(), "{bad} was taken");
+        }
+        let then = |y: &str| serde_saphyr::from_str::<ThenSpec>(y).map_err(|e| e.to_string());
+        assert_eq!(then("keep"), Ok(ThenSpec::Keep));
+        assert_eq!(then("delete"), Ok(ThenSpec::Delete));
+        assert_eq!(then("{move: DONE}"), Ok(ThenSpec::Move("DONE".into())));
+        let err = then("archive").unwrap_err();
+        assert!(err.contains("expected one of keep, delete, move"), "{err}");
+        assert!(then("move").is_err(), "move needs its folder");
+    }
 
     #[test]
     fn seed_map_parses_with_fields_in_order() {

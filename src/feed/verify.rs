@@ -267,14 +267,24 @@ fn scan<D: ReadableDatabase>(db: &D, report: &mut Report) {
 fn scan_operator_tables<D: ReadableDatabase>(db: &D, report: &mut Report) {
     use crate::ledger::actions::{ActionRecord, ErrorNote, Pause};
     use crate::ledger::intent::Intent;
-    let has = |name: &str| {
+    // redb panics on some damaged pages of its table of tables: contained and reported
+    // like any other damage, and then the tables below are not scanned.
+    let names = guarded("table of tables", || {
         use redb::TableHandle;
-        let Ok(tx) = db.begin_read() else {
-            return false;
-        };
-        tx.list_tables()
-            .is_ok_and(|mut tables| tables.any(|t| t.name() == name))
+        let tx = db.begin_read()?;
+        Ok(tx
+            .list_tables()?
+            .map(|t| t.name().to_string())
+            .collect::<Vec<_>>())
+    });
+    let names = match names {
+        Ok(names) => names,
+        Err(e) => {
+            damage(report, e);
+            return;
+        }
     };
+    let has = |name: &str| names.iter().any(|n| n == name);
     if has("pauses") {
         scan_connector_table(db, schema::PAUSES, "pauses", report, |name, v| {
             schema::decode_bound::<Pause>(&schema::connector_binding("pauses", name), v).map(drop)
