@@ -13,7 +13,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (its `malloc_conf`, a C string read before `main`): one arena instead
 /// of four per core. With the default, peak RSS under ingest while draining a backlog reached
-/// 68–71 MiB (over the 64 MiB bound); with one arena it is 54–59 MiB, as with glibc, and the
+/// 68–71 MiB (over the 64 MiB bound); with one arena 56–63 MiB (glibc: 56–58), and the
 /// drain keeps jemalloc's speed (README "Performance"). `_RJEM_MALLOC_CONF` in the
 /// environment still overrides it.
 #[unsafe(export_name = "_rjem_malloc_conf")]
