@@ -4,7 +4,7 @@
 //! the counts), and, for scale, one plain decode of the whole backlog — what counting the
 //! selected events without the index would cost at every refresh.
 //!
-//! `cargo run --release --example status_backlog -- [N=300000]`
+//! `cargo bench --bench status_backlog -- [N=300000]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +15,14 @@ use ess::state::{ConnectorInfo, Reader, feed_status};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args().nth(1).map_or(Ok(300_000), |s| s.parse())?;
+    // cargo bench adds `--bench` (and `--list` when it only asks what is there).
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let n: usize = std::env::args()
+        .filter(|a| a != "--bench")
+        .nth(1)
+        .map_or(Ok(300_000), |s| s.parse())?;
     let tmp = tempfile::tempdir()?;
     let path = tmp.path().join("ess.redb");
     let db = Arc::new(open_database(&path)?);
