@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,65 +26,6 @@ mod support;
 
 /// Length of one permit line (`PERMIT_ID` 10, `STATUS` 10, `TS` 14, line end).
 const LINE: usize = 35;
-
-/// Median of 100 × (overwrite 4 KiB in place, fdatasync) in `dir`.
-fn fdatasync_median(dir: &Path) -> Duration {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join("fsync-probe");
-    let f = std::fs::File::create(&path).expect("probe file");
-    f.write_all_at(&[1u8; 4096], 0).expect("write");
-    f.sync_all().expect("fsync");
-    let mut lat: Vec<Duration> = (0..100u8)
-        .map(|i| {
-            let t = Instant::now();
-            f.write_all_at(&[i; 4096], 0).expect("write");
-            f.sync_data().expect("fdatasync");
-            t.elapsed()
-        })
-        .collect();
-    let _ = std::fs::remove_file(&path);
-    lat.sort();
-    lat[lat.len() / 2]
-}
-
-fn start_fluent_bit(bin: &Path, tls: &Path, work: &Path) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let (store, out) = (work.join("store"), work.join("out"));
-    std::fs::create_dir_all(&store).expect("fluent-bit store");
-    let conf = work.join("fluent-bit.conf");
-    let ca = tls.join("ca.crt");
-    let (crt, key) = (tls.join("server.crt"), tls.join("server.key"));
-    std::fs::write(
-        &conf,
-        format!(
-            "[SERVICE]\n    flush 1\n    log_level error\n    storage.path {}\n    storage.sync full\n\
-             [INPUT]\n    name http\n    listen 127.0.0.1\n    port {port}\n    tls on\n    tls.verify on\n    tls.verify_client_cert on\n    tls.ca_file {}\n    tls.crt_file {}\n    tls.key_file {}\n    storage.type filesystem\n    successful_response_code 201\n\
-             [OUTPUT]\n    name file\n    match *\n    path {}\n    file events.log\n    mkdir true\n",
-            store.display(),
-            ca.display(),
-            crt.display(),
-            key.display(),
-            out.display(),
-        ),
-    )
-    .expect("fluent-bit.conf");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fluent-bit");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "fluent-bit did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, format!("https://127.0.0.1:{port}"))
-}
 
 /// When each event id was sent.
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
@@ -219,7 +159,7 @@ fn main() {
         .expect("runtime");
 
     let ess = support::Daemon::start(true, "warn", |c| c);
-    let flush = fdatasync_median(&ess.dir);
+    let flush = support::fdatasync_median(&ess.dir);
     let tls = ess.dir.join("tls");
     let sent: Sent = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -283,7 +223,7 @@ fn main() {
     let Some(peer) = peer else {
         return;
     };
-    let (mut fb, url) = start_fluent_bit(&peer, &tls, tmp.path());
+    let (mut fb, url) = support::start_fluent_bit(&peer, &tls, tmp.path());
     let g = drive(
         &rt,
         fb.id(),

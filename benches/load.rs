@@ -22,7 +22,7 @@
 //! peer, so old and new are measured in the same minutes on a shared machine.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -116,50 +116,13 @@ fn start_ess(ess: &str, label: &str, tls: &Path, o: &Options) -> Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn start_fluent_bit(bin: &Path, tls: &Path) -> Server {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let work = tmp.path();
-    let port = free_port();
-    let (store, out) = (work.join("store"), work.join("out"));
-    std::fs::create_dir_all(&store).expect("fluent-bit store");
-    let conf = work.join("fluent-bit.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[SERVICE]\n    flush 1\n    log_level error\n    storage.path {store}\n    storage.sync full\n\
-             [INPUT]\n    name http\n    listen 127.0.0.1\n    port {port}\n    tls on\n    tls.verify on\n    tls.verify_client_cert on\n    tls.ca_file {ca}\n    tls.crt_file {crt}\n    tls.key_file {key}\n    storage.type filesystem\n    successful_response_code 201\n\
-             [OUTPUT]\n    name file\n    match *\n    path {out}\n    file events.log\n    mkdir true\n",
-            store = store.display(),
-            out = out.display(),
-            ca = tls.join("ca.crt").display(),
-            crt = tls.join("server.crt").display(),
-            key = tls.join("server.key").display(),
-        ),
-    )
-    .expect("fluent-bit.conf");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fluent-bit");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "fluent-bit did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (child, url) = support::start_fluent_bit(bin, tls, tmp.path());
     Server {
         name: "fluent-bit 5.1 (replies before fsync)".into(),
         child,
-        url: format!("https://127.0.0.1:{port}"),
+        url,
         _dir: tmp,
     }
 }
@@ -286,29 +249,6 @@ fn drive(rt: &tokio::runtime::Runtime, server: &Server, tls: &Path, o: &Options)
     f
 }
 
-/// The disk's flush latency where the feed lives: median of 100 × (overwrite 4 KiB in place,
-/// fdatasync), as a commit rewrites pages of a file that already has them. Any server that
-/// answers after fsync, one group commit at a time, does at most
-/// `connections × batch / latency` events/s.
-fn fdatasync_latency(dir: &Path) -> Duration {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join("fsync-probe");
-    let f = std::fs::File::create(&path).expect("probe file");
-    f.write_all_at(&[1u8; 4096], 0).expect("write");
-    f.sync_all().expect("fsync");
-    let mut lat: Vec<Duration> = (0..100u8)
-        .map(|i| {
-            let t = Instant::now();
-            f.write_all_at(&[i; 4096], 0).expect("write");
-            f.sync_data().expect("fdatasync");
-            t.elapsed()
-        })
-        .collect();
-    let _ = std::fs::remove_file(&path);
-    lat.sort();
-    lat[lat.len() / 2]
-}
-
 /// `min–max (median)` of one figure over the rounds.
 fn spread(values: &[f64], fmt: impl Fn(f64) -> String) -> String {
     let mut v = values.to_vec();
@@ -362,7 +302,7 @@ fn main() {
 
     let (mut new, mut old, mut fb) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let flush = fdatasync_latency(tmp.path());
+        let flush = support::fdatasync_median(tmp.path());
         println!(
             "round {round}/{rounds}: disk: fdatasync of 4 KiB takes {:.2} ms (median): acknowledging after fsync, one commit at a time, caps {} x {} at {:.0} events/s",
             flush.as_secs_f64() * 1e3,

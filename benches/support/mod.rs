@@ -119,6 +119,77 @@ impl Daemon {
     }
 }
 
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The disk's flush latency in `dir`: median of 100 × (overwrite 4 KiB in place,
+/// fdatasync), as a commit rewrites pages of a file that already has them. Any server that
+/// answers after fsync, one group commit at a time, does at most
+/// `connections × batch / latency` events/s.
+pub fn fdatasync_median(dir: &Path) -> std::time::Duration {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fsync-probe");
+    let f = std::fs::File::create(&path).expect("probe file");
+    f.write_all_at(&[1u8; 4096], 0).expect("write");
+    f.sync_all().expect("fsync");
+    let mut lat: Vec<std::time::Duration> = (0..100u8)
+        .map(|i| {
+            let t = std::time::Instant::now();
+            f.write_all_at(&[i; 4096], 0).expect("write");
+            f.sync_data().expect("fdatasync");
+            t.elapsed()
+        })
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    lat.sort();
+    lat[lat.len() / 2]
+}
+
+/// Fluent Bit (`bin`) with the peers README's configuration — mTLS `http` input with the
+/// appliance's server certificate in `tls`, filesystem buffer with `storage.sync full`,
+/// `file` output — working in `work`; returns it once it listens, with its URL.
+pub fn start_fluent_bit(bin: &Path, tls: &Path, work: &Path) -> (Child, String) {
+    let port = free_port();
+    let (store, out) = (work.join("store"), work.join("out"));
+    std::fs::create_dir_all(&store).expect("fluent-bit store");
+    let conf = work.join("fluent-bit.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[SERVICE]\n    flush 1\n    log_level error\n    storage.path {store}\n    storage.sync full\n\
+             [INPUT]\n    name http\n    listen 127.0.0.1\n    port {port}\n    tls on\n    tls.verify on\n    tls.verify_client_cert on\n    tls.ca_file {ca}\n    tls.crt_file {crt}\n    tls.key_file {key}\n    storage.type filesystem\n    successful_response_code 201\n\
+             [OUTPUT]\n    name file\n    match *\n    path {out}\n    file events.log\n    mkdir true\n",
+            store = store.display(),
+            out = out.display(),
+            ca = tls.join("ca.crt").display(),
+            crt = tls.join("server.crt").display(),
+            key = tls.join("server.key").display(),
+        ),
+    )
+    .expect("fluent-bit.conf");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fluent-bit");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fluent-bit did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, format!("https://127.0.0.1:{port}"))
+}
+
 /// The bench's arguments; `None` when cargo only probes it (`cargo bench -- --list`).
 pub fn args() -> Option<Vec<String>> {
     let args: Vec<String> = std::env::args().collect();

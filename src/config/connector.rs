@@ -72,22 +72,33 @@ pub struct Fields(pub Vec<(Spanned<String>, Spanned<FieldSpec>)>);
 
 impl<'de> Deserialize<'de> for Fields {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Fields;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of record field names to sources")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry()? {
-                    out.push((k, v));
-                }
-                Ok(Fields(out))
-            }
-        }
-        d.deserialize_map(V)
+        ordered_entries(d, "a mapping of record field names to sources").map(Fields)
     }
+}
+
+/// A YAML mapping's entries in the order written (a `BTreeMap` or `HashMap` would lose it,
+/// and the order is the record's, or the order rules are tried in).
+fn ordered_entries<'de, D, K, V>(d: D, expecting: &'static str) -> Result<Vec<(K, V)>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<K, V>(&'static str, std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for Entries<K, V> {
+        type Value = Vec<(K, V)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = m.next_entry()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Entries(expecting, std::marker::PhantomData))
 }
 
 /// One field: the short form `src | mod | mod:arg`, or the long form.
@@ -228,21 +239,11 @@ pub enum WhenRule {
 
 impl<'de> Deserialize<'de> for LayoutWhen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LayoutWhen;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of REDEFINES alternatives to rules, e.g. {HEADER-DATA: {REC-TYPE: \"H\"}}")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<LayoutWhen, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = m.next_entry()? {
-                    out.push((k, v));
-                }
-                Ok(LayoutWhen(out))
-            }
-        }
-        d.deserialize_map(V)
+        ordered_entries(
+            d,
+            "a mapping of REDEFINES alternatives to rules, e.g. {HEADER-DATA: {REC-TYPE: \"H\"}}",
+        )
+        .map(LayoutWhen)
     }
 }
 
