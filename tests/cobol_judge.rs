@@ -14,6 +14,9 @@
 //! is not UTF-16, so the programs spell IBM's slack bytes and the UTF-16BE bytes out;
 //! COMP-5/COMP-1/COMP-2 are the machine's (`byte_order: little`, `floats: ieee`).
 
+#[path = "support/cobol.rs"]
+mod cobol;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,24 +29,6 @@ use serde_json::{Value, json};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Compiles `tests/fixtures/cobol/NAME.cob` into `dir`.
-fn cobc(dir: &Path, name: &str) -> PathBuf {
-    let exe = dir.join(name);
-    let src = root().join(format!("tests/fixtures/cobol/{name}.cob"));
-    let out = Command::new("cobc")
-        .args(["-x", "-std=ibm", "-fsign=EBCDIC", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("GnuCOBOL's cobc is installed (Debian package gnucobol, in .ci/run)");
-    assert!(
-        out.status.success(),
-        "cobc {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
 }
 
 /// The results layout as a decode/encode-only map (every copybook field by its own name).
@@ -144,7 +129,7 @@ fn exact(v: &Value) -> Value {
 #[test]
 fn ess_decodes_what_cobol_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    let writer = cobc(dir.path(), "reswrite");
+    let writer = cobol::cobc(dir.path(), "reswrite");
     let (vb, fb) = (dir.path().join("vb.dat"), dir.path().join("fb.dat"));
     let st = Command::new(&writer)
         .env("VBFILE", &vb)
@@ -282,7 +267,7 @@ fn parse_display(out: &[u8]) -> Vec<HashMap<String, String>> {
 #[test]
 fn cobol_reads_what_ess_wrote() {
     let dir = tempfile::tempdir().unwrap();
-    let reader = cobc(dir.path(), "resread");
+    let reader = cobol::cobc(dir.path(), "resread");
     let events = events_for_cobol();
     for (framing, cobol_framing) in [("rdw", "VB"), ("fixed", "FB")] {
         let m = results_map(dir.path(), framing);

@@ -12,6 +12,8 @@
 //! floats, as `tests/cobol_judge.rs`); EBCDIC decoding is the map's, checked there and in
 //! `tests/map_codepages.rs`.
 
+#[path = "support/cobol.rs"]
+mod cobol;
 #[allow(dead_code)]
 #[path = "support/http.rs"]
 mod http;
@@ -37,23 +39,6 @@ const DETAILS: usize = 4;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn cobc(dir: &Path, name: &str) -> PathBuf {
-    let exe = dir.join(name);
-    let src = root().join(format!("tests/fixtures/cobol/{name}.cob"));
-    let out = Command::new("cobc")
-        .args(["-x", "-std=ibm", "-fsign=EBCDIC", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .expect("GnuCOBOL's cobc is installed (Debian package gnucobol, in .ci/run)");
-    assert!(
-        out.status.success(),
-        "cobc {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
 }
 
 /// The detail records RESWRITE writes: (permit, status, fee, balance, owner), as text.
@@ -97,7 +82,7 @@ fn cobol_results_over_sftp_reach_codifyhq_once_in_order_through_kills() {
     let (endpoint, open) = gated_codifyhq(&runtime, &pki);
     let sshd = sshd::Sshd::start();
     let work = tempfile::tempdir().unwrap();
-    let writer = cobc(work.path(), "reswrite");
+    let writer = cobol::cobc(work.path(), "reswrite");
     // The COBOL job writes each file under a temp name on the server, then renames it.
     let drop = sshd.drop_dir();
     for n in 1..=FILES {
@@ -276,7 +261,7 @@ fn a_changed_host_key_takes_nothing_and_then_delete_waits_for_the_server() {
     let runtime = rt();
     let sshd = sshd::Sshd::start();
     let work = tempfile::tempdir().unwrap();
-    let writer = cobc(work.path(), "reswrite");
+    let writer = cobol::cobc(work.path(), "reswrite");
     let drop = sshd.drop_dir();
     let tmp = drop.join("RESULTS_001.DAT.partial");
     let st = Command::new(&writer)
