@@ -15,7 +15,7 @@ use ess::config::connector::{DeliverSpec, HttpDeliver, parse};
 use ess::event::{Event, Record};
 use ess::target::http::HttpTarget;
 use ess::target::{Checkpoint, Delivery, DeliveryError, Target};
-use http::{Answer, Endpoint, Fault, Handler, ok_json};
+use http::{Answer, Endpoint, Fault, Handler, ok_json, pki};
 
 fn event(seq: u64, record: &str) -> (Event, Record) {
     let event = Event {
@@ -404,49 +404,6 @@ async fn new_reports_every_problem_of_the_spec() {
             .unwrap_err()
             .contains("no-such-ca.pem")
     );
-}
-
-/// A private CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-    server: rustls::ServerConfig,
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Court Test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, cn: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        (p.signed_by(&key, &issuer).unwrap(), key)
-    };
-    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], "docket");
-    let (client_cert, client_key) = leaf(vec![], "ess-client");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.path().join("client.pem"), client_cert.pem()).unwrap();
-    std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
-    let server = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![server_cert.der().clone()], key)
-        .unwrap();
-    Pki { dir, server }
 }
 
 #[tokio::test]

@@ -21,46 +21,7 @@ pub(crate) fn drop_file(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
-pub(crate) struct Pki {
-    pub(crate) dir: tempfile::TempDir,
-    pub(crate) server: rustls::ServerConfig,
-}
-
-pub(crate) fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "CodifyHQ Test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, cn: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        (p.signed_by(&key, &issuer).unwrap(), key)
-    };
-    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into()], "codifyhq");
-    let (client_cert, client_key) = leaf(vec![], "ess-city-hall");
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.path().join("client.pem"), client_cert.pem()).unwrap();
-    std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca_cert.der().clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-        .build()
-        .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
-    let server = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![server_cert.der().clone()], key)
-        .unwrap();
-    Pki { dir, server }
-}
+pub(crate) use super::http::{Pki, pki};
 
 /// The source's file rows, read from the feed file of a stopped daemon.
 pub(crate) fn rows_of(app: &Appliance, source: &str) -> Vec<SourceFile> {
