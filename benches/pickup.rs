@@ -49,11 +49,10 @@ fn records(dir: &Path, n: usize) -> Vec<Vec<u8>> {
             let e = ess::event::Event {
                 seq: 1,
                 event_type: "PAYROLL".into(),
-                payload: payload.as_object().unwrap().clone(),
+                payload: ess::event::Payload::from_map(payload.as_object().unwrap().clone()),
                 key: "k".into(),
                 trace_id: String::new(),
                 ts: None,
-                sent_payload: None,
                 received_at: chrono::Utc::now(),
             };
             let r = m.render(&e).unwrap().bytes;

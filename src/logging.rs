@@ -422,11 +422,10 @@ mod tests {
         let event = crate::event::Event {
             seq: 41,
             event_type: "PERMIT_STATUS".to_owned(),
-            payload: serde_json::Map::new(),
+            payload: Default::default(),
             key: "k".to_owned(),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
             ts: None,
-            sent_payload: None,
             received_at: Utc::now(),
         };
         let lines = json_lines(|| {

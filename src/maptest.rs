@@ -327,9 +327,8 @@ fn event_of(spec: &EventSpec) -> Result<Event, String> {
         key: text(&obj, "idempotency_key").unwrap_or_else(|| "test-key".into()),
         trace_id: text(&obj, "trace_id").unwrap_or_else(|| "test-trace".into()),
         event_type,
-        payload,
+        payload: crate::event::Payload::from_map(payload),
         ts,
-        sent_payload: None,
         received_at,
     })
 }

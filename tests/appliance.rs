@@ -364,8 +364,11 @@ async fn an_upgrade_replaces_the_binary_and_keeps_the_feed_readable() {
     let feed = open_feed(&db_path);
     let events = feed.read_after(0, 10).unwrap();
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
-    assert_eq!(events[1].payload["id"], "BP-802");
-    assert_eq!(events[1].payload["fee"].to_string(), "120.50");
+    assert_eq!(events[1].payload.tree().unwrap()["id"], "BP-802");
+    assert_eq!(
+        events[1].payload.tree().unwrap()["fee"].to_string(),
+        "120.50"
+    );
     assert_eq!(events[2].trace_id, "trace-BP-803");
     {
         use redb::ReadableDatabase;

@@ -219,11 +219,10 @@ fn event(seq: u64, payload: &Value) -> Event {
     Event {
         seq,
         event_type: "RESULT".into(),
-        payload: payload.as_object().unwrap().clone(),
+        payload: ess::event::Payload::from_map(payload.as_object().unwrap().clone()),
         key: format!("k{seq}"),
         trace_id: "t".into(),
         ts: None,
-        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

@@ -273,7 +273,12 @@ async fn boot<D: DropUnderTest>(
                     .read_after(0, usize::MAX)
                     .unwrap()
                     .into_iter()
-                    .map(|e| e.payload["id"].as_str().unwrap().to_string())
+                    .map(|e| {
+                        e.payload.tree().unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_string()
+                    })
                     .collect();
                 break Boot::Done(ids);
             }

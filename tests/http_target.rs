@@ -21,11 +21,10 @@ fn event(seq: u64, record: &str) -> (Event, Record) {
     let event = Event {
         seq,
         event_type: "T".into(),
-        payload: serde_json::Map::new(),
+        payload: Default::default(),
         key: format!("key-{seq}"),
         trace_id: format!("{:032x}", 0xabc000 + seq),
         ts: None,
-        sent_payload: None,
         received_at: chrono::Utc::now(),
     };
     (

@@ -54,11 +54,10 @@ fn event(json: &str) -> Event {
     Event {
         seq: 7,
         event_type: ty,
-        payload,
+        payload: ess::event::Payload::from_map(payload),
         key: "k-1".into(),
         trace_id: "trace-1".into(),
         ts,
-        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

@@ -102,11 +102,10 @@ fn results(dir: &Path) -> (PathBuf, PathBuf) {
         let ev = Event {
             seq: seq as u64 + 1,
             event_type: "RESULTS".into(),
-            payload: serde_json::from_str(p).unwrap(),
+            payload: ess::event::Payload::parse(p).unwrap(),
             key: "k".into(),
             trace_id: "t".into(),
             ts: None,
-            sent_payload: None,
             received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
         };
         file.extend(m.render(&ev).unwrap().bytes);

@@ -39,11 +39,10 @@ fn event(ty: &str, payload: &str) -> Event {
     Event {
         seq: 1,
         event_type: ty.into(),
-        payload: serde_json::from_str(payload).unwrap(),
+        payload: ess::event::Payload::parse(payload).unwrap(),
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
-        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

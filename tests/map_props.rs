@@ -28,11 +28,10 @@ fn event(payload: Map<String, Value>) -> Event {
     Event {
         seq: 3,
         event_type: "T".into(),
-        payload,
+        payload: ess::event::Payload::from_map(payload),
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
-        sent_payload: None,
         received_at: "2025-03-30T01:30:00Z".parse().unwrap(),
     }
 }
@@ -187,6 +186,47 @@ proptest! {
         if let Ok(r) = m.render(&event(p)) {
             prop_assert_eq!(r.bytes.len(), len);
         }
+    }
+
+    /// Issue 11: the common record is made from the payload's text, values borrowed; any
+    /// other from its tree. Both ways give the same record, or the same refusal, whatever
+    /// the text's spelling: whitespace, escapes, exponents, duplicate keys. (A transform that
+    /// touches nothing sends the same map down the tree's way.)
+    #[test]
+    fn the_record_from_the_payload_text_is_the_record_from_its_tree(
+        (yaml, _enc) in fixed_map(),
+        p in payload(),
+        pretty in any::<bool>(),
+        escape in any::<bool>(),
+        exp in prop::option::of("-?[1-9][0-9]{0,3}(\\.[0-9]{1,3})?[eE][+-]?[0-9]{1,2}"),
+        dup in prop::option::of(("[a-e]", "[a-z]{0,4}")),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let by_text = compile(dir.path(), &yaml).unwrap();
+        let tree_yaml = yaml.replace("deliver:", "transform: {drop_fields: [zz]}\ndeliver:");
+        let by_tree = compile(dir.path(), &tree_yaml).unwrap();
+        let mut text = if pretty {
+            serde_json::to_string_pretty(&p).unwrap()
+        } else {
+            serde_json::to_string(&p).unwrap()
+        };
+        if escape {
+            text = text.replace('é', "\\u00e9").replace('/', "\\/");
+        }
+        // An exponent (read as sent) spelled before the others, and a key given twice (the
+        // later one counts, both ways).
+        let body = text.trim()[1..text.trim().len() - 1].trim().to_string();
+        let mut members: Vec<String> = exp.iter().map(|e| format!("\"e\": {e}")).collect();
+        members.extend((!body.is_empty()).then_some(body));
+        members.extend(dup.iter().map(|(k, v)| format!("\"{k}\": \"{v}\"")));
+        let text = format!("{{{}}}", members.join(", "));
+        let payload = ess::event::Payload::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let ev = Event { payload, ..event(Map::new()) };
+        prop_assert_eq!(
+            format!("{:?}", by_text.render(&ev)),
+            format!("{:?}", by_tree.render(&ev)),
+            "payload {}", text
+        );
     }
 
     /// Issue 15, point 1: whatever the payload holds, a fixed-width record is the layout's

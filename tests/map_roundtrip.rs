@@ -527,11 +527,10 @@ fn event(seq: u64, payload: Map<String, Value>) -> Event {
     Event {
         seq,
         event_type: "T".into(),
-        payload,
+        payload: ess::event::Payload::from_map(payload),
         key: "k".into(),
         trace_id: "t".into(),
         ts: None,
-        sent_payload: None,
         received_at: "2025-04-12T12:00:00Z".parse().unwrap(),
     }
 }

@@ -62,7 +62,11 @@ fn check(store: &Store, cut: usize) -> u64 {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as u64 + 1, "cut {cut}");
         assert_eq!(e.key, format!("results/{key}/{}", i + 1), "cut {cut}");
-        assert_eq!(e.payload["RD-ID"], format!("ID{i:06}"), "cut {cut}");
+        assert_eq!(
+            e.payload.tree().unwrap()["RD-ID"],
+            format!("ID{i:06}"),
+            "cut {cut}"
+        );
     }
     row.next_record
 }

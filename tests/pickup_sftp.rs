@@ -192,7 +192,7 @@ fn cobol_results_over_sftp_reach_codifyhq_once_in_order_through_kills() {
     for (i, e) in feed.iter().enumerate() {
         assert_eq!(e.key, got[i].0, "the feed's order is the delivery's");
         assert_eq!(
-            e.payload["owner"],
+            e.payload.tree().unwrap()["owner"],
             WRITTEN[i % DETAILS].4,
             "{:?}",
             e.payload

@@ -67,11 +67,10 @@ fn items(seqs: std::ops::RangeInclusive<u64>, pad: usize) -> Vec<(Event, Record)
         let event = Event {
             seq,
             event_type: "PERMIT_STATUS".into(),
-            payload: serde_json::Map::new(),
+            payload: Default::default(),
             key: format!("k{seq}"),
             trace_id: format!("t{seq}"),
             ts: None,
-            sent_payload: None,
             received_at: chrono::Utc.with_ymd_and_hms(2025, 4, 12, 9, 0, 0).unwrap(),
         };
         let bytes = format!("{seq:08} {}\n", "x".repeat(pad)).into_bytes();

@@ -221,11 +221,10 @@ fn metrics_hooks_record_ingest_and_deliveries() {
     let event = |seq| Event {
         seq,
         event_type: "PERMIT_STATUS".to_owned(),
-        payload: serde_json::Map::new(),
+        payload: Default::default(),
         key: format!("k{seq}"),
         trace_id: format!("t{seq}"),
         ts: None,
-        sent_payload: None,
         received_at,
     };
     let batch: Vec<(Event, Record)> = (1..=2)

@@ -126,13 +126,16 @@ fn a_v1_feed_is_migrated_in_place_and_its_pending_events_are_delivered_exactly_o
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         (1..=8).collect::<Vec<_>>()
     );
-    assert_eq!(events[0].payload["fee"].to_string(), "120.50");
+    assert_eq!(
+        events[0].payload.tree().unwrap()["fee"].to_string(),
+        "120.50"
+    );
     assert_eq!(events[1].trace_id, "trace-BP-2");
     assert_eq!(
         events[2].ts.map(|t| t.to_rfc3339()),
         Some("2025-04-12T10:03:00+00:00".to_string())
     );
-    assert_eq!(events[5].payload["note"], "Ünïcode ✓");
+    assert_eq!(events[5].payload.tree().unwrap()["note"], "Ünïcode ✓");
     let by_key = ess::feed::get_by_key(&db, "v1-2").unwrap().unwrap();
     assert_eq!(by_key.seq, 2);
 }
@@ -181,7 +184,7 @@ fn a_v1_feed_migrated_with_encryption_on_has_its_payloads_sealed() {
     .unwrap();
     assert_eq!(n, 7);
     let events = feed.read_after(0, 100).unwrap();
-    assert_eq!(events[0].payload["id"], "BP-1");
+    assert_eq!(events[0].payload.tree().unwrap()["id"], "BP-1");
     let dead = ess::ledger::read_dead_letters(feed.db(), "permits_http").unwrap();
     assert_eq!(dead[0].1.reason, "map");
     feed.close();

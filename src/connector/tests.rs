@@ -31,10 +31,11 @@ impl Target for Recorder {
     ) -> Result<crate::target::Checkpoint, DeliveryError> {
         let mut calls = self.calls.lock().unwrap();
         *calls += 1;
-        let poisoned = self
-            .poison
-            .as_ref()
-            .is_some_and(|p| d.items.iter().any(|(e, _)| e.payload["id"] == p.as_str()));
+        let poisoned = self.poison.as_ref().is_some_and(|p| {
+            d.items
+                .iter()
+                .any(|(e, _)| e.payload.tree().unwrap()["id"] == p.as_str())
+        });
         if *calls <= self.fail_first || poisoned {
             return Err(if self.permanent || poisoned {
                 DeliveryError::Permanent("refused".into())
@@ -44,11 +45,12 @@ impl Target for Recorder {
         }
         self.sizes.lock().unwrap().push(d.items.len());
         let mut got = self.got.lock().unwrap();
-        got.extend(
-            d.items
-                .iter()
-                .map(|(e, _)| e.payload["id"].as_str().unwrap_or_default().to_string()),
-        );
+        got.extend(d.items.iter().map(|(e, _)| {
+            e.payload.tree().unwrap()["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }));
         Ok(cp.to_vec())
     }
 }

@@ -359,27 +359,28 @@ pub(crate) fn micros(us: i64) -> Option<chrono::DateTime<chrono::Utc>> {
 pub enum ToEventError {
     #[error(transparent)]
     Seal(#[from] seal::SealError),
-    #[error("stored payload is not a JSON object: {0}")]
-    Json(#[source] serde_json::Error),
+    #[error("stored payload is not UTF-8: {0}")]
+    Utf8(#[source] std::str::Utf8Error),
 }
 
 impl EventView<'_> {
-    /// The owned [`Event`], payload parsed (numbers keep their digits).
+    /// The owned [`Event`], its payload the stored text (opened if sealed), not parsed: a
+    /// map reads what it needs from the text ([`crate::event::Payload`]).
     pub fn to_event(&self) -> Result<Event, ToEventError> {
-        let sent = self.payload()?;
-        let payload = serde_json::from_slice(&sent).map_err(ToEventError::Json)?;
-        // Parsed as JSON just above, so UTF-8.
-        let sent_payload = crate::event::numbers_may_reprint(&sent)
-            .then(|| std::str::from_utf8(&sent).ok().map(Box::from))
-            .flatten();
+        let text = match self.payload()? {
+            Cow::Borrowed(b) => std::str::from_utf8(b).map(Box::from),
+            Cow::Owned(b) => String::from_utf8(b)
+                .map(String::into_boxed_str)
+                .map_err(|e| e.utf8_error()),
+        }
+        .map_err(ToEventError::Utf8)?;
         Ok(Event {
             seq: self.seq,
             event_type: self.event_type.to_string(),
-            payload,
+            payload: crate::event::Payload::from_text(text),
             key: self.key.to_string(),
             trace_id: self.trace_id().into_owned(),
             ts: self.ts_micros.and_then(micros),
-            sent_payload,
             received_at: self.received_at(),
         })
     }
@@ -417,9 +418,11 @@ mod tests {
             assert_eq!(view.ts_micros, ts);
             assert_eq!(view.received_at_micros, 1_700_000_000_000_001);
             assert_eq!(&*view.payload().unwrap(), br#"{"id": "BP-1", "fee": 1E2}"#);
-            // The stored bytes keep `1E2`; a parsed tree has serde_json's own spelling of it.
+            // The event keeps the text as stored (`1E2`); its tree has serde_json's own
+            // spelling of the number.
             let ev = view.to_event().unwrap();
-            assert_eq!(ev.payload["fee"].to_string(), "1e+2");
+            assert_eq!(ev.payload.text(), r#"{"id": "BP-1", "fee": 1E2}"#);
+            assert_eq!(ev.payload.tree().unwrap()["fee"].to_string(), "1e+2");
         }
         // A 32-hex-digit trace id is kept as 16 bytes instead of 1 + 32.
         assert_eq!(

@@ -581,7 +581,7 @@ fn to_event_view(view: &EventView<'_>) -> Result<Event, Error> {
             what: format!("event {seq}"),
             source,
         },
-        codec::ToEventError::Json(e) => Error::corrupt("events", Some(seq), None, e),
+        codec::ToEventError::Utf8(e) => Error::corrupt("events", Some(seq), None, e),
     })
 }
 

@@ -58,7 +58,10 @@ async fn seqs_are_gap_free_and_keys_dedupe_across_restarts() {
     let all = feed.read_after(0, 10).unwrap();
     assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(all[2].key, "c");
-    assert_eq!(all[0].payload["amount"].to_string(), "19.99");
+    assert_eq!(
+        all[0].payload.tree().unwrap()["amount"].to_string(),
+        "19.99"
+    );
     assert_eq!(feed.get_by_key("b").unwrap().unwrap().seq, 2);
     assert!(feed.get_by_key("zz").unwrap().is_none());
 }

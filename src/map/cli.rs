@@ -105,22 +105,20 @@ fn to_event(seq: u64, v: Value, default_type: &str) -> anyhow::Result<Event> {
         return Ok(Event {
             seq,
             event_type: str_of(&obj, "type").unwrap_or_else(|| default_type.to_string()),
-            payload,
+            payload: crate::event::Payload::from_map(payload),
             key: str_of(&obj, "idempotency_key").unwrap_or_else(|| format!("preview-{seq}")),
             trace_id: str_of(&obj, "trace_id").unwrap_or_else(|| "preview".into()),
             ts,
-            sent_payload: None,
             received_at: Utc::now(),
         });
     }
     Ok(Event {
         seq,
         event_type: default_type.to_string(),
-        payload: obj,
+        payload: crate::event::Payload::from_map(obj),
         key: format!("preview-{seq}"),
         trace_id: "preview".into(),
         ts: None,
-        sent_payload: None,
         received_at: Utc::now(),
     })
 }

@@ -12,9 +12,10 @@
 //! 5. `upper` / `lower`; 6. layout: `width`/`align`/`pad`, or the number picture.
 //!
 //! The payload seam: [`lookup`] follows one path, [`lookup_all`] finds every path of a
-//! record in one pass over the payload (a merge of sorted keys: a 40-field record reads 40
-//! values for about as many key comparisons as the payload has keys). Nothing else here
-//! reads `Event.payload`.
+//! record in one pass over the payload's tree (a merge of sorted keys: a 40-field record
+//! reads 40 values for about as many key comparisons as the payload has keys), and
+//! [`lookup_raw`] finds them in the payload's text without building a tree. Nothing else
+//! here reads `Event.payload`.
 //!
 //! Invariant: a field with a width always renders to exactly that many bytes or fails; the
 //! record's length therefore never depends on the data. The byte writers append straight to
@@ -26,6 +27,7 @@ use std::fmt::Write as _;
 use chrono::format::Item;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use super::decimal::Decimal;
@@ -1307,6 +1309,84 @@ pub fn lookup_all<'a>(
     }
 }
 
+/// [`lookup_all`] over the payload's JSON text, without building a tree: `out[i]` is the
+/// text of field `i`'s first path key (`None` when missing), borrowed from `text`. The rest
+/// of a nested path is followed by the caller ([`lookup_in`] on that value alone). The
+/// values no field reads are skipped, not built; duplicate keys: the last, as the tree
+/// keeps it. `Err` when `text` is not a JSON object.
+pub fn lookup_raw<'a>(
+    text: &'a str,
+    order: &[Lookup],
+    out: &mut [Option<&'a RawValue>],
+) -> Result<(), serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    /// A key, borrowed unless it holds escapes.
+    struct KeySeed;
+    impl<'de> DeserializeSeed<'de> for KeySeed {
+        type Value = Cow<'de, str>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for KeySeed {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+    }
+
+    struct Walk<'o, 'l, 'de> {
+        order: &'l [Lookup],
+        out: &'o mut [Option<&'de RawValue>],
+    }
+    impl<'de> Visitor<'de> for Walk<'_, '_, 'de> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let order = self.order;
+            // Where the next wanted key usually is: payloads made by programs list their
+            // keys sorted, as `order` is; else a binary search finds it.
+            let mut next = 0;
+            while let Some(key) = map.next_key_seed(KeySeed)? {
+                let key = key.as_bytes();
+                let at = match order.get(next) {
+                    Some(l) if l.key.as_bytes() == key => next,
+                    _ => order.partition_point(|l| cmp_key(l.key.as_bytes(), key).is_lt()),
+                };
+                let wanted = &order[at..];
+                let n = wanted
+                    .iter()
+                    .take_while(|l| l.key.as_bytes() == key)
+                    .count();
+                if n == 0 {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                let v: &'de RawValue = map.next_value()?;
+                for l in &wanted[..n] {
+                    self.out[l.field] = Some(v);
+                }
+                next = at + n;
+            }
+            Ok(())
+        }
+    }
+
+    out.fill(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(Walk { order, out })?;
+    de.end()
+}
+
 /// `a.cmp(b)` inline: payload keys are short, and a call to `memcmp` costs more than
 /// comparing them here.
 #[inline]
@@ -1363,7 +1443,7 @@ pub fn lookup_order(fields: &[Field]) -> Vec<Lookup> {
     out
 }
 
-fn lookup_in<'a>(mut v: &'a Value, rest: &[PathSeg]) -> Option<&'a Value> {
+pub(crate) fn lookup_in<'a>(mut v: &'a Value, rest: &[PathSeg]) -> Option<&'a Value> {
     for seg in rest {
         v = match seg {
             PathSeg::Key(k) => v.as_object()?.get(k)?,
@@ -1384,17 +1464,14 @@ pub fn lookup<'a>(payload: &'a Map<String, Value>, path: &[PathSeg]) -> Option<&
 
 /// RFC 3339, or a local `YYYY-MM-DDTHH:MM:SS` / `YYYY-MM-DD` read in `tz`.
 /// The characters `n` (the value at `path`) was sent with: serde_json's tree prints an
-/// exponent as `e+N`, so when the event kept its payload text the number is read from there
-/// (checked to be the same number, in case a transform changed the value).
+/// exponent as `e+N`, so the number is read from the payload's text (checked to be the same
+/// number, in case a transform changed the value).
 pub fn sent_number<'a>(event: &'a Event, path: &[PathSeg], n: &'a Number) -> &'a str {
     let shown = n.as_str();
     if !shown.contains('e') {
         return shown;
     }
-    let Some(sent) = event.sent_payload.as_deref() else {
-        return shown;
-    };
-    match raw_at(sent, path) {
+    match raw_at(event.payload.text(), path) {
         Some(raw) if raw.parse::<Number>().is_ok_and(|m| m == *n) => raw,
         _ => shown,
     }
@@ -1568,19 +1645,19 @@ mod tests {
         let event = Event {
             seq: 1,
             event_type: "T".into(),
-            payload: serde_json::from_str(sent).unwrap(),
+            payload: crate::event::Payload::parse(sent).unwrap(),
             key: "k".into(),
             trace_id: "t".into(),
             ts: None,
-            sent_payload: crate::event::numbers_may_reprint(sent.as_bytes()).then(|| sent.into()),
             received_at: Utc::now(),
         };
         let path = |p: &str| match Source::parse(p).unwrap() {
             Source::Path(p) => p,
             _ => unreachable!(),
         };
+        let tree = event.payload.tree().unwrap();
         let at = |p: &str| {
-            let v = lookup(&event.payload, &path(p)).unwrap();
+            let v = lookup(tree, &path(p)).unwrap();
             sent_number(&event, &path(p), v.as_number().unwrap()).to_string()
         };
         // Duplicate keys: the last one, as the tree keeps it.
@@ -1589,15 +1666,65 @@ mod tests {
         assert_eq!(at("b.c[0]"), "5");
         assert_eq!(at("d"), "1e5");
         // A value the tree no longer holds as sent (a transform changed it) is the tree's.
-        let mut changed = event.clone();
-        changed
-            .payload
-            .insert("d".into(), serde_json::from_str("3e+1").unwrap());
-        let v = lookup(&changed.payload, &path("d")).unwrap();
+        let mut changed = tree.clone();
+        changed.insert("d".into(), serde_json::from_str("3e+1").unwrap());
+        let v = lookup(&changed, &path("d")).unwrap();
         assert_eq!(
-            sent_number(&changed, &path("d"), v.as_number().unwrap()),
+            sent_number(&event, &path("d"), v.as_number().unwrap()),
             "3e+1"
         );
+    }
+
+    #[test]
+    fn values_are_found_in_the_text_as_in_the_tree() {
+        let order = |keys: &[(&str, usize)]| {
+            let mut v: Vec<Lookup> = keys
+                .iter()
+                .map(|&(k, field)| Lookup {
+                    field,
+                    key: k.into(),
+                    rest: Vec::new(),
+                })
+                .collect();
+            v.sort_by(|a, b| a.key.cmp(&b.key));
+            v
+        };
+        // Keys out of order, an escaped key, a duplicate (the last counts), a nested
+        // object skipped, two fields reading one key, a key no field reads.
+        let text = r#"{"z": 1E2, "\u0061b": "x\ny", "n": {"deep": [1, {"q": 2}]}, "m": "first",
+                      "m": "last", "other": [true, null]}"#;
+        let order = order(&[
+            ("ab", 0),
+            ("m", 1),
+            ("n", 2),
+            ("z", 3),
+            ("z", 4),
+            ("gone", 5),
+        ]);
+        let mut out = [None; 6];
+        lookup_raw(text, &order, &mut out).unwrap();
+        let got: Vec<Option<&str>> = out.iter().map(|r| r.map(RawValue::get)).collect();
+        assert_eq!(
+            got,
+            [
+                Some(r#""x\ny""#),
+                Some(r#""last""#),
+                Some(r#"{"deep": [1, {"q": 2}]}"#),
+                Some("1E2"),
+                Some("1E2"),
+                None
+            ]
+        );
+        // What the tree says of the same text, for each field.
+        let tree: Map<String, Value> = serde_json::from_str(text).unwrap();
+        for l in &order {
+            let from_text = out[l.field].map(|r| serde_json::from_str::<Value>(r.get()).unwrap());
+            assert_eq!(from_text.as_ref(), tree.get(&l.key), "{}", l.key);
+        }
+        // Not an object, or not JSON at all: an error, never a half answer.
+        for bad in ["[1, 2]", "\"s\"", "{\"a\": 1", "{\"a\": 1} x", ""] {
+            assert!(lookup_raw(bad, &order, &mut out).is_err(), "{bad}");
+        }
     }
 
     fn field(kind: Kind) -> Field {

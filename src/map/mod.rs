@@ -41,6 +41,7 @@ use std::borrow::Cow;
 use chrono::DateTime;
 use chrono_tz::Tz;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::config::Diagnostic;
 use crate::config::connector::LoadedConnector;
@@ -129,6 +130,60 @@ enum Out<'a> {
     Text(Option<Cow<'a, str>>),
     /// JSON text kept as sent (JSON format, unmodified fields).
     Json(String),
+}
+
+/// Where a field's payload value is, for a fixed-width record.
+#[derive(Clone, Copy)]
+enum Found<'a> {
+    /// In the tree (`None`: missing or null).
+    Tree(Option<&'a Value>),
+    /// In the payload's text: the value of the path's first key (`None`: missing).
+    Text(Option<&'a RawValue>),
+}
+
+/// A payload value the common field writes as it is: a string's characters, or a number's
+/// characters as sent.
+enum Plain<'a> {
+    Str(&'a str),
+    Num(&'a str),
+}
+
+impl<'a> Found<'a> {
+    /// The value as [`Plain`] text when it is a string or a number at the path itself
+    /// (not nested, and a string without escapes when still text); else `None`.
+    fn plain(self, f: &'a Field, event: &'a Event) -> Option<Plain<'a>> {
+        let spec::Source::Path(p) = &f.source else {
+            return None;
+        };
+        match self {
+            Found::Tree(Some(Value::String(s))) => Some(Plain::Str(s)),
+            Found::Tree(Some(Value::Number(n))) => {
+                Some(Plain::Num(field::sent_number(event, p, n)))
+            }
+            Found::Tree(_) | Found::Text(None) => None,
+            Found::Text(Some(raw)) if p.len() == 1 => {
+                let t = raw.get();
+                match t.as_bytes().first()? {
+                    // JSON text holds no raw control characters: without a backslash, the
+                    // characters between the quotes are the string.
+                    b'"' if !t.contains('\\') => t.get(1..t.len() - 1).map(Plain::Str),
+                    b'-' | b'0'..=b'9' => Some(Plain::Num(t)),
+                    _ => None,
+                }
+            }
+            Found::Text(Some(_)) => None,
+        }
+    }
+}
+
+/// Runs `f` on `n` slots set to `None`: on the stack for records of up to 64 fields.
+fn with_slots<T: Copy, R>(n: usize, f: impl FnOnce(&mut [Option<T>]) -> R) -> R {
+    let mut stack = [None; 64];
+    if n <= stack.len() {
+        f(&mut stack[..n])
+    } else {
+        f(&mut vec![None; n])
+    }
 }
 
 /// One decoded record.
@@ -238,37 +293,63 @@ impl Mapping {
     }
 
     /// Makes the record for `event`, framing included, in the target encoding.
+    ///
+    /// The common record (fixed width, no transform) is made from the payload's text: the
+    /// values the fields read are found in it and borrowed ([`field::lookup_raw`]); only a
+    /// value that needs the general pipeline is parsed, alone. Other records read the tree.
     pub fn render(&self, event: &Event) -> Result<Record, MapError> {
-        let payload = self
-            .transforms
-            .apply(&event.payload)
-            .map_err(MapError::Compliance)?;
-        let json = self.format == Format::Json;
-        // The payload values, on the stack for records of up to 64 fields.
-        let (mut stack, mut heap) = ([None; 64], Vec::new());
-        let found: &mut [Option<&Value>] = if self.fields.len() <= 64 {
-            &mut stack[..self.fields.len()]
-        } else {
-            heap.resize(self.fields.len(), None);
-            &mut heap
+        let payload_err = |e: &dyn std::fmt::Display| MapError::Field {
+            field: "(payload)".into(),
+            message: e.to_string(),
         };
-        field::lookup_all(&payload, &self.lookups, found);
-        let found = &*found;
         let mut out = Vec::with_capacity(self.plan.len + 8);
-        let value = |i: usize, f| self.value(f, event, found[i], json);
-        if self.format != Format::Fixed {
-            self.write_record(&self.fields, None, &mut out, value)?;
+        if self.format == Format::Fixed && self.transforms.is_empty() {
+            with_slots(self.fields.len(), |found| {
+                field::lookup_raw(event.payload.text(), &self.lookups, found)
+                    .map_err(|e| payload_err(&e))?;
+                self.fixed(event, &mut out, |i| Found::Text(found[i]))
+            })?;
         } else {
-            let enc = self.encoding;
-            let field_err = |f: &Field, message: String| MapError::Field {
-                field: f.name.clone(),
-                message,
-            };
-            self.framed(&mut out, |out| {
-                let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
-                    let f = &self.fields[i];
+            let tree = event.payload.tree().map_err(|e| payload_err(&e))?;
+            let payload = self.transforms.apply(tree).map_err(MapError::Compliance)?;
+            with_slots(self.fields.len(), |found| {
+                field::lookup_all(&payload, &self.lookups, found);
+                let found = &*found;
+                if self.format == Format::Fixed {
+                    self.fixed(event, &mut out, |i| Found::Tree(found[i]))
+                } else {
+                    let json = self.format == Format::Json;
+                    self.write_record(&self.fields, None, &mut out, |i, f| {
+                        self.value(f, event, found[i], json)
+                    })
+                }
+            })?;
+        }
+        Ok(Record {
+            seq: event.seq,
+            bytes: out,
+        })
+    }
+
+    /// A fixed-width record, framed, from the payload values `found` gives by field.
+    fn fixed<'a>(
+        &'a self,
+        event: &'a Event,
+        out: &mut Vec<u8>,
+        found: impl Fn(usize) -> Found<'a>,
+    ) -> Result<(), MapError> {
+        let enc = self.encoding;
+        let field_err = |f: &Field, message: String| MapError::Field {
+            field: f.name.clone(),
+            message,
+        };
+        self.framed(out, |out| {
+            let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
+                let f = &self.fields[i];
+                let found = found(i);
+                match found.plain(f, event) {
                     // A payload date only formatted: into a buffer, no allocation.
-                    if let (Some(Value::String(s)), true) = (found[i], f.is_plain_date()) {
+                    Some(Plain::Str(s)) if f.is_plain_date() => {
                         let mut buf = [0u8; 32];
                         if let Some(t) = f.date_into(s, self.timezone, &mut buf) {
                             let t = t.map_err(|m| field_err(f, m))?;
@@ -277,33 +358,40 @@ impl Mapping {
                     }
                     // The common field (a payload path, no modifier before the layout):
                     // its text as sent, straight into the record.
-                    let text = match found[i] {
-                        Some(Value::String(s)) if f.is_plain() => Cow::Borrowed(s.as_str()),
-                        Some(Value::Number(n)) if f.is_plain() => match &f.source {
-                            spec::Source::Path(p) => Cow::Borrowed(field::sent_number(event, p, n)),
-                            _ => Cow::Borrowed(n.as_str()),
-                        },
-                        _ => match value(i, f).map_err(|m| field_err(f, m))? {
-                            Out::Text(Some(t)) => t,
-                            Out::Text(None) => {
-                                return f.write(None, enc, out).map_err(|m| field_err(f, m));
-                            }
-                            Out::Json(_) => unreachable_json(),
-                        },
-                    };
-                    f.write(Some(&text), enc, out).map_err(|m| field_err(f, m))
+                    Some(Plain::Str(s) | Plain::Num(s)) if f.is_plain() => {
+                        return f.write(Some(s), enc, out).map_err(|m| field_err(f, m));
+                    }
+                    _ => {}
+                }
+                // The general pipeline, on the value alone when it is still text.
+                let parsed: Value;
+                let value = match found {
+                    Found::Tree(v) => v,
+                    Found::Text(None) => None,
+                    Found::Text(Some(raw)) => {
+                        parsed = serde_json::from_str(raw.get())
+                            .map_err(|e| field_err(f, format!("the payload value: {e}")))?;
+                        let rest = match &f.source {
+                            spec::Source::Path(p) => p.get(1..).unwrap_or_default(),
+                            _ => &[],
+                        };
+                        field::lookup_in(&parsed, rest)
+                    }
                 };
-                let misfit = |m: Misfit| MapError::Field {
-                    field: m.field,
-                    message: m.message,
-                };
-                self.plan
-                    .encode(&self.fields, enc, out, &mut render, &misfit)
-            })?;
-        }
-        Ok(Record {
-            seq: event.seq,
-            bytes: out,
+                match self
+                    .value(f, event, value, false)
+                    .map_err(|m| field_err(f, m))?
+                {
+                    Out::Text(t) => f.write(t.as_deref(), enc, out).map_err(|m| field_err(f, m)),
+                    Out::Json(_) => unreachable_json(),
+                }
+            };
+            let misfit = |m: Misfit| MapError::Field {
+                field: m.field,
+                message: m.message,
+            };
+            self.plan
+                .encode(&self.fields, enc, out, &mut render, &misfit)
         })
     }
 
@@ -618,10 +706,11 @@ impl Mapping {
                     field: f.name.clone(),
                     message,
                 };
-                let payload = self
-                    .transforms
-                    .apply(&event.payload)
-                    .map_err(MapError::Compliance)?;
+                let tree = event.payload.tree().map_err(|e| MapError::Field {
+                    field: "(payload)".into(),
+                    message: e.to_string(),
+                })?;
+                let payload = self.transforms.apply(tree).map_err(MapError::Compliance)?;
                 let raw = f.resolve(event, &payload).map_err(err)?;
                 let Some(text) = f.text(&raw, self.timezone).map_err(err)? else {
                     continue;

@@ -72,6 +72,11 @@ pub fn path(text: &str) -> Result<Vec<PathSeg>, String> {
 }
 
 impl Transforms {
+    /// Whether there are none (the payload goes to the fields as sent).
+    pub fn is_empty(&self) -> bool {
+        self.drop.is_empty() && self.mask.is_empty() && self.deny.is_empty()
+    }
+
     /// The payload the fields read: transformed if anything applies, else borrowed as is.
     /// `Err` names the denied field still present.
     pub fn apply<'a>(

@@ -606,7 +606,7 @@ mod tests {
             crate::feed::read_after(&self.store, 0, 1000)
                 .unwrap()
                 .into_iter()
-                .map(|e| (e.key, serde_json::Value::Object(e.payload).to_string()))
+                .map(|e| (e.key, e.payload.text().to_string()))
                 .collect()
         }
 

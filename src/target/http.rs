@@ -737,7 +737,6 @@ mod tests {
             key: "a&b".into(),
             trace_id: "t".into(),
             ts: None,
-            sent_payload: None,
             received_at: chrono::Utc::now(),
         };
         let record = Record {

@@ -19,7 +19,6 @@ fn items(seqs: std::ops::RangeInclusive<u64>) -> Vec<(Event, Record)> {
             key: format!("k{seq}"),
             trace_id: "t".into(),
             ts: None,
-            sent_payload: None,
             received_at: Utc.with_ymd_and_hms(2025, 4, 12, 10, 0, 0).unwrap(),
         };
         let bytes = format!("REC{seq:05}\n").into_bytes();
