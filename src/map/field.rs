@@ -1319,28 +1319,7 @@ pub fn lookup_raw<'a>(
     order: &[Lookup],
     out: &mut [Option<&'a RawValue>],
 ) -> Result<(), serde_json::Error> {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
-
-    /// A key, borrowed unless it holds escapes.
-    struct KeySeed;
-    impl<'de> DeserializeSeed<'de> for KeySeed {
-        type Value = Cow<'de, str>;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_str(self)
-        }
-    }
-    impl<'de> Visitor<'de> for KeySeed {
-        type Value = Cow<'de, str>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a key")
-        }
-        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-            Ok(Cow::Borrowed(v))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Cow::Owned(v.to_owned()))
-        }
-    }
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
     struct Walk<'o, 'l, 'de> {
         order: &'l [Lookup],
@@ -1385,6 +1364,95 @@ pub fn lookup_raw<'a>(
     let mut de = serde_json::Deserializer::from_str(text);
     de.deserialize_map(Walk { order, out })?;
     de.end()
+}
+
+/// A key, borrowed unless it holds escapes.
+struct KeySeed;
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+impl<'de> serde::de::Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+}
+
+/// The value at `rest` inside the JSON text `raw` (the rest of a nested path, after
+/// [`lookup_raw`] found its first key), borrowed: what [`lookup_in`] finds in the tree,
+/// `None` when missing or `null`. `Err` only when `raw` is not JSON.
+pub fn raw_in<'a>(
+    mut raw: &'a RawValue,
+    rest: &[PathSeg],
+) -> Result<Option<&'a RawValue>, serde_json::Error> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// The value of one key of an object (the last, if given twice).
+    struct Key<'k>(&'k str);
+    impl<'de> Visitor<'de> for Key<'_> {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(key) = map.next_key_seed(KeySeed)? {
+                if key == self.0 {
+                    found = Some(map.next_value()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(found)
+        }
+    }
+    /// One element of an array.
+    struct Index(usize);
+    impl<'de> Visitor<'de> for Index {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            let mut i = 0;
+            while found.is_none() && i <= self.0 {
+                match seq.next_element::<&'de RawValue>()? {
+                    Some(v) if i == self.0 => found = Some(v),
+                    Some(_) => i += 1,
+                    None => return Ok(None),
+                }
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(found)
+        }
+    }
+
+    for seg in rest {
+        // Only an object has keys and only an array has elements: anything else is
+        // missing there, as in the tree.
+        let text = raw.get().trim_start();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let next = match (seg, text.as_bytes().first()) {
+            (PathSeg::Key(k), Some(b'{')) => de.deserialize_map(Key(k))?,
+            (PathSeg::Index(i), Some(b'[')) => de.deserialize_seq(Index(*i))?,
+            _ => None,
+        };
+        match next {
+            Some(v) => raw = v,
+            None => return Ok(None),
+        }
+    }
+    Ok((raw.get() != "null").then_some(raw))
 }
 
 /// `a.cmp(b)` inline: payload keys are short, and a call to `memcmp` costs more than
@@ -1721,6 +1789,28 @@ mod tests {
             let from_text = out[l.field].map(|r| serde_json::from_str::<Value>(r.get()).unwrap());
             assert_eq!(from_text.as_ref(), tree.get(&l.key), "{}", l.key);
         }
+        // Nested paths: what the tree finds, borrowed from the text.
+        let n = out[2].unwrap();
+        let p = |s: &str| match Source::parse(s).unwrap() {
+            Source::Path(p) => p,
+            _ => unreachable!(),
+        };
+        for (path, want) in [
+            ("n.deep[1].q", Some("2")),
+            ("n.deep[0]", Some("1")),
+            ("n.deep[2]", None),
+            ("n.deep.q", None),
+            ("n.deep[1].q.r", None),
+            ("n.nothing", None),
+        ] {
+            let rest = &p(path)[1..];
+            assert_eq!(raw_in(n, rest).unwrap().map(RawValue::get), want, "{path}");
+            let in_tree = lookup(&tree, &p(path)).map(|v| v.to_string());
+            assert_eq!(in_tree.as_deref(), want, "{path}");
+        }
+        let null: &RawValue = serde_json::from_str(r#"{"a": null, "b": [null]}"#).unwrap();
+        assert!(raw_in(null, &p("a")).unwrap().is_none());
+        assert!(raw_in(null, &p("b[0]")).unwrap().is_none());
         // Not an object, or not JSON at all: an error, never a half answer.
         for bad in ["[1, 2]", "\"s\"", "{\"a\": 1", "{\"a\": 1} x", ""] {
             assert!(lookup_raw(bad, &order, &mut out).is_err(), "{bad}");

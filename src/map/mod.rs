@@ -137,7 +137,8 @@ enum Out<'a> {
 enum Found<'a> {
     /// In the tree (`None`: missing or null).
     Tree(Option<&'a Value>),
-    /// In the payload's text: the value of the path's first key (`None`: missing).
+    /// In the payload's text: the value of the path's first key, then (in [`Mapping::fixed`])
+    /// of the whole path (`None`: missing).
     Text(Option<&'a RawValue>),
 }
 
@@ -149,8 +150,8 @@ enum Plain<'a> {
 }
 
 impl<'a> Found<'a> {
-    /// The value as [`Plain`] text when it is a string or a number at the path itself
-    /// (not nested, and a string without escapes when still text); else `None`.
+    /// The value as [`Plain`] text when it is a string or a number (a string without
+    /// escapes, when still text); else `None`.
     fn plain(self, f: &'a Field, event: &'a Event) -> Option<Plain<'a>> {
         let spec::Source::Path(p) = &f.source else {
             return None;
@@ -161,7 +162,7 @@ impl<'a> Found<'a> {
                 Some(Plain::Num(field::sent_number(event, p, n)))
             }
             Found::Tree(_) | Found::Text(None) => None,
-            Found::Text(Some(raw)) if p.len() == 1 => {
+            Found::Text(Some(raw)) => {
                 let t = raw.get();
                 match t.as_bytes().first()? {
                     // JSON text holds no raw control characters: without a backslash, the
@@ -171,7 +172,6 @@ impl<'a> Found<'a> {
                     _ => None,
                 }
             }
-            Found::Text(Some(_)) => None,
         }
     }
 }
@@ -346,7 +346,17 @@ impl Mapping {
         self.framed(out, |out| {
             let mut render = |i: usize, out: &mut Vec<u8>| -> Result<(), MapError> {
                 let f = &self.fields[i];
-                let found = found(i);
+                let found = match found(i) {
+                    // A nested path: its value, found inside its first key's.
+                    Found::Text(Some(raw)) => match &f.source {
+                        spec::Source::Path(p) if p.len() > 1 => Found::Text(
+                            field::raw_in(raw, &p[1..])
+                                .map_err(|e| field_err(f, format!("the payload value: {e}")))?,
+                        ),
+                        _ => Found::Text(Some(raw)),
+                    },
+                    found => found,
+                };
                 match found.plain(f, event) {
                     // A payload date only formatted: into a buffer, no allocation.
                     Some(Plain::Str(s)) if f.is_plain_date() => {
@@ -371,11 +381,7 @@ impl Mapping {
                     Found::Text(Some(raw)) => {
                         parsed = serde_json::from_str(raw.get())
                             .map_err(|e| field_err(f, format!("the payload value: {e}")))?;
-                        let rest = match &f.source {
-                            spec::Source::Path(p) => p.get(1..).unwrap_or_default(),
-                            _ => &[],
-                        };
-                        field::lookup_in(&parsed, rest)
+                        field::lookup_in(&parsed, &[])
                     }
                 };
                 match self
