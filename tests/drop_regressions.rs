@@ -69,24 +69,43 @@ fn first_delivery_into_a_file_holding_someone_elses_lines_is_not_doubled_by_a_cr
     wait_for_content(&mut app, &file, &want);
 }
 
-#[test]
-fn a_date_changing_between_an_interrupted_attempt_and_its_retry_puts_the_record_in_one_file() {
+/// A `{{date}}` drop file: BP-1's attempt at `first` is cut off after its record reached
+/// the file of that day; the retry runs at `then`, another day (the clock moved on, or was
+/// set back). BP-1 stays once in the file of its attempt, BP-2 goes to the file of `then`.
+fn date_changes_between_an_attempt_and_its_retry(first: (&str, &str), then: (&str, &str)) {
     let mut app = Appliance::init();
     app.edit_map("file: permit.txt", "file: permit_{{date:%Y%m%d}}.txt");
-    let day1 = app.out_path("permit_20271231.txt");
-    let day2 = app.out_path("permit_20280101.txt");
+    let day1 = app.out_path(&format!("permit_{}.txt", first.1));
+    let day2 = app.out_path(&format!("permit_{}.txt", then.1));
     deliver_then_kill_before_commit(
         &mut app,
         &day1,
         &["BP-1"],
         &permit_line("BP-1"),
-        &faketime("2027-12-31 23:59:50"),
+        &faketime(first.0),
     );
-    // The retry happens after midnight.
-    app.start_wrapped(&[], &faketime("2028-01-01 00:00:10"));
+    app.start_wrapped(&[], &faketime(then.0));
     app.send_ids(&["BP-2"]);
     wait_for_content(&mut app, &day2, &permit_line("BP-2"));
     assert_eq!(std::fs::read_to_string(&day1).unwrap(), permit_line("BP-1"));
+}
+
+#[test]
+fn a_date_changing_between_an_interrupted_attempt_and_its_retry_puts_the_record_in_one_file() {
+    // The retry happens after midnight.
+    date_changes_between_an_attempt_and_its_retry(
+        ("2027-12-31 23:59:50", "20271231"),
+        ("2028-01-01 00:00:10", "20280101"),
+    );
+}
+
+#[test]
+fn the_clock_set_back_across_midnight_before_the_retry_puts_the_record_in_one_file() {
+    // NTP (or an operator) sets the clock back to the day before while the intent is open.
+    date_changes_between_an_attempt_and_its_retry(
+        ("2028-01-01 00:00:10", "20280101"),
+        ("2027-12-31 23:59:50", "20271231"),
+    );
 }
 
 #[test]

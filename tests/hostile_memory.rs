@@ -150,3 +150,64 @@ fn max_inflight_bytes_below_max_body_is_refused_at_start_with_its_position() {
         "{err}"
     );
 }
+
+/// Starts an appliance with `max_body` and posts a permit event whose `status` is one
+/// 10 MB value: the appliance and the answer.
+fn post_a_10_mb_value(max_body: &str) -> (Appliance, ess::client::Answer) {
+    let mut app = Appliance::init();
+    app.edit_config("max_body: 8MiB", &format!("max_body: {max_body}"));
+    app.start();
+    let mut ev = permit_event("HUGE");
+    ev["payload"]["status"] = json!("A".repeat(10 << 20));
+    let r = rt()
+        .block_on(app.client().post_events(ev.to_string(), false))
+        .unwrap();
+    (app, r)
+}
+
+/// The next event is delivered: the daemon is up and its connector goes on.
+fn the_next_event_flows(app: &Appliance) {
+    app.send_ids(&["AFTER"]);
+    wait_until("the next event", std::time::Duration::from_secs(30), || {
+        app.read_out("permit.txt") == permit_line("AFTER")
+    });
+}
+
+#[test]
+fn a_10_mb_field_value_is_refused_413_naming_max_body_and_others_flow() {
+    let (app, r) = post_a_10_mb_value("8MiB");
+    assert_eq!(r.status, 413, "{:?}", r.body);
+    let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("max_body (8388608 bytes)"), "{error}");
+    let receipt = rt().block_on(app.client().receipt("key-HUGE")).unwrap();
+    assert_eq!(receipt.status, 404, "nothing committed");
+    the_next_event_flows(&app);
+}
+
+#[test]
+fn a_10_mb_field_value_within_max_body_is_parked_as_too_wide_naming_the_field() {
+    let (mut app, r) = post_a_10_mb_value("16MiB");
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    the_next_event_flows(&app);
+    let cfg = app.config.to_str().unwrap().to_string();
+    let mut listed = String::new();
+    wait_until(
+        "the dead letter",
+        std::time::Duration::from_secs(30),
+        || {
+            listed = ess(&["list", "--config", &cfg, "--dead", "--json"], None).1;
+            listed.contains("key-HUGE")
+        },
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let message = listed["entries"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("STATUS")
+            && message.contains(&format!(
+                "value is {} characters, longer than width 10",
+                10 << 20
+            )),
+        "{message}"
+    );
+    assert_eq!(app.terminate().code(), Some(0), "the daemon stayed up");
+}

@@ -11,6 +11,8 @@
 mod http;
 #[path = "support/pickup.rs"]
 mod pickup;
+#[path = "support/source.rs"]
+mod source;
 mod support;
 
 use std::sync::atomic::Ordering;
@@ -302,15 +304,8 @@ fn every_record_reaches_codifyhq_once_in_order_through_kills_during_pickup_and_d
 #[test]
 fn the_shipped_source_compiles_and_its_connector_takes_its_events() {
     let maps = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("maps");
-    let sources = ess::source::load_all(&maps, chrono_tz::UTC).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let sources = ess::source::load_all(&maps, chrono_tz::UTC)
+        .unwrap_or_else(|e| panic!("{}", source::problems(&e)));
     assert_eq!(sources.len(), 1);
     let s = &sources[0];
     assert_eq!(

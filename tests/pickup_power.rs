@@ -9,6 +9,9 @@
 //!
 //! `ESS_PICKUP_POWER_CUTS=N` for more cuts (default 30).
 
+#[path = "support/source.rs"]
+mod source;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,17 +89,7 @@ fn after_any_power_cut_the_feed_holds_exactly_what_the_checkpoint_says() {
         "source:\n  name: results\n  kind: file\n  dir: in\n  pattern: \"RES_*.DAT\"\n  chunk: 4\n  trailer: {record: R-TRAILER, count: RT-COUNT}\n  then: {move: done}\nformat: fixed\nlayout: R.cpy\nrecord: {encoding: ascii, framing: lines}\nlayout_when: {R-HEADER: RH-IS-HEADER, R-DETAIL: RD-IS-DETAIL, R-TRAILER: RT-IS-TRAILER}\nevent:\n  type: PERMIT_RESULT\n  records: [R-DETAIL]\n",
     )
     .unwrap();
-    let spec = Arc::new(
-        ess::source::load_one(&map, chrono_tz::UTC).unwrap_or_else(|e| {
-            panic!(
-                "{}",
-                e.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        }),
-    );
+    let spec = Arc::new(source::compile(&map));
     let mut text = String::from("H20251201\n");
     for i in 0..DETAILS {
         text.push_str(&format!("DID{i:06}{:07}\n", i * 3));

@@ -19,6 +19,8 @@ mod cobol;
 mod http;
 #[path = "support/pickup.rs"]
 mod pickup;
+#[path = "support/source.rs"]
+mod source;
 #[path = "support/sshd.rs"]
 mod sshd;
 mod support;
@@ -236,24 +238,7 @@ fn sftp_source(dir: &Path, sshd: &sshd::Sshd, extra: &str) -> ess::source::Sourc
         ),
     )
     .unwrap();
-    ess::source::load_one(&path, chrono_tz::UTC).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
-}
-
-fn memory_store() -> ess::feed::Store {
-    let db = redb::Database::builder()
-        .create_with_backend(redb::backends::InMemoryBackend::new())
-        .unwrap();
-    let store = ess::feed::Store::from(db);
-    store.prepare().unwrap();
-    store
+    source::compile(&path)
 }
 
 #[test]
@@ -272,7 +257,7 @@ fn a_changed_host_key_takes_nothing_and_then_delete_waits_for_the_server() {
     assert!(st.success());
     std::fs::rename(&tmp, drop.join("RESULTS_001.DAT")).unwrap();
     let spec = Arc::new(sftp_source(work.path(), &sshd, "  then: delete\n"));
-    let store = memory_store();
+    let store = source::memory_store();
     let sources = ess::ledger::sources::Sources::new(store.clone());
     let open = || spec.open_dir(runtime.handle().clone()).unwrap();
 

@@ -6,6 +6,7 @@
 
 #[path = "support/sshd.rs"]
 mod sshd;
+mod support;
 
 use std::fs;
 use std::path::Path;
@@ -675,4 +676,53 @@ async fn hashed_known_hosts_entries_are_understood() {
         fs::read(sshd.drop_dir().join("permit.txt")).unwrap(),
         expected(1..=1, 3)
     );
+}
+
+/// The server's disk fills up in the middle of an upload (its drop folder on a small
+/// tmpfs): the delivery fails as transient, leaves no partial file under a final name (nor
+/// a partial record in an append file), and once there is room again the same delivery
+/// puts every record there once.
+#[tokio::test]
+async fn a_server_disk_filling_mid_upload_is_transient_and_delivered_once_space_returns() {
+    for (file, mode, name) in [
+        ("p_{{seq}}.txt", "batch", "p_11.txt"),
+        ("p.txt", "append", "p.txt"),
+    ] {
+        let sshd = Sshd::start();
+        let drop = sshd.drop_dir();
+        let disk = support::Tmpfs::mount(&drop, "256k");
+        let mut t = target(&sshd, "user_ed25519", file, mode);
+        deliver(&mut t, &items(1..=10, 100)).await.unwrap();
+        let before = if mode == "append" {
+            expected(1..=10, 100)
+        } else {
+            fs::remove_file(drop.join("p_1.txt")).unwrap();
+            Vec::new()
+        };
+        // Room for a part of the next upload (about 100 KiB) only.
+        let filler = disk.fill(32 << 10);
+        let big = items(11..=1000, 100);
+        let err = deliver(&mut t, &big).await.unwrap_err();
+        assert!(
+            matches!(&err, DeliveryError::Transient { .. }),
+            "{mode}: {err:?}"
+        );
+        eprintln!("{mode} on a full disk: {err}");
+        let now = fs::read(drop.join(name)).unwrap_or_default();
+        assert!(
+            now == before,
+            "{mode}: {name} holds {} bytes, not the {} committed",
+            now.len(),
+            before.len()
+        );
+        fs::remove_file(&filler).unwrap();
+        deliver(&mut t, &big).await.unwrap();
+        let mut want = before.clone();
+        want.extend(expected(11..=1000, 100));
+        assert!(
+            fs::read(drop.join(name)).unwrap() == want,
+            "{mode}: every record once"
+        );
+        assert_eq!(listing(&drop), [name], "{mode}: no temp file left");
+    }
 }

@@ -116,6 +116,9 @@ async fn read_body(
     if reservation.is_none() && expects_continue {
         return Err(BodyRefusal::Busy { unread: true });
     }
+    // Set once the body passed `max_body`: a time-out while the rest is thrown away is
+    // still "too large".
+    let too_large = std::sync::atomic::AtomicBool::new(false);
     let read = async {
         // Within max_body (checked by the caller), which fits in memory.
         let first = reservation.as_ref().map_or(0, Reservation::bytes);
@@ -128,6 +131,11 @@ async fn read_body(
             };
             seen += data.len() as u64;
             if seen > limits.max_body {
+                too_large.store(true, std::sync::atomic::Ordering::Relaxed);
+                // Nothing of it is kept while the rest is thrown away.
+                reservation = None;
+                drop(std::mem::take(&mut buf));
+                discard_rest(&mut body, limits, seen).await;
                 return Err(BodyRefusal::TooLarge);
             }
             let Some(held) = reservation.as_mut() else {
@@ -150,12 +158,29 @@ async fn read_body(
         Ok(buf)
     };
     match tokio::time::timeout(limits.body_timeout, read).await {
+        Err(_) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+            Err(BodyRefusal::TooLarge)
+        }
         Err(_) => Err(BodyRefusal::Timeout),
         Ok(Err(e)) => Err(e),
         Ok(Ok(buf)) => match reservation {
             Some(r) => Ok((buf, r)),
             None => Err(BodyRefusal::Busy { unread: false }),
         },
+    }
+}
+
+/// Reads and throws away the rest of a body refused as too large, one frame at a time, up
+/// to four times `max_body` in all: a client still sending then gets to read its 413,
+/// where closing on it would leave it a connection reset and no reason. (A client that
+/// asked `Expect: 100-continue` is refused before it sends the body.)
+async fn discard_rest(body: &mut Incoming, limits: &Limits, mut seen: u64) {
+    let most = limits.max_body.saturating_mul(4);
+    while seen <= most {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(_)) | None => return,
+        }
     }
 }
 
@@ -254,7 +279,16 @@ async fn post_events(req: Request<Incoming>, door: &Door) -> Resp {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = req
+        .headers()
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if declared.is_some_and(|n| n > limits.max_body) {
+        if !expects_continue {
+            let mut body = req.into_body();
+            let rest = discard_rest(&mut body, limits, 0);
+            let _ = tokio::time::timeout(limits.body_timeout, rest).await;
+        }
         return body_refused(BodyRefusal::TooLarge, door);
     }
     let traceparent = req
@@ -262,10 +296,6 @@ async fn post_events(req: Request<Incoming>, door: &Door) -> Resp {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(validate::trace_id_from_traceparent);
-    let expects_continue = req
-        .headers()
-        .get(hyper::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     // Held until the answer: the parsed events take memory too, until they are committed.
     let read = read_body(
         req.into_body(),

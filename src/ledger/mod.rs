@@ -383,6 +383,14 @@ pub(crate) fn connector_value<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::corrupt(name, None, Some(connector), e))
 }
 
+/// The schema's own name of a table (`'static`, as [`guarded`] and errors want it).
+pub(crate) fn table_name(def: &impl redb::TableHandle) -> &'static str {
+    schema::TABLES
+        .into_iter()
+        .find(|t| *t == def.name())
+        .unwrap_or("unknown table")
+}
+
 /// Reads a cursor inside a read transaction (consistent with other reads of the same one).
 pub fn cursor_at(tx: &ReadTransaction, connector: &str) -> Result<Option<CursorState>, Error> {
     guarded("cursors", || match tx.open_table(CURSORS) {

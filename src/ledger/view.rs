@@ -13,10 +13,10 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Tabl
 use super::actions::{ACTIONS_TABLE, ActionRecord, ErrorNote, Pause, Settled, decode_settled};
 use super::{CursorState, DeadLetter, RetryState, decode_dead, decode_keyed};
 use crate::event::Seq;
-use crate::feed::Error;
 use crate::feed::schema::{
     ACTIONS, CURSORS, DEAD, ERRORS, INTENTS, PAUSES, REQUEUE, RETRIES, SETTLED,
 };
+use crate::feed::{Error, guarded};
 
 /// One read transaction over the ledger tables.
 pub struct View {
@@ -32,15 +32,17 @@ pub struct DeadSummary {
     pub newest: Option<(Seq, DeadLetter)>,
 }
 
+/// Opens `def`; redb panics on some damaged table definitions: contained and reported as
+/// damage ([`guarded`]), so a CLI reading a damaged file answers instead of crashing.
 fn open<K: redb::Key + 'static, V: redb::Value + 'static>(
     tx: &ReadTransaction,
     def: TableDefinition<K, V>,
 ) -> Result<Option<ReadOnlyTable<K, V>>, Error> {
-    match tx.open_table(def) {
+    guarded(super::table_name(&def), || match tx.open_table(def) {
         Ok(t) => Ok(Some(t)),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
         Err(e) => Err(e.into()),
-    }
+    })
 }
 
 impl View {

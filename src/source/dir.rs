@@ -22,12 +22,31 @@ pub struct Stat {
     pub mtime_ns: i64,
 }
 
+/// What a look at the folder found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The regular files (name, stat).
+    pub files: Vec<(String, Stat)>,
+    /// Entries that may look like files but are never taken, with why (name as shown).
+    pub skipped: Vec<(String, &'static str)>,
+}
+
+/// Why a symbolic link is skipped: followed, a link to a file of the folder would take that
+/// file twice (under two names, so two file keys) and `then:` would move or delete the
+/// link, not the file; a link out of the folder would read a file the legacy side never put
+/// there.
+pub const SYMLINK: &str =
+    "a symbolic link: not followed, never taken (put the file itself in the folder)";
+
+/// Why a name that is not UTF-8 is skipped: events, keys and logs name the file in UTF-8.
+pub const NOT_UTF8: &str = "the name is not UTF-8: never taken (rename the file)";
+
 /// The operations a source needs from its folder.
 pub trait SourceDir: Send {
     /// Where the folder is, for messages.
     fn location(&self) -> String;
-    /// The regular files of the folder (name, stat).
-    fn list(&mut self) -> Result<Vec<(String, Stat)>, SourceError>;
+    /// The regular files of the folder, and what was passed over.
+    fn list(&mut self) -> Result<Listing, SourceError>;
     fn stat(&mut self, name: &str) -> Result<Option<Stat>, SourceError>;
     /// The whole file, with its stat before and after reading; `None` if it is gone.
     fn read(&mut self, name: &str) -> Result<Option<(Stat, Vec<u8>, Stat)>, SourceError>;
@@ -78,17 +97,23 @@ impl SourceDir for LocalDir {
         self.dir.display().to_string()
     }
 
-    fn list(&mut self) -> Result<Vec<(String, Stat)>, SourceError> {
+    fn list(&mut self) -> Result<Listing, SourceError> {
         let what = format!("cannot list {}", self.dir.display());
-        let mut out = Vec::new();
+        let mut out = Listing::default();
         for entry in std::fs::read_dir(&self.dir).map_err(io(what.clone()))? {
             let entry = entry.map_err(io(what.clone()))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
+            let name = match entry.file_name().into_string() {
+                Ok(name) => name,
+                Err(raw) => {
+                    out.skipped
+                        .push((raw.to_string_lossy().into_owned(), NOT_UTF8));
+                    continue;
+                }
             };
-            // Follows a symbolic link, as a reader of the folder would.
-            match std::fs::metadata(entry.path()) {
-                Ok(m) if m.is_file() => out.push((name, stat_of(&m))),
+            // The entry itself (a link is not followed); gone meanwhile: not listed.
+            match std::fs::symlink_metadata(entry.path()) {
+                Ok(m) if m.file_type().is_symlink() => out.skipped.push((name, SYMLINK)),
+                Ok(m) if m.is_file() => out.files.push((name, stat_of(&m))),
                 _ => {}
             }
         }
@@ -96,7 +121,8 @@ impl SourceDir for LocalDir {
     }
 
     fn stat(&mut self, name: &str) -> Result<Option<Stat>, SourceError> {
-        match std::fs::metadata(self.dir.join(name)) {
+        // Not followed: a file replaced by a link is no longer the file that was listed.
+        match std::fs::symlink_metadata(self.dir.join(name)) {
             Ok(m) if m.is_file() => Ok(Some(stat_of(&m))),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -105,10 +131,18 @@ impl SourceDir for LocalDir {
     }
 
     fn read(&mut self, name: &str) -> Result<Option<(Stat, Vec<u8>, Stat)>, SourceError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(name);
-        let mut f = match File::open(&path) {
+        // O_NOFOLLOW: a file swapped for a link after the listing is not read through it.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let mut f = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A link now: no longer the file that was listed (as if it went away).
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
             Err(e) => return Err(io(format!("cannot open {}", path.display()))(e)),
         };
         let what = format!("cannot read {}", path.display());
@@ -175,15 +209,24 @@ impl SourceDir for SftpDir {
         Folder::location(&self.folder)
     }
 
-    fn list(&mut self) -> Result<Vec<(String, Stat)>, SourceError> {
+    fn list(&mut self) -> Result<Listing, SourceError> {
         let files = self
             .runtime
             .block_on(self.folder.list_files())
             .map_err(folder)?;
-        Ok(files
-            .into_iter()
-            .map(|f| (f.name, remote_stat(f.size, f.mtime)))
-            .collect())
+        let mut out = Listing::default();
+        for f in files {
+            // The SFTP client decodes a name that is not UTF-8 lossily: such a name cannot
+            // be asked for again.
+            if f.name.contains(char::REPLACEMENT_CHARACTER) {
+                out.skipped.push((f.name, NOT_UTF8));
+            } else if f.link {
+                out.skipped.push((f.name, SYMLINK));
+            } else {
+                out.files.push((f.name, remote_stat(f.size, f.mtime)));
+            }
+        }
+        Ok(out)
     }
 
     fn stat(&mut self, name: &str) -> Result<Option<Stat>, SourceError> {

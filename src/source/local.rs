@@ -59,6 +59,8 @@ pub struct Pickup {
     dir: Box<dyn SourceDir>,
     /// `ready: {stable: ..}`: (size, mtime) first seen, and when.
     seen: HashMap<String, (u64, i64, Instant)>,
+    /// Entries skipped and logged already (logged again only after they left the folder).
+    reported: HashSet<String>,
     pub stop: Arc<AtomicBool>,
     pub live: Arc<Live>,
     /// Tests: stop after this many commits of records.
@@ -109,6 +111,7 @@ impl Pickup {
             sources,
             dir,
             seen: HashMap::new(),
+            reported: HashSet::new(),
             stop: Arc::new(AtomicBool::new(false)),
             live: Arc::new(Live::default()),
             chunk_limit: None,
@@ -123,7 +126,9 @@ impl Pickup {
     pub fn scan(&mut self) -> Result<Scan, SourceError> {
         let rows: HashMap<String, SourceFile> =
             self.sources.files(&self.spec.name)?.into_iter().collect();
-        let mut listed = self.dir.list()?;
+        let listing = self.dir.list()?;
+        self.report_skipped(&listing.skipped);
+        let mut listed = listing.files;
         listed.sort_by(|a, b| a.0.cmp(&b.0));
         let all: HashSet<String> = listed.iter().map(|(n, _)| n.clone()).collect();
         let triggers: HashSet<String> = listed
@@ -197,7 +202,20 @@ impl Pickup {
         let remember = i64::try_from(self.spec.remember.as_micros()).unwrap_or(i64::MAX);
         let mut forget = Vec::new();
         for (key, row) in rows {
-            if row.state != FileState::Done || keys_seen.contains(&key) {
+            if keys_seen.contains(&key) {
+                continue;
+            }
+            if row.state == FileState::Reading && !self.stopping() {
+                // Deleted (or moved away, or swapped for a link) with records still to
+                // take: what was taken stays, and the file is not waited for forever.
+                let why = format!(
+                    "{} went away after its first {} records were taken",
+                    row.name, row.next_record
+                );
+                self.refuse(&key, row, why)?;
+                continue;
+            }
+            if row.state != FileState::Done {
                 continue;
             }
             if !row.then_done {
@@ -222,6 +240,18 @@ impl Pickup {
         self.live.waiting.store(scan.waiting, Ordering::Relaxed);
         self.live.scans.fetch_add(1, Ordering::Relaxed);
         Ok(scan)
+    }
+
+    /// Logs, once per name while it stays in the folder, an entry the pattern wants that is
+    /// never taken (a symbolic link, a name that is not UTF-8).
+    fn report_skipped(&mut self, skipped: &[(String, &'static str)]) {
+        let now: HashSet<&String> = skipped.iter().map(|(n, _)| n).collect();
+        self.reported.retain(|n| now.contains(n));
+        for (name, why) in skipped {
+            if self.spec.wants(name) && self.reported.insert(name.clone()) {
+                tracing::warn!(source = %self.spec.name, file = %name, "skipped: {why}");
+            }
+        }
     }
 
     /// `ready:` for a file nothing was taken of yet.

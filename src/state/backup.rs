@@ -15,9 +15,10 @@ use redb::{
 
 use super::Reader;
 use super::reader::BackupSource;
+use crate::feed::guarded;
 use crate::feed::schema::{
     ACTIONS, CURSORS, DEAD, ERRORS, EVENTS, INTENTS, KEYS, META, PAUSES, REQUEUE, RETRIES, SETTLED,
-    SOURCE_BAD, SOURCE_FILES, SOURCE_TOTALS,
+    SOURCE_BAD, SOURCE_FILES, SOURCE_TOTALS, TABLES,
 };
 
 /// Rows written per transaction of the copy.
@@ -140,11 +141,17 @@ fn write(
         path: path.to_path_buf(),
         source,
     };
-    let present = src.list_tables().map_err(|e| db_err(e.into()))?;
-    for t in present {
-        if !crate::feed::schema::TABLES.contains(&t.name()) {
-            return Err(BackupError::UnknownTable(t.name().to_owned()));
-        }
+    // redb panics on some damaged pages (its table of tables, a table's tree): contained
+    // by the feed's guard and reported as damage, as `ess verify` does.
+    let present = guarded("table of tables", || {
+        Ok(src
+            .list_tables()?
+            .map(|t| t.name().to_owned())
+            .collect::<Vec<_>>())
+    })
+    .map_err(db_err)?;
+    if let Some(t) = present.into_iter().find(|t| !TABLES.contains(&t.as_str())) {
+        return Err(BackupError::UnknownTable(t));
     }
     let backend = redb::backends::FileBackend::new(file).map_err(|e| db_err(e.into()))?;
     let dst = Database::builder()
@@ -186,6 +193,14 @@ fn write(
 /// Copies one table from `src` into `dst` in chunks; returns the rows copied. A table
 /// missing in the source is created empty in the copy.
 fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    src: &ReadTransaction,
+    dst: &Database,
+    def: TableDefinition<K, V>,
+) -> Result<u64, crate::feed::Error> {
+    guarded(crate::ledger::table_name(&def), || copy_rows(src, dst, def))
+}
+
+fn copy_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
     src: &ReadTransaction,
     dst: &Database,
     def: TableDefinition<K, V>,

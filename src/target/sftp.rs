@@ -396,13 +396,22 @@ pub struct RemoteFile {
     pub size: u64,
     /// Modification time, seconds since the epoch (SFTPv3 has no finer one).
     pub mtime: Option<u32>,
+    /// A symbolic link as listed (READDIR gives the link's own attributes), not a file.
+    pub link: bool,
 }
 
 fn remote_file(name: String, attrs: &FileAttributes) -> Option<RemoteFile> {
-    (attrs.file_type() == russh_sftp::protocol::FileType::File).then(|| RemoteFile {
+    use russh_sftp::protocol::FileType;
+    let link = match attrs.file_type() {
+        FileType::File => false,
+        FileType::Symlink => true,
+        _ => return None,
+    };
+    Some(RemoteFile {
         name,
         size: attrs.size.unwrap_or(0),
         mtime: attrs.mtime,
+        link,
     })
 }
 
@@ -443,7 +452,7 @@ impl SftpFolder {
         &self.dir
     }
 
-    /// Every regular file in the folder, with size and modification time.
+    /// Every regular file and symbolic link in the folder, with size and modification time.
     pub async fn list_files(&mut self) -> Result<Vec<RemoteFile>, FolderError> {
         let dir = self.dir.clone();
         on_session!(self, format!("list {dir}"), |c| list_of(c, &dir))

@@ -491,3 +491,37 @@ pub fn status_get(app: &Appliance, path: &str) -> (u16, String) {
         .unwrap_or(0);
     (code, out)
 }
+
+/// A tmpfs mounted on a folder for the test's life (the tests run as root, as CI does);
+/// lazily unmounted on drop, so a daemon still inside it cannot keep it busy.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mount tmpfs (the tests run as root, as CI does)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills the file system up to `room` bytes free with the file `filler`.
+    pub fn fill(&self, room: u64) -> PathBuf {
+        let filler = self.0.join("filler");
+        let free = ess::feed::retention::free_disk_bytes(&self.0).unwrap();
+        std::fs::write(&filler, vec![0u8; free.saturating_sub(room) as usize]).unwrap();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

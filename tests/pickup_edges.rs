@@ -1,0 +1,360 @@
+//! Pickup at the edges of the folder, with the real parts (the source compiled from its
+//! map file, `LocalDir` / the SFTP folder on a real sshd, the ledger on redb): a name that
+//! is not UTF-8, symbolic links to a file inside the folder and to one outside, and a file
+//! deleted, truncated or grown between the commits of its chunks (or while the daemon was
+//! down with part of it taken). Each time: nothing is taken twice, what was taken stays,
+//! the operator gets one clear log line, and nothing panics.
+
+#[path = "support/source.rs"]
+mod source;
+#[path = "support/sshd.rs"]
+mod sshd;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ess::feed::Store;
+use ess::ledger::sources::{FileState, SourceFile, Sources};
+use ess::source::SourceSpec;
+use ess::source::dir::{Listing, LocalDir, SourceDir, Stat};
+use ess::source::local::{Pickup, SourceError};
+
+/// Six records, so three chunks of two.
+const SIX: &str = "ID0001\nID0002\nID0003\nID0004\nID0005\nID0006\n";
+
+/// The source `results` over `dir` (`kind` and connection keys in `kind`), chunks of two.
+fn spec(work: &Path, kind: &str, dir: &Path) -> SourceSpec {
+    let path = work.join("results.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "source:\n  name: results\n{kind}  dir: {}\n  pattern: \"RES_*.DAT\"\n  chunk: 2\n  then: {{move: {}}}\nformat: fixed\nrecord: {{encoding: ascii, framing: lines}}\nfields:\n  ID: id | width:6\nevent:\n  type: PERMIT_RESULT\n",
+            dir.display(),
+            dir.with_file_name("done").display(),
+        ),
+    )
+    .unwrap();
+    source::compile(&path)
+}
+
+/// A local source over `work/in` and its ledger.
+struct World {
+    work: tempfile::TempDir,
+    spec: Arc<SourceSpec>,
+    store: Store,
+}
+
+impl World {
+    fn new() -> World {
+        let work = tempfile::tempdir().unwrap();
+        let inbox = work.path().join("in");
+        std::fs::create_dir(&inbox).unwrap();
+        let spec = Arc::new(spec(work.path(), "  kind: file\n", &inbox));
+        World {
+            work,
+            spec,
+            store: source::memory_store(),
+        }
+    }
+
+    fn inbox(&self) -> PathBuf {
+        self.work.path().join("in")
+    }
+
+    fn pickup(&self, dir: Box<dyn SourceDir>) -> Pickup {
+        Pickup::new(self.spec.clone(), Sources::new(self.store.clone()), dir)
+    }
+
+    fn local(&self) -> Box<dyn SourceDir> {
+        Box::new(LocalDir { dir: self.inbox() })
+    }
+
+    /// Writes `text` under a temp name and renames it to `name`.
+    fn put(&self, name: &str, text: &str) {
+        let tmp = self.inbox().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.inbox().join(name)).unwrap();
+    }
+}
+
+/// The ids of the feed's events, in order.
+fn ids(store: &Store) -> Vec<String> {
+    ess::feed::read_after(store, 0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload["ID"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn rows(store: &Store) -> Vec<SourceFile> {
+    Sources::new(store.clone())
+        .files("results")
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// Runs `f` with ESS's log lines captured; returns its result and the lines.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&sink.0.lock().unwrap()).into_owned();
+    (out, text)
+}
+
+fn lines_with<'a>(log: &'a str, what: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(what)).collect()
+}
+
+fn scan(p: &mut Pickup) -> (ess::source::local::Scan, String) {
+    let (r, log) = logged(|| p.scan());
+    (r.unwrap_or_else(|e: SourceError| panic!("{e}")), log)
+}
+
+fn six_ids() -> Vec<String> {
+    (1..=6).map(|i| format!("ID{i:04}")).collect()
+}
+
+#[test]
+fn a_name_that_is_not_utf8_is_skipped_with_one_log_line_and_the_others_are_taken() {
+    let w = World::new();
+    let raw = w.inbox().join(OsStr::from_bytes(b"RES_\xff.DAT"));
+    std::fs::write(&raw, SIX).unwrap();
+    w.put("RES_1.DAT", SIX);
+    let mut p = w.pickup(w.local());
+    let (first, log1) = scan(&mut p);
+    let (second, log2) = scan(&mut p);
+    assert_eq!((first.files_done, first.events), (1, 6));
+    assert_eq!((second.files_done, second.events), (0, 0));
+    assert_eq!(ids(&w.store), six_ids());
+    let said = lines_with(&log1, "the name is not UTF-8");
+    assert_eq!(said.len(), 1, "{log1}");
+    assert!(said[0].contains("RES_\u{FFFD}.DAT"), "{}", said[0]);
+    assert!(
+        lines_with(&log2, "not UTF-8").is_empty(),
+        "said once: {log2}"
+    );
+    assert!(raw.exists(), "left where it is");
+}
+
+#[test]
+fn symlinks_to_a_file_inside_and_to_one_outside_are_not_followed_nor_taken_twice() {
+    let w = World::new();
+    w.put("RES_1.DAT", SIX);
+    std::os::unix::fs::symlink("RES_1.DAT", w.inbox().join("RES_2.DAT")).unwrap();
+    let outside = w.work.path().join("elsewhere.dat");
+    std::fs::write(&outside, "ID0099\n").unwrap();
+    std::os::unix::fs::symlink(&outside, w.inbox().join("RES_3.DAT")).unwrap();
+    let mut p = w.pickup(w.local());
+    let (first, log) = scan(&mut p);
+    let (second, log2) = scan(&mut p);
+    assert_eq!((first.files_done, first.events), (1, 6));
+    assert_eq!((second.files_done, second.events), (0, 0));
+    assert_eq!(
+        ids(&w.store),
+        six_ids(),
+        "the file once, the outside one never"
+    );
+    for link in ["RES_2.DAT", "RES_3.DAT"] {
+        let said: Vec<&str> = lines_with(&log, "a symbolic link: not followed")
+            .into_iter()
+            .filter(|l| l.contains(link))
+            .collect();
+        assert_eq!(said.len(), 1, "{link}: {log}");
+        assert!(
+            std::fs::symlink_metadata(w.inbox().join(link)).is_ok(),
+            "{link} left alone"
+        );
+    }
+    assert!(lines_with(&log2, "symbolic link").is_empty(), "{log2}");
+    // `then: move` moved the file itself, never a link or what a link points at.
+    assert_eq!(
+        std::fs::read_to_string(w.work.path().join("done/RES_1.DAT")).unwrap(),
+        SIX
+    );
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "ID0099\n");
+    assert_eq!(rows(&w.store).len(), 1);
+}
+
+/// The local folder, with `change` done to the file `name` just before its `nth` stat
+/// (the first is before the first commit: the second comes between two chunks).
+struct Meddling {
+    inner: LocalDir,
+    name: String,
+    nth: usize,
+    n: usize,
+    change: Box<dyn FnMut(&Path) + Send>,
+}
+
+impl SourceDir for Meddling {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn list(&mut self) -> Result<Listing, SourceError> {
+        self.inner.list()
+    }
+    fn stat(&mut self, name: &str) -> Result<Option<Stat>, SourceError> {
+        if name == self.name {
+            self.n += 1;
+            if self.n == self.nth {
+                (self.change)(&self.inner.dir.join(name));
+            }
+        }
+        self.inner.stat(name)
+    }
+    fn read(&mut self, name: &str) -> Result<Option<(Stat, Vec<u8>, Stat)>, SourceError> {
+        self.inner.read(name)
+    }
+    fn remove(&mut self, name: &str) -> Result<(), SourceError> {
+        self.inner.remove(name)
+    }
+    fn move_out(&mut self, name: &str, to: &Path, alt: &str) -> Result<(), SourceError> {
+        self.inner.move_out(name, to, alt)
+    }
+}
+
+#[test]
+fn a_file_deleted_truncated_or_grown_between_chunks_is_refused_keeping_what_was_taken() {
+    type Change = Box<dyn FnMut(&Path) + Send>;
+    let changes: Vec<(&str, Change)> = vec![
+        (
+            "deleted",
+            Box::new(|p: &Path| std::fs::remove_file(p).unwrap()),
+        ),
+        (
+            "truncated",
+            Box::new(|p: &Path| {
+                let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                f.set_len(3 * 7).unwrap();
+            }),
+        ),
+        (
+            "grown",
+            Box::new(|p: &Path| {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                f.write_all(b"ID0007\n").unwrap();
+            }),
+        ),
+    ];
+    for (what, change) in changes {
+        let w = World::new();
+        w.put("RES_1.DAT", SIX);
+        let dir = Box::new(Meddling {
+            inner: LocalDir { dir: w.inbox() },
+            name: "RES_1.DAT".into(),
+            nth: 2,
+            n: 0,
+            change,
+        });
+        let mut p = w.pickup(dir);
+        let (first, log) = scan(&mut p);
+        assert_eq!((first.files_done, first.events), (0, 2), "{what}");
+        assert_eq!(
+            ids(&w.store),
+            six_ids()[..2],
+            "{what}: the first chunk stays"
+        );
+        let rows = rows(&w.store);
+        assert!(
+            matches!(&rows[0].state, FileState::Refused { reason }
+                if reason.contains("changed (or went away) while being read, after 2 records")),
+            "{what}: {:?}",
+            rows[0].state
+        );
+        assert_eq!(
+            lines_with(&log, "refused; what was taken stays").len(),
+            1,
+            "{what}: {log}"
+        );
+        // Never taken again, whatever is in the folder now.
+        let (again, _) = scan(&mut p);
+        assert_eq!((again.files_done, again.events), (0, 0), "{what}");
+        assert_eq!(ids(&w.store).len(), 2, "{what}");
+    }
+}
+
+#[test]
+fn a_file_deleted_while_the_daemon_was_down_mid_file_is_refused_not_waited_for_forever() {
+    let w = World::new();
+    w.put("RES_1.DAT", SIX);
+    let mut p = w.pickup(w.local());
+    p.chunk_limit = Some(1);
+    let (first, _) = scan(&mut p);
+    assert_eq!(first.events, 2);
+    assert_eq!(rows(&w.store)[0].state, FileState::Reading);
+    std::fs::remove_file(w.inbox().join("RES_1.DAT")).unwrap();
+    // The restart: a new scan over the same ledger.
+    let mut p = w.pickup(w.local());
+    let (after, log) = scan(&mut p);
+    assert_eq!((after.files_done, after.events), (0, 0));
+    let rows = rows(&w.store);
+    assert!(
+        matches!(&rows[0].state, FileState::Refused { reason }
+            if reason.contains("RES_1.DAT went away after its first 2 records were taken")),
+        "{:?}",
+        rows[0].state
+    );
+    assert_eq!(lines_with(&log, "went away").len(), 1, "{log}");
+    let (_, log) = scan(&mut p);
+    assert!(lines_with(&log, "went away").is_empty(), "said once: {log}");
+    assert_eq!(ids(&w.store), six_ids()[..2]);
+}
+
+#[test]
+fn over_sftp_a_name_that_is_not_utf8_and_a_symlink_are_skipped_and_the_file_taken_once() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sshd = sshd::Sshd::start();
+    let drop = sshd.drop_dir();
+    let work = tempfile::tempdir().unwrap();
+    let kind = format!(
+        "  kind: sftp\n  host: 127.0.0.1\n  port: {}\n  user: {}\n  key: {}\n  known_hosts: {}\n  timeout: 10s\n",
+        sshd.port,
+        sshd::user(),
+        sshd.path("user_ed25519").display(),
+        sshd.path("known_hosts").display(),
+    );
+    let spec = Arc::new(spec(work.path(), &kind, &drop));
+    std::fs::create_dir_all(drop.with_file_name("done")).unwrap();
+    std::fs::write(drop.join("RES_1.DAT"), SIX).unwrap();
+    std::fs::write(drop.join(OsStr::from_bytes(b"RES_\xff.DAT")), SIX).unwrap();
+    std::os::unix::fs::symlink("RES_1.DAT", drop.join("RES_2.DAT")).unwrap();
+    let store = source::memory_store();
+    let dir = spec.open_dir(runtime.handle().clone()).unwrap();
+    let mut p = Pickup::new(spec.clone(), Sources::new(store.clone()), dir);
+    let (first, log) = scan(&mut p);
+    let (second, _) = scan(&mut p);
+    assert_eq!((first.files_done, first.events), (1, 6), "{log}");
+    assert_eq!((second.files_done, second.events), (0, 0));
+    assert_eq!(ids(&store), six_ids());
+    assert_eq!(lines_with(&log, "the name is not UTF-8").len(), 1, "{log}");
+    let link = lines_with(&log, "a symbolic link: not followed");
+    assert!(link.len() == 1 && link[0].contains("RES_2.DAT"), "{log}");
+    assert!(drop.join(OsStr::from_bytes(b"RES_\xff.DAT")).exists());
+    assert!(std::fs::symlink_metadata(drop.join("RES_2.DAT")).is_ok());
+    assert_eq!(rows(&store).len(), 1);
+}
