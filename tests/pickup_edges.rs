@@ -84,7 +84,12 @@ fn ids(store: &Store) -> Vec<String> {
     ess::feed::read_after(store, 0, 1000)
         .unwrap()
         .into_iter()
-        .map(|e| e.payload["ID"].as_str().unwrap_or_default().to_string())
+        .map(|e| {
+            e.payload.tree().unwrap()["ID"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect()
 }
 

@@ -195,6 +195,14 @@ impl Pickup {
                 oldest = Some(oldest.map_or(st.mtime_ns, |o| o.min(st.mtime_ns)));
             }
         }
+        // A scan cut short by a stop has not seen every file: nothing is concluded from a
+        // file it did not reach (it would be taken for gone: its `then:` recorded as done
+        // unmade, or the file forgotten and taken again).
+        let rows = if self.stopping() {
+            HashMap::new()
+        } else {
+            rows
+        };
         // Done files whose `then:` was carried out but not yet recorded (a crash between
         // the two): the file is no longer here. Done files gone from the folder for longer
         // than `remember:` are forgotten (their totals stay).
@@ -754,6 +762,27 @@ mod tests {
         p.scan().unwrap();
         let ev = w.events();
         assert_eq!(ev.len(), 1, "the feed dedupes the same key");
+    }
+
+    #[test]
+    fn a_scan_cut_short_by_a_stop_takes_no_file_it_did_not_reach_for_gone() {
+        // Kept in place and past `remember:`: only its absence would make it forgotten.
+        let (w, mut p) = World::new("  remember: 0s\n", "");
+        w.put("RES_1.DAT", &file(&[("A1", "0000100")], 1, "000000100"));
+        p.scan().unwrap();
+        assert_eq!(w.rows().len(), 1);
+        p.stop.store(true, Ordering::Relaxed);
+        p.scan().unwrap();
+        assert_eq!(
+            w.rows().len(),
+            1,
+            "not forgotten by a scan that did not reach it"
+        );
+        p.stop.store(false, Ordering::Relaxed);
+        p.scan().unwrap();
+        let t =
+            crate::ledger::sources::totals_at(&w.store.begin_read().unwrap(), "results").unwrap();
+        assert_eq!(t.files, 1, "taken once");
     }
 
     #[test]
