@@ -707,7 +707,10 @@ async fn a_server_disk_filling_mid_upload_is_transient_and_delivered_once_space_
             matches!(&err, DeliveryError::Transient { .. }),
             "{mode}: {err:?}"
         );
-        eprintln!("{mode} on a full disk: {err}");
+        assert!(
+            err.to_string().contains("disk is full"),
+            "{mode}: the operator is told what SFTP's bare failure most often means: {err}"
+        );
         let now = fs::read(drop.join(name)).unwrap_or_default();
         assert!(
             now == before,

@@ -730,8 +730,19 @@ fn sftp_error(where_: &str, what: &str, e: SftpError) -> FolderError {
             StatusCode::NoSuchFile | StatusCode::PermissionDenied | StatusCode::OpUnsupported
         )
     );
+    // SFTP v3 has no code for a full disk or a quota: the server answers a failed write
+    // with the generic "failure" and nothing more, so the operator is told what it most
+    // often means.
+    let hint = match &e {
+        SftpError::Status(s)
+            if s.status_code == StatusCode::Failure && what.starts_with("write") =>
+        {
+            " (the server gives no reason; most often its disk is full or a quota is reached)"
+        }
+        _ => "",
+    };
     FolderError {
-        what: format!("sftp {where_}: {what}"),
+        what: format!("sftp {where_}: {what}{hint}"),
         permanent,
         source: std::io::Error::other(e),
     }
