@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use ess::config::connector;
 use ess::feed::{Batch, Store, StoreOptions};
-use ess::ledger::sources::{FileCommit, FileState, SourceFile, Sources};
+use ess::ledger::sources::{FileCommit, SourceFile, Sources};
 use ess::map::{DecodeScratch, MapContext, Mapping, View};
 use ess::source::dir::LocalDir;
 use ess::source::local::Pickup;
@@ -147,24 +147,9 @@ fn main() {
     let s = store(&feed);
     let sources = Sources::new(s.clone());
     let mut row = SourceFile {
-        name: "PAYROLL_1.DAT".into(),
-        ino: None,
-        born: None,
         size: bytes as u64,
-        mtime_ns: 0,
-        digest: [0; 32],
-        n_records: 0,
-        next_record: 0,
-        next_offset: 0,
-        events: 0,
-        duplicates: 0,
-        bad: 0,
-        first_seq: None,
-        last_seq: None,
-        state: FileState::Reading,
         then_done: true,
-        started_micros: 0,
-        done_micros: None,
+        ..SourceFile::first_read("PAYROLL_1.DAT".into(), [0; 32], 0)
     };
     let t = Instant::now();
     let mut i = 0usize;

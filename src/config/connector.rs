@@ -671,6 +671,54 @@ pub fn parse(path: &Path, text: &str) -> Result<LoadedConnector, Diagnostic> {
     })
 }
 
+/// The map files of `maps_dir` that `wanted` keeps, each loaded by `load`, with every
+/// problem of every file returned, not just the first. A name (`name_of`: the name and the
+/// file it came from) given in two files is refused, naming both: `kind` is what the name
+/// is called in the file (`target`, `source`), `what` what needs its own (`connector`).
+pub fn load_map_files<T>(
+    maps_dir: &Path,
+    wanted: impl Fn(&Path) -> bool,
+    load: impl Fn(&Path) -> Result<T, Vec<Diagnostic>>,
+    name_of: impl Fn(&T) -> (&str, &Path),
+    (kind, what): (&str, &str),
+) -> Result<Vec<T>, Vec<Diagnostic>> {
+    let files = map_files(maps_dir).map_err(|e| {
+        vec![Diagnostic::new(
+            maps_dir,
+            1,
+            1,
+            format!("cannot list maps folder: {e}"),
+        )]
+    })?;
+    let mut specs: Vec<T> = Vec::new();
+    let mut errs = Vec::new();
+    for path in files.into_iter().filter(|p| wanted(p)) {
+        match load(&path) {
+            Ok(spec) => {
+                let (name, _) = name_of(&spec);
+                if let Some((_, other)) = specs.iter().map(&name_of).find(|(n, _)| *n == name) {
+                    errs.push(Diagnostic::new(
+                        &path,
+                        1,
+                        1,
+                        format!(
+                            "{kind} {name:?} is also defined in {}; each {what} needs its own name",
+                            other.display()
+                        ),
+                    ));
+                }
+                specs.push(spec);
+            }
+            Err(mut e) => errs.append(&mut e),
+        }
+    }
+    if errs.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errs)
+    }
+}
+
 /// Every `*.yml` / `*.yaml` file of `maps_dir`, sorted by name, except golden test files
 /// (`*.test.yml`, see `ess test`).
 pub fn map_files(maps_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -755,5 +803,45 @@ deliver:
         let err = parse(Path::new("m.yml"), &text).unwrap_err();
         assert_eq!(err.line, 5, "{err}");
         assert!(err.message.contains("formt"), "{err}");
+    }
+
+    /// Two map files giving one name: both loaders refuse it, naming the other file.
+    #[test]
+    fn a_name_given_in_two_map_files_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let maps = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("maps");
+        for (from, to) in [
+            ("permit_map.yml", "a_permit.yml"),
+            ("permit_map.yml", "b_permit.yml"),
+            ("permit_results_in.yml", "c_results.yml"),
+            ("permit_results_in.yml", "d_results.yml"),
+            ("RESULTS.cpy", "RESULTS.cpy"),
+            ("PERMIT.cpy", "PERMIT.cpy"),
+        ] {
+            std::fs::copy(maps.join(from), dir.path().join(to)).unwrap();
+        }
+        let one = |errs: Vec<super::Diagnostic>| {
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            errs[0].to_string()
+        };
+        let Err(errs) = crate::connector::load_all(dir.path(), chrono_tz::UTC) else {
+            panic!("two connectors of one name were loaded");
+        };
+        let targets = one(errs);
+        assert!(targets.contains("b_permit.yml"), "{targets}");
+        assert!(targets.contains("is also defined in"), "{targets}");
+        assert!(targets.contains("a_permit.yml"), "{targets}");
+        let Err(errs) = crate::source::load_all(dir.path(), chrono_tz::UTC) else {
+            panic!("two sources of one name were loaded");
+        };
+        let sources = one(errs);
+        assert!(
+            sources.contains("source \"cobol_results\" is also defined in"),
+            "{sources}"
+        );
+        assert!(
+            sources.contains("c_results.yml") && sources.contains("d_results.yml"),
+            "{sources}"
+        );
     }
 }

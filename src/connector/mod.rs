@@ -65,45 +65,14 @@ pub struct ConnectorSpec {
 /// Loads and validates every connector of `maps_dir`; every problem of every file is
 /// returned, not just the first.
 pub fn load_all(maps_dir: &Path, tz: Tz) -> Result<Vec<ConnectorSpec>, Vec<Diagnostic>> {
-    let files = connector::map_files(maps_dir).map_err(|e| {
-        vec![Diagnostic::new(
-            maps_dir,
-            1,
-            1,
-            format!("cannot list maps folder: {e}"),
-        )]
-    })?;
-    let mut specs = Vec::new();
-    let mut errs = Vec::new();
     // Pickup sources (`source:`) are map files too, loaded by `crate::source`.
-    for path in files
-        .into_iter()
-        .filter(|p| !crate::source::is_source_file(p))
-    {
-        match load_one(&path, tz) {
-            Ok(spec) => {
-                if let Some(other) = specs.iter().find(|s: &&ConnectorSpec| s.name == spec.name) {
-                    errs.push(Diagnostic::new(
-                        &path,
-                        1,
-                        1,
-                        format!(
-                            "target {:?} is also defined in {}; each connector needs its own name",
-                            spec.name,
-                            other.path.display()
-                        ),
-                    ));
-                }
-                specs.push(spec);
-            }
-            Err(mut e) => errs.append(&mut e),
-        }
-    }
-    if errs.is_empty() {
-        Ok(specs)
-    } else {
-        Err(errs)
-    }
+    connector::load_map_files(
+        maps_dir,
+        |p| !crate::source::is_source_file(p),
+        |p| load_one(p, tz),
+        |s: &ConnectorSpec| (s.name.as_str(), s.path.as_path()),
+        ("target", "connector"),
+    )
 }
 
 /// Loads and validates one connector file.

@@ -220,6 +220,16 @@ impl Store {
         Ok(store)
     }
 
+    /// A prepared store in memory (tests, benches): nothing of it outlives the process.
+    pub fn in_memory() -> Result<Store, Error> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| Error::Db(e.into()))?;
+        let store = Store::from(db);
+        store.prepare()?;
+        Ok(store)
+    }
+
     /// How long redb's repair took when this store opened the file, if it had to repair.
     pub fn last_repair(&self) -> Option<Duration> {
         *lock(&self.last_repair)

@@ -95,6 +95,33 @@ pub struct SourceFile {
     pub done_micros: Option<i64>,
 }
 
+impl SourceFile {
+    /// A file about to be read for the first time: nothing of it taken yet, its identity
+    /// (`ino`, `born`, `size`, `mtime_ns`) unknown until the caller sets it.
+    pub fn first_read(name: String, digest: [u8; 32], started_micros: i64) -> SourceFile {
+        SourceFile {
+            name,
+            ino: None,
+            born: None,
+            size: 0,
+            mtime_ns: 0,
+            digest,
+            n_records: 0,
+            next_record: 0,
+            next_offset: 0,
+            events: 0,
+            duplicates: 0,
+            bad: 0,
+            first_seq: None,
+            last_seq: None,
+            state: FileState::Reading,
+            then_done: false,
+            started_micros,
+            done_micros: None,
+        }
+    }
+}
+
 /// A record that could not be read: its dead letter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BadRecord {
@@ -572,34 +599,20 @@ mod tests {
 
     fn file(state: FileState) -> SourceFile {
         SourceFile {
-            name: "RESULTS_1.DAT".into(),
             ino: Some(7),
             born: Some((1, 2)),
             size: 100,
             mtime_ns: 5,
-            digest: [3; 32],
             n_records: 3,
             next_record: 3,
             next_offset: 100,
-            events: 0,
-            duplicates: 0,
-            bad: 0,
-            first_seq: None,
-            last_seq: None,
             state,
-            then_done: false,
-            started_micros: 1,
-            done_micros: None,
+            ..SourceFile::first_read("RESULTS_1.DAT".into(), [3; 32], 1)
         }
     }
 
     fn store() -> Store {
-        let db = redb::Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .unwrap();
-        let store = Store::from(db);
-        store.prepare().unwrap();
-        store
+        Store::in_memory().unwrap()
     }
 
     #[test]

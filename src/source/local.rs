@@ -355,24 +355,11 @@ impl Pickup {
                 row
             }
             None => SourceFile {
-                name: name.to_string(),
                 ino: after.ino,
                 born: after.born,
                 size: after.size,
                 mtime_ns: after.mtime_ns,
-                digest,
-                n_records: 0,
-                next_record: 0,
-                next_offset: 0,
-                events: 0,
-                duplicates: 0,
-                bad: 0,
-                first_seq: None,
-                last_seq: None,
-                state: FileState::Reading,
-                then_done: false,
-                started_micros: now,
-                done_micros: None,
+                ..SourceFile::first_read(name.to_string(), digest, now)
             },
         };
         let spec = self.spec.clone();
@@ -622,11 +609,7 @@ mod tests {
                         .join("\n")
                 )
             });
-            let db = redb::Database::builder()
-                .create_with_backend(redb::backends::InMemoryBackend::new())
-                .unwrap();
-            let store = Store::from(db);
-            store.prepare().unwrap();
+            let store = Store::in_memory().unwrap();
             let folder = Box::new(LocalDir {
                 dir: spec.dir.clone(),
             });

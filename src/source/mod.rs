@@ -494,39 +494,11 @@ pub fn is_source_file(path: &Path) -> bool {
 
 /// Every source of `maps_dir`; every problem of every file is returned.
 pub fn load_all(maps_dir: &Path, tz: Tz) -> Result<Vec<SourceSpec>, Vec<Diagnostic>> {
-    let files = connector::map_files(maps_dir).map_err(|e| {
-        vec![Diagnostic::new(
-            maps_dir,
-            1,
-            1,
-            format!("cannot list maps folder: {e}"),
-        )]
-    })?;
-    let mut specs: Vec<SourceSpec> = Vec::new();
-    let mut errs = Vec::new();
-    for path in files.into_iter().filter(|p| is_source_file(p)) {
-        match load_one(&path, tz) {
-            Ok(spec) => {
-                if let Some(other) = specs.iter().find(|s| s.name == spec.name) {
-                    errs.push(Diagnostic::new(
-                        &path,
-                        1,
-                        1,
-                        format!(
-                            "source {:?} is also defined in {}; each source needs its own name",
-                            spec.name,
-                            other.path.display()
-                        ),
-                    ));
-                }
-                specs.push(spec);
-            }
-            Err(mut e) => errs.append(&mut e),
-        }
-    }
-    if errs.is_empty() {
-        Ok(specs)
-    } else {
-        Err(errs)
-    }
+    connector::load_map_files(
+        maps_dir,
+        is_source_file,
+        |p| load_one(p, tz),
+        |s: &SourceSpec| (s.name.as_str(), s.path.as_path()),
+        ("source", "source"),
+    )
 }

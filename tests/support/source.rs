@@ -22,10 +22,5 @@ pub(crate) fn compile(path: &Path) -> SourceSpec {
 
 /// A feed (and ledger) in memory.
 pub(crate) fn memory_store() -> Store {
-    let db = redb::Database::builder()
-        .create_with_backend(redb::backends::InMemoryBackend::new())
-        .unwrap();
-    let store = Store::from(db);
-    store.prepare().unwrap();
-    store
+    Store::in_memory().unwrap()
 }
