@@ -1,6 +1,6 @@
 //! `ess backup` at the edges, through the real binary: a damaged database (bits flipped in
 //! a copy of a real `ess.redb`, as `feed_integrity` does, here in the table of tables that
-//! redb's `list_tables` walks) is a clear error, never a panic; a destination on a full
+//! redb's `list_tables` walks) is a clear error, never a panic nor a panic's message on stderr; a destination on a full
 //! file system (a small tmpfs) fails naming the path, exits 1 and leaves no file that looks
 //! like a backup, and the same command works once there is room again.
 
@@ -88,6 +88,10 @@ fn a_backup_of_a_database_damaged_in_its_table_of_tables_is_an_error_never_a_pan
                 assert!(
                     !to.exists(),
                     "byte {at} bit {bit}: a failed backup left {to:?}"
+                );
+                assert!(
+                    !err.contains("panicked at"),
+                    "byte {at} bit {bit}: a contained panic is not printed: {err}"
                 );
                 refused += 1;
                 contained += usize::from(err.contains("redb panicked on a damaged page"));

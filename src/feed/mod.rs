@@ -157,11 +157,22 @@ impl From<redb::Error> for Error {
 }
 
 /// Runs redb work, turning a panic inside redb (a damaged page) into [`Error::Corrupt`].
+///
+/// The panic is contained quietly: the process's panic hook prints nothing for it (a CLI
+/// reading a damaged file answers with one `error:` line, not a Rust backtrace note), and
+/// where it happened goes into the one log line and the error instead.
 pub(crate) fn guarded<T>(
     table: &'static str,
     f: impl FnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+    quiet::install();
+    let depth = quiet::CONTAINING.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(f));
+    quiet::CONTAINING.with(|c| c.set(depth - 1));
+    match outcome {
         Ok(r) => r,
         Err(panic) => {
             let msg = panic
@@ -169,7 +180,8 @@ pub(crate) fn guarded<T>(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(table, panic = %msg, "redb panicked reading or writing a damaged page; contained");
+            let at = quiet::LOCATION.with(|l| l.take()).unwrap_or_default();
+            tracing::error!(table, panic = %msg, at = %at, "redb panicked reading or writing a damaged page; contained");
             Err(Error::corrupt(
                 table,
                 None,
@@ -177,6 +189,39 @@ pub(crate) fn guarded<T>(
                 format!("redb panicked on a damaged page: {msg}"),
             ))
         }
+    }
+}
+
+/// The panic hook's part in [`guarded`]: a panic inside a guarded section is not printed
+/// (its location is kept for the log line); any other panic goes to the hook that was
+/// there before, as it would have.
+mod quiet {
+    use std::cell::{Cell, RefCell};
+    use std::sync::Once;
+
+    thread_local! {
+        /// How many guarded sections this thread is inside.
+        pub(super) static CONTAINING: Cell<usize> = const { Cell::new(0) };
+        /// Where the last contained panic of this thread happened.
+        pub(super) static LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    static HOOK: Once = Once::new();
+
+    pub(super) fn install() {
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if CONTAINING.with(Cell::get) == 0 {
+                    previous(info);
+                    return;
+                }
+                let at = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()));
+                LOCATION.with(|l| *l.borrow_mut() = at);
+            }));
+        });
     }
 }
 

@@ -172,3 +172,32 @@ fn a_damaged_last_seq_is_refused_at_open_instead_of_reusing_seqs() {
     let err = Feed::open(db).err().unwrap().to_string();
     assert!(err.contains("last_seq"), "{err}");
 }
+
+#[test]
+fn a_panic_in_a_guarded_section_is_an_error_and_the_sections_around_it_still_work() {
+    let inner: Result<(), Error> = guarded("events", || {
+        let nested = guarded("meta", || -> Result<u8, Error> {
+            panic!("page 7 is damaged")
+        });
+        let e = nested.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("redb panicked on a damaged page: page 7 is damaged"),
+            "{e}"
+        );
+        Ok(())
+    });
+    assert!(
+        inner.is_ok(),
+        "the outer section goes on after the inner one's panic"
+    );
+    let after = guarded("events", || -> Result<u8, Error> {
+        panic!("{}", String::from("owned"))
+    });
+    assert!(after.unwrap_err().to_string().contains("owned"));
+    assert_eq!(
+        quiet::CONTAINING.with(std::cell::Cell::get),
+        0,
+        "no section left open"
+    );
+}
