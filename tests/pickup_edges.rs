@@ -24,7 +24,8 @@ use ess::source::local::{Pickup, SourceError};
 /// Six records, so three chunks of two.
 const SIX: &str = "ID0001\nID0002\nID0003\nID0004\nID0005\nID0006\n";
 
-/// The source `results` over `dir` (`kind` and connection keys in `kind`), chunks of two.
+/// The source `results` over `dir` (`kind` and connection keys, and any other source keys,
+/// in `kind`), chunks of two.
 fn spec(work: &Path, kind: &str, dir: &Path) -> SourceSpec {
     let path = work.join("results.yml");
     std::fs::write(
@@ -48,10 +49,16 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with_keys("")
+    }
+
+    /// A world whose source has `keys` (source lines, indented) as well.
+    fn with_keys(keys: &str) -> World {
         let work = tempfile::tempdir().unwrap();
         let inbox = work.path().join("in");
         std::fs::create_dir(&inbox).unwrap();
-        let spec = Arc::new(spec(work.path(), "  kind: file\n", &inbox));
+        let kind = format!("  kind: file\n{keys}");
+        let spec = Arc::new(spec(work.path(), &kind, &inbox));
         World {
             work,
             spec,
@@ -199,6 +206,39 @@ fn symlinks_to_a_file_inside_and_to_one_outside_are_not_followed_nor_taken_twice
     );
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "ID0099\n");
     assert_eq!(rows(&w.store).len(), 1);
+}
+
+#[test]
+fn a_trigger_file_that_is_a_symlink_is_not_followed_and_its_file_waits_with_one_log_line() {
+    let w = World::with_keys("  ready: {done_file: \"{name}.done\"}\n");
+    w.put("RES_1.DAT", SIX);
+    let elsewhere = w.work.path().join("RES_1.DAT.done");
+    std::fs::write(&elsewhere, "").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, w.inbox().join("RES_1.DAT.done")).unwrap();
+    let mut p = w.pickup(w.local());
+    let (first, log1) = scan(&mut p);
+    let (second, log2) = scan(&mut p);
+    assert_eq!((first.files_done, first.events), (0, 0), "{log1}");
+    assert_eq!((second.files_done, second.events), (0, 0));
+    assert_eq!((first.waiting, second.waiting), (1, 1));
+    let said = lines_with(&log1, "the trigger file is skipped");
+    assert_eq!(said.len(), 1, "{log1}");
+    assert!(
+        said[0].contains("RES_1.DAT.done") && said[0].contains("a symbolic link"),
+        "{}",
+        said[0]
+    );
+    assert!(
+        lines_with(&log2, "symbolic link").is_empty(),
+        "said once: {log2}"
+    );
+    assert!(ids(&w.store).is_empty(), "nothing taken through the link");
+    // A real trigger in its place: the file is taken, once.
+    std::fs::remove_file(w.inbox().join("RES_1.DAT.done")).unwrap();
+    std::fs::write(w.inbox().join("RES_1.DAT.done"), "").unwrap();
+    let (third, _) = scan(&mut p);
+    assert_eq!((third.files_done, third.events), (1, 6));
+    assert_eq!(ids(&w.store), six_ids());
 }
 
 /// The local folder, with `change` done to the file `name` just before its `nth` stat

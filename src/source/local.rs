@@ -127,7 +127,6 @@ impl Pickup {
         let rows: HashMap<String, SourceFile> =
             self.sources.files(&self.spec.name)?.into_iter().collect();
         let listing = self.dir.list()?;
-        self.report_skipped(&listing.skipped);
         let mut listed = listing.files;
         listed.sort_by(|a, b| a.0.cmp(&b.0));
         let all: HashSet<String> = listed.iter().map(|(n, _)| n.clone()).collect();
@@ -135,6 +134,7 @@ impl Pickup {
             .iter()
             .filter_map(|(n, _)| self.spec.trigger_of(n))
             .collect();
+        self.report_skipped(&listing.skipped, &listed);
         let wanted: Vec<(String, Stat)> = listed
             .into_iter()
             .filter(|(n, _)| self.spec.wants(n) && !triggers.contains(n))
@@ -252,12 +252,26 @@ impl Pickup {
 
     /// Logs, once per name while it stays in the folder, an entry the pattern wants that is
     /// never taken (a symbolic link, a name that is not UTF-8).
-    fn report_skipped(&mut self, skipped: &[(String, &'static str)]) {
+    /// One log line per skipped entry the source would take, or whose trigger file it is
+    /// (`ready: {done_file}`: a linked trigger is not followed, so its file waits), until
+    /// the entry goes away.
+    fn report_skipped(&mut self, skipped: &[(String, &'static str)], listed: &[(String, Stat)]) {
         let now: HashSet<&String> = skipped.iter().map(|(n, _)| n).collect();
         self.reported.retain(|n| now.contains(n));
         for (name, why) in skipped {
-            if self.spec.wants(name) && self.reported.insert(name.clone()) {
-                tracing::warn!(source = %self.spec.name, file = %name, "skipped: {why}");
+            if self.spec.wants(name) {
+                if self.reported.insert(name.clone()) {
+                    tracing::warn!(source = %self.spec.name, file = %name, "skipped: {why}");
+                }
+                continue;
+            }
+            let waiting = listed.iter().find(|(n, _)| {
+                self.spec.wants(n) && self.spec.trigger_of(n).as_ref() == Some(name)
+            });
+            if let Some((file, _)) = waiting
+                && self.reported.insert(name.clone())
+            {
+                tracing::warn!(source = %self.spec.name, file = %file, trigger = %name, "the trigger file is skipped ({why}): {file} waits for a trigger file that is not a link");
             }
         }
     }
