@@ -51,7 +51,7 @@ fn records(dir: &Path, n: usize) -> Vec<Vec<u8>> {
                 event_type: "PAYROLL".into(),
                 payload: ess::event::Payload::from_map(payload.as_object().unwrap().clone()),
                 key: "k".into(),
-                trace_id: String::new(),
+                trace_id: "".into(),
                 ts: None,
                 received_at: chrono::Utc::now(),
             };

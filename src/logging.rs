@@ -424,7 +424,7 @@ mod tests {
             event_type: "PERMIT_STATUS".to_owned(),
             payload: Default::default(),
             key: "k".to_owned(),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             ts: None,
             received_at: Utc::now(),
         };

@@ -325,7 +325,9 @@ fn event_of(spec: &EventSpec) -> Result<Event, String> {
     Ok(Event {
         seq: obj.get("seq").and_then(|v| v.as_u64()).unwrap_or(1),
         key: text(&obj, "idempotency_key").unwrap_or_else(|| "test-key".into()),
-        trace_id: text(&obj, "trace_id").unwrap_or_else(|| "test-trace".into()),
+        trace_id: text(&obj, "trace_id")
+            .unwrap_or_else(|| "test-trace".into())
+            .into(),
         event_type,
         payload: crate::event::Payload::from_map(payload),
         ts,

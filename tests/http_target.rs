@@ -23,7 +23,7 @@ fn event(seq: u64, record: &str) -> (Event, Record) {
         event_type: "T".into(),
         payload: Default::default(),
         key: format!("key-{seq}"),
-        trace_id: format!("{:032x}", 0xabc000 + seq),
+        trace_id: format!("{:032x}", 0xabc000 + seq).into(),
         ts: None,
         received_at: chrono::Utc::now(),
     };

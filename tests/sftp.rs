@@ -70,7 +70,7 @@ fn items(seqs: std::ops::RangeInclusive<u64>, pad: usize) -> Vec<(Event, Record)
             event_type: "PERMIT_STATUS".into(),
             payload: Default::default(),
             key: format!("k{seq}"),
-            trace_id: format!("t{seq}"),
+            trace_id: format!("t{seq}").into(),
             ts: None,
             received_at: chrono::Utc.with_ymd_and_hms(2025, 4, 12, 9, 0, 0).unwrap(),
         };

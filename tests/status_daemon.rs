@@ -223,7 +223,7 @@ fn metrics_hooks_record_ingest_and_deliveries() {
         event_type: "PERMIT_STATUS".to_owned(),
         payload: Default::default(),
         key: format!("k{seq}"),
-        trace_id: format!("t{seq}"),
+        trace_id: format!("t{seq}").into(),
         ts: None,
         received_at,
     };

@@ -318,16 +318,7 @@ impl<'a> EventView<'a> {
     pub fn trace_id(&self) -> Cow<'a, str> {
         match self.trace {
             Trace::Text(t) => Cow::Borrowed(t),
-            Trace::Bin(b) => {
-                // Lower-case hex by table: `write!` per byte was 5% of a backlog drain.
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let mut s = String::with_capacity(2 * b.len());
-                for byte in b {
-                    s.push(char::from(HEX[usize::from(byte >> 4)]));
-                    s.push(char::from(HEX[usize::from(byte & 15)]));
-                }
-                Cow::Owned(s)
-            }
+            Trace::Bin(b) => Cow::Owned(crate::event::TraceId::from_bytes(&b).as_str().to_owned()),
         }
     }
 
@@ -379,7 +370,10 @@ impl EventView<'_> {
             event_type: self.event_type.to_string(),
             payload: crate::event::Payload::from_text(text),
             key: self.key.to_string(),
-            trace_id: self.trace_id().into_owned(),
+            trace_id: match self.trace {
+                Trace::Bin(b) => crate::event::TraceId::from_bytes(&b),
+                Trace::Text(t) => t.into(),
+            },
             ts: self.ts_micros.and_then(micros),
             received_at: self.received_at(),
         })

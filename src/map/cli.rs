@@ -107,7 +107,9 @@ fn to_event(seq: u64, v: Value, default_type: &str) -> anyhow::Result<Event> {
             event_type: str_of(&obj, "type").unwrap_or_else(|| default_type.to_string()),
             payload: crate::event::Payload::from_map(payload),
             key: str_of(&obj, "idempotency_key").unwrap_or_else(|| format!("preview-{seq}")),
-            trace_id: str_of(&obj, "trace_id").unwrap_or_else(|| "preview".into()),
+            trace_id: str_of(&obj, "trace_id")
+                .unwrap_or_else(|| "preview".into())
+                .into(),
             ts,
             received_at: Utc::now(),
         });

@@ -250,7 +250,7 @@ impl Reader {
             seq: event.seq,
             event_type: event.event_type.clone(),
             key: event.key.clone(),
-            trace_id: event.trace_id.clone(),
+            trace_id: event.trace_id.to_string(),
             received_at: rfc3339(event.received_at),
             ts: event.ts.map(rfc3339),
             targets,

@@ -425,7 +425,7 @@ fn fill(template: &str, event: &Event, record: &Record, connector: &str, xml: bo
             "key" => event.key.clone(),
             "seq" => event.seq.to_string(),
             "type" => event.event_type.clone(),
-            "trace_id" => event.trace_id.clone(),
+            "trace_id" => event.trace_id.to_string(),
             "target" => connector.to_string(),
             _ => rest[start..start + len + 2].to_string(),
         };
