@@ -228,6 +228,10 @@ impl Field {
         buf: &'b mut [u8; 32],
     ) -> Option<Result<&'b str, String>> {
         let (items, pattern) = self.date.as_ref()?;
+        if let Some(n) = utc_digits(s, tz, pattern, buf) {
+            // Only ASCII was written.
+            return Some(Ok(std::str::from_utf8(&buf[..n]).unwrap_or_default()));
+        }
         let t = if super::decode::pattern_has_date(items) {
             parse_time(s, tz)
         } else {
@@ -1647,6 +1651,59 @@ fn digits_into(t: &DateTime<Tz>, pattern: &str, buf: &mut [u8; 32]) -> Option<us
     Some(n)
 }
 
+/// [`digits_into`] for the commonest date of all, `YYYY-MM-DDTHH:MM:SSZ` formatted in UTC:
+/// the local fields are the text's own, so they are copied from it once the date and time
+/// are checked as [`rfc3339_seconds`] checks them. `None` for anything else (another form,
+/// an offset, another timezone, a pattern [`digits_into`] does not write).
+fn utc_digits(text: &str, tz: Tz, pattern: &str, buf: &mut [u8; 32]) -> Option<usize> {
+    if tz != chrono_tz::UTC && tz != chrono_tz::Etc::UTC {
+        return None;
+    }
+    let b = text.trim().as_bytes();
+    let shape = b.len() == 20
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            19 => c == b'Z',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape {
+        return None;
+    }
+    let num =
+        |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |a, &c| a * 10 + u32::from(c - b'0'));
+    // As chrono checks them: a real day of the calendar, 00:00:00 to 23:59:59.
+    NaiveDate::from_ymd_opt(num(0..4) as i32, num(5..7), num(8..10))?.and_hms_opt(
+        num(11..13),
+        num(14..16),
+        num(17..19),
+    )?;
+    let mut n = 0;
+    let mut it = pattern.bytes();
+    while let Some(c) = it.next() {
+        let from: &[u8] = if c != b'%' {
+            if !c.is_ascii() {
+                return None;
+            }
+            std::slice::from_ref(&c)
+        } else {
+            match it.next()? {
+                b'Y' => &b[0..4],
+                b'm' => &b[5..7],
+                b'd' => &b[8..10],
+                b'H' => &b[11..13],
+                b'M' => &b[14..16],
+                b'S' => &b[17..19],
+                _ => return None,
+            }
+        };
+        buf.get_mut(n..n + from.len())?.copy_from_slice(from);
+        n += from.len();
+    }
+    Some(n)
+}
+
 /// The common RFC 3339 form, `YYYY-MM-DDTHH:MM:SSZ` (or `±HH:MM`), read directly; anything
 /// else (fractions, lower-case, odd spacing) goes to chrono's parser.
 fn rfc3339_seconds(t: &str) -> Option<DateTime<Utc>> {
@@ -1706,6 +1763,84 @@ fn format_time(t: &DateTime<Tz>, items: &[Item<'static>], pattern: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The UTC shortcut of [`Field::date_into`] writes what the general path writes, and
+    /// declines whatever the general path would read differently or refuse.
+    #[test]
+    fn a_utc_date_copied_from_its_text_is_the_date_chrono_formats() {
+        let patterns = [
+            "%Y%m%d%H%M%S",
+            "%Y-%m-%d",
+            "%H%M%S",
+            "%d/%m/%Y %H:%M",
+            "%y%m%d",
+            "%j",
+        ];
+        let texts = [
+            "2025-04-12T10:03:00Z",
+            " 2025-04-12T10:03:00Z ",
+            "2024-02-29T23:59:59Z",
+            "2023-02-29T10:00:00Z",
+            "2025-04-12T24:00:00Z",
+            "2025-04-12T10:60:00Z",
+            "2025-04-12T10:03:60Z",
+            "2025-13-01T00:00:00Z",
+            "2025-00-10T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "2025-04-12T10:03:00z",
+            "2025-04-12t10:03:00Z",
+            "2025-04-12T10:03:00+00:00",
+            "2025-04-12T10:03:00.5Z",
+            "2025-04-12T10:03:00Z",
+            "+025-04-12T10:03:00Z",
+            "2025-04-12T10:03:0٣Z",
+        ];
+        for tz in [
+            chrono_tz::UTC,
+            chrono_tz::Etc::UTC,
+            chrono_tz::America::New_York,
+        ] {
+            for pattern in patterns {
+                for text in texts {
+                    let mut fast = [0u8; 32];
+                    let Some(n) = utc_digits(text, tz, pattern, &mut fast) else {
+                        continue;
+                    };
+                    assert!(tz != chrono_tz::America::New_York, "{text}: UTC only");
+                    let t = parse_time(text, tz).unwrap_or_else(|e| panic!("{text}: {e}"));
+                    let mut general = [0u8; 32];
+                    let m = digits_into(&t, pattern, &mut general).expect("a digits pattern");
+                    assert_eq!(&fast[..n], &general[..m], "{text} as {pattern} in {tz}");
+                }
+            }
+        }
+        // The shortcut is taken where it matters, and declines the rest.
+        let mut buf = [0u8; 32];
+        let n = utc_digits(
+            "2025-04-12T10:03:00Z",
+            chrono_tz::UTC,
+            "%Y%m%d%H%M%S",
+            &mut buf,
+        );
+        assert_eq!(n.map(|n| &buf[..n]), Some(&b"20250412100300"[..]));
+        for bad in ["2023-02-29T10:00:00Z", "2025-04-12T24:00:00Z"] {
+            assert_eq!(
+                utc_digits(bad, chrono_tz::UTC, "%Y", &mut buf),
+                None,
+                "{bad}"
+            );
+            assert!(
+                parse_time(bad, chrono_tz::UTC).is_err(),
+                "{bad} is refused either way"
+            );
+        }
+        // A leap second is chrono's to read (RFC 3339 allows it): declined here.
+        assert_eq!(
+            utc_digits("2016-12-31T23:59:60Z", chrono_tz::UTC, "%S", &mut buf),
+            None
+        );
+    }
 
     #[test]
     fn numbers_are_read_with_the_characters_they_were_sent_with() {

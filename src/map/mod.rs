@@ -176,11 +176,13 @@ impl<'a> Found<'a> {
     }
 }
 
-/// Runs `f` on `n` slots set to `None`: on the stack for records of up to 64 fields.
+/// Runs `f` on `n` slots set to `None`: on the stack for records of up to 64 fields (and
+/// only 8 set for the many records of a few fields: clearing 64 was 1.5 % of a drain).
 fn with_slots<T: Copy, R>(n: usize, f: impl FnOnce(&mut [Option<T>]) -> R) -> R {
-    let mut stack = [None; 64];
-    if n <= stack.len() {
-        f(&mut stack[..n])
+    if n <= 8 {
+        f(&mut [None; 8][..n])
+    } else if n <= 64 {
+        f(&mut [None; 64][..n])
     } else {
         f(&mut vec![None; n])
     }
