@@ -162,6 +162,8 @@ impl Runner {
     /// Carries out one command and answers it (the asker may have given up: then the
     /// answer is dropped, the action is done all the same).
     pub(super) fn execute(&mut self, cmd: Command) {
+        // An action may move the cursor or change what the next round takes.
+        self.ahead = None;
         let answer = self.act(&cmd.action, &cmd.by);
         match &answer {
             Ok(done) => {

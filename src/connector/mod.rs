@@ -33,7 +33,7 @@ use crate::feed::Feed;
 use crate::ledger::actions::ErrorNote;
 use crate::ledger::intent::Intent;
 use crate::ledger::{CursorState, DeadLetter, Ledger, RetryState};
-use crate::map::{MapContext, Mapping};
+use crate::map::{MapContext, MapError, Mapping};
 use crate::target::{Delivery, DeliveryError, Target};
 use backoff::{OnFailure, RetryPolicy};
 use schedule::Schedule;
@@ -250,6 +250,8 @@ pub struct Live {
     pub last_error: Option<String>,
     pub next_attempt: Option<DateTime<Utc>>,
     pub next_open: Option<DateTime<Utc>>,
+    /// Rounds whose events were read and mapped ahead ([`ReadAhead`]), since start.
+    pub read_ahead: u64,
 }
 
 impl Live {
@@ -298,7 +300,34 @@ pub struct Runner {
     handle: command::Handle,
     /// `ess pause`, as the ledger keeps it; read at start, then changed only by commands.
     paused: bool,
+    /// The next round's feed read, started while this round delivers ([`ReadAhead`]).
+    ahead: Option<ReadAhead>,
 }
+
+/// The next round's feed read and mapping, done on other threads while this round is
+/// mapped, delivered and committed: draining a backlog, a round's file write, fsync and
+/// ledger commit then overlap the next round's CPU work, which itself uses both cores. It
+/// only reads and maps (what a map makes of an event depends on the event alone): the next
+/// round uses it only if that round starts exactly where it was read from, as a plain
+/// forward round of the same size (no retry, no intent, no pin, nothing re-queued by `ess
+/// replay`, no operator action in between); anything else drops it and reads again.
+struct ReadAhead {
+    /// The cursor it assumed (the round's `upto`).
+    after: Seq,
+    limit: usize,
+    read: tokio::task::JoinHandle<Result<Forward, crate::feed::Error>>,
+}
+
+/// What a forward round read: the events `events:` selects, the last seq visited, and,
+/// when read ahead, each event's record already made ([`render_all`]).
+struct Forward {
+    events: Vec<Event>,
+    scanned: Seq,
+    rendered: Option<Vec<Rendered>>,
+}
+
+/// An event's record (`Err`: it cannot be mapped), `None` when the map does not select it.
+type Rendered = Option<Result<Record, MapError>>;
 
 /// `rotate:` of a file connector, run at most every [`ROTATE_EVERY`].
 struct Rotation {
@@ -380,6 +409,7 @@ impl Runner {
             commands,
             handle,
             paused: false,
+            ahead: None,
         }
     }
 
@@ -471,6 +501,7 @@ impl Runner {
     /// One round. `Ok(None)`: go again at once; `Ok(Some(w))`: wait for `w` first.
     async fn round(&mut self) -> Result<Option<Wait>, crate::feed::Error> {
         let now = Utc::now();
+        let ahead = self.ahead.take();
         if let Some(wait) = self.schedule_closed(now) {
             return Ok(Some(wait));
         }
@@ -497,12 +528,57 @@ impl Runner {
                 .unwrap_or(self.target.max_batch())
                 .max(1)
         };
+        let ahead = match ahead {
+            Some(a)
+                if retry.is_none()
+                    && intent.is_none()
+                    && cursor.pinned.is_none_or(|p| p <= cursor.seq)
+                    && (a.after, a.limit) == (cursor.seq, limit) =>
+            {
+                // A failed read is read again below, and fails there if it must.
+                let read = a.read.await.ok().and_then(Result::ok);
+                if read.is_some() {
+                    self.set_live(|l| l.read_ahead += 1);
+                }
+                read
+            }
+            _ => None,
+        };
         // Blocking as a whole: its reads (and a replay's clean-up commit) in one section.
-        let Some(work) = blocking(|| self.take_work(&cursor, intent.as_ref(), limit, now))? else {
+        let Some(work) = blocking(|| self.take_work(&cursor, intent.as_ref(), limit, ahead, now))?
+        else {
             self.set_live(|l| l.set_phase(Phase::Idle, now));
             return Ok(Some(Wait::NewEvents));
         };
+        // More is waiting behind a plain forward round: read it while this one is mapped and
+        // delivered (a round that will linger for more is not followed at once: not read).
+        let next = work
+            .scanned
+            .max(work.events.last().map_or(0, |e| e.seq))
+            .max(cursor.seq);
+        if retry.is_none()
+            && work.pinned.is_none()
+            && !work.replay
+            && !work.legacy_pin
+            && (self.spec.linger.is_zero() || work.events.len() >= limit)
+            && next < self.env.feed.last_seq()
+        {
+            let (feed, mapping) = (self.env.feed.clone(), self.spec.mapping.clone());
+            self.ahead = Some(ReadAhead {
+                after: next,
+                limit,
+                read: tokio::task::spawn_blocking(move || {
+                    let mut read = read_forward(&feed, &mapping, next, limit)?;
+                    read.rendered = Some(render_all(&mapping, &read.events));
+                    Ok(read)
+                }),
+            });
+        }
         let round = self.select_and_map(work, &cursor, limit, now);
+        if round.upto != next {
+            // Not where this round ends after all: of no use.
+            self.ahead = None;
+        }
         if let Some(wait) = self.lingering(&round, limit, now) {
             self.set_live(|l| l.set_phase(Phase::Idle, now));
             return Ok(Some(wait));
@@ -563,13 +639,14 @@ impl Runner {
     /// Blocking (redb reads and maybe a ledger commit): called inside [`blocking`].
     ///
     /// The events of this round: a pinned batch first (exactly the range of its intent),
-    /// then events queued by `ess replay`, then events after the cursor. `None` when there
-    /// are none.
+    /// then events queued by `ess replay`, then events after the cursor (`ahead`: those,
+    /// read already by the [`ReadAhead`] of the round before). `None` when there are none.
     fn take_work(
         &self,
         cursor: &CursorState,
         intent: Option<&Intent>,
         limit: usize,
+        ahead: Option<Forward>,
         now: DateTime<Utc>,
     ) -> Result<Option<Work>, crate::feed::Error> {
         let name = &self.spec.name;
@@ -587,6 +664,7 @@ impl Runner {
                     replay: true,
                     legacy_pin: false,
                     scanned: 0,
+                    rendered: None,
                 }));
             }
         }
@@ -607,27 +685,28 @@ impl Runner {
                     replay: true,
                     legacy_pin: false,
                     scanned: 0,
+                    rendered: None,
                 }));
             }
         }
-        // Deliver what was read: a round takes no more events than it may deliver (reading
-        // 4,096 to deliver 1,000 decoded each event about four times), and the types
-        // `events:` does not select are skipped without decoding their payloads.
-        let (events, scanned) = match pinned {
+        let read = match (pinned, ahead) {
             // A pinned range is read whole: the retry must carry exactly its events.
-            Some(last) => {
+            (Some(last), _) => {
                 let n = usize::try_from(last - cursor.seq).unwrap_or(usize::MAX);
-                (self.env.feed.read_after(cursor.seq, n)?, 0)
+                Forward {
+                    events: self.env.feed.read_after(cursor.seq, n)?,
+                    scanned: 0,
+                    rendered: None,
+                }
             }
-            None => {
-                let mapping = &self.spec.mapping;
-                self.env
-                    .feed
-                    .read_selected(cursor.seq, READ_AHEAD, limit, ROUND_BYTES, |t| {
-                        mapping.selects(t)
-                    })?
-            }
+            (None, Some(read)) => read,
+            (None, None) => read_forward(&self.env.feed, &self.spec.mapping, cursor.seq, limit)?,
         };
+        let Forward {
+            events,
+            scanned,
+            rendered,
+        } = read;
         Ok(
             (!events.is_empty() || scanned > cursor.seq).then_some(Work {
                 events,
@@ -635,6 +714,7 @@ impl Runner {
                 replay: false,
                 legacy_pin,
                 scanned,
+                rendered,
             }),
         )
     }
@@ -658,17 +738,21 @@ impl Runner {
             legacy_pin: work.legacy_pin,
         };
         let mut consumed_all = true;
-        for ev in work.events {
+        let records = match work.rendered {
+            Some(r) if r.len() == work.events.len() => r,
+            _ => render_all(&self.spec.mapping, &work.events),
+        };
+        for (ev, rendered) in work.events.into_iter().zip(records) {
             if round.pinned.is_none() && round.items.len() >= limit {
                 consumed_all = false;
                 break;
             }
             round.upto = round.upto.max(ev.seq);
             round.taken.push(ev.seq);
-            if !self.spec.mapping.selects(&ev.event_type) {
+            let Some(rendered) = rendered else {
                 continue;
-            }
-            match self.spec.mapping.render(&ev) {
+            };
+            match rendered {
                 Ok(rec) => round.items.push((ev, rec)),
                 Err(e) => {
                     let _span = crate::logging::event_span(&ev).entered();
@@ -943,6 +1027,8 @@ struct Work {
     /// The last seq read, selected or not (events `events:` does not select are skipped
     /// unread): the round moves past it once every event in `events` is handled.
     scanned: Seq,
+    /// The records of `events`, made already by a [`ReadAhead`].
+    rendered: Option<Vec<Rendered>>,
 }
 
 /// One round after selecting and mapping: what goes to the target and what is committed.
@@ -969,6 +1055,60 @@ enum Wait {
     ForOrNewEvents(Duration),
     /// Until an operator action (paused).
     Commands,
+}
+
+/// Rounds of at least this many events are mapped on two threads.
+const SPLIT_RENDER: usize = 64;
+
+/// The record of every event `mapping` selects (`None`: not selected), in order. A big
+/// round is mapped half on another thread (a map's work for one event depends on that
+/// event alone): a 40-field copybook record is most of a drain's CPU, and the machine has a
+/// second core. If that thread cannot be started, all is mapped here.
+fn render_all(mapping: &Mapping, events: &[Event]) -> Vec<Rendered> {
+    let render = |evs: &[Event]| -> Vec<_> {
+        evs.iter()
+            .map(|ev| mapping.selects(&ev.event_type).then(|| mapping.render(ev)))
+            .collect()
+    };
+    if events.len() < SPLIT_RENDER {
+        return render(events);
+    }
+    let (first, second) = events.split_at(events.len() / 2);
+    std::thread::scope(|scope| {
+        let other = std::thread::Builder::new()
+            .name("ess-map".into())
+            .spawn_scoped(scope, || render(second));
+        let Ok(other) = other else {
+            return render(events);
+        };
+        let mut out = render(first);
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            // A panic in a map is a bug: it goes on as if it had happened here.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
+}
+
+/// Blocking: the events after `after` that a forward round takes. A round takes no more
+/// events than it may deliver (reading 4,096 to deliver 1,000 decoded each event about four
+/// times), and the types `events:` does not select are skipped without decoding their
+/// payloads.
+fn read_forward(
+    feed: &Feed,
+    mapping: &Mapping,
+    after: Seq,
+    limit: usize,
+) -> Result<Forward, crate::feed::Error> {
+    let (events, scanned) = feed.read_selected(after, READ_AHEAD, limit, ROUND_BYTES, |t| {
+        mapping.selects(t)
+    })?;
+    Ok(Forward {
+        events,
+        scanned,
+        rendered: None,
+    })
 }
 
 /// Runs blocking redb work without stalling the async workers.
