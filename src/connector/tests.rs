@@ -809,20 +809,29 @@ async fn a_replay_queued_during_a_delivery_goes_before_what_was_read_ahead() {
     assert!(rig.env.ledger.requeued("t", 10).unwrap().is_empty());
 }
 
-/// A round big enough to be mapped on two threads keeps each record with its event, in
-/// order, and parks the one that cannot be mapped where it stands.
+/// Rounds big enough to be mapped on two threads (the first here, the others read and
+/// mapped ahead in pieces) keep each record with its event, in order, and park the one that
+/// cannot be mapped where it stands.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_round_mapped_on_two_threads_keeps_records_with_their_events() {
-    let rig = rig("{base: 1ms, max_delay: 5ms}");
-    let mut all = ids(SPLIT_RENDER * 3);
-    // Too wide for `width:6`: cannot be mapped.
-    all[SPLIT_RENDER * 2 + 1] = "TOO-WIDE".into();
+async fn rounds_mapped_on_two_threads_keep_records_with_their_events() {
+    let round = SPLIT_RENDER * 2 + 22;
+    let rig = rig_with(
+        "{base: 1ms, max_delay: 5ms}",
+        &format!("batch: {{max_events: {round}}}\n"),
+    );
+    let mut all = ids(round * 3);
+    // Too wide for `width:6`: cannot be mapped. In the third round, mid-piece.
+    let bad = round * 2 + SPLIT_RENDER + 5;
+    all[bad] = "TOO-WIDE".into();
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     append(&rig.env, &refs, "P").await;
     let (target, got) = Scripted::new(|_| None);
     let want: Vec<String> = all.iter().filter(|i| i.len() <= 6).cloned().collect();
     let n = want.len();
-    run_until(&rig, target, || delivered(&got) >= n).await;
+    let (stop, live, task) = spawn(&rig, target);
+    eventually("all delivered", || delivered(&got) >= n).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
     let flat: Vec<String> = got
         .lock()
         .unwrap()
@@ -830,7 +839,11 @@ async fn a_round_mapped_on_two_threads_keeps_records_with_their_events() {
         .flat_map(|(d, _)| d.clone())
         .collect();
     assert_eq!(flat, want);
+    assert!(
+        live.lock().unwrap().read_ahead >= 2,
+        "rounds 2 and 3 were read ahead"
+    );
     let dead = rig.env.ledger.dead_letters("t").unwrap();
     let dead: Vec<(Seq, &str)> = dead.iter().map(|(s, d)| (*s, d.reason.as_str())).collect();
-    assert_eq!(dead, [(SPLIT_RENDER as u64 * 2 + 2, "map")]);
+    assert_eq!(dead, [(bad as u64 + 1, "map")]);
 }

@@ -563,7 +563,24 @@ impl Feed {
         select: impl Fn(&str) -> bool,
     ) -> Result<(Vec<Event>, Seq), Error> {
         let mut out = Vec::with_capacity(take.min(scan).min(4096));
-        let (mut bytes, mut last) = (0, after);
+        let last =
+            self.read_selected_each(after, scan, take, max_bytes, select, |e| out.push(e))?;
+        Ok((out, last))
+    }
+
+    /// [`Feed::read_selected`], handing each event to `each` as it is decoded (so that
+    /// another thread can work on the first ones while the rest are read). Returns the last
+    /// seq looked at.
+    pub fn read_selected_each(
+        &self,
+        after: Seq,
+        scan: usize,
+        take: usize,
+        max_bytes: usize,
+        select: impl Fn(&str) -> bool,
+        mut each: impl FnMut(Event),
+    ) -> Result<Seq, Error> {
+        let (mut n, mut bytes, mut last) = (0, 0, after);
         visit_after(&self.store, after, scan, |view| {
             last = view.seq;
             if !select(view.event_type) {
@@ -573,14 +590,15 @@ impl Feed {
                 + match view.stored_payload {
                     codec::StoredPayload::Clear(p) | codec::StoredPayload::Sealed(p) => p.len(),
                 };
-            out.push(to_event_view(&view)?);
-            Ok(if out.len() >= take || bytes >= max_bytes {
+            each(to_event_view(&view)?);
+            n += 1;
+            Ok(if n >= take || bytes >= max_bytes {
                 std::ops::ControlFlow::Break(())
             } else {
                 std::ops::ControlFlow::Continue(())
             })
         })?;
-        Ok((out, last))
+        Ok(last)
     }
 
     /// The event stored under idempotency key `key`, if any.
