@@ -1162,7 +1162,6 @@ fn read_and_render(
         if !piece.is_empty() {
             hand_out(piece);
         }
-        drop(hand_out);
         drop(tx);
         let mut done = work(mapping, &rx);
         match helper.join() {
