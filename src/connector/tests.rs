@@ -847,3 +847,42 @@ async fn rounds_mapped_on_two_threads_keep_records_with_their_events() {
     let dead: Vec<(Seq, &str)> = dead.iter().map(|(s, d)| (*s, d.reason.as_str())).collect();
     assert_eq!(dead, [(bad as u64 + 1, "map")]);
 }
+
+/// Read ahead over a backlog where other types come between the selected ones: they are
+/// passed over as a plain read passes them, and the cursor ends past the last of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_ahead_passes_over_other_types_as_a_plain_read_does() {
+    let rig = rig_with("{base: 1ms, max_delay: 5ms}", "batch: {max_events: 3}\n");
+    let all = ids(20);
+    for (i, id) in all.iter().enumerate() {
+        append(&rig.env, &[id], "P").await;
+        if i % 3 == 0 {
+            append(&rig.env, &[&format!("o{i}")], "OTHER").await;
+        }
+    }
+    let last = rig.env.feed.last_seq();
+    let (target, got) = Scripted::new(|_| None);
+    let (stop, live, task) = spawn(&rig, target);
+    eventually("the cursor past the last event", || {
+        rig.env
+            .ledger
+            .cursor("t")
+            .unwrap()
+            .is_some_and(|c| c.seq == last)
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let flat: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(d, _)| d.clone())
+        .collect();
+    assert_eq!(flat, all);
+    assert!(
+        live.lock().unwrap().read_ahead > 0,
+        "the backlog was read ahead"
+    );
+    assert_eq!(rig.env.ledger.cursor("t").unwrap().unwrap().delivered, 20);
+}
