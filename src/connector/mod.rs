@@ -1142,23 +1142,16 @@ fn read_and_render(
             let _ = tx.send((n_pieces, piece));
             n_pieces += 1;
         };
-        let read = feed.read_selected_each(
-            after,
-            READ_AHEAD,
-            limit,
-            ROUND_BYTES,
-            |t| mapping.selects(t),
-            |ev| {
-                n_read += 1;
-                piece.push(ev);
-                if piece.len() == SPLIT_RENDER {
-                    hand_out(std::mem::replace(
-                        &mut piece,
-                        Vec::with_capacity(SPLIT_RENDER),
-                    ));
-                }
-            },
-        );
+        let read = read_each(feed, mapping, after, limit, |ev| {
+            n_read += 1;
+            piece.push(ev);
+            if piece.len() == SPLIT_RENDER {
+                hand_out(std::mem::replace(
+                    &mut piece,
+                    Vec::with_capacity(SPLIT_RENDER),
+                ));
+            }
+        });
         if !piece.is_empty() {
             hand_out(piece);
         }
@@ -1198,14 +1191,31 @@ fn read_forward(
     after: Seq,
     limit: usize,
 ) -> Result<Forward, crate::feed::Error> {
-    let (events, scanned) = feed.read_selected(after, READ_AHEAD, limit, ROUND_BYTES, |t| {
-        mapping.selects(t)
-    })?;
+    let mut events = Vec::with_capacity(limit.min(READ_AHEAD));
+    let scanned = read_each(feed, mapping, after, limit, |e| events.push(e))?;
     Ok(Forward {
         events,
         scanned,
         rendered: None,
     })
+}
+
+/// [`read_forward`], handing each event to `each` as it is read; the last seq looked at.
+fn read_each(
+    feed: &Feed,
+    mapping: &Mapping,
+    after: Seq,
+    limit: usize,
+    each: impl FnMut(Event),
+) -> Result<Seq, crate::feed::Error> {
+    feed.read_selected(
+        after,
+        READ_AHEAD,
+        limit,
+        ROUND_BYTES,
+        |t| mapping.selects(t),
+        each,
+    )
 }
 
 /// Runs blocking redb work without stalling the async workers.

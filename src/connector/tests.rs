@@ -739,6 +739,15 @@ fn delivered(got: &Mutex<Vec<(Vec<String>, bool)>>) -> usize {
     got.lock().unwrap().iter().map(|(d, _)| d.len()).sum()
 }
 
+/// Every id delivered, in the order of delivery.
+fn in_order(got: &Mutex<Vec<(Vec<String>, bool)>>) -> Vec<String> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(d, _)| d.clone())
+        .collect()
+}
+
 /// With a backlog, each round's successor is read and mapped while it delivers; a failed
 /// delivery (the retry goes alone) drops what was read ahead, and every event still arrives
 /// once, in order.
@@ -757,8 +766,8 @@ async fn read_ahead_behind_failed_deliveries_delivers_each_event_once_in_order()
     eventually("all delivered", || delivered(&got) >= 12).await;
     stop.send(true).unwrap();
     task.await.unwrap();
+    let flat = in_order(&got);
     let got = got.lock().unwrap().clone();
-    let flat: Vec<String> = got.iter().flat_map(|(d, _)| d.clone()).collect();
     assert_eq!(flat, all, "once each, in order: {got:?}");
     let sizes: Vec<usize> = got.iter().map(|(d, _)| d.len()).collect();
     assert_eq!(sizes, [3, 1, 3, 1, 3, 1], "a retry goes alone: {got:?}");
@@ -832,12 +841,7 @@ async fn rounds_mapped_on_two_threads_keep_records_with_their_events() {
     eventually("all delivered", || delivered(&got) >= n).await;
     stop.send(true).unwrap();
     task.await.unwrap();
-    let flat: Vec<String> = got
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|(d, _)| d.clone())
-        .collect();
+    let flat = in_order(&got);
     assert_eq!(flat, want);
     assert!(
         live.lock().unwrap().read_ahead >= 2,
@@ -873,12 +877,7 @@ async fn read_ahead_passes_over_other_types_as_a_plain_read_does() {
     .await;
     stop.send(true).unwrap();
     task.await.unwrap();
-    let flat: Vec<String> = got
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|(d, _)| d.clone())
-        .collect();
+    let flat = in_order(&got);
     assert_eq!(flat, all);
     assert!(
         live.lock().unwrap().read_ahead > 0,

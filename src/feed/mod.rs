@@ -549,29 +549,13 @@ impl Feed {
         read_after(&self.store, after, limit)
     }
 
-    /// The events after `after` whose type `select` takes, decoded, up to `take` of them
-    /// or until their stored bytes reach `max_bytes` (at least one is decoded), looking at
-    /// most `scan` events; the others are passed over without decoding their payloads.
-    /// Returns the events and the last seq looked at (`after` when there was none): a
-    /// round's memory is bounded by bytes, whatever the size of the events.
+    /// The events after `after` whose type `select` takes, decoded and handed to `each` as
+    /// they are (so that another thread can work on the first ones while the rest are
+    /// read), up to `take` of them or until their stored bytes reach `max_bytes` (at least
+    /// one is decoded), looking at most `scan` events; the others are passed over without
+    /// decoding their payloads. Returns the last seq looked at (`after` when there was
+    /// none): a round's memory is bounded by bytes, whatever the size of the events.
     pub fn read_selected(
-        &self,
-        after: Seq,
-        scan: usize,
-        take: usize,
-        max_bytes: usize,
-        select: impl Fn(&str) -> bool,
-    ) -> Result<(Vec<Event>, Seq), Error> {
-        let mut out = Vec::with_capacity(take.min(scan).min(4096));
-        let last =
-            self.read_selected_each(after, scan, take, max_bytes, select, |e| out.push(e))?;
-        Ok((out, last))
-    }
-
-    /// [`Feed::read_selected`], handing each event to `each` as it is decoded (so that
-    /// another thread can work on the first ones while the rest are read). Returns the last
-    /// seq looked at.
-    pub fn read_selected_each(
         &self,
         after: Seq,
         scan: usize,
