@@ -319,7 +319,7 @@ struct ReadAhead {
 }
 
 /// What a forward round read: the events `events:` selects, the last seq visited, and,
-/// when read ahead, each event's record already made ([`render_all`]).
+/// when read ahead, each event's record already made ([`read_and_render`]).
 struct Forward {
     events: Vec<Event>,
     scanned: Seq,
@@ -736,11 +736,11 @@ impl Runner {
             legacy_pin: work.legacy_pin,
         };
         let mut consumed_all = true;
-        let records = match work.rendered {
-            Some(r) if r.len() == work.events.len() => r,
-            _ => render_all(&self.spec.mapping, &work.events),
+        let (events, records) = match work.rendered {
+            Some(r) if r.len() == work.events.len() => (work.events, r),
+            _ => render_all(&self.spec.mapping, work.events),
         };
-        for (ev, rendered) in work.events.into_iter().zip(records) {
+        for (ev, rendered) in events.into_iter().zip(records) {
             if round.pinned.is_none() && round.items.len() >= limit {
                 consumed_all = false;
                 break;
@@ -1055,35 +1055,8 @@ enum Wait {
     Commands,
 }
 
-/// Rounds of at least this many events are mapped on two threads.
+/// Events per piece of mapping work: a round of fewer is mapped on its own thread.
 const SPLIT_RENDER: usize = 64;
-
-/// The record of every event `mapping` selects (`None`: not selected), in order. A big
-/// round is mapped half on another thread (a map's work for one event depends on that
-/// event alone): a 40-field copybook record is most of a drain's CPU, and the machine has a
-/// second core. If that thread cannot be started, all is mapped here.
-fn render_all(mapping: &Mapping, events: &[Event]) -> Vec<Rendered> {
-    let render = |evs: &[Event]| render_each(mapping, evs);
-    if events.len() < SPLIT_RENDER {
-        return render(events);
-    }
-    let (first, second) = events.split_at(events.len() / 2);
-    std::thread::scope(|scope| {
-        let other = std::thread::Builder::new()
-            .name("ess-map".into())
-            .spawn_scoped(scope, || render(second));
-        let Ok(other) = other else {
-            return render(events);
-        };
-        let mut out = render(first);
-        match other.join() {
-            Ok(rest) => out.extend(rest),
-            // A panic in a map is a bug: it goes on as if it had happened here.
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-        out
-    })
-}
 
 /// Each event's record, on this thread.
 fn render_each(mapping: &Mapping, events: &[Event]) -> Vec<Rendered> {
@@ -1093,17 +1066,17 @@ fn render_each(mapping: &Mapping, events: &[Event]) -> Vec<Rendered> {
         .collect()
 }
 
-/// Blocking: [`read_forward`] and [`render_all`] at once, for a [`ReadAhead`]. The events
-/// go out in pieces of [`SPLIT_RENDER`] as they are read: a second thread maps them while
-/// the rest are read, and this thread joins in once the read is done (reading is about a
-/// quarter of a payroll drain's work, mapping most of the rest). If that thread cannot be
-/// started, it reads and then maps.
-fn read_and_render(
-    feed: &Feed,
+/// The events `produce` hands out, in order, with each one's record (`None`: not
+/// selected), and what `produce` returned. Full pieces of [`SPLIT_RENDER`] events go to a
+/// second thread as they come, so it maps while the rest are produced (read from the feed,
+/// say); this thread maps alongside it once `produce` is done (a map's work for one event
+/// depends on that event alone; a 40-field copybook record is most of a drain's CPU, and
+/// the machine has a second core). A round too small for a piece starts no thread; if the
+/// thread cannot be started, this one maps everything.
+fn map_in_pieces<R>(
     mapping: &Mapping,
-    after: Seq,
-    limit: usize,
-) -> Result<Forward, crate::feed::Error> {
+    produce: impl FnOnce(&mut dyn FnMut(Event)) -> R,
+) -> (R, Vec<Event>, Vec<Rendered>) {
     use std::sync::mpsc::{Receiver, channel};
     type Piece = (usize, Vec<Event>);
     type Done = Vec<(usize, Vec<Event>, Vec<Rendered>)>;
@@ -1127,25 +1100,25 @@ fn read_and_render(
     let (tx, rx) = channel::<Piece>();
     let rx = Mutex::new(rx);
     std::thread::scope(|scope| {
-        let helper = std::thread::Builder::new()
-            .name("ess-map".into())
-            .spawn_scoped(scope, || work(mapping, &rx));
-        let Ok(helper) = helper else {
-            let mut read = read_forward(feed, mapping, after, limit)?;
-            read.rendered = Some(render_all(mapping, &read.events));
-            return Ok(read);
-        };
-        let (mut piece, mut n_pieces, mut n_read) = (Vec::with_capacity(SPLIT_RENDER), 0, 0);
+        let mut helper = None;
+        let (mut piece, mut n_pieces) = (Vec::with_capacity(SPLIT_RENDER), 0);
         let mut hand_out = |piece: Vec<Event>| {
-            // `rx` lives until this scope ends, so a send cannot fail; if it did, the count
-            // below would not match and the round would be read again.
-            let _ = tx.send((n_pieces, piece));
+            // `rx` lives until this function returns: a send cannot fail.
+            tx.send((n_pieces, piece))
+                .expect("the receiver outlives every send");
             n_pieces += 1;
         };
-        let read = read_each(feed, mapping, after, limit, |ev| {
-            n_read += 1;
+        let produced = produce(&mut |ev| {
             piece.push(ev);
             if piece.len() == SPLIT_RENDER {
+                if helper.is_none() {
+                    helper = Some(
+                        std::thread::Builder::new()
+                            .name("ess-map".into())
+                            .spawn_scoped(scope, || work(mapping, &rx))
+                            .ok(),
+                    );
+                }
                 hand_out(std::mem::replace(
                     &mut piece,
                     Vec::with_capacity(SPLIT_RENDER),
@@ -1157,27 +1130,49 @@ fn read_and_render(
         }
         drop(tx);
         let mut done = work(mapping, &rx);
-        match helper.join() {
-            Ok(rest) => done.extend(rest),
-            // A panic in a map is a bug: it goes on as if it had happened here.
-            Err(panic) => std::panic::resume_unwind(panic),
+        if let Some(Some(helper)) = helper {
+            match helper.join() {
+                Ok(rest) => done.extend(rest),
+                // A panic in a map is a bug: it goes on as if it had happened here.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
-        let scanned = read?;
         done.sort_unstable_by_key(|(i, ..)| *i);
-        let mut events = Vec::with_capacity(n_read);
-        let mut rendered = Vec::with_capacity(n_read);
+        let n = done.iter().map(|(_, evs, _)| evs.len()).sum();
+        let (mut events, mut rendered) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (_, evs, recs) in done {
             events.extend(evs);
             rendered.extend(recs);
         }
-        if events.len() != n_read {
-            return read_forward(feed, mapping, after, limit);
-        }
-        Ok(Forward {
-            events,
-            scanned,
-            rendered: Some(rendered),
-        })
+        (produced, events, rendered)
+    })
+}
+
+/// The round's events with their records ([`map_in_pieces`] for a round of a piece or more).
+fn render_all(mapping: &Mapping, events: Vec<Event>) -> (Vec<Event>, Vec<Rendered>) {
+    if events.len() < SPLIT_RENDER {
+        // Not one piece: no channel, no thread (a round at a low rate).
+        let rendered = render_each(mapping, &events);
+        return (events, rendered);
+    }
+    let ((), events, rendered) = map_in_pieces(mapping, |each| events.into_iter().for_each(each));
+    (events, rendered)
+}
+
+/// Blocking: [`read_forward`] with the events mapped as they are read, for a [`ReadAhead`]
+/// (reading is about a quarter of a payroll drain's work, mapping most of the rest).
+fn read_and_render(
+    feed: &Feed,
+    mapping: &Mapping,
+    after: Seq,
+    limit: usize,
+) -> Result<Forward, crate::feed::Error> {
+    let (scanned, events, rendered) =
+        map_in_pieces(mapping, |each| read_each(feed, mapping, after, limit, each));
+    Ok(Forward {
+        events,
+        scanned: scanned?,
+        rendered: Some(rendered),
     })
 }
 
