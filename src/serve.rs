@@ -79,6 +79,7 @@ pub async fn run(
             cache_size: cfg.feed.cache,
             health: Some(health.clone()),
             seal,
+            ..Default::default()
         },
     )
     .with_context(|| format!("cannot open {}", cfg.db_path().display()))?;

@@ -583,13 +583,16 @@ impl Runner {
         }
         // Where the delivery starts from: an interrupted attempt's intent, else the
         // committed checkpoint. Either one promises what is settled in the target.
+        let resumed = intent.is_some() || retry.is_some();
         let start = intent.map_or(cursor.checkpoint, |i| i.checkpoint);
         if round.items.is_empty() {
-            // Only filtered or parked events: move past them.
-            self.commit(&round, start, 0, &round.parked, now)?;
+            // Only filtered or parked events: move past them. Nothing was handed over, so
+            // losing this commit in a power cut loses nothing: filtered again.
+            let lose = if resumed { Commit::Durable } else { Commit::Deferrable };
+            self.commit(&round, start, 0, &round.parked, now, lose)?;
             return Ok(None);
         }
-        self.deliver(round, start, retry, now).await
+        self.deliver(round, start, retry, resumed, now).await
     }
 
     /// `Some(wait)` while the connector's `schedule:` window is closed.
@@ -791,6 +794,12 @@ impl Runner {
 
     /// Commits a round's outcome: a replay through [`Ledger::commit_replayed`], anything
     /// else by moving the cursor past the round with [`Ledger::commit_progress`].
+    ///
+    /// A plain forward round (nothing parked, not a replay) with `Commit::Deferrable` is
+    /// committed without waiting for its fsync ([`Ledger::commit_progress_deferred`]): the
+    /// next durable commit carries it, within `DEFER_DURABLE`. Everything else is durable
+    /// before this returns: a parked event, a replay, a cleared retry or intent must not
+    /// come back after a power cut.
     fn commit(
         &self,
         round: &Round,
@@ -798,12 +807,15 @@ impl Runner {
         n_delivered: u64,
         parked: &[(Seq, DeadLetter)],
         at: DateTime<Utc>,
+        lose: Commit,
     ) -> Result<CursorState, crate::feed::Error> {
         let name = &self.spec.name;
         let ledger = &self.env.ledger;
         blocking(|| {
             if round.replay {
                 ledger.commit_replayed(name, &round.taken, checkpoint, n_delivered, parked, at)
+            } else if parked.is_empty() && round.pinned.is_none() && lose == Commit::Deferrable {
+                ledger.commit_progress_deferred(name, round.upto, checkpoint, n_delivered, at)
             } else {
                 ledger.commit_progress(name, round.upto, checkpoint, n_delivered, parked, at)
             }
@@ -818,6 +830,7 @@ impl Runner {
         round: Round,
         mut start: Vec<u8>,
         retry: Option<RetryState>,
+        resumed: bool,
         now: DateTime<Utc>,
     ) -> Result<Option<Wait>, crate::feed::Error> {
         let name = self.spec.name.clone();
@@ -837,8 +850,18 @@ impl Runner {
             now: named_at.with_timezone(&self.env.timezone),
             replay: round.replay,
         };
+        // Whether this commit may wait for its fsync: the target repairs a lost one, and
+        // there is no retry state or intent for it to clear (which must not come back).
+        let mut lose = if resumed || !self.target.repairs_lost_commits() {
+            Commit::Durable
+        } else {
+            Commit::Deferrable
+        };
         let result = match self.intent_step(&round, &delivery, &start).await? {
-            Ok(from) => {
+            Ok((from, intent)) => {
+                if intent {
+                    lose = Commit::Durable;
+                }
                 start = from;
                 self.target.deliver(&delivery, &start).await
             }
@@ -848,7 +871,7 @@ impl Runner {
         match result {
             Ok(checkpoint) => {
                 let n = round.items.len() as u64;
-                self.commit(&round, checkpoint, n, &round.parked, Utc::now())?;
+                self.commit(&round, checkpoint, n, &round.parked, Utc::now(), lose)?;
                 let replay = round.replay;
                 for (ev, _) in &round.items {
                     let _span = crate::logging::event_span(ev).entered();
@@ -876,13 +899,14 @@ impl Runner {
 
     /// Before the first byte: the target says whether `start` describes where this
     /// delivery writes; if not, its intent is committed durably and becomes the start.
-    /// `Ok(Err(_))`: the target failed to tell (a delivery failure like any other).
+    /// `Ok(Ok((start, intent)))`: where to deliver from, and whether an intent was
+    /// committed. `Ok(Err(_))`: the target failed to tell (a delivery failure like any other).
     async fn intent_step(
         &mut self,
         round: &Round,
         delivery: &Delivery<'_>,
         start: &[u8],
-    ) -> Result<Result<Vec<u8>, DeliveryError>, crate::feed::Error> {
+    ) -> Result<Result<(Vec<u8>, bool), DeliveryError>, crate::feed::Error> {
         let prepared = match self.target.prepare(delivery, start).await {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
@@ -893,7 +917,7 @@ impl Runner {
             self.env.hooks.ambiguous(name);
         }
         let Some(checkpoint) = prepared.intent else {
-            return Ok(Ok(start.to_vec()));
+            return Ok(Ok((start.to_vec(), false)));
         };
         let intent = Intent {
             first: delivery.first_seq(),
@@ -903,7 +927,7 @@ impl Runner {
             checkpoint,
         };
         blocking(|| self.env.ledger.set_intent(name, &intent))?;
-        Ok(Ok(intent.checkpoint))
+        Ok(Ok((intent.checkpoint, true)))
     }
 
     /// `start`: the checkpoint the delivery started from; committed if the head is parked,
@@ -1042,6 +1066,14 @@ struct Round {
     pinned: Option<Seq>,
     replay: bool,
     legacy_pin: bool,
+}
+
+/// Whether a round's commit may be lost in a power cut and repaired: see
+/// [`Runner::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Durable,
+    Deferrable,
 }
 
 enum Wait {

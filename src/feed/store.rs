@@ -64,6 +64,11 @@ const OPEN_WAIT: Duration = Duration::from_secs(10);
 /// How often a broken store tries to reopen the database.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a deferred write ([`Store::write_deferred`]) may stay in memory only: if no
+/// durable commit (an ingest group, a ledger write) carried it sooner, the committer makes
+/// one by itself once this much time has passed.
+pub const DEFER_DURABLE: Duration = Duration::from_millis(10);
+
 /// How to open `ess.redb`.
 #[derive(Clone, Default)]
 pub struct StoreOptions {
@@ -73,6 +78,9 @@ pub struct StoreOptions {
     pub health: Option<Arc<Health>>,
     /// Seals new payloads and dead letters (encryption at rest).
     pub seal: Option<Arc<seal::Key>>,
+    /// How long a deferred write may stay in memory only (zero: [`DEFER_DURABLE`]); tests
+    /// lengthen it to cut the power inside the window.
+    pub defer_durable: Duration,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -80,6 +88,7 @@ impl std::fmt::Debug for StoreOptions {
         f.debug_struct("StoreOptions")
             .field("cache_size", &self.cache_size)
             .field("seal", &self.seal)
+            .field("defer_durable", &self.defer_durable)
             .finish()
     }
 }
@@ -116,6 +125,9 @@ struct Queue {
     /// notify is a futex syscall even when nobody waits; while the committer works it
     /// finds the new requests itself when it looks at the queue again).
     idle: bool,
+    /// When the oldest write committed without its fsync ([`Store::write_deferred`]) and
+    /// not yet made durable by a later commit was made.
+    deferred_since: Option<Instant>,
 }
 
 struct Writer {
@@ -383,6 +395,62 @@ impl Shared {
         self.round(&mut w, None, |tx, _| f(tx)).map(|(_, v)| v)
     }
 
+    /// Runs `f` in one write transaction committed without waiting for an fsync (redb's
+    /// `Durability::None`): readers see it at once, and it becomes durable with the next
+    /// durable commit, which the committer makes within [`DEFER_DURABLE`] if no ingest group
+    /// or ledger write comes first. The appends queued now are not taken: they wait for the
+    /// committer, whose commit is durable. Only for a write whose loss in a power cut is
+    /// repaired from elsewhere (a delivery commit whose target's checkpoint finds and cuts
+    /// what an uncommitted attempt left: [`crate::target::Target::repairs_lost_commits`]).
+    /// A write that fails leaves nothing; one that makes redb refuse writes marks the store
+    /// broken, as [`Store::write`] does.
+    pub fn write_deferred<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut w = lock(&self.writer);
+        self.usable(&mut w)?;
+        let db = self.db()?;
+        let done = guarded("write", || {
+            let mut tx = db.begin_write()?;
+            // Refused only in the modes that share the file between processes, which the
+            // daemon does not use; the write is then simply durable.
+            let deferred = tx.set_durability(redb::Durability::None).is_ok();
+            let value = match f(&tx) {
+                Ok(v) => v,
+                Err(e) => {
+                    tx.abort()?;
+                    return Err(e);
+                }
+            };
+            tx.commit()
+                .map_err(|e| Error::Commit(Arc::new(redb::Error::from(e))))?;
+            Ok((value, deferred))
+        });
+        match done {
+            Ok((value, deferred)) => {
+                if deferred {
+                    let mut q = lock(&self.queue);
+                    q.deferred_since.get_or_insert_with(Instant::now);
+                    let idle = q.idle;
+                    drop(q);
+                    if idle {
+                        self.wake.notify_one();
+                    }
+                } else {
+                    lock(&self.queue).deferred_since = None;
+                }
+                Ok(value)
+            }
+            Err(e) => {
+                if is_broken_by(&e) {
+                    self.mark_broken(&mut w, &e);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Appends `batch` and runs `f` in the same durable transaction (with the appends queued
     /// now), and commits once: for a writer whose events and own rows must be committed
     /// together (a pickup source: a file's records and its checkpoint). `f` sees what the
@@ -487,6 +555,8 @@ impl Shared {
                 );
                 w.broken = None;
                 w.next_reopen = None;
+                // What was deferred before the error is durable now or was lost with it.
+                lock(&self.queue).deferred_since = None;
                 self.broken.store(false, Ordering::SeqCst);
                 if let Some(h) = &self.opts.health {
                     h.set_database_error(None);
@@ -611,6 +681,8 @@ impl Shared {
         });
         match done {
             Ok((value, appended)) => {
+                // Durable, and so is every deferred write before it.
+                lock(&self.queue).deferred_since = None;
                 let mut own_outcome = None;
                 if let Some((outcomes, new_last)) = appended {
                     w.last_seq = new_last;
@@ -649,6 +721,8 @@ impl Shared {
     /// tries to reopen every [`REOPEN_EVERY`].
     fn run_committer(&self) {
         loop {
+            // A deferred write has waited DEFER_DURABLE for a durable commit to carry it.
+            let mut flush = false;
             {
                 let mut q = lock(&self.queue);
                 while q.requests.is_empty() && !q.closing {
@@ -662,9 +736,25 @@ impl Shared {
                         q.idle = false;
                         break;
                     }
-                    q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                    if let Some(since) = q.deferred_since {
+                        let left = self.defer_durable().saturating_sub(since.elapsed());
+                        if left.is_zero() {
+                            q.idle = false;
+                            flush = true;
+                            break;
+                        }
+                        q = self
+                            .wake
+                            .wait_timeout(q, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    } else {
+                        q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                    }
                     q.idle = false;
                 }
+                // At close, `Store::close` makes what is deferred durable (redb's close
+                // commits it).
                 if q.closing && q.requests.is_empty() {
                     return;
                 }
@@ -681,11 +771,23 @@ impl Shared {
                     // Paced by the wait above once the queue is empty.
                 }
                 Ok(()) => {
-                    if !lock(&self.queue).requests.is_empty() {
+                    let q = lock(&self.queue);
+                    // A deferred write's flush may have been carried meanwhile.
+                    let work = !q.requests.is_empty() || (flush && q.deferred_since.is_some());
+                    drop(q);
+                    if work {
                         let _ = self.round(&mut w, None, |_, _| Ok(()));
                     }
                 }
             }
+        }
+    }
+
+    fn defer_durable(&self) -> Duration {
+        if self.opts.defer_durable.is_zero() {
+            DEFER_DURABLE
+        } else {
+            self.opts.defer_durable
         }
     }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use schema::META;
+use std::time::Duration;
 
 fn new_event(key: &str) -> NewEvent {
     let payload = serde_json::json!({"id": key, "amount": 19.99})
@@ -199,5 +200,107 @@ fn a_panic_in_a_guarded_section_is_an_error_and_the_sections_around_it_still_wor
         quiet::CONTAINING.with(std::cell::Cell::get),
         0,
         "no section left open"
+    );
+}
+
+/// A feed and ledger on a simulated disk whose deferred writes wait `defer` for their fsync.
+fn on_disk(disk: &crate::fault::PowerCut, defer: Duration) -> (Feed, crate::ledger::Ledger) {
+    let db = store::builder(0)
+        .create_with_backend(disk.backend())
+        .unwrap();
+    let store = Store::from_database(
+        db,
+        StoreOptions {
+            defer_durable: defer,
+            ..Default::default()
+        },
+    );
+    let feed = Feed::open(store.clone()).unwrap();
+    (feed, crate::ledger::Ledger::new(store))
+}
+
+/// A deferred delivery commit costs no sync: readers see it at once, a power cut before a
+/// durable commit loses it (the cursor is back where the last durable commit left it), and
+/// the next append's commit makes it durable with the append.
+#[tokio::test]
+async fn a_deferred_commit_is_seen_at_once_lost_in_a_cut_and_made_durable_by_the_next_append() {
+    use crate::fault::{CutMode, PowerCut};
+    let hour = Duration::from_secs(3600);
+    let disk = PowerCut::new();
+    let (feed, ledger) = on_disk(&disk, hour);
+    feed.append(vec![new_event("a"), new_event("b")])
+        .await
+        .unwrap();
+    ledger
+        .commit_progress("c", 1, b"one".to_vec(), 1, &[], chrono::Utc::now())
+        .unwrap();
+    let syncs = disk.n_syncs();
+    ledger
+        .commit_progress_deferred("c", 2, b"two".to_vec(), 1, chrono::Utc::now())
+        .unwrap();
+    assert_eq!(disk.n_syncs(), syncs, "a deferred commit does not sync");
+    let seen = ledger.cursor("c").unwrap().unwrap();
+    assert_eq!((seen.seq, seen.checkpoint.as_slice()), (2, &b"two"[..]));
+    disk.cut(CutMode::Forget);
+    drop((feed, ledger));
+
+    let disk = PowerCut::from_image(disk.image());
+    let (feed, ledger) = on_disk(&disk, hour);
+    let back = ledger.cursor("c").unwrap().unwrap();
+    assert_eq!(
+        (back.seq, back.checkpoint.as_slice()),
+        (1, &b"one"[..]),
+        "lost with the power: the durable cursor and its checkpoint, together"
+    );
+    ledger
+        .commit_progress_deferred("c", 2, b"two".to_vec(), 1, chrono::Utc::now())
+        .unwrap();
+    feed.append(vec![new_event("c")]).await.unwrap();
+    disk.cut(CutMode::Forget);
+    drop((feed, ledger));
+
+    let disk = PowerCut::from_image(disk.image());
+    let (feed, ledger) = on_disk(&disk, hour);
+    assert_eq!(ledger.cursor("c").unwrap().unwrap().seq, 2, "carried by the append");
+    assert_eq!(feed.last_seq(), 3);
+    feed.close();
+}
+
+/// With nothing else committing, the committer makes a deferred commit durable by itself
+/// once `defer_durable` has passed: the window a power cut can take it in is bounded.
+#[tokio::test]
+async fn a_deferred_commit_alone_is_made_durable_within_its_bound() {
+    use crate::fault::{CutMode, PowerCut};
+    let disk = PowerCut::new();
+    let (feed, ledger) = on_disk(&disk, Duration::from_millis(20));
+    feed.append(vec![new_event("a")]).await.unwrap();
+    let syncs = disk.n_syncs();
+    ledger
+        .commit_progress_deferred("c", 1, b"one".to_vec(), 1, chrono::Utc::now())
+        .unwrap();
+    // Awaited, not slept: the committer's own commit shows as a sync.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while disk.n_syncs() == syncs {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deferred commit was never made durable"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    disk.cut(CutMode::Forget);
+    drop((feed, ledger));
+    let disk = PowerCut::from_image(disk.image());
+    let (feed, ledger) = on_disk(&disk, Duration::ZERO);
+    assert_eq!(ledger.cursor("c").unwrap().unwrap().seq, 1);
+    // A clean close makes a deferred commit durable too (redb's close commits it).
+    ledger
+        .commit_progress_deferred("c", 1, b"closed".to_vec(), 0, chrono::Utc::now())
+        .unwrap();
+    feed.close();
+    drop(ledger);
+    let (_feed, ledger) = on_disk(&PowerCut::from_image(disk.image()), Duration::ZERO);
+    assert_eq!(
+        ledger.cursor("c").unwrap().unwrap().checkpoint,
+        b"closed".to_vec()
     );
 }

@@ -201,31 +201,86 @@ impl Ledger {
         now: DateTime<Utc>,
     ) -> Result<CursorState, Error> {
         self.write(|tx| {
-            let mut cursors = tx.open_table(CURSORS)?;
-            let mut state: CursorState = cursor_in(&cursors, connector)?.unwrap_or_default();
-            if let Some(seq) = new_seq {
-                state.seq = state.seq.max(seq);
-                state.pinned = None;
-            }
-            state.record_delivery(checkpoint, n_delivered, now);
-            cursors.insert(connector, encode_cursor(connector, &state).as_slice())?;
-            let mut dead = tx.open_table(DEAD)?;
-            if !requeued.is_empty() {
-                let mut requeue = tx.open_table(schema::REQUEUE)?;
-                for &seq in requeued {
-                    requeue.remove((connector, seq))?;
-                    dead.remove((connector, seq))?;
-                }
-            }
-            let sealer = self.store.sealing_key();
-            for (seq, letter) in parked {
-                let bytes = encode_dead(connector, *seq, letter, sealer.as_deref());
-                dead.insert((connector, *seq), bytes.as_slice())?;
-            }
-            tx.open_table(RETRIES)?.remove(connector)?;
-            tx.open_table(schema::INTENTS)?.remove(connector)?;
-            Ok(state)
+            self.delivery_in(
+                tx,
+                connector,
+                new_seq,
+                requeued,
+                checkpoint,
+                n_delivered,
+                parked,
+                now,
+            )
         })
+    }
+
+    /// [`Ledger::commit_progress`] for a plain delivery (nothing parked, no replay, no
+    /// retry or intent to clear) whose target repairs a lost commit from its own checkpoint
+    /// ([`crate::target::Target::repairs_lost_commits`]): committed without waiting for an
+    /// fsync ([`crate::feed::Store::write_deferred`]), durable with the next durable commit
+    /// and at the latest [`crate::feed::store::DEFER_DURABLE`] later. A power cut before
+    /// then moves the cursor back to an earlier delivery; the target's next attempt from
+    /// that delivery's checkpoint cuts what the later ones appended and writes it again, so
+    /// nothing is lost or doubled.
+    pub fn commit_progress_deferred(
+        &self,
+        connector: &str,
+        new_seq: Seq,
+        checkpoint: Vec<u8>,
+        n_delivered: u64,
+        now: DateTime<Utc>,
+    ) -> Result<CursorState, Error> {
+        self.store.write_deferred(|tx| {
+            self.delivery_in(
+                tx,
+                connector,
+                Some(new_seq),
+                &[],
+                checkpoint,
+                n_delivered,
+                &[],
+                now,
+            )
+        })
+    }
+
+    /// The rows of one delivery commit, written in `tx`.
+    #[allow(clippy::too_many_arguments)]
+    fn delivery_in(
+        &self,
+        tx: &redb::WriteTransaction,
+        connector: &str,
+        new_seq: Option<Seq>,
+        requeued: &[Seq],
+        checkpoint: Vec<u8>,
+        n_delivered: u64,
+        parked: &[(Seq, DeadLetter)],
+        now: DateTime<Utc>,
+    ) -> Result<CursorState, Error> {
+        let mut cursors = tx.open_table(CURSORS)?;
+        let mut state: CursorState = cursor_in(&cursors, connector)?.unwrap_or_default();
+        if let Some(seq) = new_seq {
+            state.seq = state.seq.max(seq);
+            state.pinned = None;
+        }
+        state.record_delivery(checkpoint, n_delivered, now);
+        cursors.insert(connector, encode_cursor(connector, &state).as_slice())?;
+        let mut dead = tx.open_table(DEAD)?;
+        if !requeued.is_empty() {
+            let mut requeue = tx.open_table(schema::REQUEUE)?;
+            for &seq in requeued {
+                requeue.remove((connector, seq))?;
+                dead.remove((connector, seq))?;
+            }
+        }
+        let sealer = self.store.sealing_key();
+        for (seq, letter) in parked {
+            let bytes = encode_dead(connector, *seq, letter, sealer.as_deref());
+            dead.insert((connector, *seq), bytes.as_slice())?;
+        }
+        tx.open_table(RETRIES)?.remove(connector)?;
+        tx.open_table(schema::INTENTS)?.remove(connector)?;
+        Ok(state)
     }
 
     /// Durably pins the range of the delivery about to start: (cursor, `last`].

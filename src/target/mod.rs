@@ -186,6 +186,18 @@ pub trait Target: Send {
     fn pins_batches(&self) -> bool {
         false
     }
+
+    /// Whether a delivery commit lost after it returned (a power cut before the next
+    /// durable commit moves the cursor back to an earlier delivery) is repaired by this
+    /// target's own checkpoint: a delivery again from the earlier checkpoint leaves the
+    /// destination as if the lost commits had been made. The connector then commits such
+    /// deliveries without waiting for their fsync ([`crate::ledger::Ledger::commit_progress_deferred`]).
+    /// An append drop can (its mark finds what uncommitted attempts appended and cuts it
+    /// before writing it again); an HTTP endpoint cannot (the request went out), and a
+    /// batch file is pinned by its intent. The default: no.
+    fn repairs_lost_commits(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -715,6 +715,12 @@ impl<F: Folder + 'static> Target for DropTarget<F> {
         self.spec.mode == Mode::Batch
     }
 
+    /// An append's mark finds what attempts after it appended (same file, longer) and cuts
+    /// it before writing those records again: see the module's "Append".
+    fn repairs_lost_commits(&self) -> bool {
+        self.spec.mode == Mode::Append
+    }
+
     /// An append carries up to 8,192 records in one write and one fsync (a backlog drains
     /// at the disk's rate, not its fsync latency); a batch file keeps the default size.
     fn max_batch(&self) -> usize {
