@@ -364,9 +364,12 @@ fn syncs_per_delivery(
 }
 
 /// Nothing slower on the common path, counted rather than timed: appending to the same,
-/// untouched file costs one sync of the drop file and the delivery's own ledger commit —
-/// no intent, no folder sync. A template that names a new file for every delivery shows
-/// what an intent costs (one more ledger commit, and the new name's folder sync), so the
+/// untouched file costs one sync of the drop file and at most one ledger sync of its own —
+/// no intent, no folder sync. The delivery's commit is deferred (issue 11): the next
+/// event's ingest commit carries it, or the committer makes it durable 10 ms later,
+/// whichever comes first, so a window between two deliveries holds the ingest commit and
+/// at most that one. A template that names a new file for every delivery shows what an
+/// intent costs (the intent's commit, a durable delivery commit, the folder sync), so the
 /// count would see one on the common path.
 #[test]
 fn the_common_append_costs_no_intent_and_no_folder_sync() {
@@ -374,14 +377,11 @@ fn the_common_append_costs_no_intent_and_no_folder_sync() {
     let mut app = Appliance::init();
     let common = syncs_per_delivery(&mut app, &ids, |_| "permit.txt".into());
     assert_eq!(common.len(), ids.len() - 1, "{common:?}");
-    // The ledger syncs between two deliveries: the previous delivery's commit and the next
-    // event's ingest commit. One window may also hold a commit of the daemon's own (the
-    // retention pass at start), so the common count is the least seen, seen in all others.
-    let base = common.iter().map(|&(r, _)| r).min().unwrap_or_default();
     assert!(common.iter().all(|&(_, folder)| !folder), "{common:?}");
+    // One window may also hold a commit of the daemon's own (the retention pass at start).
     assert!(
-        common.iter().filter(|&&(r, _)| r == base).count() >= common.len() - 1,
-        "{common:?}"
+        common.iter().filter(|&&(r, _)| (1..=2).contains(&r)).count() >= common.len() - 1,
+        "the ingest commit and at most the delivery's: {common:?}"
     );
 
     let mut app = Appliance::init();
@@ -392,7 +392,7 @@ fn the_common_append_costs_no_intent_and_no_folder_sync() {
         "(ledger syncs, folder synced) per delivery: same file {common:?}; a new file each time {every_new:?}"
     );
     assert!(
-        every_new.iter().all(|&(r, folder)| r > base && folder),
+        every_new.iter().all(|&(r, folder)| r >= 3 && folder),
         "an intent shows: {every_new:?} vs {common:?}"
     );
 }
