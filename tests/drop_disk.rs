@@ -380,7 +380,11 @@ fn the_common_append_costs_no_intent_and_no_folder_sync() {
     assert!(common.iter().all(|&(_, folder)| !folder), "{common:?}");
     // One window may also hold a commit of the daemon's own (the retention pass at start).
     assert!(
-        common.iter().filter(|&&(r, _)| (1..=2).contains(&r)).count() >= common.len() - 1,
+        common
+            .iter()
+            .filter(|&&(r, _)| (1..=2).contains(&r))
+            .count()
+            >= common.len() - 1,
         "the ingest commit and at most the delivery's: {common:?}"
     );
 

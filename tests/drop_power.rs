@@ -496,7 +496,10 @@ async fn cursor_reaches(ledger: &Ledger, seq: u64) {
         if at == seq && settled {
             return;
         }
-        assert!(Instant::now() < deadline, "the cursor stayed at {at}, not {seq}");
+        assert!(
+            Instant::now() < deadline,
+            "the cursor stayed at {at}, not {seq}"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -548,8 +551,16 @@ fn a_cut_that_takes_back_deferred_delivery_commits_leaves_each_record_once() {
             "the cut took deferred commits back (the cursor came back at {back})"
         );
         cursor_reaches(&ledger, 9).await;
-        assert_eq!(file(), want, "the tail past the mark was cut and written once more");
-        assert_eq!(hooks.0.load(Ordering::SeqCst), 0, "not ambiguous: the same file, longer");
+        assert_eq!(
+            file(),
+            want,
+            "the tail past the mark was cut and written once more"
+        );
+        assert_eq!(
+            hooks.0.load(Ordering::SeqCst),
+            0,
+            "not ambiguous: the same file, longer"
+        );
         // Sending the same events again changes nothing: deduped.
         feed.append(events()).await.unwrap();
         assert_eq!(feed.last_seq(), 9);

@@ -588,7 +588,11 @@ impl Runner {
         if round.items.is_empty() {
             // Only filtered or parked events: move past them. Nothing was handed over, so
             // losing this commit in a power cut loses nothing: filtered again.
-            let lose = if resumed { Commit::Durable } else { Commit::Deferrable };
+            let lose = if resumed {
+                Commit::Durable
+            } else {
+                Commit::Deferrable
+            };
             self.commit(&round, start, 0, &round.parked, now, lose)?;
             return Ok(None);
         }

@@ -261,7 +261,11 @@ async fn a_deferred_commit_is_seen_at_once_lost_in_a_cut_and_made_durable_by_the
 
     let disk = PowerCut::from_image(disk.image());
     let (feed, ledger) = on_disk(&disk, hour);
-    assert_eq!(ledger.cursor("c").unwrap().unwrap().seq, 2, "carried by the append");
+    assert_eq!(
+        ledger.cursor("c").unwrap().unwrap().seq,
+        2,
+        "carried by the append"
+    );
     assert_eq!(feed.last_seq(), 3);
     feed.close();
 }
