@@ -72,8 +72,9 @@ pub const DEFER_DURABLE: Duration = Duration::from_millis(10);
 /// How long the committer waits for more requests when it finds fewer than
 /// [`GROUP_ENOUGH`] and the last group held two or more (several producers at once; a lone
 /// producer sending one request after another never waits). Measured at 2,000 events/s
-/// over 16 connections with the permit connector delivering (`benches/latency.rs`): send →
-/// record p99 4.5–7.5 ms with it against 13–28 ms without. While the committer waits it does
+/// over 16 connections with the permit connector delivering (`benches/latency.rs`, runs
+/// alternated): send → record p99 3.8–8.9 ms in four runs of five (18.7 in one) with it,
+/// against 10.8–29.8 ms without; ack p99 about the same. While the committer waits it does
 /// not hold the write slot, so a delivery commit gets it; without the wait the committer
 /// took the slot back for the next group before the connector's thread woke, and a
 /// delivery commit waited several groups.
