@@ -20,6 +20,8 @@ struct Recorder {
     permanent: bool,
     /// Fails every delivery that contains this id.
     poison: Option<String>,
+    /// Says its checkpoint repairs a lost delivery commit (as an append drop does).
+    repairs: bool,
 }
 
 #[async_trait::async_trait]
@@ -52,6 +54,10 @@ impl Target for Recorder {
                 .to_string()
         }));
         Ok(cp.to_vec())
+    }
+
+    fn repairs_lost_commits(&self) -> bool {
+        self.repairs
     }
 }
 
@@ -884,4 +890,53 @@ async fn read_ahead_passes_over_other_types_as_a_plain_read_does() {
         "the backlog was read ahead"
     );
     assert_eq!(rig.env.ledger.cursor("t").unwrap().unwrap().delivered, 20);
+}
+
+/// The rig's feed and ledger moved onto a simulated disk whose deferred writes wait `defer`.
+fn on_disk(rig: &mut Rig, disk: &crate::fault::PowerCut, defer: Duration) {
+    let db = crate::feed::store::builder(0)
+        .create_with_backend(disk.backend())
+        .unwrap();
+    let store = crate::feed::Store::from_database(
+        db,
+        crate::feed::StoreOptions {
+            defer_durable: defer,
+            ..Default::default()
+        },
+    );
+    rig.env.feed = Feed::open(store.clone()).unwrap();
+    rig.env.ledger = Ledger::new(store);
+}
+
+/// Issue 11: only a target whose checkpoint repairs a lost commit gets deferred delivery
+/// commits. With nothing else committing (an hour's bound) and the power cut after the
+/// deliveries, an HTTP-like target's cursor survives (its commits were durable: a re-send
+/// would double what the endpoint got), and a repairing target's goes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_target_that_repairs_lost_commits_gets_deferred_delivery_commits() {
+    use crate::fault::{CutMode, PowerCut};
+    for repairs in [false, true] {
+        let mut r = rig("{base: 5ms, max_delay: 20ms}");
+        let disk = PowerCut::new();
+        let hour = Duration::from_secs(3600);
+        on_disk(&mut r, &disk, hour);
+        append(&r.env, &["a", "b", "c"], "P").await;
+        let target = Recorder {
+            repairs,
+            ..Default::default()
+        };
+        let got = target.got.clone();
+        run_until(&r, target, || got.lock().unwrap().len() == 3).await;
+        let seen = r.env.ledger.cursor("t").unwrap().map_or(0, |c| c.seq);
+        assert_eq!(seen, 3, "readers see the cursor at once");
+        disk.cut(CutMode::Forget);
+        on_disk(&mut r, &PowerCut::from_image(disk.image()), hour);
+        let after = r.env.ledger.cursor("t").unwrap().map_or(0, |c| c.seq);
+        if repairs {
+            assert!(after < 3, "deferred, so lost in the cut: {after}");
+        } else {
+            assert_eq!(after, 3, "durable before the next round");
+        }
+        r.env.feed.close();
+    }
 }

@@ -779,7 +779,10 @@ impl Shared {
                 }
                 // A small group while requests come from several producers at once: wait a
                 // little for the next ones (see GROUP_LINGER).
-                if self.last_group.load(Ordering::Relaxed) >= 2 {
+                if !q.requests.is_empty()
+                    && self.last_group.load(Ordering::Relaxed) >= 2
+                    && !self.broken.load(Ordering::SeqCst)
+                {
                     let until = Instant::now() + GROUP_LINGER;
                     while q.requests.len() < GROUP_ENOUGH && !q.closing {
                         let left = until.saturating_duration_since(Instant::now());
