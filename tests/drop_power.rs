@@ -158,6 +158,30 @@ impl DropUnderTest for Sftp {
     }
 }
 
+/// One `P` event per id, keyed by it.
+fn events_of(ids: &[String]) -> Vec<NewEvent> {
+    ids.iter()
+        .map(|id| NewEvent {
+            event_type: "P".into(),
+            payload: serde_json::json!({ "id": id }).as_object().unwrap().clone(),
+            key: id.clone(),
+            trace_id: "t".into(),
+            ts: None,
+        })
+        .collect()
+}
+
+/// The connector's surroundings on one boot.
+fn env(feed: &Feed, ledger: &Ledger, hooks: Arc<Ambiguous>) -> Env {
+    Env {
+        feed: feed.clone(),
+        ledger: ledger.clone(),
+        timezone: chrono_tz::UTC,
+        hooks,
+        wake: watch::channel(0).1,
+    }
+}
+
 /// The events of one trial and what is known of them across its boots.
 struct Trial {
     spec: Arc<ConnectorSpec>,
@@ -213,13 +237,7 @@ async fn boot<D: DropUnderTest>(
         }
     };
     let ledger = Ledger::new(db.clone());
-    let env = Env {
-        feed: feed.clone(),
-        ledger: ledger.clone(),
-        timezone: chrono_tz::UTC,
-        hooks: hooks.clone(),
-        wake: watch::channel(0).1,
-    };
+    let env = env(&feed, &ledger, hooks.clone());
     let file = if *mode == "append" {
         "permit.txt"
     } else {
@@ -239,16 +257,7 @@ async fn boot<D: DropUnderTest>(
         if acked[g] {
             continue;
         }
-        let events = ids
-            .iter()
-            .map(|id| NewEvent {
-                event_type: "P".into(),
-                payload: serde_json::json!({ "id": id }).as_object().unwrap().clone(),
-                key: id.clone(),
-                trace_id: "t".into(),
-                ts: None,
-            })
-            .collect();
+        let events = events_of(ids);
         match feed.append(events).await {
             Ok(_) => acked[g] = true,
             Err(_) => {
@@ -468,13 +477,7 @@ fn start_deferring(
     let feed = Feed::open(store.clone()).unwrap();
     let ledger = Ledger::new(store);
     let hooks = Arc::new(Ambiguous::default());
-    let env = Env {
-        feed: feed.clone(),
-        ledger: ledger.clone(),
-        timezone: chrono_tz::UTC,
-        hooks: hooks.clone(),
-        wake: watch::channel(0).1,
-    };
+    let env = env(&feed, &ledger, hooks.clone());
     let target = DropTarget::over(
         folder.clone(),
         DropSpec::parse("permit.txt", Some("append")).unwrap(),
@@ -518,17 +521,7 @@ fn a_cut_that_takes_back_deferred_delivery_commits_leaves_each_record_once() {
         let folder = MemFolder::new();
         let ids: Vec<String> = (0..9).map(id).collect();
         let want: String = ids.iter().map(|i| record(i)).collect();
-        let events = || {
-            ids.iter()
-                .map(|id| NewEvent {
-                    event_type: "P".into(),
-                    payload: serde_json::json!({ "id": id }).as_object().unwrap().clone(),
-                    key: id.clone(),
-                    trace_id: "t".into(),
-                    ts: None,
-                })
-                .collect::<Vec<_>>()
-        };
+        let events = || events_of(&ids);
         let disk = PowerCut::new();
         let hour = Duration::from_secs(3600);
         let (feed, ledger, runner, stop, hooks) = start_deferring(&disk, &folder, &spec, hour);

@@ -101,6 +101,18 @@ pub struct Ledger {
     store: Store,
 }
 
+/// What one delivery commit writes ([`Ledger::commit_delivery`]).
+struct DeliveryRows<'a> {
+    /// The cursor's new seq (none for a replay).
+    new_seq: Option<Seq>,
+    /// Re-delivered seqs to take off the queue and the dead letters.
+    requeued: &'a [Seq],
+    checkpoint: Vec<u8>,
+    n_delivered: u64,
+    parked: &'a [(Seq, DeadLetter)],
+    now: DateTime<Utc>,
+}
+
 impl Ledger {
     /// The ledger in `db` (the daemon passes the feed's [`Store`], so ledger writes share
     /// its write slot; a bare database works too, for tools and tests).
@@ -200,18 +212,15 @@ impl Ledger {
         parked: &[(Seq, DeadLetter)],
         now: DateTime<Utc>,
     ) -> Result<CursorState, Error> {
-        self.write(|tx| {
-            self.delivery_in(
-                tx,
-                connector,
-                new_seq,
-                requeued,
-                checkpoint,
-                n_delivered,
-                parked,
-                now,
-            )
-        })
+        let rows = DeliveryRows {
+            new_seq,
+            requeued,
+            checkpoint,
+            n_delivered,
+            parked,
+            now,
+        };
+        self.write(|tx| self.delivery_in(tx, connector, rows))
     }
 
     /// [`Ledger::commit_progress`] for a plain delivery (nothing parked, no replay, no
@@ -230,33 +239,33 @@ impl Ledger {
         n_delivered: u64,
         now: DateTime<Utc>,
     ) -> Result<CursorState, Error> {
-        self.store.write_deferred(|tx| {
-            self.delivery_in(
-                tx,
-                connector,
-                Some(new_seq),
-                &[],
-                checkpoint,
-                n_delivered,
-                &[],
-                now,
-            )
-        })
+        let rows = DeliveryRows {
+            new_seq: Some(new_seq),
+            requeued: &[],
+            checkpoint,
+            n_delivered,
+            parked: &[],
+            now,
+        };
+        self.store
+            .write_deferred(|tx| self.delivery_in(tx, connector, rows))
     }
 
     /// The rows of one delivery commit, written in `tx`.
-    #[allow(clippy::too_many_arguments)]
     fn delivery_in(
         &self,
         tx: &redb::WriteTransaction,
         connector: &str,
-        new_seq: Option<Seq>,
-        requeued: &[Seq],
-        checkpoint: Vec<u8>,
-        n_delivered: u64,
-        parked: &[(Seq, DeadLetter)],
-        now: DateTime<Utc>,
+        rows: DeliveryRows<'_>,
     ) -> Result<CursorState, Error> {
+        let DeliveryRows {
+            new_seq,
+            requeued,
+            checkpoint,
+            n_delivered,
+            parked,
+            now,
+        } = rows;
         let mut cursors = tx.open_table(CURSORS)?;
         let mut state: CursorState = cursor_in(&cursors, connector)?.unwrap_or_default();
         if let Some(seq) = new_seq {
