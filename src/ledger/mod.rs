@@ -225,12 +225,13 @@ impl Ledger {
 
     /// [`Ledger::commit_progress`] for a plain delivery (nothing parked, no replay, no
     /// retry or intent to clear) whose target repairs a lost commit from its own checkpoint
-    /// ([`crate::target::Target::repairs_lost_commits`]): committed without waiting for an
-    /// fsync ([`crate::feed::Store::write_deferred`]), durable with the next durable commit
-    /// and at the latest [`crate::feed::store::DEFER_DURABLE`] later. A power cut before
-    /// then moves the cursor back to an earlier delivery; the target's next attempt from
-    /// that delivery's checkpoint cuts what the later ones appended and writes it again, so
-    /// nothing is lost or doubled.
+    /// ([`crate::target::Target::repairs_lost_commits`]), or for a round that handed nothing
+    /// over (it only passed over other types; lost, they are passed over again): committed
+    /// without waiting for an fsync ([`crate::feed::Store::write_deferred`]), durable with
+    /// the next durable commit and at the latest [`crate::feed::store::DEFER_DURABLE`]
+    /// later. A power cut before then moves the cursor back to an earlier delivery; the
+    /// target's next attempt from that delivery's checkpoint cuts what the later ones
+    /// appended and writes it again, so nothing is lost or doubled.
     pub fn commit_progress_deferred(
         &self,
         connector: &str,
