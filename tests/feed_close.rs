@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::*;
@@ -166,23 +166,52 @@ fn fill_backlog(db: &Path, n: usize) -> Vec<String> {
     ids
 }
 
-/// SIGTERM while the connector drains a backlog (its next round read and mapped ahead on
-/// other threads at that moment): the stop waits for those reads, closes `ess.redb`
-/// cleanly, and the next start delivers the rest, every event once and in order.
-#[test]
-fn sigterm_in_the_middle_of_a_backlog_drain_closes_cleanly_and_the_rest_comes_once() {
+/// An appliance with a backlog of 200k permit events whose daemon got `sig` in the middle
+/// of the drain: the appliance, every event's line in order, the feed's path and the exit
+/// status. What the file held then is asserted to be a prefix of the whole, not all of it.
+fn drain_stopped_by(sig: i32) -> (Appliance, String, PathBuf, std::process::ExitStatus) {
     let mut app = Appliance::init();
     let db = app.dir.join("data/ess.redb");
     std::fs::create_dir_all(db.parent().unwrap()).unwrap();
-    let n = 200_000;
-    let ids = fill_backlog(&db, n);
+    let ids = fill_backlog(&db, 200_000);
     let want: String = ids.iter().map(|id| permit_line(id)).collect();
     app.start();
     wait_until("the drain under way", Duration::from_secs(60), || {
         !app.read_out("permit.txt").is_empty()
     });
-    app.signal(libc::SIGTERM);
+    app.signal(sig);
     let status = app.child.take().unwrap().wait().unwrap();
+    let at_stop = app.read_out("permit.txt");
+    assert!(
+        want.starts_with(&at_stop),
+        "what was delivered is a prefix, in order"
+    );
+    assert!(
+        at_stop.len() < want.len(),
+        "the stop came in the middle of the drain"
+    );
+    (app, want, db, status)
+}
+
+/// Starts the daemon again and waits for the rest: every event once, in order.
+fn the_rest_comes_once(app: &mut Appliance, want: &str) {
+    app.start();
+    wait_until("the rest delivered", Duration::from_secs(300), || {
+        app.read_out("permit.txt").len() >= want.len()
+    });
+    assert_eq!(app.terminate().code(), Some(0));
+    assert!(
+        app.read_out("permit.txt") == want,
+        "every event once, in order"
+    );
+}
+
+/// SIGTERM while the connector drains a backlog (its next round read and mapped ahead on
+/// other threads at that moment): the stop waits for those reads, closes `ess.redb`
+/// cleanly, and the next start delivers the rest, every event once and in order.
+#[test]
+fn sigterm_in_the_middle_of_a_backlog_drain_closes_cleanly_and_the_rest_comes_once() {
+    let (mut app, want, db, status) = drain_stopped_by(libc::SIGTERM);
     assert_eq!(status.code(), Some(0));
     let err = app.stderr();
     assert!(
@@ -194,25 +223,7 @@ fn sigterm_in_the_middle_of_a_backlog_drain_closes_cleanly_and_the_rest_comes_on
         !err.contains("still under way") && !err.contains("still in use"),
         "{err}"
     );
-    let at_stop = app.read_out("permit.txt");
-    assert!(
-        want.starts_with(&at_stop),
-        "what was delivered is a prefix, in order"
-    );
-    assert!(
-        at_stop.len() < want.len(),
-        "the stop came in the middle of the drain"
-    );
-
-    app.start();
-    wait_until("the rest delivered", Duration::from_secs(300), || {
-        app.read_out("permit.txt").len() >= want.len()
-    });
-    assert_eq!(app.terminate().code(), Some(0));
-    assert!(
-        app.read_out("permit.txt") == want,
-        "every event once, in order"
-    );
+    the_rest_comes_once(&mut app, &want);
     assert!(!app.stderr().contains("repaired it"), "{}", app.stderr());
     assert!(!needs_recovery(&db));
 }
@@ -224,38 +235,9 @@ fn sigterm_in_the_middle_of_a_backlog_drain_closes_cleanly_and_the_rest_comes_on
 /// delivers the rest: every event once, in order.
 #[test]
 fn kill_9_in_the_middle_of_a_backlog_drain_leaves_every_event_once_after_the_restart() {
-    let mut app = Appliance::init();
-    let db = app.dir.join("data/ess.redb");
-    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
-    let n = 200_000;
-    let ids = fill_backlog(&db, n);
-    let want: String = ids.iter().map(|id| permit_line(id)).collect();
-    app.start();
-    wait_until("the drain under way", Duration::from_secs(60), || {
-        !app.read_out("permit.txt").is_empty()
-    });
-    app.signal(libc::SIGKILL);
-    let status = app.child.take().unwrap().wait().unwrap();
+    let (mut app, want, db, status) = drain_stopped_by(libc::SIGKILL);
     assert_eq!(status.code(), None, "killed");
-    let at_kill = app.read_out("permit.txt");
-    assert!(
-        want.starts_with(&at_kill),
-        "what was written is a prefix, in order"
-    );
-    assert!(
-        at_kill.len() < want.len(),
-        "the kill came in the middle of the drain"
-    );
-
-    app.start();
-    wait_until("the rest delivered", Duration::from_secs(300), || {
-        app.read_out("permit.txt").len() >= want.len()
-    });
-    assert_eq!(app.terminate().code(), Some(0));
-    assert!(
-        app.read_out("permit.txt") == want,
-        "every event once, in order"
-    );
+    the_rest_comes_once(&mut app, &want);
     assert!(app.stderr().contains("repaired it"), "{}", app.stderr());
     assert!(!needs_recovery(&db));
 }
