@@ -82,6 +82,14 @@ const GROUP_LINGER: Duration = Duration::from_micros(500);
 /// Requests that make a group worth committing at once.
 const GROUP_ENOUGH: usize = 4;
 
+/// Whether a write's commit waits for its fsync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Durable,
+    /// Durable with the next durable commit ([`Store::write_deferred`]).
+    Deferred,
+}
+
 /// How to open `ess.redb`.
 #[derive(Clone, Default)]
 pub struct StoreOptions {
@@ -141,6 +149,8 @@ struct Queue {
     /// When the oldest write committed without its fsync ([`Store::write_deferred`]) and
     /// not yet made durable by a later commit was made.
     deferred_since: Option<Instant>,
+    /// Requests in the last group taken.
+    last_group: usize,
 }
 
 struct Writer {
@@ -173,8 +183,6 @@ pub struct Shared {
     wake: Condvar,
     broken: AtomicBool,
     closed: AtomicBool,
-    /// Requests in the committer's last group.
-    last_group: std::sync::atomic::AtomicUsize,
     last_seq: watch::Sender<Seq>,
     last_repair: Mutex<Option<Duration>>,
 }
@@ -226,7 +234,6 @@ impl Store {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             broken: AtomicBool::new(false),
-            last_group: std::sync::atomic::AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             last_seq: watch::channel(0).0,
             last_repair: Mutex::new(None),
@@ -408,7 +415,8 @@ impl Shared {
     ) -> Result<T, Error> {
         let mut w = lock(&self.writer);
         self.usable(&mut w)?;
-        self.round(&mut w, None, |tx, _| f(tx)).map(|(_, v)| v)
+        self.round(&mut w, Commit::Durable, None, |tx, _| f(tx))
+            .map(|(_, v)| v)
     }
 
     /// Runs `f` in one write transaction committed without waiting for an fsync (redb's
@@ -426,45 +434,8 @@ impl Shared {
     ) -> Result<T, Error> {
         let mut w = lock(&self.writer);
         self.usable(&mut w)?;
-        let db = self.db()?;
-        let done = guarded("write", || {
-            let mut tx = db.begin_write()?;
-            // Refused only in the modes that share the file between processes, which the
-            // daemon does not use; the write is then simply durable.
-            let deferred = tx.set_durability(redb::Durability::None).is_ok();
-            let value = match f(&tx) {
-                Ok(v) => v,
-                Err(e) => {
-                    tx.abort()?;
-                    return Err(e);
-                }
-            };
-            tx.commit()
-                .map_err(|e| Error::Commit(Arc::new(redb::Error::from(e))))?;
-            Ok((value, deferred))
-        });
-        match done {
-            Ok((value, deferred)) => {
-                if deferred {
-                    let mut q = lock(&self.queue);
-                    q.deferred_since.get_or_insert_with(Instant::now);
-                    let idle = q.idle;
-                    drop(q);
-                    if idle {
-                        self.wake.notify_one();
-                    }
-                } else {
-                    lock(&self.queue).deferred_since = None;
-                }
-                Ok(value)
-            }
-            Err(e) => {
-                if is_broken_by(&e) {
-                    self.mark_broken(&mut w, &e);
-                }
-                Err(e)
-            }
-        }
+        self.round(&mut w, Commit::Deferred, None, |tx, _| f(tx))
+            .map(|(_, v)| v)
     }
 
     /// Appends `batch` and runs `f` in the same durable transaction (with the appends queued
@@ -479,8 +450,9 @@ impl Shared {
         let mut w = lock(&self.writer);
         self.usable(&mut w)?;
         let none = AppendOutcome::default();
-        let (own, value) =
-            self.round(&mut w, Some(batch), |tx, own| f(tx, own.unwrap_or(&none)))?;
+        let (own, value) = self.round(&mut w, Commit::Durable, Some(batch), |tx, own| {
+            f(tx, own.unwrap_or(&none))
+        })?;
         Ok((own.unwrap_or_default(), value))
     }
 
@@ -624,6 +596,9 @@ impl Shared {
             n += r.batch.len();
             group.extend(q.requests.pop_front());
         }
+        if !group.is_empty() {
+            q.last_group = group.len();
+        }
         group
     }
 
@@ -641,17 +616,23 @@ impl Shared {
 
     /// One transaction: the queued appends (and `own`, the caller's batch, last), then `f`
     /// with the outcome of `own`; one commit; then the answers.
+    ///
+    /// `Commit::Deferred` ([`Store::write_deferred`]): no appends are taken (their answers
+    /// need a durable commit), and the commit does not wait for an fsync.
     fn round<T>(
         &self,
         w: &mut Writer,
+        commit: Commit,
         own: Option<Batch>,
         f: impl FnOnce(&WriteTransaction, Option<&AppendOutcome>) -> Result<T, Error>,
     ) -> Result<(Option<AppendOutcome>, T), Error> {
         let db = self.db()?;
-        let mut group = self.take_group();
-        if !group.is_empty() {
-            self.last_group.store(group.len(), Ordering::Relaxed);
-        }
+        let mut group = match commit {
+            Commit::Durable => self.take_group(),
+            Commit::Deferred => Vec::new(),
+        };
+        // Whether the commit went without its fsync (see below).
+        let mut deferred = false;
         // The caller's own batch goes last, answered through the value returned, never
         // left in the queue.
         let own_at = own.map(|batch| {
@@ -667,6 +648,11 @@ impl Shared {
         let mut ledger_failed = false;
         let done = guarded("write", || {
             let mut tx = db.begin_write()?;
+            if commit == Commit::Deferred {
+                // Refused only in the modes that share the file between processes, which
+                // the daemon does not use; the write is then simply durable.
+                deferred = tx.set_durability(redb::Durability::None).is_ok();
+            }
             let mut appended = None;
             if !group.is_empty() {
                 match insert_group(&tx, &mut group, last_seq, now, seal.as_deref()) {
@@ -700,8 +686,18 @@ impl Shared {
         });
         match done {
             Ok((value, appended)) => {
-                // Durable, and so is every deferred write before it.
-                lock(&self.queue).deferred_since = None;
+                let mut q = lock(&self.queue);
+                if deferred {
+                    q.deferred_since.get_or_insert_with(Instant::now);
+                    if q.idle {
+                        // The committer waits with no time-out: it must start counting.
+                        self.wake.notify_one();
+                    }
+                } else {
+                    // Durable, and so is every deferred write before it.
+                    q.deferred_since = None;
+                }
+                drop(q);
                 let mut own_outcome = None;
                 if let Some((outcomes, new_last)) = appended {
                     w.last_seq = new_last;
@@ -780,7 +776,7 @@ impl Shared {
                 // A small group while requests come from several producers at once: wait a
                 // little for the next ones (see GROUP_LINGER).
                 if !q.requests.is_empty()
-                    && self.last_group.load(Ordering::Relaxed) >= 2
+                    && q.last_group >= 2
                     && !self.broken.load(Ordering::SeqCst)
                 {
                     let until = Instant::now() + GROUP_LINGER;
@@ -816,7 +812,7 @@ impl Shared {
                     let work = !q.requests.is_empty() || (flush && q.deferred_since.is_some());
                     drop(q);
                     if work {
-                        let _ = self.round(&mut w, None, |_, _| Ok(()));
+                        let _ = self.round(&mut w, Commit::Durable, None, |_, _| Ok(()));
                     }
                 }
             }

@@ -259,32 +259,24 @@ impl Ledger {
         connector: &str,
         rows: DeliveryRows<'_>,
     ) -> Result<CursorState, Error> {
-        let DeliveryRows {
-            new_seq,
-            requeued,
-            checkpoint,
-            n_delivered,
-            parked,
-            now,
-        } = rows;
         let mut cursors = tx.open_table(CURSORS)?;
         let mut state: CursorState = cursor_in(&cursors, connector)?.unwrap_or_default();
-        if let Some(seq) = new_seq {
+        if let Some(seq) = rows.new_seq {
             state.seq = state.seq.max(seq);
             state.pinned = None;
         }
-        state.record_delivery(checkpoint, n_delivered, now);
+        state.record_delivery(rows.checkpoint, rows.n_delivered, rows.now);
         cursors.insert(connector, encode_cursor(connector, &state).as_slice())?;
         let mut dead = tx.open_table(DEAD)?;
-        if !requeued.is_empty() {
+        if !rows.requeued.is_empty() {
             let mut requeue = tx.open_table(schema::REQUEUE)?;
-            for &seq in requeued {
+            for &seq in rows.requeued {
                 requeue.remove((connector, seq))?;
                 dead.remove((connector, seq))?;
             }
         }
         let sealer = self.store.sealing_key();
-        for (seq, letter) in parked {
+        for (seq, letter) in rows.parked {
             let bytes = encode_dead(connector, *seq, letter, sealer.as_deref());
             dead.insert((connector, *seq), bytes.as_slice())?;
         }
