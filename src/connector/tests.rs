@@ -22,10 +22,40 @@ struct Recorder {
     poison: Option<String>,
     /// Says its checkpoint repairs a lost delivery commit (as an append drop does).
     repairs: bool,
+    /// A delivery holding this id goes to a new place (an append's new `{{date}}` file):
+    /// `prepare` proposes an intent naming it, and later deliveries start from there.
+    new_place_at: Option<String>,
+}
+
+/// The `id` field of every event a delivery holds.
+fn ids_of(d: &Delivery<'_>) -> Vec<String> {
+    d.items
+        .iter()
+        .map(|(e, _)| {
+            e.payload.tree().unwrap()["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
 impl Target for Recorder {
+    async fn prepare(
+        &mut self,
+        d: &Delivery<'_>,
+        _cp: &[u8],
+    ) -> Result<crate::target::Prepared, DeliveryError> {
+        let at = self.new_place_at.as_ref();
+        Ok(crate::target::Prepared {
+            intent: at
+                .filter(|id| ids_of(d).contains(id))
+                .map(|id| format!("place {id}").into_bytes()),
+            ambiguous: false,
+        })
+    }
+
     async fn deliver(
         &mut self,
         d: &Delivery<'_>,
@@ -46,13 +76,7 @@ impl Target for Recorder {
             });
         }
         self.sizes.lock().unwrap().push(d.items.len());
-        let mut got = self.got.lock().unwrap();
-        got.extend(d.items.iter().map(|(e, _)| {
-            e.payload.tree().unwrap()["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        }));
+        self.got.lock().unwrap().extend(ids_of(d));
         Ok(cp.to_vec())
     }
 
@@ -939,4 +963,37 @@ async fn only_a_target_that_repairs_lost_commits_gets_deferred_delivery_commits(
         }
         r.env.feed.close();
     }
+}
+
+/// Issue 11, the edge of the deferred window: a delivery that goes to a new place (an
+/// append's next `{{date}}` file, a file someone replaced) commits its intent and its
+/// delivery durably, and so makes every deferred commit before it durable too. A cut after
+/// later deferred rounds takes the cursor back no further than that delivery: the surviving
+/// checkpoint names the new place, never the one before the date changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_never_takes_the_cursor_back_across_a_delivery_to_a_new_place() {
+    use crate::fault::{CutMode, PowerCut};
+    let mut r = rig_with("{base: 5ms, max_delay: 20ms}", "batch: {max_events: 1}\n");
+    let disk = PowerCut::new();
+    let hour = Duration::from_secs(3600);
+    on_disk(&mut r, &disk, hour);
+    append(&r.env, &["a", "b", "c", "d", "e", "f"], "P").await;
+    let target = Recorder {
+        repairs: true,
+        new_place_at: Some("d".into()),
+        ..Default::default()
+    };
+    let got = target.got.clone();
+    run_until(&r, target, || got.lock().unwrap().len() == 6).await;
+    assert_eq!(r.env.ledger.cursor("t").unwrap().unwrap().seq, 6);
+    disk.cut(CutMode::Forget);
+    on_disk(&mut r, &PowerCut::from_image(disk.image()), hour);
+    let kept = r.env.ledger.cursor("t").unwrap().unwrap();
+    assert_eq!(
+        (kept.seq, kept.checkpoint.as_slice()),
+        (4, &b"place d"[..]),
+        "the deliveries after the new place were deferred and lost; it was not"
+    );
+    assert!(r.env.ledger.intent("t").unwrap().is_none());
+    r.env.feed.close();
 }
