@@ -507,6 +507,46 @@ async fn cursor_reaches(ledger: &Ledger, seq: u64) {
     }
 }
 
+/// Delivers `ids` into `folder` two by two with deferred commits that nothing makes durable
+/// (the bound is an hour), then cuts the power. Returns what the disk kept and the cursor
+/// it kept, read on a copy of that image before a connector runs on it.
+async fn deliver_deferred_then_cut(
+    spec: &Arc<ConnectorSpec>,
+    folder: &MemFolder,
+    ids: &[String],
+) -> (Vec<u8>, u64) {
+    let disk = PowerCut::new();
+    let hour = Duration::from_secs(3600);
+    let (feed, ledger, runner, stop, hooks) = start_deferring(&disk, folder, spec, hour);
+    feed.append(events_of(ids)).await.unwrap();
+    cursor_reaches(&ledger, ids.len() as u64).await;
+    let want: String = ids.iter().map(|i| record(i)).collect();
+    assert_eq!(file_of(folder), want, "delivered two by two");
+    disk.cut(CutMode::Forget);
+    let _ = stop.send(true);
+    runner.await.unwrap();
+    drop((feed, ledger));
+    assert_eq!(hooks.0.load(Ordering::SeqCst), 0);
+
+    let image = disk.image();
+    let copy = redb::Database::builder()
+        .create_with_backend(PowerCut::from_image(image.clone()).backend())
+        .unwrap();
+    let back = Ledger::new(ess::feed::Store::from(copy))
+        .cursor("c")
+        .unwrap()
+        .map_or(0, |c| c.seq);
+    assert!(
+        back < ids.len() as u64,
+        "the cut took deferred commits back (the cursor came back at {back})"
+    );
+    (image, back)
+}
+
+fn file_of(folder: &MemFolder) -> String {
+    String::from_utf8(folder.get("permit.txt").unwrap_or_default()).unwrap()
+}
+
 /// Issue 11: an append's delivery commit does not wait for its fsync; the next durable
 /// commit carries it. Here nothing else commits (the bound is an hour), so a power cut after
 /// every event was delivered takes the cursor back past deliveries whose records are in
@@ -521,39 +561,13 @@ fn a_cut_that_takes_back_deferred_delivery_commits_leaves_each_record_once() {
         let folder = MemFolder::new();
         let ids: Vec<String> = (0..9).map(id).collect();
         let want: String = ids.iter().map(|i| record(i)).collect();
-        let events = || events_of(&ids);
-        let disk = PowerCut::new();
-        let hour = Duration::from_secs(3600);
-        let (feed, ledger, runner, stop, hooks) = start_deferring(&disk, &folder, &spec, hour);
-        feed.append(events()).await.unwrap();
-        cursor_reaches(&ledger, 9).await;
-        let file = || String::from_utf8(folder.get("permit.txt").unwrap_or_default()).unwrap();
-        assert_eq!(file(), want, "delivered two by two");
-        disk.cut(CutMode::Forget);
-        let _ = stop.send(true);
-        runner.await.unwrap();
-        drop((feed, ledger));
-        assert_eq!(hooks.0.load(Ordering::SeqCst), 0);
-
-        // Looked at on a copy of what survived, before a connector runs on it.
-        let image = disk.image();
-        let copy = redb::Database::builder()
-            .create_with_backend(PowerCut::from_image(image.clone()).backend())
-            .unwrap();
-        let back = Ledger::new(ess::feed::Store::from(copy))
-            .cursor("c")
-            .unwrap()
-            .map_or(0, |c| c.seq);
-        assert!(
-            back < 9,
-            "the cut took deferred commits back (the cursor came back at {back})"
-        );
+        let (image, _back) = deliver_deferred_then_cut(&spec, &folder, &ids).await;
         let disk = PowerCut::from_image(image);
         let (feed, ledger, runner, stop, hooks) =
             start_deferring(&disk, &folder, &spec, Duration::ZERO);
         cursor_reaches(&ledger, 9).await;
         assert_eq!(
-            file(),
+            file_of(&folder),
             want,
             "the tail past the mark was cut and written once more"
         );
@@ -563,11 +577,48 @@ fn a_cut_that_takes_back_deferred_delivery_commits_leaves_each_record_once() {
             "not ambiguous: the same file, longer"
         );
         // Sending the same events again changes nothing: deduped.
-        feed.append(events()).await.unwrap();
+        feed.append(events_of(&ids)).await.unwrap();
         assert_eq!(feed.last_seq(), 9);
         let _ = stop.send(true);
         runner.await.unwrap();
         feed.close();
-        assert_eq!(file(), want);
+        assert_eq!(file_of(&folder), want);
+    });
+}
+
+/// The edge of the deferred window: the legacy job empties the file (`OPEN OUTPUT`) while
+/// the machine is down after a cut that took deferred commits back. Whether it had read the
+/// records past the surviving mark cannot be known, so they are delivered again into the
+/// emptied file and the delivery is counted as ambiguous: at least once, never lost, and
+/// never hidden (the documented exception, ARCHITECTURE "What stays at-least-once").
+#[test]
+fn the_legacy_side_emptying_the_file_after_a_cut_in_the_deferred_window_gets_the_records_again_counted()
+ {
+    let rt = support::rt();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path(), 2);
+        let folder = MemFolder::new();
+        let ids: Vec<String> = (0..9).map(id).collect();
+        let (image, back) = deliver_deferred_then_cut(&spec, &folder, &ids).await;
+        folder.put("permit.txt", b"");
+        let disk = PowerCut::from_image(image);
+        let (feed, ledger, runner, stop, hooks) =
+            start_deferring(&disk, &folder, &spec, Duration::ZERO);
+        cursor_reaches(&ledger, 9).await;
+        let again: String = ids[back as usize..].iter().map(|i| record(i)).collect();
+        assert_eq!(
+            file_of(&folder),
+            again,
+            "everything past the surviving cursor, once, in the emptied file"
+        );
+        assert_eq!(
+            hooks.0.load(Ordering::SeqCst),
+            1,
+            "counted: the legacy side may have read them already"
+        );
+        let _ = stop.send(true);
+        runner.await.unwrap();
+        feed.close();
     });
 }
