@@ -163,6 +163,10 @@ fn main() {
     let tls = ess.dir.join("tls");
     let sent: Sent = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    // The disk's own flush time while ESS uses it: an ack waits for at least one fsync, and
+    // a request that arrives while a group commits waits for that one and then its own.
+    let disk_during =
+        support::FsyncProbe::during(&ess.dir, Duration::from_millis(20), stop.clone());
     let tailer = {
         let (file, sent, stop) = (ess.dir.join("out/permit.txt"), sent.clone(), stop.clone());
         std::thread::spawn(move || tail(file, sent, stop))
@@ -190,6 +194,7 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let mut e2e = tailer.join().expect("tailer");
     e2e.sort();
+    let disk = disk_during.join().expect("fsync probe");
     println!(
         "ess (permit connector on)  {rate} events/s over {connections} x 1 for {seconds} s: {} events; ack p50 {:.2} ms, p99 {:.2} ms; send -> record in the file p50 {:.2} ms, p99 {:.2} ms ({} of {} records seen); server CPU {:.1} µs/event",
         f.n,
@@ -204,6 +209,12 @@ fn main() {
     println!(
         "  disk, same run: fdatasync of 4 KiB {:.2} ms (median), which the drop's fdatasync adds after the record is visible",
         flush.as_secs_f64() * 1e3
+    );
+    println!(
+        "  disk during the run: fdatasync of 4 KiB p50 {:.2} ms, p99 {:.2} ms ({} probes, one every 20 ms); an ack waits for one or two of these",
+        pct(&disk, 0.5),
+        pct(&disk, 0.99),
+        disk.len()
     );
     // The daemon's folder goes with it: keep the certificates for the peer.
     let tmp = tempfile::tempdir().expect("temp dir");

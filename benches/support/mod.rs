@@ -132,22 +132,64 @@ pub fn free_port() -> u16 {
 /// answers after fsync, one group commit at a time, does at most
 /// `connections × batch / latency` events/s.
 pub fn fdatasync_median(dir: &Path) -> std::time::Duration {
-    use std::os::unix::fs::FileExt;
-    let path = dir.join("fsync-probe");
-    let f = std::fs::File::create(&path).expect("probe file");
-    f.write_all_at(&[1u8; 4096], 0).expect("write");
-    f.sync_all().expect("fsync");
-    let mut lat: Vec<std::time::Duration> = (0..100u8)
-        .map(|i| {
-            let t = std::time::Instant::now();
-            f.write_all_at(&[i; 4096], 0).expect("write");
-            f.sync_data().expect("fdatasync");
-            t.elapsed()
-        })
-        .collect();
-    let _ = std::fs::remove_file(&path);
+    let probe = FsyncProbe::open(dir);
+    let mut lat: Vec<std::time::Duration> = (0..100u8).map(|i| probe.once(i)).collect();
     lat.sort();
     lat[lat.len() / 2]
+}
+
+/// A 4 KiB file in `dir` that is overwritten in place and fdatasynced, to time the disk's
+/// flush the way a commit pays it; removed when dropped.
+pub struct FsyncProbe {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl FsyncProbe {
+    pub fn open(dir: &Path) -> FsyncProbe {
+        use std::os::unix::fs::FileExt;
+        let path = dir.join("fsync-probe");
+        let file = std::fs::File::create(&path).expect("probe file");
+        file.write_all_at(&[1u8; 4096], 0).expect("write");
+        file.sync_all().expect("fsync");
+        FsyncProbe { file, path }
+    }
+
+    /// One overwrite + fdatasync, timed.
+    pub fn once(&self, fill: u8) -> std::time::Duration {
+        use std::os::unix::fs::FileExt;
+        let t = std::time::Instant::now();
+        self.file.write_all_at(&[fill; 4096], 0).expect("write");
+        self.file.sync_data().expect("fdatasync");
+        t.elapsed()
+    }
+
+    /// Times one flush every `every` on its own thread until `stop`: the disk's own latency
+    /// while a server under load uses it. Returns the times, sorted.
+    pub fn during(
+        dir: &Path,
+        every: std::time::Duration,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<Vec<std::time::Duration>> {
+        let probe = FsyncProbe::open(dir);
+        std::thread::spawn(move || {
+            let mut lat = Vec::new();
+            let mut fill = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                fill = fill.wrapping_add(1);
+                lat.push(probe.once(fill));
+                std::thread::sleep(every);
+            }
+            lat.sort();
+            lat
+        })
+    }
+}
+
+impl Drop for FsyncProbe {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Fluent Bit (`bin`) with the peers README's configuration — mTLS `http` input with the
