@@ -11,7 +11,9 @@
 //! fsync) p50/p99, and the end-to-end latency (request sent → the event's record is in
 //! `out/permit.txt`) p50/p99, read by a thread that tails the file; the record becomes
 //! visible when the drop's `pwrite` returns and is durable after the `fdatasync` that
-//! follows, so the same run also prints the disk's fdatasync median to add for "fsynced".
+//! follows, so the same run also prints the disk's fdatasync median to add for "fsynced",
+//! and the disk's own flush p50/p99 and CPU per flush while ESS uses it (a probe thread,
+//! one 4 KiB overwrite + fdatasync every 20 ms): the floor under the ack.
 //! For both servers: CPU per event (utime + stime from `/proc`) and the ratio. `--no-peer`
 //! skips Fluent Bit.
 
@@ -194,7 +196,7 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let mut e2e = tailer.join().expect("tailer");
     e2e.sort();
-    let disk = disk_during.join().expect("fsync probe");
+    let (disk, sync_cpu) = disk_during.join().expect("fsync probe");
     println!(
         "ess (permit connector on)  {rate} events/s over {connections} x 1 for {seconds} s: {} events; ack p50 {:.2} ms, p99 {:.2} ms; send -> record in the file p50 {:.2} ms, p99 {:.2} ms ({} of {} records seen); server CPU {:.1} µs/event",
         f.n,
@@ -211,9 +213,10 @@ fn main() {
         flush.as_secs_f64() * 1e3
     );
     println!(
-        "  disk during the run: fdatasync of 4 KiB p50 {:.2} ms, p99 {:.2} ms ({} probes, one every 20 ms); an ack waits for one or two of these",
+        "  disk during the run: fdatasync of 4 KiB p50 {:.2} ms, p99 {:.2} ms, {:.0} µs CPU each ({} probes, one every 20 ms); an ack waits for one or two of these",
         pct(&disk, 0.5),
         pct(&disk, 0.99),
+        sync_cpu.as_secs_f64() * 1e6,
         disk.len()
     );
     // The daemon's folder goes with it: keep the certificates for the peer.
