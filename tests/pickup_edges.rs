@@ -25,15 +25,22 @@ use ess::source::local::{Pickup, SourceError};
 const SIX: &str = "ID0001\nID0002\nID0003\nID0004\nID0005\nID0006\n";
 
 /// The source `results` over `dir` (`kind` and connection keys, and any other source keys,
-/// in `kind`), chunks of two.
+/// in `kind`; `then:` moves to `done` unless `kind` has one), chunks of two.
 fn spec(work: &Path, kind: &str, dir: &Path) -> SourceSpec {
     let path = work.join("results.yml");
+    let then = if kind.contains("then:") {
+        String::new()
+    } else {
+        format!(
+            "  then: {{move: {}}}\n",
+            dir.with_file_name("done").display()
+        )
+    };
     std::fs::write(
         &path,
         format!(
-            "source:\n  name: results\n{kind}  dir: {}\n  pattern: \"RES_*.DAT\"\n  chunk: 2\n  then: {{move: {}}}\nformat: fixed\nrecord: {{encoding: ascii, framing: lines}}\nfields:\n  ID: id | width:6\nevent:\n  type: PERMIT_RESULT\n",
+            "source:\n  name: results\n{kind}  dir: {}\n  pattern: \"RES_*.DAT\"\n  chunk: 2\n{then}format: fixed\nrecord: {{encoding: ascii, framing: lines}}\nfields:\n  ID: id | width:6\nevent:\n  type: PERMIT_RESULT\n",
             dir.display(),
-            dir.with_file_name("done").display(),
         ),
     )
     .unwrap();
@@ -402,4 +409,85 @@ fn over_sftp_a_name_that_is_not_utf8_and_a_symlink_are_skipped_and_the_file_take
     assert!(drop.join(OsStr::from_bytes(b"RES_\xff.DAT")).exists());
     assert!(std::fs::symlink_metadata(drop.join("RES_2.DAT")).is_ok());
     assert_eq!(rows(&store).len(), 1);
+}
+
+/// A file renamed within the folder while the daemon was down with part of it taken (a
+/// legacy job renaming its output, to a name the pattern still wants) is the same file: the
+/// rest of its records is taken under the keys the first part had, nothing twice, and its
+/// `then:` goes to the new name. A new file written under the old name meanwhile is a new
+/// file, taken whole.
+#[test]
+fn a_file_renamed_within_the_folder_mid_file_is_resumed_not_taken_again() {
+    let w = World::new();
+    w.put("RES_1.DAT", SIX);
+    let mut p = w.pickup(w.local());
+    p.chunk_limit = Some(1);
+    let (first, _) = scan(&mut p);
+    assert_eq!(first.events, 2);
+    std::fs::rename(w.inbox().join("RES_1.DAT"), w.inbox().join("RES_9.DAT")).unwrap();
+    w.put("RES_1.DAT", "ID0101\n");
+    // The restart: a new scan over the same ledger.
+    let mut p = w.pickup(w.local());
+    let (after, log) = scan(&mut p);
+    assert!(lines_with(&log, "refused").is_empty(), "{log}");
+    assert_eq!((after.files_done, after.events), (2, 5), "{log}");
+    let mut want = six_ids();
+    want.insert(0, "ID0101".into());
+    let mut got = ids(&w.store);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "each record once");
+    let keys: Vec<String> = ess::feed::read_after(&w.store, 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    let prefix = |k: &String| k.rsplit_once('/').unwrap().0.to_string();
+    assert_eq!(
+        keys.iter()
+            .filter(|k| prefix(k) == prefix(&keys[0]))
+            .count(),
+        6,
+        "the renamed file's records share the key its first chunk was taken under: {keys:?}"
+    );
+    let rows = rows(&w.store);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.state == FileState::Done && r.then_done)
+    );
+    let done = w.work.path().join("done");
+    assert!(done.join("RES_9.DAT").exists() && done.join("RES_1.DAT").exists());
+    assert!(std::fs::read_dir(w.inbox()).unwrap().next().is_none());
+}
+
+/// With `then: keep`, a file taken whole and then renamed within the folder, or given a
+/// second name (a hard link), is not taken again; a copy under a new name is another file
+/// (another inode) and is taken, as the legacy side sending it again.
+#[test]
+fn a_kept_file_renamed_or_linked_within_the_folder_is_not_taken_again_but_a_copy_is() {
+    let w = World::with_keys("  then: keep\n");
+    w.put("RES_1.DAT", SIX);
+    let mut p = w.pickup(w.local());
+    assert_eq!(scan(&mut p).0.events, 6);
+    std::fs::rename(w.inbox().join("RES_1.DAT"), w.inbox().join("RES_2.DAT")).unwrap();
+    let (renamed, log) = scan(&mut p);
+    assert_eq!((renamed.files_done, renamed.events), (0, 0), "{log}");
+    std::fs::hard_link(w.inbox().join("RES_2.DAT"), w.inbox().join("RES_0.DAT")).unwrap();
+    let (linked, log) = scan(&mut p);
+    assert_eq!((linked.files_done, linked.events), (0, 0), "{log}");
+    assert_eq!(
+        lines_with(&log, "the same file as RES_2.DAT").len(),
+        1,
+        "said once: {log}"
+    );
+    let (_, log) = scan(&mut p);
+    assert!(lines_with(&log, "the same file as").is_empty(), "{log}");
+    assert_eq!(ids(&w.store), six_ids());
+    assert_eq!(rows(&w.store).len(), 1);
+
+    std::fs::copy(w.inbox().join("RES_2.DAT"), w.inbox().join("RES_3.DAT")).unwrap();
+    let (copied, _) = scan(&mut p);
+    assert_eq!((copied.files_done, copied.events), (1, 6));
+    assert_eq!(rows(&w.store).len(), 2);
 }

@@ -6,7 +6,14 @@
 //! A file's identity (the file key, a digest): local files, name + inode number + birth
 //! time (a file renamed into the folder keeps it, a new file written under an old name gets
 //! a new one); SFTP has no inode, so name + modification time (a file whose first records
-//! were taken is found again by its name while it is being read). Its SHA-256, size and
+//! were taken is found again by its name while it is being read). A local file renamed
+//! within the folder after it was taken (or while it was being taken) is found again by its
+//! inode number and birth time: the same file, under the key it was taken under, so it is
+//! not taken twice and its remaining records get the keys they would have had; a second
+//! name for it (a hard link) is skipped with one log line. Without a birth time (a
+//! filesystem that keeps none) an inode number alone could be a reused one, so a renamed
+//! file there is a new file, as over SFTP, where a rename is not told from a new file with
+//! the same modification time. Its SHA-256, size and
 //! modification time when it was first read are in the checkpoint: a file resumed after a
 //! restart must still have them, else it is refused (what was taken stays taken, nothing
 //! more is).
@@ -61,6 +68,8 @@ pub struct Pickup {
     seen: HashMap<String, (u64, i64, Instant)>,
     /// Entries skipped and logged already (logged again only after they left the folder).
     reported: HashSet<String>,
+    /// Second names of a file taken under its first (hard links), logged already.
+    second_names: HashSet<String>,
     pub stop: Arc<AtomicBool>,
     pub live: Arc<Live>,
     /// Tests: stop after this many commits of records.
@@ -90,6 +99,14 @@ pub fn file_key(name: &str, st: &Stat) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A local file's identity across names: inode number and birth time, only when both are
+/// known (without the birth time a reused inode number could pass for a file taken before).
+type Identity = (u64, (i64, u32));
+
+fn identity(ino: Option<u64>, born: Option<(i64, u32)>) -> Option<Identity> {
+    Some((ino?, born?))
+}
+
 /// The idempotency key of record `index` of a file: `{source}/{file key}/{index}`.
 pub fn record_key(source: &str, file_key: &str, index: u64) -> String {
     format!("{source}/{file_key}/{index}")
@@ -112,6 +129,7 @@ impl Pickup {
             dir,
             seen: HashMap::new(),
             reported: HashSet::new(),
+            second_names: HashSet::new(),
             stop: Arc::new(AtomicBool::new(false)),
             live: Arc::new(Live::default()),
             chunk_limit: None,
@@ -142,19 +160,72 @@ impl Pickup {
         let mut scan = Scan::default();
         let mut keys_seen = HashSet::new();
         let mut oldest: Option<i64> = None;
+        let listed_at: HashMap<&str, &Stat> = wanted.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let by_identity: HashMap<Identity, &String> = rows
+            .iter()
+            .filter_map(|(k, r)| Some((identity(r.ino, r.born)?, k)))
+            .collect();
+        // The row of a file this source has taken (or is taking) under another key: the
+        // key is made from the name it was first taken under, and it has been renamed
+        // since (or this is a second name for it, a hard link).
+        let taken_as = |st: &Stat| -> Option<&String> {
+            by_identity.get(&identity(st.ino, st.born)?).copied()
+        };
         for (name, st) in &wanted {
             if self.stopping() {
                 break;
             }
+            let adopted: SourceFile;
             let mut key = file_key(name, st);
             let mut row = rows.get(&key);
-            if row.is_none() {
-                // A file being read that no longer has the identity it was taken under
-                // (rewritten, replaced): found by its name, and refused below.
-                if let Some((k, r)) = rows
-                    .iter()
-                    .find(|(_, r)| r.state == FileState::Reading && &r.name == name)
+            if row.is_none()
+                && let Some(k) = taken_as(st)
+            {
+                let first = &rows[k].name;
+                if first == name {
+                    // Renamed before, and its row has the name it has now.
+                    row = Some(&rows[k]);
+                    key = k.clone();
+                } else if listed_at
+                    .get(first.as_str())
+                    .and_then(|s| identity(s.ino, s.born))
+                    == identity(st.ino, st.born)
                 {
+                    // The same file under a second name: taken once, under its first.
+                    if self.second_names.insert(name.clone()) {
+                        tracing::warn!(source = %self.spec.name, file = %name, first = %first, "skipped: the same file as {first} (a second name for it); taken once, under {first}");
+                    }
+                    continue;
+                } else {
+                    // Renamed within the folder: the same file, under the key it was taken
+                    // under (its records keep their keys). The row takes the new name (a
+                    // file being read, with its next chunk), so a second name is told
+                    // from a rename.
+                    tracing::info!(source = %self.spec.name, file = %name, was = %first, "{first} was renamed to {name}: the same file, taken once");
+                    adopted = SourceFile {
+                        name: name.clone(),
+                        ..rows[k].clone()
+                    };
+                    key = k.clone();
+                    if adopted.state != FileState::Reading {
+                        self.commit_state(&key, &adopted, adopted.state == FileState::Done)?;
+                    }
+                    row = Some(&adopted);
+                }
+            } else if row.is_none() {
+                // A file being read that no longer has the identity it was taken under
+                // (rewritten, replaced): found by its name, and refused below. Not a row
+                // whose file is still here under another name (renamed, then a new file
+                // written under the old name).
+                if let Some((k, r)) = rows.iter().find(|(_, r)| {
+                    r.state == FileState::Reading
+                        && &r.name == name
+                        && !wanted.iter().any(|(n, s)| {
+                            n != name
+                                && identity(s.ino, s.born).is_some()
+                                && identity(s.ino, s.born) == identity(r.ino, r.born)
+                        })
+                }) {
                     key = k.clone();
                     row = Some(r);
                 }
@@ -242,6 +313,7 @@ impl Pickup {
             self.sources.forget(&self.spec.name, &forget)?;
         }
         self.seen.retain(|n, _| all.contains(n));
+        self.second_names.retain(|n| all.contains(n));
         self.live
             .oldest_unread_micros
             .store(oldest.map_or(0, |ns| ns / 1000), Ordering::Relaxed);
