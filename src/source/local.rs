@@ -99,6 +99,18 @@ pub fn file_key(name: &str, st: &Stat) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a listed file is to the scan ([`Pickup::known`]).
+enum Known {
+    /// The file of the row under this key.
+    Row(String),
+    /// Renamed within the folder: the row under this key, with the new name.
+    Renamed(String, Box<SourceFile>),
+    /// A second name of a file taken under another (a hard link).
+    SecondName,
+    /// A file no row describes: its key.
+    New(String),
+}
+
 /// A local file's identity across names: inode number and birth time, only when both are
 /// known (without the birth time a reused inode number could pass for a file taken before).
 type Identity = (u64, (i64, u32));
@@ -160,76 +172,27 @@ impl Pickup {
         let mut scan = Scan::default();
         let mut keys_seen = HashSet::new();
         let mut oldest: Option<i64> = None;
-        let listed_at: HashMap<&str, &Stat> = wanted.iter().map(|(n, s)| (n.as_str(), s)).collect();
         let by_identity: HashMap<Identity, &String> = rows
             .iter()
             .filter_map(|(k, r)| Some((identity(r.ino, r.born)?, k)))
             .collect();
-        // The row of a file this source has taken (or is taking) under another key: the
-        // key is made from the name it was first taken under, and it has been renamed
-        // since (or this is a second name for it, a hard link).
-        let taken_as = |st: &Stat| -> Option<&String> {
-            by_identity.get(&identity(st.ino, st.born)?).copied()
-        };
         for (name, st) in &wanted {
             if self.stopping() {
                 break;
             }
             let adopted: SourceFile;
-            let mut key = file_key(name, st);
-            let mut row = rows.get(&key);
-            if row.is_none()
-                && let Some(k) = taken_as(st)
-            {
-                let first = &rows[k].name;
-                if first == name {
-                    // Renamed before, and its row has the name it has now.
-                    row = Some(&rows[k]);
-                    key = k.clone();
-                } else if listed_at
-                    .get(first.as_str())
-                    .and_then(|s| identity(s.ino, s.born))
-                    == identity(st.ino, st.born)
-                {
-                    // The same file under a second name: taken once, under its first.
-                    if self.second_names.insert(name.clone()) {
-                        tracing::warn!(source = %self.spec.name, file = %name, first = %first, "skipped: the same file as {first} (a second name for it); taken once, under {first}");
-                    }
-                    continue;
-                } else {
-                    // Renamed within the folder: the same file, under the key it was taken
-                    // under (its records keep their keys). The row takes the new name (a
-                    // file being read, with its next chunk), so a second name is told
-                    // from a rename.
-                    tracing::info!(source = %self.spec.name, file = %name, was = %first, "{first} was renamed to {name}: the same file, taken once");
-                    adopted = SourceFile {
-                        name: name.clone(),
-                        ..rows[k].clone()
-                    };
-                    key = k.clone();
-                    if adopted.state != FileState::Reading {
-                        self.commit_state(&key, &adopted, adopted.state == FileState::Done)?;
-                    }
-                    row = Some(&adopted);
+            let (key, row) = match self.known(&rows, &by_identity, &wanted, name, st)? {
+                Known::SecondName => continue,
+                Known::Row(key) => {
+                    let row = rows.get(&key);
+                    (key, row)
                 }
-            } else if row.is_none() {
-                // A file being read that no longer has the identity it was taken under
-                // (rewritten, replaced): found by its name, and refused below. Not a row
-                // whose file is still here under another name (renamed, then a new file
-                // written under the old name).
-                if let Some((k, r)) = rows.iter().find(|(_, r)| {
-                    r.state == FileState::Reading
-                        && &r.name == name
-                        && !wanted.iter().any(|(n, s)| {
-                            n != name
-                                && identity(s.ino, s.born).is_some()
-                                && identity(s.ino, s.born) == identity(r.ino, r.born)
-                        })
-                }) {
-                    key = k.clone();
-                    row = Some(r);
+                Known::Renamed(key, row) => {
+                    adopted = *row;
+                    (key, Some(&adopted))
                 }
-            }
+                Known::New(key) => (key, None),
+            };
             keys_seen.insert(key.clone());
             let fresh = match row {
                 Some(r) if r.state == FileState::Done => {
@@ -320,6 +283,71 @@ impl Pickup {
         self.live.waiting.store(scan.waiting, Ordering::Relaxed);
         self.live.scans.fetch_add(1, Ordering::Relaxed);
         Ok(scan)
+    }
+
+    /// Which row a listed file is. Its key is made from the name it was first taken under,
+    /// so a local file renamed within the folder since is found by its inode number and
+    /// birth time: it keeps the row's key (its records keep their keys) and the row takes the
+    /// new name; listed under both names (a hard link), the second is skipped, logged once.
+    fn known(
+        &mut self,
+        rows: &HashMap<String, SourceFile>,
+        by_identity: &HashMap<Identity, &String>,
+        wanted: &[(String, Stat)],
+        name: &str,
+        st: &Stat,
+    ) -> Result<Known, SourceError> {
+        let key = file_key(name, st);
+        if rows.contains_key(&key) {
+            return Ok(Known::Row(key));
+        }
+        let id = identity(st.ino, st.born);
+        let listed_as = |n: &str| {
+            wanted
+                .iter()
+                .find(|(w, _)| w == n)
+                .and_then(|(_, s)| identity(s.ino, s.born))
+        };
+        if let Some(&k) = id.and_then(|id| by_identity.get(&id)) {
+            let first = &rows[k].name;
+            if first == name {
+                // Renamed before; its row has the name it has now.
+                return Ok(Known::Row(k.clone()));
+            }
+            if listed_as(first) == id {
+                if self.second_names.insert(name.to_string()) {
+                    tracing::warn!(source = %self.spec.name, file = %name, first = %first, "skipped: the same file as {first} (a second name for it); taken once, under {first}");
+                }
+                return Ok(Known::SecondName);
+            }
+            tracing::info!(source = %self.spec.name, file = %name, was = %first, "{first} was renamed to {name}: the same file, taken once");
+            let row = SourceFile {
+                name: name.to_string(),
+                ..rows[k].clone()
+            };
+            // A file being read takes the new name with its next chunk.
+            if row.state != FileState::Reading {
+                self.commit_state(k, &row, row.state == FileState::Done)?;
+            }
+            return Ok(Known::Renamed(k.clone(), Box::new(row)));
+        }
+        // A file being read that no longer has the identity it was taken under (rewritten,
+        // replaced): found by its name, and refused by `take`. Not a row whose file is
+        // still here under another name (renamed, then a new file written under the old
+        // name).
+        let replaced = rows.iter().find(|(_, r)| {
+            r.state == FileState::Reading
+                && r.name == name
+                && !wanted.iter().any(|(n, s)| {
+                    n != name
+                        && identity(s.ino, s.born)
+                            .is_some_and(|i| Some(i) == identity(r.ino, r.born))
+                })
+        });
+        Ok(match replaced {
+            Some((k, _)) => Known::Row(k.clone()),
+            None => Known::New(key),
+        })
     }
 
     /// Logs, once per name while it stays in the folder, an entry the pattern wants that is
