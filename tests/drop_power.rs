@@ -450,6 +450,16 @@ fn power_cuts_during_ingest_and_sftp_delivery_lose_double_and_tear_nothing() {
     }
 }
 
+/// A running boot of the deferred-commit case: feed, ledger, the connector's task, its stop
+/// switch and what it called ambiguous.
+type Running = (
+    Feed,
+    Ledger,
+    tokio::task::JoinHandle<()>,
+    watch::Sender<bool>,
+    Arc<Ambiguous>,
+);
+
 /// One boot of the deferred-commit case: a feed and ledger on `disk` whose deferred
 /// writes wait `defer` for their fsync, and the connector delivering into `folder`.
 fn start_deferring(
@@ -457,13 +467,7 @@ fn start_deferring(
     folder: &MemFolder,
     spec: &Arc<ConnectorSpec>,
     defer: Duration,
-) -> (
-    Feed,
-    Ledger,
-    tokio::task::JoinHandle<()>,
-    watch::Sender<bool>,
-    Arc<Ambiguous>,
-) {
+) -> Running {
     let db = redb::Database::builder()
         .create_with_backend(disk.backend())
         .unwrap();
@@ -507,21 +511,41 @@ async fn cursor_reaches(ledger: &Ledger, seq: u64) {
     }
 }
 
-/// Delivers `ids` into `folder` two by two with deferred commits that nothing makes durable
-/// (the bound is an hour), then cuts the power. Returns what the disk kept and the cursor
-/// it kept, read on a copy of that image before a connector runs on it.
-async fn deliver_deferred_then_cut(
-    spec: &Arc<ConnectorSpec>,
-    folder: &MemFolder,
-    ids: &[String],
-) -> (Vec<u8>, u64) {
+/// What a cut left after nine events were delivered two by two with deferred commits that
+/// nothing made durable (the bound is an hour).
+struct AfterCut {
+    _dir: tempfile::TempDir,
+    spec: Arc<ConnectorSpec>,
+    folder: MemFolder,
+    ids: Vec<String>,
+    /// What the disk kept.
+    image: Vec<u8>,
+    /// The cursor it kept, read on a copy of the image before a connector ran on it.
+    back: u64,
+}
+
+impl AfterCut {
+    /// The next boot on what the disk kept, once its connector has delivered everything.
+    async fn reboot(&self) -> Running {
+        let disk = PowerCut::from_image(self.image.clone());
+        let boot = start_deferring(&disk, &self.folder, &self.spec, Duration::ZERO);
+        cursor_reaches(&boot.1, self.ids.len() as u64).await;
+        boot
+    }
+}
+
+async fn deliver_deferred_then_cut() -> AfterCut {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(dir.path(), 2);
+    let folder = MemFolder::new();
+    let ids: Vec<String> = (0..9).map(id).collect();
     let disk = PowerCut::new();
     let hour = Duration::from_secs(3600);
-    let (feed, ledger, runner, stop, hooks) = start_deferring(&disk, folder, spec, hour);
-    feed.append(events_of(ids)).await.unwrap();
+    let (feed, ledger, runner, stop, hooks) = start_deferring(&disk, &folder, &spec, hour);
+    feed.append(events_of(&ids)).await.unwrap();
     cursor_reaches(&ledger, ids.len() as u64).await;
     let want: String = ids.iter().map(|i| record(i)).collect();
-    assert_eq!(file_of(folder), want, "delivered two by two");
+    assert_eq!(file_of(&folder), want, "delivered two by two");
     disk.cut(CutMode::Forget);
     let _ = stop.send(true);
     runner.await.unwrap();
@@ -540,7 +564,14 @@ async fn deliver_deferred_then_cut(
         back < ids.len() as u64,
         "the cut took deferred commits back (the cursor came back at {back})"
     );
-    (image, back)
+    AfterCut {
+        _dir: dir,
+        spec,
+        folder,
+        ids,
+        image,
+        back,
+    }
 }
 
 fn file_of(folder: &MemFolder) -> String {
@@ -556,18 +587,12 @@ fn file_of(folder: &MemFolder) -> String {
 fn a_cut_that_takes_back_deferred_delivery_commits_leaves_each_record_once() {
     let rt = support::rt();
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = spec(dir.path(), 2);
-        let folder = MemFolder::new();
-        let ids: Vec<String> = (0..9).map(id).collect();
+        let cut = deliver_deferred_then_cut().await;
+        let (ids, folder) = (&cut.ids, &cut.folder);
         let want: String = ids.iter().map(|i| record(i)).collect();
-        let (image, _back) = deliver_deferred_then_cut(&spec, &folder, &ids).await;
-        let disk = PowerCut::from_image(image);
-        let (feed, ledger, runner, stop, hooks) =
-            start_deferring(&disk, &folder, &spec, Duration::ZERO);
-        cursor_reaches(&ledger, 9).await;
+        let (feed, _ledger, runner, stop, hooks) = cut.reboot().await;
         assert_eq!(
-            file_of(&folder),
+            file_of(folder),
             want,
             "the tail past the mark was cut and written once more"
         );
@@ -577,12 +602,12 @@ fn a_cut_that_takes_back_deferred_delivery_commits_leaves_each_record_once() {
             "not ambiguous: the same file, longer"
         );
         // Sending the same events again changes nothing: deduped.
-        feed.append(events_of(&ids)).await.unwrap();
+        feed.append(events_of(ids)).await.unwrap();
         assert_eq!(feed.last_seq(), 9);
         let _ = stop.send(true);
         runner.await.unwrap();
         feed.close();
-        assert_eq!(file_of(&folder), want);
+        assert_eq!(file_of(folder), want);
     });
 }
 
@@ -596,19 +621,15 @@ fn the_legacy_side_emptying_the_file_after_a_cut_in_the_deferred_window_gets_the
  {
     let rt = support::rt();
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = spec(dir.path(), 2);
-        let folder = MemFolder::new();
-        let ids: Vec<String> = (0..9).map(id).collect();
-        let (image, back) = deliver_deferred_then_cut(&spec, &folder, &ids).await;
-        folder.put("permit.txt", b"");
-        let disk = PowerCut::from_image(image);
-        let (feed, ledger, runner, stop, hooks) =
-            start_deferring(&disk, &folder, &spec, Duration::ZERO);
-        cursor_reaches(&ledger, 9).await;
-        let again: String = ids[back as usize..].iter().map(|i| record(i)).collect();
+        let cut = deliver_deferred_then_cut().await;
+        cut.folder.put("permit.txt", b"");
+        let (feed, _ledger, runner, stop, hooks) = cut.reboot().await;
+        let again: String = cut.ids[cut.back as usize..]
+            .iter()
+            .map(|i| record(i))
+            .collect();
         assert_eq!(
-            file_of(&folder),
+            file_of(&cut.folder),
             again,
             "everything past the surviving cursor, once, in the emptied file"
         );

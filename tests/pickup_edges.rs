@@ -346,15 +346,21 @@ fn a_file_deleted_truncated_or_grown_between_chunks_is_refused_keeping_what_was_
     }
 }
 
-#[test]
-fn a_file_deleted_while_the_daemon_was_down_mid_file_is_refused_not_waited_for_forever() {
-    let w = World::new();
+/// `RES_1.DAT` with its first chunk of two records taken, as a daemon stopped mid-file
+/// leaves it.
+fn first_chunk_taken(w: &World) {
     w.put("RES_1.DAT", SIX);
     let mut p = w.pickup(w.local());
     p.chunk_limit = Some(1);
     let (first, _) = scan(&mut p);
     assert_eq!(first.events, 2);
     assert_eq!(rows(&w.store)[0].state, FileState::Reading);
+}
+
+#[test]
+fn a_file_deleted_while_the_daemon_was_down_mid_file_is_refused_not_waited_for_forever() {
+    let w = World::new();
+    first_chunk_taken(&w);
     std::fs::remove_file(w.inbox().join("RES_1.DAT")).unwrap();
     // The restart: a new scan over the same ledger.
     let mut p = w.pickup(w.local());
@@ -419,11 +425,7 @@ fn over_sftp_a_name_that_is_not_utf8_and_a_symlink_are_skipped_and_the_file_take
 #[test]
 fn a_file_renamed_within_the_folder_mid_file_is_resumed_not_taken_again() {
     let w = World::new();
-    w.put("RES_1.DAT", SIX);
-    let mut p = w.pickup(w.local());
-    p.chunk_limit = Some(1);
-    let (first, _) = scan(&mut p);
-    assert_eq!(first.events, 2);
+    first_chunk_taken(&w);
     std::fs::rename(w.inbox().join("RES_1.DAT"), w.inbox().join("RES_9.DAT")).unwrap();
     w.put("RES_1.DAT", "ID0101\n");
     // The restart: a new scan over the same ledger.
