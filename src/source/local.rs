@@ -309,6 +309,7 @@ impl Pickup {
                 .and_then(|(_, s)| identity(s.ino, s.born))
         };
         if let Some(&k) = id.and_then(|id| by_identity.get(&id)) {
+            // `by_identity` is built from `rows`: `rows[k]` is there.
             let first = &rows[k].name;
             if first == name {
                 // Renamed before; its row has the name it has now.
