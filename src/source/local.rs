@@ -112,11 +112,12 @@ enum Known {
 }
 
 /// A local file's identity across names: inode number and birth time, only when both are
-/// known (without the birth time a reused inode number could pass for a file taken before).
+/// known (without the birth time a reused inode number could pass for a file taken before;
+/// a birth time of 0 is a filesystem that keeps none and says 0 for every file).
 type Identity = (u64, (i64, u32));
 
 fn identity(ino: Option<u64>, born: Option<(i64, u32)>) -> Option<Identity> {
-    Some((ino?, born?))
+    Some((ino?, born.filter(|b| *b != (0, 0))?))
 }
 
 /// The idempotency key of record `index` of a file: `{source}/{file key}/{index}`.
@@ -666,6 +667,14 @@ pub async fn run(pickup: Pickup, mut stop: watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_file_is_told_across_names_only_with_an_inode_and_a_real_birth_time() {
+        assert_eq!(identity(Some(7), Some((5, 1))), Some((7, (5, 1))));
+        assert_eq!(identity(Some(7), None), None, "no birth time");
+        assert_eq!(identity(Some(7), Some((0, 0))), None, "a birth time of 0");
+        assert_eq!(identity(None, Some((5, 1))), None, "SFTP: no inode");
+    }
+
     use super::*;
     use crate::feed::Store;
     use crate::source::dir::LocalDir;
