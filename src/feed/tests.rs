@@ -364,3 +364,45 @@ async fn a_close_while_the_committer_gathers_a_group_answers_every_append_and_ke
         feed.close();
     }
 }
+
+/// The disk fails (full, or its sync fails) after a deferred delivery commit and before the
+/// durable commit that would carry it: the append whose commit fails is answered with the
+/// error, never acknowledged; and a power cut then leaves the last durable state whole, the
+/// cursor and its checkpoint together, without the deferred one or the failed append.
+#[tokio::test]
+async fn a_disk_failing_before_a_deferred_commit_is_carried_acknowledges_nothing_and_keeps_the_durable_state()
+ {
+    use crate::fault::{CutMode, DiskFault, PowerCut};
+    for fault in [DiskFault::SyncFails, DiskFault::NoSpace] {
+        let disk = PowerCut::new();
+        let (feed, ledger) = on_disk(&disk, Duration::from_secs(3600));
+        feed.append(vec![new_event("a")]).await.unwrap();
+        ledger
+            .commit_progress("c", 1, b"one".to_vec(), 1, &[], chrono::Utc::now())
+            .unwrap();
+        ledger
+            .commit_progress_deferred("c", 1, b"deferred".to_vec(), 0, chrono::Utc::now())
+            .unwrap();
+        disk.inject(Some(fault));
+        assert!(
+            feed.append(vec![new_event("b")]).await.is_err(),
+            "{fault:?}: no acknowledgement without a durable commit"
+        );
+        disk.cut(CutMode::Forget);
+        drop((feed, ledger));
+
+        let (feed, ledger) = on_disk(&PowerCut::from_image(disk.image()), Duration::ZERO);
+        let kept = ledger.cursor("c").unwrap().unwrap();
+        assert_eq!(
+            (kept.seq, kept.checkpoint.as_slice()),
+            (1, &b"one"[..]),
+            "{fault:?}: the durable cursor and its checkpoint"
+        );
+        assert_eq!(
+            feed.last_seq(),
+            1,
+            "{fault:?}: the failed append is not there"
+        );
+        feed.close();
+    }
+}
