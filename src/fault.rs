@@ -55,6 +55,8 @@ struct Disk {
     dead: bool,
     fault: Option<DiskFault>,
     n_syncs: u64,
+    /// Operations the injected fault refused.
+    n_refused: u64,
 }
 
 fn apply(image: &mut Vec<u8>, op: &Pending) {
@@ -163,6 +165,11 @@ impl PowerCut {
     pub fn n_syncs(&self) -> u64 {
         self.lock().n_syncs
     }
+
+    /// How many operations the injected fault has refused so far.
+    pub fn n_refused(&self) -> u64 {
+        self.lock().n_refused
+    }
 }
 
 /// The [`redb::StorageBackend`] side of a [`PowerCut`] disk.
@@ -206,6 +213,7 @@ impl redb::StorageBackend for PowerCutBackend {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut d = self.lock()?;
         if d.fault == Some(DiskFault::NoSpace) && len > d.volatile.len() as u64 {
+            d.n_refused += 1;
             return Err(no_space());
         }
         let op = Pending::SetLen(len);
@@ -217,6 +225,7 @@ impl redb::StorageBackend for PowerCutBackend {
     fn sync_data(&self) -> io::Result<()> {
         let mut d = self.lock()?;
         if d.fault == Some(DiskFault::SyncFails) {
+            d.n_refused += 1;
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let pending = std::mem::take(&mut d.pending);
@@ -232,6 +241,7 @@ impl redb::StorageBackend for PowerCutBackend {
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut d = self.lock()?;
         if d.fault == Some(DiskFault::NoSpace) {
+            d.n_refused += 1;
             return Err(no_space());
         }
         let op = Pending::Write {

@@ -366,16 +366,20 @@ async fn a_close_while_the_committer_gathers_a_group_answers_every_append_and_ke
 }
 
 /// The disk fails (full, or its sync fails) after a deferred delivery commit and before the
-/// durable commit that would carry it: the append whose commit fails is answered with the
-/// error, never acknowledged; and a power cut then leaves the last durable state whole, the
-/// cursor and its checkpoint together, without the deferred one or the failed append.
+/// durable commit that carries it: an append's (the bound is an hour), or the committer's
+/// own once the bound has passed (200 ms), awaited through the disk's count of refused
+/// operations. The append is answered with the error, never acknowledged; and a power cut
+/// then leaves the last durable state whole, the cursor and its checkpoint together,
+/// without the deferred one or the failed append.
 #[tokio::test]
 async fn a_disk_failing_before_a_deferred_commit_is_carried_acknowledges_nothing_and_keeps_the_durable_state()
  {
     use crate::fault::{CutMode, DiskFault, PowerCut};
-    for fault in [DiskFault::SyncFails, DiskFault::NoSpace] {
+    let faults = [DiskFault::SyncFails, DiskFault::NoSpace];
+    let carried_by = [("an append", 3_600_000), ("the committer's flush", 200)];
+    for (fault, (by, bound_ms)) in faults.into_iter().flat_map(|f| carried_by.map(|c| (f, c))) {
         let disk = PowerCut::new();
-        let (feed, ledger) = on_disk(&disk, Duration::from_secs(3600));
+        let (feed, ledger) = on_disk(&disk, Duration::from_millis(bound_ms));
         feed.append(vec![new_event("a")]).await.unwrap();
         ledger
             .commit_progress("c", 1, b"one".to_vec(), 1, &[], chrono::Utc::now())
@@ -384,9 +388,19 @@ async fn a_disk_failing_before_a_deferred_commit_is_carried_acknowledges_nothing
             .commit_progress_deferred("c", 1, b"deferred".to_vec(), 0, chrono::Utc::now())
             .unwrap();
         disk.inject(Some(fault));
+        if bound_ms < 1000 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while disk.n_refused() == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the flush was never tried"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         assert!(
             feed.append(vec![new_event("b")]).await.is_err(),
-            "{fault:?}: no acknowledgement without a durable commit"
+            "{fault:?}, carried by {by}: no acknowledgement without a durable commit"
         );
         disk.cut(CutMode::Forget);
         drop((feed, ledger));
