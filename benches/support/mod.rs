@@ -132,23 +132,23 @@ pub fn free_port() -> u16 {
 /// answers after fsync, one group commit at a time, does at most
 /// `connections × batch / latency` events/s.
 pub fn fdatasync_median(dir: &Path) -> std::time::Duration {
-    let probe = FsyncProbe::open(dir);
+    let probe = FsyncProbe::open(dir, "fsync-probe");
     let mut lat: Vec<std::time::Duration> = (0..100u8).map(|i| probe.once(i)).collect();
     lat.sort();
     lat[lat.len() / 2]
 }
 
-/// A 4 KiB file in `dir` that is overwritten in place and fdatasynced, to time the disk's
-/// flush the way a commit pays it; removed when dropped.
+/// A 4 KiB file `name` in `dir` that is overwritten in place and fdatasynced, to time the
+/// disk's flush the way a commit pays it; removed when dropped.
 pub struct FsyncProbe {
     file: std::fs::File,
     path: std::path::PathBuf,
 }
 
 impl FsyncProbe {
-    pub fn open(dir: &Path) -> FsyncProbe {
+    pub fn open(dir: &Path, name: &str) -> FsyncProbe {
         use std::os::unix::fs::FileExt;
-        let path = dir.join("fsync-probe");
+        let path = dir.join(name);
         let file = std::fs::File::create(&path).expect("probe file");
         file.write_all_at(&[1u8; 4096], 0).expect("write");
         file.sync_all().expect("fsync");
@@ -173,7 +173,7 @@ impl FsyncProbe {
         every: std::time::Duration,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> std::thread::JoinHandle<(Vec<std::time::Duration>, std::time::Duration)> {
-        let probe = FsyncProbe::open(dir);
+        let probe = FsyncProbe::open(dir, "fsync-probe-during");
         std::thread::spawn(move || {
             let mut lat = Vec::new();
             let mut cpu = std::time::Duration::ZERO;

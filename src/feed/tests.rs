@@ -67,23 +67,34 @@ async fn seqs_are_gap_free_and_keys_dedupe_across_restarts() {
     assert!(feed.get_by_key("zz").unwrap().is_none());
 }
 
+/// `n` producers appending `each` events one at a time, keys `{producer}-{i}`; each stops
+/// when the feed is closed and returns the keys whose appends were acknowledged.
+fn producers(feed: &Feed, n: usize, each: usize) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..n)
+        .map(|t| {
+            let feed = feed.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..each {
+                    let key = format!("{t}-{i}");
+                    match feed.append(vec![new_event(&key)]).await {
+                        Ok(_) => acked.push(key),
+                        Err(Error::Closed) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                acked
+            })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn concurrent_appends_share_commits_and_stay_gap_free() {
     let dir = tempfile::tempdir().unwrap();
     let feed = open(dir.path());
-    let mut tasks = Vec::new();
-    for t in 0..16 {
-        let feed = feed.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..20 {
-                feed.append(vec![new_event(&format!("{t}-{i}"))])
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
+    for t in producers(&feed, 16, 20) {
+        assert_eq!(t.await.unwrap().len(), 20);
     }
     let all = feed.read_after(0, 1000).unwrap();
     assert_eq!(all.len(), 320);
@@ -318,22 +329,7 @@ async fn a_close_while_the_committer_gathers_a_group_answers_every_append_and_ke
     for round in 0..10u64 {
         let dir = tempfile::tempdir().unwrap();
         let feed = open(dir.path());
-        let mut tasks = Vec::new();
-        for t in 0..16 {
-            let feed = feed.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut acked = Vec::new();
-                for i in 0..400 {
-                    let key = format!("{t}-{i}");
-                    match feed.append(vec![new_event(&key)]).await {
-                        Ok(_) => acked.push(key),
-                        Err(Error::Closed) => break,
-                        Err(e) => panic!("{e}"),
-                    }
-                }
-                acked
-            }));
-        }
+        let tasks = producers(&feed, 16, 400);
         // Close at a different point each round, with the producers going.
         let at = 16 + round * 13;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

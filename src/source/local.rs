@@ -667,14 +667,6 @@ pub async fn run(pickup: Pickup, mut stop: watch::Receiver<bool>) {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_file_is_told_across_names_only_with_an_inode_and_a_real_birth_time() {
-        assert_eq!(identity(Some(7), Some((5, 1))), Some((7, (5, 1))));
-        assert_eq!(identity(Some(7), None), None, "no birth time");
-        assert_eq!(identity(Some(7), Some((0, 0))), None, "a birth time of 0");
-        assert_eq!(identity(None, Some((5, 1))), None, "SFTP: no inode");
-    }
-
     use super::*;
     use crate::feed::Store;
     use crate::source::dir::LocalDir;
@@ -772,6 +764,14 @@ mod tests {
         }
         s.push_str(&format!("T{count:05}{total}\n"));
         s
+    }
+
+    #[test]
+    fn a_file_is_told_across_names_only_with_an_inode_and_a_real_birth_time() {
+        assert_eq!(identity(Some(7), Some((5, 1))), Some((7, (5, 1))));
+        assert_eq!(identity(Some(7), None), None, "no birth time");
+        assert_eq!(identity(Some(7), Some((0, 0))), None, "a birth time of 0");
+        assert_eq!(identity(None, Some((5, 1))), None, "SFTP: no inode");
     }
 
     #[test]
