@@ -320,17 +320,25 @@ fn a_file_deleted_truncated_or_grown_between_chunks_is_refused_keeping_what_was_
             change,
         });
         let mut p = w.pickup(dir);
-        let (first, log) = scan(&mut p);
+        let (first, mut log) = scan(&mut p);
         assert_eq!((first.files_done, first.events), (0, 2), "{what}");
         assert_eq!(
             ids(&w.store),
             six_ids()[..2],
             "{what}: the first chunk stays"
         );
+        // Gone from its name, it may have been renamed: the next scan looks for it and, not
+        // finding it, refuses it as gone.
+        let why = if what == "deleted" {
+            assert_eq!(rows(&w.store)[0].state, FileState::Reading);
+            log = scan(&mut p).1;
+            "RES_1.DAT went away after its first 2 records were taken"
+        } else {
+            "changed (or was replaced) while being read, after 2 records"
+        };
         let rows = rows(&w.store);
         assert!(
-            matches!(&rows[0].state, FileState::Refused { reason }
-                if reason.contains("changed (or went away) while being read, after 2 records")),
+            matches!(&rows[0].state, FileState::Refused { reason } if reason.contains(why)),
             "{what}: {:?}",
             rows[0].state
         );
@@ -492,4 +500,35 @@ fn a_kept_file_renamed_or_linked_within_the_folder_is_not_taken_again_but_a_copy
     let (copied, _) = scan(&mut p);
     assert_eq!((copied.files_done, copied.events), (1, 6));
     assert_eq!(rows(&w.store).len(), 2);
+}
+
+/// A legacy job renames the file within the folder while it is being taken (between two
+/// chunks): nothing of the chunk in hand is committed, and the next scan finds the file
+/// under its new name by its identity and takes the rest, each record once, under the keys
+/// the first chunk had.
+#[test]
+fn a_file_renamed_within_the_folder_between_chunks_is_taken_on_from_where_it_was() {
+    let w = World::new();
+    w.put("RES_1.DAT", SIX);
+    let dir = Box::new(Meddling {
+        inner: LocalDir { dir: w.inbox() },
+        name: "RES_1.DAT".into(),
+        nth: 2,
+        n: 0,
+        change: Box::new(|p: &Path| std::fs::rename(p, p.with_file_name("RES_2.DAT")).unwrap()),
+    });
+    let mut p = w.pickup(dir);
+    let (first, log) = scan(&mut p);
+    assert_eq!((first.files_done, first.events), (0, 2), "{log}");
+    let (rest, log) = scan(&mut p);
+    assert!(lines_with(&log, "refused").is_empty(), "{log}");
+    assert_eq!((rest.files_done, rest.events), (1, 4), "{log}");
+    assert_eq!(ids(&w.store), six_ids());
+    let rows = rows(&w.store);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].state.clone(), rows[0].name.as_str()),
+        (FileState::Done, "RES_2.DAT")
+    );
+    assert!(w.work.path().join("done/RES_2.DAT").exists());
 }

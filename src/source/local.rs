@@ -525,9 +525,17 @@ impl Pickup {
                 next.then_done = spec.then == Then::Keep;
             }
             // The file must still be the one read: else what was read is not committed.
-            if self.dir.stat(name)? != Some(after) {
+            let now_at = self.dir.stat(name)?;
+            if now_at.is_none() {
+                // Gone from this name: renamed within the folder (the next scan finds it by
+                // its identity and goes on from here) or deleted (the next scan refuses it
+                // as gone). Nothing of this chunk is committed.
+                tracing::info!(source = %spec.name, file = %name, "{name} went away while being read, after {} records; looked for again at the next scan", row.next_record);
+                return Ok(out);
+            }
+            if now_at != Some(after) {
                 let why = format!(
-                    "{name} changed (or went away) while being read, after {} records",
+                    "{name} changed (or was replaced) while being read, after {} records",
                     row.next_record
                 );
                 self.refuse(key, row, why)?;
