@@ -285,6 +285,22 @@ impl SourceDir for Meddling {
     }
 }
 
+/// `RES_1.DAT` with six records, in a folder that runs `change` on it just before the scan
+/// checks it again after its first chunk.
+fn six_changed_before_the_second_chunk(
+    w: &World,
+    change: Box<dyn FnMut(&Path) + Send>,
+) -> Box<dyn SourceDir> {
+    w.put("RES_1.DAT", SIX);
+    Box::new(Meddling {
+        inner: LocalDir { dir: w.inbox() },
+        name: "RES_1.DAT".into(),
+        nth: 2,
+        n: 0,
+        change,
+    })
+}
+
 #[test]
 fn a_file_deleted_truncated_or_grown_between_chunks_is_refused_keeping_what_was_taken() {
     type Change = Box<dyn FnMut(&Path) + Send>;
@@ -311,15 +327,7 @@ fn a_file_deleted_truncated_or_grown_between_chunks_is_refused_keeping_what_was_
     ];
     for (what, change) in changes {
         let w = World::new();
-        w.put("RES_1.DAT", SIX);
-        let dir = Box::new(Meddling {
-            inner: LocalDir { dir: w.inbox() },
-            name: "RES_1.DAT".into(),
-            nth: 2,
-            n: 0,
-            change,
-        });
-        let mut p = w.pickup(dir);
+        let mut p = w.pickup(six_changed_before_the_second_chunk(&w, change));
         let (first, mut log) = scan(&mut p);
         assert_eq!((first.files_done, first.events), (0, 2), "{what}");
         assert_eq!(
@@ -509,15 +517,8 @@ fn a_kept_file_renamed_or_linked_within_the_folder_is_not_taken_again_but_a_copy
 #[test]
 fn a_file_renamed_within_the_folder_between_chunks_is_taken_on_from_where_it_was() {
     let w = World::new();
-    w.put("RES_1.DAT", SIX);
-    let dir = Box::new(Meddling {
-        inner: LocalDir { dir: w.inbox() },
-        name: "RES_1.DAT".into(),
-        nth: 2,
-        n: 0,
-        change: Box::new(|p: &Path| std::fs::rename(p, p.with_file_name("RES_2.DAT")).unwrap()),
-    });
-    let mut p = w.pickup(dir);
+    let rename = |p: &Path| std::fs::rename(p, p.with_file_name("RES_2.DAT")).unwrap();
+    let mut p = w.pickup(six_changed_before_the_second_chunk(&w, Box::new(rename)));
     let (first, log) = scan(&mut p);
     assert_eq!((first.files_done, first.events), (0, 2), "{log}");
     let (rest, log) = scan(&mut p);
